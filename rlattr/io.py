@@ -73,7 +73,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as err:
-        raise CorruptRunLogError(f"{path} is not valid JSON (truncated or altered?): {err}") from err
+        raise CorruptRunLogError(
+            f"{path} is not valid JSON (truncated or altered?): {err}"
+        ) from err
     if not isinstance(payload, dict):
         raise CorruptRunLogError(f"{path} should hold a JSON object")
     return payload

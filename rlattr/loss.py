@@ -38,10 +38,8 @@ class PPOLossConfig:
     discrete_actions: bool
 
     def __post_init__(self) -> None:
-        if not self.clip_range > 0:
-            raise ValueError(f"clip_range must be > 0, got {self.clip_range}")
-        if self.clip_range_vf is not None and not self.clip_range_vf > 0:
-            raise ValueError(f"clip_range_vf must be > 0 or None, got {self.clip_range_vf}")
+        # clip_range is not range-checked: SB3's linear schedules turn slightly negative
+        # when the budget is not a whole number of rollouts, and PPO must mirror SB3.
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 (inf disables), got {self.max_grad_norm}")
         if self.target_kl is not None and not self.target_kl > 0:

@@ -222,8 +222,11 @@ class AttributedPPO(PPO):
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:
             # A generator, so each epoch's permutation is drawn when the epoch starts (as SB3).
             for epoch in range(self.n_epochs):
-                yield epoch, sample_epoch_minibatches(
-                    n_records, self.batch_size, keep_mask, self.device, permutations
+                yield (
+                    epoch,
+                    sample_epoch_minibatches(
+                        n_records, self.batch_size, keep_mask, self.device, permutations
+                    ),
                 )
 
         trace, stats, stopped = run_update(
@@ -349,7 +352,9 @@ def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -
             "environment so it returns one array (gymnasium.wrappers.FlattenObservation, or "
             "minigrid.wrappers.ImgObsWrapper for MiniGrid)"
         )
-    if not isinstance(observation_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary):
+    if not isinstance(
+        observation_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary
+    ):
         raise UnsupportedError(f"observation space {observation_space} is not supported")
     if not isinstance(action_space, _SUPPORTED_ACTIONS):
         raise UnsupportedError(

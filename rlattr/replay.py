@@ -56,7 +56,9 @@ class IterationData:
     start_meta: dict[str, Any]
 
 
-def load_iteration(log: RunLog, iteration: int, device: torch.device | str = "cpu") -> IterationData:
+def load_iteration(
+    log: RunLog, iteration: int, device: torch.device | str = "cpu"
+) -> IterationData:
     records = log.load_records(iteration, device)
     plan = log.load_plan(iteration, device)
     tensors, meta = log.load_checkpoint(iteration, device)

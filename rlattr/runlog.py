@@ -141,7 +141,9 @@ class RunLog:
         if not root.exists():
             return []
         return sorted(
-            int(d.name) for d in root.iterdir() if d.name.isdigit() and (d / "iteration.json").exists()
+            int(d.name)
+            for d in root.iterdir()
+            if d.name.isdigit() and (d / "iteration.json").exists()
         )
 
     def checkpoints(self) -> list[int]:
@@ -185,7 +187,9 @@ class RunLog:
         rec_sha, rec_bytes = atomic_write_tensors(
             directory / "records.safetensors", records.tensor_dict(observation_space)
         )
-        plan_sha, plan_bytes = atomic_write_tensors(directory / "plan.safetensors", plan.tensor_dict())
+        plan_sha, plan_bytes = atomic_write_tensors(
+            directory / "plan.safetensors", plan.tensor_dict()
+        )
         written = rec_bytes + plan_bytes
         if next_checkpoint is not None:
             written += self.write_checkpoint(k + 1, *next_checkpoint)
@@ -221,7 +225,9 @@ class RunLog:
         meta = self.iteration_meta(iteration)
         path = self.iteration_dir(iteration) / name
         if not path.exists():
-            raise CorruptRunLogError(f"{path} is missing although iteration {iteration} is committed")
+            raise CorruptRunLogError(
+                f"{path} is missing although iteration {iteration} is committed"
+            )
         return read_tensors(path, meta["files"][name]["sha256"], device)
 
     def load_records(self, iteration: int, device: torch.device | str = "cpu") -> Records:
@@ -310,9 +316,8 @@ class RunLog:
         root = self.path / "iterations"
         if root.exists():
             for d in root.iterdir():
-                if d.name.isdigit() and int(d.name) >= iteration:
-                    shutil.rmtree(d)
-                elif not (d / "iteration.json").exists():
+                beyond = d.name.isdigit() and int(d.name) >= iteration
+                if beyond or not (d / "iteration.json").exists():
                     shutil.rmtree(d)
         ckpt_root = self.path / "checkpoints"
         if ckpt_root.exists():

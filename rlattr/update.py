@@ -48,7 +48,9 @@ class _StepTrace:
     grad_norms: list[torch.Tensor] = field(default_factory=list)
 
 
-def optimizer_step(policy: ActorCriticPolicy, loss: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+def optimizer_step(
+    policy: ActorCriticPolicy, loss: torch.Tensor, max_grad_norm: float
+) -> torch.Tensor:
     """zero_grad → backward → clip_grad_norm_ → step, as SB3 does; returns the pre-clip norm."""
     policy.optimizer.zero_grad()
     loss.backward()

@@ -1,0 +1,173 @@
+"""``rlattr`` command line: train presets, inspect and replay run directories."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rlattr.errors import PresetError, RlattrError
+from rlattr.presets import Preset
+from rlattr.runlog import RunLog
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    preset = Preset.load(args.preset).with_overrides(total_timesteps=args.timesteps)
+    rollout = preset.n_envs * int(preset.ppo.get("n_steps", 2048))
+    whole = -(-preset.total_timesteps // rollout) * rollout
+    if whole != preset.total_timesteps:
+        # SB3 overshoots to a whole rollout anyway; rounding up keeps schedules >= 0 (SB3's
+        # linear schedules turn negative in an overshooting last iteration).
+        console.print(f"budget rounded up to {whole} steps ({whole // rollout} rollouts)")
+        preset = preset.with_overrides(total_timesteps=whole)
+    run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
+    resuming = args.resume and (run_dir / "run.json").exists()
+    if resuming:
+        stored = RunLog(run_dir).meta.get("config", {}).get("preset", {})
+        stored_cmp = {**stored, "total_timesteps": preset.total_timesteps}
+        if stored_cmp != preset.to_dict():
+            raise PresetError(
+                f"{run_dir} was started with a different preset; resume it with the same "
+                "preset file (only --timesteps may change)"
+            )
+    elif args.resume:
+        console.print(f"[yellow]{run_dir} holds no run yet; starting a new one[/]")
+    _import_project_envs()
+    model = preset.build(run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming)
+    remaining = preset.total_timesteps - model.num_timesteps
+    if remaining <= 0:
+        console.print(f"{run_dir} has already trained {model.num_timesteps} steps; nothing to do")
+        return 0
+    if resuming:
+        console.print(
+            f"resuming {run_dir} at iteration {model.iteration} "
+            f"({model.num_timesteps} of {preset.total_timesteps} steps done)"
+        )
+    model.learn(
+        remaining,
+        progress_bar=not args.no_progress,
+        reset_num_timesteps=not resuming,
+        tb_log_name="ppo",
+    )
+    log = RunLog(run_dir)
+    console.print(
+        f"[bold green]done[/]: {model.num_timesteps} steps, {len(log.iterations())} iterations "
+        f"recorded in {run_dir}\n"
+        f"  inspect:     rlattr inspect {run_dir}\n"
+        f"  TensorBoard: tensorboard --logdir {log.tb_dir}"
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    log = RunLog(args.run)
+    preset = log.meta.get("config", {}).get("preset", {})
+    report = log.verify()
+    iterations = report.iterations
+    table = Table(title=f"run {log.path}", show_header=False)
+    table.add_row("preset", f"{preset.get('name', '?')} ({preset.get('env_id', '?')})")
+    table.add_row("seed", str(log.meta.get("seed")))
+    table.add_row("format", f"{log.meta['format']} v{log.meta['format_version']}")
+    versions = log.meta.get("versions", {})
+    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
+    span = f"{iterations[0]}..{iterations[-1]}" if iterations else "none"
+    table.add_row("iterations recorded", f"{len(iterations)} ({span})")
+    table.add_row("checkpoints", str(len(report.checkpoints)))
+    if iterations:
+        meta = log.iteration_meta(iterations[-1])
+        table.add_row(
+            "records / iteration", f"{meta['n_envs'] * meta['n_steps']} ({meta['n_envs']} envs)"
+        )
+        table.add_row("optimiser steps (last)", str(meta["plan"]["n_steps"]))
+        table.add_row("timesteps (last)", str(meta["info"].get("num_timesteps")))
+    size = sum(p.stat().st_size for p in log.path.rglob("*") if p.is_file())
+    table.add_row("size on disk", f"{size / 2**20:.2f} MiB")
+    status = (
+        "[green]all checksums match[/]"
+        if report.ok
+        else f"[red]{len(report.problems)} problem(s)[/]"
+    )
+    table.add_row("verification", status)
+    if report.leftovers:
+        table.add_row("uncommitted", f"{len(report.leftovers)} leftover(s) from an interrupted run")
+    console.print(table)
+    for problem in report.problems:
+        console.print(f"[red]  {problem}[/]")
+    return 0 if report.ok else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from rlattr.replay import build_policy, load_iteration, replay, state_matches
+
+    log = RunLog(args.run)
+    iterations = args.iteration or log.iterations()
+    policy = build_policy(log, args.device)
+    failures = 0
+    for k in iterations:
+        data = load_iteration(log, k, args.device)
+        replay(data, policy)
+        if not log.has_checkpoint(k + 1):
+            console.print(f"iteration {k}: replayed (no later checkpoint kept to compare with)")
+            continue
+        expected, _ = log.load_checkpoint(k + 1)
+        mismatched = state_matches(policy, expected)
+        if mismatched:
+            failures += 1
+            console.print(f"[red]iteration {k}: {len(mismatched)} tensors differ: {mismatched}[/]")
+        else:
+            console.print(f"iteration {k}: [green]bit-identical[/] to the logged θ_{k + 1}")
+    return 1 if failures else 0
+
+
+def _import_project_envs() -> None:
+    # Registers the repository's own environments (envs:...) when they are importable.
+    with contextlib.suppress(ImportError):
+        import envs  # noqa: F401
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlattr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a preset with recording on")
+    train.add_argument("preset", help="YAML file, or a name from agents/ (e.g. cartpole)")
+    train.add_argument("--timesteps", type=int, help="training budget (default: the preset's)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--run-dir", help="run directory (default: runs/<preset>-s<seed>)")
+    train.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+
+    inspect_ = sub.add_parser("inspect", help="summarise and verify a run directory")
+    inspect_.add_argument("run")
+    inspect_.set_defaults(func=_inspect)
+
+    replay = sub.add_parser("replay", help="replay logged iterations and check bit-exactness")
+    replay.add_argument("run")
+    replay.add_argument("--iteration", type=int, action="append", help="repeatable; default all")
+    replay.add_argument("--device", default="cpu")
+    replay.set_defaults(func=_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RlattrError as err:
+        # No markup (messages hold brackets) and no wrapping (messages are grep-able).
+        error_console.print(f"error: {err}", style="red", markup=False, soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Feature extractors for observations SB3's defaults do not fit."""
+
+from __future__ import annotations
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+
+class SmallImageCNN(BaseFeaturesExtractor):
+    """Three 2×2 convolutions and a linear layer, for tiny grid images (MiniGrid's 7×7×3).
+
+    SB3's NatureCNN uses 8×8 stride-4 kernels and needs images of at least 36×36; a
+    7×7 egocentric MiniGrid view would vanish under its first layer.
+
+    Args:
+        observation_space: channel-first image space (SB3 transposes channel-last images).
+        features_dim: size of the output feature vector.
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 64):
+        super().__init__(observation_space, features_dim)
+        n_channels = observation_space.shape[0]
+        self.cnn = torch.nn.Sequential(
+            torch.nn.Conv2d(n_channels, 16, kernel_size=2),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, kernel_size=2),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 64, kernel_size=2),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+        )
+        with torch.no_grad():
+            sample = torch.as_tensor(observation_space.sample()[None]).float()
+            n_flat = self.cnn(sample).shape[1]
+        self.linear = torch.nn.Sequential(torch.nn.Linear(n_flat, features_dim), torch.nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(observations))

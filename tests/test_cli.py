@@ -1,0 +1,66 @@
+"""The rlattr command line: train a preset, inspect the run, replay it, TensorBoard output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rlattr.cli import main
+
+
+def test_train_inspect_replay(run_dir: Path, capsys) -> None:
+    assert (
+        main(
+            ["train", "cartpole", "--timesteps", "1024", "--run-dir", str(run_dir), "--no-progress"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "4 iterations recorded" in out and "tensorboard --logdir" in out
+    assert main(["inspect", str(run_dir)]) == 0
+    assert "all checksums match" in capsys.readouterr().out
+    assert main(["replay", str(run_dir), "--iteration", "1", "--iteration", "2"]) == 0
+    assert capsys.readouterr().out.count("bit-identical") == 2
+
+    # TensorBoard: SB3's scalars and rlattr's own, in ordinary event files.
+    event_dirs = {p.parent for p in (run_dir / "tb").rglob("events.out.tfevents.*")}
+    assert len(event_dirs) == 1
+    accumulator = EventAccumulator(str(event_dirs.pop()))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    for tag in (
+        "train/value_loss",
+        "train/approx_kl",
+        "rlattr/records_kept",
+        "rlattr/bytes_written",
+        "time/rollout_s",
+        "time/scoring_s",
+        "time/update_s",
+    ):
+        assert tag in tags, tag
+    kept = accumulator.Scalars("rlattr/records_kept")
+    assert {event.value for event in kept} == {256.0}
+
+
+def test_resume_of_a_finished_run_is_a_no_op(run_dir: Path, capsys) -> None:
+    args = ["train", "cartpole", "--timesteps", "512", "--run-dir", str(run_dir), "--no-progress"]
+    assert main(args) == 0
+    assert main([*args, "--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_resume_with_another_preset_is_refused(run_dir: Path, capsys) -> None:
+    assert (
+        main(
+            ["train", "cartpole", "--timesteps", "256", "--run-dir", str(run_dir), "--no-progress"]
+        )
+        == 0
+    )
+    assert main(["train", "acrobot", "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 2
+    assert "different preset" in capsys.readouterr().err
+
+
+def test_errors_are_reported_not_raised(tmp_path: Path, capsys) -> None:
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "not an rlattr run directory" in capsys.readouterr().err
