@@ -19,7 +19,7 @@ from rlattr.errors import UnsupportedError
 from rlattr.loss import PPOLossConfig
 from rlattr.plan import UpdatePlan, sample_epoch_minibatches
 from rlattr.records import RecordingRolloutBuffer, Records
-from rlattr.runlog import Retention, RunLog
+from rlattr.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.serialize import class_path, encode, space_to_json
 from rlattr.tb import IterationTiming, record_iteration
 from rlattr.update import UpdateStats, run_update, trace_to_plan
@@ -93,6 +93,7 @@ class AttributedPPO(PPO):
         self.retention = retention or Retention()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run_log: RunLog | None = None
+        self._writer = BackgroundWriter()
         self.iteration = 0
         self.last_records: Records | None = None
         self.last_plan: UpdatePlan | None = None
@@ -175,6 +176,17 @@ class AttributedPPO(PPO):
         self._phase_start = time.perf_counter()
         return result
 
+    def learn(self, *args: Any, **kwargs: Any) -> AttributedPPO:
+        """``PPO.learn``; returns once every iteration is on disk (or raises the write error)."""
+        try:
+            return super().learn(*args, **kwargs)
+        finally:
+            self.flush_run_log()
+
+    def flush_run_log(self) -> None:
+        """Wait until every queued run-log write is on disk."""
+        self._writer.drain()
+
     def _checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         counters = {
             "iteration": self.iteration,
@@ -248,7 +260,7 @@ class AttributedPPO(PPO):
         updated = time.perf_counter()
 
         self._log_sb3_metrics(stats, records, loss_config)
-        bytes_written = self._write_iteration(records, plan, stats)
+        self._write_iteration(records, plan, stats)
         done = time.perf_counter()
         timing = IterationTiming(
             rollout_s=rollout_s,
@@ -257,7 +269,9 @@ class AttributedPPO(PPO):
             logging_s=done - updated,
         )
         n_kept = n_records if keep_mask is None else int(keep_mask.sum())
-        record_iteration(self.logger, self.iteration, n_records, n_kept, timing, bytes_written)
+        record_iteration(
+            self.logger, self.iteration, n_records, n_kept, timing, self._writer.bytes_written
+        )
         self.iteration += 1
         self._phase_start = time.perf_counter()
 
@@ -293,26 +307,45 @@ class AttributedPPO(PPO):
         if loss_config.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", loss_config.clip_range_vf)
 
-    def _write_iteration(self, records: Records, plan: UpdatePlan, stats: UpdateStats) -> int:
+    def _write_iteration(self, records: Records, plan: UpdatePlan, stats: UpdateStats) -> None:
         if self.run_log is None:
-            return 0
-        # The state after this update is the start of the next iteration.
+            return
+        # The state after this update is the start of the next iteration. It is captured
+        # (cloned) now; serialising and writing happen on the writer thread.
         self.iteration += 1
         next_checkpoint = self._checkpoint()
         self.iteration -= 1
-        if self.retention.records(self.iteration):
-            info = {
+        self._writer.submit(
+            _write_iteration_files,
+            self.run_log,
+            records,
+            plan,
+            {
                 "num_timesteps": self.num_timesteps,
                 "n_epochs_run": stats.n_epochs_run,
                 "losses": stats.means(),
-            }
-            written = self.run_log.write_iteration(
-                records, plan, info, self.observation_space, next_checkpoint
-            )
-        else:
-            written = self.run_log.write_checkpoint(self.iteration + 1, *next_checkpoint)
-        self.run_log.apply_retention(newest_checkpoint=self.iteration + 1)
-        return written
+            },
+            self.observation_space,
+            next_checkpoint,
+        )
+
+
+def _write_iteration_files(
+    run_log: RunLog,
+    records: Records,
+    plan: UpdatePlan,
+    info: dict[str, Any],
+    observation_space: spaces.Space,
+    next_checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]],
+) -> int:
+    """Write one iteration (or only its successor checkpoint) and apply retention."""
+    k = records.iteration
+    if run_log.retention.records(k):
+        written = run_log.write_iteration(records, plan, info, observation_space, next_checkpoint)
+    else:
+        written = run_log.write_checkpoint(k + 1, *next_checkpoint)
+    run_log.apply_retention(newest_checkpoint=k + 1)
+    return written
 
 
 def _check_policy_argument(policy: Any) -> None:

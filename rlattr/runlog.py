@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,39 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+class BackgroundWriter:
+    """Runs run-log writes one at a time, in order, on a worker thread.
+
+    Serialising, hashing and fsync-ing an iteration costs about as much as a small PPO
+    update; doing it while the next rollout is collected keeps recording nearly free.
+    Order is preserved (one worker), so the commit protocol is unchanged: a kill loses at
+    most the iterations still queued, which are uncommitted and discarded on resume.
+    Errors surface at the next ``submit`` or at ``drain``.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlattr-runlog")
+        self._pending: list[Future[int]] = []
+        self.bytes_written = 0
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        self._collect(block=False)
+        self._pending.append(self._executor.submit(fn, *args, **kwargs))
+
+    def drain(self) -> None:
+        """Wait for every queued write; re-raise the first error."""
+        self._collect(block=True)
+
+    def _collect(self, block: bool) -> None:
+        still_pending = []
+        for future in self._pending:
+            if block or future.done():
+                self.bytes_written += future.result() or 0
+            else:
+                still_pending.append(future)
+        self._pending = still_pending
 
 
 def _name(index: int) -> str:
@@ -332,6 +366,8 @@ class RunLog:
         A checkpoint k is kept while iteration k (to replay it) or k-1 (to check its replay
         against the state that followed) is kept, and the newest one always (to resume).
         """
+        if self.retention.record_every == 1 and self.retention.keep_last is None:
+            return  # everything is kept
         kept_iterations = self.iterations()
         if self.retention.keep_last is not None:
             for k in kept_iterations[: -self.retention.keep_last]:

@@ -30,12 +30,13 @@ def record_iteration(
     timing: IterationTiming,
     bytes_written: int,
 ) -> None:
-    """Record the per-iteration rlattr scalars; SB3 dumps them with its own at the next dump."""
+    """Record the per-iteration rlattr scalars (``bytes_written``: run-log bytes on disk so
+    far; writes finish in the background, so the latest iteration may not be counted yet)."""
     logger.record("rlattr/iteration", iteration)
     logger.record("rlattr/records", n_records)
     logger.record("rlattr/records_kept", n_kept)
     logger.record("rlattr/records_kept_fraction", n_kept / max(n_records, 1))
-    logger.record("rlattr/bytes_written", bytes_written)
+    logger.record("rlattr/run_log_bytes", bytes_written)
     logger.record("time/rollout_s", timing.rollout_s)
     logger.record("time/scoring_s", timing.scoring_s)
     logger.record("time/update_s", timing.update_s)

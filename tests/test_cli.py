@@ -33,7 +33,7 @@ def test_train_inspect_replay(run_dir: Path, capsys) -> None:
         "train/value_loss",
         "train/approx_kl",
         "rlattr/records_kept",
-        "rlattr/bytes_written",
+        "rlattr/run_log_bytes",
         "time/rollout_s",
         "time/scoring_s",
         "time/update_s",
