@@ -18,7 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def provenance() -> dict[str, Any]:
     """The command, versions and machine a result came from."""
     return {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "versions": package_versions(),
         "machine": {

@@ -115,3 +115,108 @@ def ppo_minibatch_loss(
         approx_kl = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
 
     return LossTerms(loss, policy_loss, value_loss, entropy_loss, clip_fraction, approx_kl)
+
+
+class PolicyOutputs(NamedTuple):
+    """What ``ActorCriticPolicy.evaluate_actions`` returns, per record."""
+
+    values: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor | None
+
+
+def normalize_advantages(
+    advantages: torch.Tensor, config: PPOLossConfig, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The advantages PPO trains a minibatch on (Ã), as SB3 normalises them.
+
+    With ``weights``, mean and standard deviation are w-weighted (unbiased, as torch's
+    ``std``): a record of weight 0 then leaves the statistics exactly as if it were absent.
+    """
+    if not config.normalize_advantage or len(advantages) <= 1:
+        return advantages
+    if weights is None:
+        return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    total = weights.sum()
+    mean = (weights * advantages).sum() / total
+    var = (weights * (advantages - mean) ** 2).sum() / (total - 1)
+    return (advantages - mean) / (var.sqrt() + 1e-8)
+
+
+def per_record_ppo_losses(
+    outputs: PolicyOutputs,
+    old_log_prob: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    advantages: torch.Tensor,
+    config: PPOLossConfig,
+) -> torch.Tensor:
+    """ℓ_i of SCIENCE.md §1: SB3's minibatch loss is the mean of these over the minibatch.
+
+    Args:
+        outputs: the policy's values, log-probabilities and entropies for the records.
+        old_log_prob, old_values, returns: the records' stored quantities.
+        advantages: the advantages as trained on (already normalised: Ã, a constant).
+        config: the iteration's loss hyperparameters.
+    """
+    values = outputs.values.flatten()
+    ratio = torch.exp(outputs.log_prob - old_log_prob)
+    clipped = torch.clamp(ratio, 1 - config.clip_range, 1 + config.clip_range)
+    policy_term = -torch.min(advantages * ratio, advantages * clipped)
+    if config.clip_range_vf is None:
+        values_pred = values
+    else:
+        values_pred = old_values + torch.clamp(
+            values - old_values, -config.clip_range_vf, config.clip_range_vf
+        )
+    value_term = (returns - values_pred) ** 2
+    # SB3: entropy_loss = -mean(entropy), or mean(log_prob) when there is no closed form.
+    entropy_term = -outputs.entropy if outputs.entropy is not None else outputs.log_prob
+    return policy_term + config.vf_coef * value_term + config.ent_coef * entropy_term
+
+
+def weighted_minibatch_loss(
+    policy: ActorCriticPolicy,
+    batch: Minibatch,
+    config: PPOLossConfig,
+    weights: torch.Tensor,
+    normalization: str = "weights",
+) -> LossTerms:
+    """PPO loss with per-record weights w (SCIENCE.md §2, metagradient setting).
+
+    The loss is Σ w_i ℓ_i / D with D = Σ w_i (``normalization="weights"``: w_i = 0 is
+    exactly removal, advantage statistics included) or D = |b| (``"count"``: w_i = 0
+    zeroes the record's term but keeps every other record's weight 1/|b|). Advantages are
+    normalised with w-weighted statistics in both cases. With w = 1 this equals
+    ``ppo_minibatch_loss`` up to float rounding (the sums are taken in another order).
+    """
+    if normalization not in ("weights", "count"):
+        raise ValueError(f"normalization must be 'weights' or 'count', got {normalization!r}")
+    actions = batch.actions
+    if config.discrete_actions:
+        actions = batch.actions.long().flatten()
+    values, log_prob, entropy = policy.evaluate_actions(batch.observations, actions)
+    outputs = PolicyOutputs(values.flatten(), log_prob, entropy)
+    weights = weights.to(log_prob.dtype)
+    advantages = normalize_advantages(batch.advantages, config, weights)
+    denominator = weights.sum() if normalization == "weights" else weights.new_tensor(len(weights))
+
+    def mean(per_record: torch.Tensor) -> torch.Tensor:
+        return (weights * per_record).sum() / denominator
+
+    ratio = torch.exp(log_prob - batch.old_log_prob)
+    clipped = torch.clamp(ratio, 1 - config.clip_range, 1 + config.clip_range)
+    policy_loss = mean(-torch.min(advantages * ratio, advantages * clipped))
+    values_pred = outputs.values
+    if config.clip_range_vf is not None:
+        values_pred = batch.old_values + torch.clamp(
+            outputs.values - batch.old_values, -config.clip_range_vf, config.clip_range_vf
+        )
+    value_loss = mean((batch.returns - values_pred) ** 2)
+    entropy_loss = mean(-entropy if entropy is not None else log_prob)
+    loss = policy_loss + config.ent_coef * entropy_loss + config.vf_coef * value_loss
+    with torch.no_grad():
+        clip_fraction = mean((torch.abs(ratio - 1) > config.clip_range).to(ratio.dtype))
+        log_ratio = log_prob - batch.old_log_prob
+        approx_kl = mean((torch.exp(log_ratio) - 1) - log_ratio)
+    return LossTerms(loss, policy_loss, value_loss, entropy_loss, clip_fraction, approx_kl)

@@ -22,7 +22,7 @@ from rlattr.records import RecordingRolloutBuffer, Records
 from rlattr.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.serialize import class_path, encode, space_to_json
 from rlattr.tb import IterationTiming, record_iteration
-from rlattr.update import UpdateStats, run_update, trace_to_plan
+from rlattr.update import run_update, trace_to_plan
 from rlattr.versions import package_versions
 
 RecordHook = Callable[["AttributedPPO", Records], None]
@@ -259,8 +259,9 @@ class AttributedPPO(PPO):
         self.last_keep_mask = keep_mask
         updated = time.perf_counter()
 
-        self._log_sb3_metrics(stats, records, loss_config)
-        self._write_iteration(records, plan, stats)
+        loss_means = stats.means()
+        self._log_sb3_metrics(loss_means, records, loss_config)
+        self._write_iteration(records, plan, stats.n_epochs_run, loss_means)
         done = time.perf_counter()
         timing = IterationTiming(
             rollout_s=rollout_s,
@@ -291,10 +292,10 @@ class AttributedPPO(PPO):
         return mask.to(self.device)
 
     def _log_sb3_metrics(
-        self, stats: UpdateStats, records: Records, loss_config: PPOLossConfig
+        self, loss_means: dict[str, float], records: Records, loss_config: PPOLossConfig
     ) -> None:
         # The same keys SB3's PPO.train records, so dashboards and callbacks keep working.
-        for key, value in stats.means().items():
+        for key, value in loss_means.items():
             self.logger.record(key, value)
         explained_var = explained_variance(
             records.values.cpu().numpy(), records.returns.cpu().numpy()
@@ -307,7 +308,9 @@ class AttributedPPO(PPO):
         if loss_config.clip_range_vf is not None:
             self.logger.record("train/clip_range_vf", loss_config.clip_range_vf)
 
-    def _write_iteration(self, records: Records, plan: UpdatePlan, stats: UpdateStats) -> None:
+    def _write_iteration(
+        self, records: Records, plan: UpdatePlan, n_epochs_run: int, loss_means: dict[str, float]
+    ) -> None:
         if self.run_log is None:
             return
         # The state after this update is the start of the next iteration. It is captured
@@ -322,8 +325,8 @@ class AttributedPPO(PPO):
             plan,
             {
                 "num_timesteps": self.num_timesteps,
-                "n_epochs_run": stats.n_epochs_run,
-                "losses": stats.means(),
+                "n_epochs_run": n_epochs_run,
+                "losses": loss_means,
             },
             self.observation_space,
             next_checkpoint,

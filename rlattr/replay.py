@@ -22,7 +22,7 @@ from rlattr.plan import UpdatePlan
 from rlattr.records import Records
 from rlattr.runlog import RunLog
 from rlattr.serialize import decode, import_class, space_from_json
-from rlattr.update import UpdateStats, run_update
+from rlattr.update import StepCallback, UpdateStats, run_update
 
 
 def build_policy(log: RunLog, device: torch.device | str = "cpu") -> ActorCriticPolicy:
@@ -84,6 +84,10 @@ def replay(
     data: IterationData,
     policy: ActorCriticPolicy,
     keep_mask: torch.Tensor | None = None,
+    before_step: StepCallback | None = None,
+    after_step: StepCallback | None = None,
+    record_weights: torch.Tensor | None = None,
+    weight_normalization: str = "weights",
 ) -> UpdateStats:
     """Replay ``data``'s update into ``policy`` (its state is overwritten).
 
@@ -91,6 +95,9 @@ def replay(
         data: the logged iteration.
         policy: a policy built by ``build_policy`` (reused across replays for speed).
         keep_mask: ``[N]`` bool; records that are False are removed from every minibatch.
+        before_step, after_step: callbacks around each optimiser step (see ``run_update``).
+        record_weights, weight_normalization: per-record loss weights (see
+            ``rlattr.loss.weighted_minibatch_loss``); the minibatches stay as logged.
 
     Returns:
         The loss statistics of the replayed steps; the result is ``policy``'s new state.
@@ -118,6 +125,10 @@ def replay(
         data.plan.loss_config,
         _logged_epochs(data.plan, keep_mask),
         check_target_kl=False,
+        before_step=before_step,
+        after_step=after_step,
+        record_weights=None if record_weights is None else record_weights.to(device),
+        weight_normalization=weight_normalization,
     )
     return stats
 

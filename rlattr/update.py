@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from rlattr.loss import PPOLossConfig, ppo_minibatch_loss
+from rlattr.loss import PPOLossConfig, ppo_minibatch_loss, weighted_minibatch_loss
 from rlattr.plan import UpdatePlan
 from rlattr.records import Records
 
@@ -59,7 +59,8 @@ def optimizer_step(
     return total_norm.detach()
 
 
-EpochMinibatches = Callable[[int], list[torch.Tensor]]
+StepCallback = Callable[[int, torch.Tensor], None]
+"""``callback(step, record_indices)``: called around each optimiser step (step counts from 0)."""
 
 
 def run_update(
@@ -68,12 +69,20 @@ def run_update(
     loss_config: PPOLossConfig,
     epochs: Iterable[tuple[int, Iterable[torch.Tensor]]],
     check_target_kl: bool,
+    before_step: StepCallback | None = None,
+    after_step: StepCallback | None = None,
+    record_weights: torch.Tensor | None = None,
+    weight_normalization: str = "weights",
 ) -> tuple[_StepTrace, UpdateStats, bool]:
     """Execute PPO optimiser steps over ``epochs`` (pairs of epoch index and minibatches).
 
     ``epochs`` is consumed lazily, so a training run can draw each epoch's permutation
     only when the epoch starts, as SB3 does. With ``check_target_kl`` the update stops
     as SB3's does when the approximate KL of a minibatch exceeds 1.5 × target_kl.
+    ``before_step`` sees the parameters θ_t the step's gradient is taken at, ``after_step``
+    the optimiser state after it (scorers use both; neither may change parameters).
+    ``record_weights`` (``[N]``) switches to the weighted loss of ``weighted_minibatch_loss``;
+    None keeps SB3's loss, bit for bit.
     Returns the executed steps, the loss statistics and whether it stopped early.
     """
     trace = _StepTrace()
@@ -83,7 +92,12 @@ def run_update(
         stats.last_epoch_approx_kl = []
         for indices in minibatches:
             batch = records.minibatch(indices)
-            terms = ppo_minibatch_loss(policy, batch, loss_config)
+            if record_weights is None:
+                terms = ppo_minibatch_loss(policy, batch, loss_config)
+            else:
+                terms = weighted_minibatch_loss(
+                    policy, batch, loss_config, record_weights[indices], weight_normalization
+                )
             stats.pg_losses.append(terms.policy_loss.detach())
             stats.value_losses.append(terms.value_loss.detach())
             stats.entropy_losses.append(terms.entropy_loss.detach())
@@ -95,11 +109,16 @@ def run_update(
                 if approx_kl_div > 1.5 * loss_config.target_kl:
                     stopped = True
                     break
+            step = len(trace.epochs)
+            if before_step is not None:
+                before_step(step, indices)
             trace.epochs.append(epoch)
             trace.minibatches.append(indices)
             trace.learning_rates.append(policy.optimizer.param_groups[0]["lr"])
             trace.grad_norms.append(optimizer_step(policy, terms.loss, loss_config.max_grad_norm))
             stats.last_loss = terms.loss.detach()
+            if after_step is not None:
+                after_step(step, indices)
         stats.n_epochs_run += 1
         if stopped:
             break
