@@ -1,5 +1,6 @@
 """rlattr: data attribution and influence-based filtering for online RL (PPO, SB3)."""
 
+from rlattr.attribution import ScoreHook, attribute, fidelity
 from rlattr.errors import (
     CorruptRunLogError,
     FormatVersionError,
@@ -8,28 +9,40 @@ from rlattr.errors import (
     RunLogError,
     UnsupportedError,
 )
+from rlattr.influence import snapshot_scores, tracin_scores
 from rlattr.ppo import AttributedPPO
 from rlattr.presets import Preset
 from rlattr.records import Records
 from rlattr.replay import build_policy, load_iteration, replay, replay_iteration
 from rlattr.runlog import Retention, RunLog
+from rlattr.targets import ActionTarget, CallableTarget, ReturnTarget, Target, TargetContext
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActionTarget",
     "AttributedPPO",
+    "CallableTarget",
     "CorruptRunLogError",
     "FormatVersionError",
     "Preset",
     "PresetError",
     "Records",
     "Retention",
+    "ReturnTarget",
     "RlattrError",
     "RunLog",
     "RunLogError",
+    "ScoreHook",
+    "Target",
+    "TargetContext",
     "UnsupportedError",
+    "attribute",
     "build_policy",
+    "fidelity",
     "load_iteration",
     "replay",
     "replay_iteration",
+    "snapshot_scores",
+    "tracin_scores",
 ]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -127,6 +131,94 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _load_target(spec: str) -> Any:
+    """``return``, ``return:mc`` or ``action:FILE`` (safetensors or .npz with
+    ``observations`` and ``actions``)."""
+    from rlattr.targets import ActionTarget, ReturnTarget
+
+    kind, _, argument = spec.partition(":")
+    if kind == "return":
+        return ReturnTarget(advantage=argument or "gae")
+    if kind == "action" and argument:
+        path = Path(argument)
+        if not path.exists():
+            raise RlattrError(f"action target file {path} does not exist")
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                tensors = {k: torch.as_tensor(arrays[k]) for k in arrays.files}
+        else:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+        missing = {"observations", "actions"} - tensors.keys()
+        if missing:
+            raise RlattrError(f"{path} lacks {sorted(missing)} (needs observations and actions)")
+        return ActionTarget(tensors["observations"].float(), tensors["actions"])
+    raise RlattrError(f"unknown target {spec!r}: use return, return:mc or action:FILE")
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    from rlattr.attribution import attribute, score_name
+
+    log = RunLog(args.run)
+    target = _load_target(args.target)
+    start = time.perf_counter()
+    scores = attribute(
+        log, args.iteration, target, args.method, args.params, args.backend, args.device
+    )
+    seconds = time.perf_counter() - start
+    records = log.load_records(args.iteration)
+    console.print(
+        f"{args.method} scores of iteration {args.iteration} on the {target.name} target: "
+        f"{len(scores)} records in {seconds:.2f} s, {float((scores < 0).float().mean()):.1%} "
+        f"negative; stored as {score_name(args.method, target)!r}"
+    )
+    order = torch.argsort(scores, descending=True)
+    for title, picks in (
+        ("most helpful", order[: args.top]),
+        ("most harmful", order.flip(0)[: args.top]),
+    ):
+        table = Table(title=f"{title} records")
+        for column in ("id", "env/step", "score", "action", "advantage", "observation"):
+            table.add_column(column, no_wrap=column != "observation")
+        for i in picks.tolist():
+            obs = records.observations[i].flatten()
+            shown = " ".join(f"{v:.2g}" for v in obs[:4].tolist()) + (" …" if len(obs) > 4 else "")
+            table.add_row(
+                str(int(records.record_ids[i])),
+                f"{int(records.env_index[i])}/{int(records.step_index[i])}",
+                f"{float(scores[i]):+.2e}",
+                " ".join(f"{v:g}" for v in records.actions[i].tolist()),
+                f"{float(records.advantages[i]):+.3f}",
+                shown,
+            )
+        console.print(table)
+    return 0
+
+
+def _fidelity(args: argparse.Namespace) -> int:
+    from rlattr.attribution import fidelity
+
+    log = RunLog(args.run)
+    target = _load_target(args.target)
+    methods = ["snapshot", "tracin"] if args.method == "both" else [args.method]
+    table = Table(title=f"fidelity, iteration {args.iteration}, {target.name} target")
+    for column in ("method", "subsets", "LDS", "Pearson", "sign", "ceiling", "LDS avg-order"):
+        table.add_column(column, no_wrap=True)
+    for method in methods:
+        report = fidelity(
+            log, args.iteration, target, method, n_subsets=args.subsets,
+            fraction=args.fraction, orders=args.orders, seed=args.seed, device=args.device,
+        )  # fmt: skip
+        table.add_row(
+            method, f"{report.n_subsets} × {report.fraction:g}", f"{report.lds:.3f}",
+            f"{report.pearson:.3f}", f"{report.sign_agreement:.2f}", f"{report.ceiling:.3f}",
+            f"{report.lds_mean_order:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    return 0
+
+
 def _import_project_envs() -> None:
     # Registers the repository's own environments (envs:...) when they are importable.
     with contextlib.suppress(ImportError):
@@ -150,6 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_ = sub.add_parser("inspect", help="summarise and verify a run directory")
     inspect_.add_argument("run")
     inspect_.set_defaults(func=_inspect)
+
+    attribute = sub.add_parser("attribute", help="score the records of a logged iteration")
+    attribute.add_argument("run")
+    attribute.add_argument("--iteration", type=int, required=True)
+    attribute.add_argument("--target", default="return", help="return, return:mc or action:FILE")
+    attribute.add_argument("--method", default="snapshot", choices=["snapshot", "tracin"])
+    attribute.add_argument("--params", default="policy", choices=["policy", "value", "all"])
+    attribute.add_argument(
+        "--backend", default="auto", choices=["auto", "hooks", "jvp", "vmap", "naive"]
+    )
+    attribute.add_argument("--top", type=int, default=5, help="records shown at each end")
+    attribute.add_argument("--device", default="cpu")
+    attribute.set_defaults(func=_attribute)
+
+    fidelity = sub.add_parser("fidelity", help="check scores against leave-subset-out replay")
+    fidelity.add_argument("run")
+    fidelity.add_argument("--iteration", type=int, required=True)
+    fidelity.add_argument("--target", default="return", help="return, return:mc or action:FILE")
+    fidelity.add_argument("--method", default="both", choices=["snapshot", "tracin", "both"])
+    fidelity.add_argument("--subsets", type=int, default=64)
+    fidelity.add_argument("--fraction", type=float, default=0.1)
+    fidelity.add_argument("--orders", type=int, default=2, help="≥ 2 also reports the ceiling")
+    fidelity.add_argument("--seed", type=int, default=0)
+    fidelity.add_argument("--device", default="cpu")
+    fidelity.set_defaults(func=_fidelity)
 
     replay = sub.add_parser("replay", help="replay logged iterations and check bit-exactness")
     replay.add_argument("run")

@@ -98,6 +98,8 @@ class AttributedPPO(PPO):
         self.last_records: Records | None = None
         self.last_plan: UpdatePlan | None = None
         self.last_keep_mask: torch.Tensor | None = None
+        # Scores that record hooks computed for the current iteration; stored with it.
+        self.pending_scores: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
         self._run_metadata = dict(run_metadata or {})
         self._resume = resume
         self._phase_start = time.perf_counter()
@@ -223,6 +225,7 @@ class AttributedPPO(PPO):
 
         records = Records.from_rollout_buffer(self.rollout_buffer, self.iteration)
         self.last_records = records
+        self.pending_scores = {}
         for hook in self.record_hooks:
             hook(self, records)
         keep_mask = self._keep_mask(records)
@@ -330,6 +333,7 @@ class AttributedPPO(PPO):
             },
             self.observation_space,
             next_checkpoint,
+            dict(self.pending_scores),
         )
 
 
@@ -340,11 +344,14 @@ def _write_iteration_files(
     info: dict[str, Any],
     observation_space: spaces.Space,
     next_checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]],
+    scores: dict[str, tuple[torch.Tensor, dict[str, Any]]],
 ) -> int:
     """Write one iteration (or only its successor checkpoint) and apply retention."""
     k = records.iteration
     if run_log.retention.records(k):
-        written = run_log.write_iteration(records, plan, info, observation_space, next_checkpoint)
+        written = run_log.write_iteration(
+            records, plan, info, observation_space, next_checkpoint, scores
+        )
     else:
         written = run_log.write_checkpoint(k + 1, *next_checkpoint)
     run_log.apply_retention(newest_checkpoint=k + 1)

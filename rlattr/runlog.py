@@ -8,6 +8,7 @@ Layout (all tensors in safetensors, all metadata in JSON, every write atomic)::
     iterations/000012/records.safetensors
     iterations/000012/plan.safetensors
     iterations/000012/iteration.json  checksums + plan metadata; written last (commit marker)
+    iterations/000012/scores/<name>.safetensors + .json   scores of the records (any time)
     tb/                               TensorBoard event files
 
 Write order at the end of iteration k: records k, plan k, checkpoint k+1 (tensors, then
@@ -208,8 +209,11 @@ class RunLog:
         info: dict[str, Any],
         observation_space: Any = None,
         next_checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+        scores: dict[str, tuple[torch.Tensor, dict[str, Any]]] | None = None,
     ) -> int:
         """Write one finished iteration (and, first, the checkpoint that follows it).
+
+        ``scores`` (name → (scores, metadata)) computed during training are stored too.
 
         ``iteration.json`` is written last: its presence is what marks the iteration done.
         Returns the number of bytes written.
@@ -225,6 +229,8 @@ class RunLog:
             directory / "plan.safetensors", plan.tensor_dict()
         )
         written = rec_bytes + plan_bytes
+        for name, (values, meta) in (scores or {}).items():
+            written += self.write_scores(k, name, values, meta)
         if next_checkpoint is not None:
             written += self.write_checkpoint(k + 1, *next_checkpoint)
         payload = {
@@ -240,6 +246,48 @@ class RunLog:
         }
         atomic_write_json(directory / "iteration.json", payload)
         return written
+
+    # ----------------------------------------------------------------- scores
+    def write_scores(
+        self, iteration: int, name: str, scores: torch.Tensor, meta: dict[str, Any]
+    ) -> int:
+        """Store ``[N]`` scores of iteration ``iteration``'s records under ``name``.
+
+        Scores may be written during training (before the iteration commits) or later by
+        ``rlattr attribute``; an existing entry of the same name is replaced atomically.
+        """
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"score name {name!r} may hold letters, digits, '-', '_' and '.'")
+        directory = self.iteration_dir(iteration) / "scores"
+        record_ids = torch.arange(scores.numel(), dtype=torch.int64) + iteration * scores.numel()
+        digest, size = atomic_write_tensors(
+            directory / f"{name}.safetensors",
+            {"scores": scores.to(torch.float64), "record_ids": record_ids},
+        )
+        atomic_write_json(
+            directory / f"{name}.json",
+            {**_json_safe(meta), "name": name, "iteration": iteration, "sha256": digest},
+        )
+        return size
+
+    def score_names(self, iteration: int) -> list[str]:
+        directory = self.iteration_dir(iteration) / "scores"
+        return sorted(p.stem for p in directory.glob("*.json")) if directory.exists() else []
+
+    def load_scores(
+        self, iteration: int, name: str, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(scores ``[N]`` float64, metadata) stored under ``name`` for ``iteration``."""
+        directory = self.iteration_dir(iteration) / "scores"
+        json_path = directory / f"{name}.json"
+        if not json_path.exists():
+            raise RunLogError(
+                f"no scores {name!r} for iteration {iteration} in {self.path} "
+                f"(stored: {self.score_names(iteration) or 'none'}); run `rlattr attribute`"
+            )
+        meta = read_json(json_path)
+        tensors = read_tensors(directory / f"{name}.safetensors", meta["sha256"], device)
+        return tensors["scores"], meta
 
     # ----------------------------------------------------------------- reading
     def iteration_meta(self, iteration: int) -> dict[str, Any]:
@@ -311,6 +359,15 @@ class RunLog:
                     report.problems.append(f"{path}: missing")
                 elif sha256_file(path) != info["sha256"]:
                     report.problems.append(f"{path}: checksum mismatch (truncated or altered)")
+            for score_json in sorted((self.iteration_dir(k) / "scores").glob("*.json")):
+                try:
+                    expected = read_json(score_json).get("sha256")
+                except CorruptRunLogError as err:
+                    report.problems.append(str(err))
+                    continue
+                path = score_json.with_suffix(".safetensors")
+                if not path.exists() or sha256_file(path) != expected:
+                    report.problems.append(f"{path}: missing or checksum mismatch")
         for k in report.checkpoints:
             tensor_path, json_path = self._checkpoint_paths(k)
             try:

@@ -14,8 +14,8 @@ import torch
 from gymnasium import spaces
 
 from rlattr.checkpoint import capture_checkpoint
-from rlattr.fidelity import random_subsets, subset_effects
 from rlattr.grads import parameter_names
+from rlattr.groundtruth import random_subsets, subset_effects
 from rlattr.influence import snapshot_scores, tracin_scores
 from rlattr.loss import PPOLossConfig, normalize_advantages
 from rlattr.plan import UpdatePlan

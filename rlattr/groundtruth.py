@@ -145,7 +145,7 @@ class FidelityReport:
         return data
 
 
-def fidelity(
+def check_scores(
     data: IterationData,
     policy: ActorCriticPolicy,
     scores: torch.Tensor,
