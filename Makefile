@@ -18,7 +18,7 @@ $(VENV)/.rlattr-installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/rlattr train cartpole --seed 0 --run-dir runs/demo
+	$(VENV)/bin/rlattr train cartpole --iif --seed 0 --run-dir runs/demo
 
 test: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -45,7 +45,13 @@ def _train(args: argparse.Namespace) -> int:
     elif args.resume:
         console.print(f"[yellow]{run_dir} holds no run yet; starting a new one[/]")
     _import_project_envs()
-    model = preset.build(run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming)
+    iif = None
+    if args.iif:
+        iif = preset.iif_config(rule=args.iif_rule, fraction=args.iif_fraction)
+        console.print(f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}")
+    model = preset.build(
+        run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif
+    )
     remaining = preset.total_timesteps - model.num_timesteps
     if remaining <= 0:
         console.print(f"{run_dir} has already trained {model.num_timesteps} steps; nothing to do")
@@ -237,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="cpu, cuda or auto")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--iif", action="store_true", help="iterative influence-based filtering")
+    train.add_argument("--iif-rule", choices=["neg_bottom", "drop_negative", "bottom", "random"])
+    train.add_argument("--iif-fraction", type=float, help="p of neg_bottom, q of bottom/random")
     train.set_defaults(func=_train)
 
     inspect_ = sub.add_parser("inspect", help="summarise and verify a run directory")

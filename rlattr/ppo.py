@@ -49,6 +49,8 @@ class AttributedPPO(PPO):
         record_hooks: callables ``hook(model, records)`` run before every update (scoring).
         keep_mask_fn: ``fn(model, records) -> BoolTensor[N] | None`` restricting each
             update to the kept records (filtering); None trains on every record.
+        iif: an ``rlattr.filters.IIF`` config: iterative influence-based filtering (it
+            installs the keep mask); None is plain PPO.
         **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts.
     """
 
@@ -63,9 +65,11 @@ class AttributedPPO(PPO):
         run_metadata: dict[str, Any] | None = None,
         record_hooks: tuple[RecordHook, ...] | list[RecordHook] = (),
         keep_mask_fn: KeepMaskFn | None = None,
+        iif: Any = None,
         **ppo_kwargs: Any,
     ):
         _check_policy_argument(policy)
+        self._run_metadata = dict(run_metadata or {})
         if ppo_kwargs.get("use_sde"):
             raise UnsupportedError(
                 "use_sde=True is not supported: gSDE exploration noise is not logged, so its "
@@ -89,6 +93,14 @@ class AttributedPPO(PPO):
         _check_policy_class(self.policy_class)
 
         self.record_hooks: list[RecordHook] = list(record_hooks)
+        if iif is not None:
+            from rlattr.filters import IIFFilter
+
+            if keep_mask_fn is not None:
+                raise ValueError("pass either iif or keep_mask_fn, not both")
+            keep_mask_fn = IIFFilter(iif)
+            self._run_metadata.setdefault("iif", _describe(iif))
+        self.iif = iif
         self.keep_mask_fn = keep_mask_fn
         self.retention = retention or Retention()
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -100,7 +112,6 @@ class AttributedPPO(PPO):
         self.last_keep_mask: torch.Tensor | None = None
         # Scores that record hooks computed for the current iteration; stored with it.
         self.pending_scores: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
-        self._run_metadata = dict(run_metadata or {})
         self._resume = resume
         self._phase_start = time.perf_counter()
         if init_setup_model:
@@ -356,6 +367,17 @@ def _write_iteration_files(
         written = run_log.write_checkpoint(k + 1, *next_checkpoint)
     run_log.apply_retention(newest_checkpoint=k + 1)
     return written
+
+
+def _describe(config: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    values = asdict(config)
+    target = values.pop("target", None)
+    values["target"] = (
+        "return (same buffer)" if target is None else getattr(target, "name", "custom")
+    )
+    return values
 
 
 def _check_policy_argument(policy: Any) -> None:

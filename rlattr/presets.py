@@ -48,6 +48,16 @@ POLICY_KWARG_KEYS = (
     "optimizer_kwargs",
 )
 RECORDING_KEYS = ("record_every", "keep_last")
+IIF_KEYS = (
+    "rule",
+    "fraction",
+    "like",
+    "like_fraction",
+    "params",
+    "warmup_iterations",
+    "min_kept",
+    "seed",
+)
 _SCHEDULED = ("learning_rate", "clip_range", "clip_range_vf")
 _SHORT_NAMES = {
     "activation_fn": "torch.nn",
@@ -70,6 +80,8 @@ class Preset:
         env_kwargs: keyword arguments of ``gymnasium.make``.
         wrappers: dotted paths of ``gymnasium.Wrapper`` classes applied in order.
         recording: RunLog retention (``record_every``, ``keep_last``).
+        iif: IIF settings used when filtering is switched on (keys in ``IIF_KEYS``);
+            filtering itself is switched on by ``build(iif=True)`` or ``rlattr train --iif``.
         description: what the preset is for.
         sources: where each hyperparameter comes from (key → citation).
         extra: the pip extra the environment needs (``box2d``, ``minigrid``, ``mujoco``).
@@ -85,6 +97,7 @@ class Preset:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     wrappers: list[str] = field(default_factory=list)
     recording: dict[str, Any] = field(default_factory=dict)
+    iif: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     extra: str | None = None
@@ -93,6 +106,11 @@ class Preset:
         _check_keys(self.ppo, PPO_KEYS, f"preset {self.name!r} ppo")
         _check_keys(self.policy_kwargs, POLICY_KWARG_KEYS, f"preset {self.name!r} policy_kwargs")
         _check_keys(self.recording, RECORDING_KEYS, f"preset {self.name!r} recording")
+        _check_keys(self.iif, IIF_KEYS, f"preset {self.name!r} iif")
+        try:
+            self.iif_config()
+        except ValueError as err:
+            raise PresetError(f"preset {self.name!r} iif: {err}") from err
         if self.policy not in ("MlpPolicy", "CnnPolicy"):
             raise PresetError(f"preset {self.name!r}: policy must be MlpPolicy or CnnPolicy")
         if self.total_timesteps <= 0 or self.n_envs <= 0:
@@ -172,6 +190,13 @@ class Preset:
             kwargs["max_grad_norm"] = float(kwargs["max_grad_norm"])
         return kwargs
 
+    def iif_config(self, **overrides: Any) -> Any:
+        """The preset's ``IIF`` configuration (with ``overrides`` that are not None)."""
+        from rlattr.filters import IIF
+
+        values = {**self.iif, **{k: v for k, v in overrides.items() if v is not None}}
+        return IIF(**values)
+
     def resolved_policy_kwargs(self) -> dict[str, Any]:
         kwargs = copy.deepcopy(self.policy_kwargs)
         for key in ("activation_fn", "optimizer_class", "features_extractor_class"):
@@ -185,18 +210,28 @@ class Preset:
         seed: int = 0,
         device: str = "auto",
         resume: bool = False,
+        iif: Any = None,
         **extra: Any,
     ) -> Any:
-        """An ``AttributedPPO`` for this preset (recording into ``run_dir`` if given)."""
+        """An ``AttributedPPO`` for this preset (recording into ``run_dir`` if given).
+
+        ``iif``: None or False trains plain PPO; True uses the preset's ``iif`` settings;
+        an ``IIF`` instance is used as given.
+        """
         from rlattr.ppo import AttributedPPO  # late: presets are also read without torch work
 
         env = self.make_env(seed)
+        if iif is True:
+            iif = self.iif_config()
+        elif iif is False:
+            iif = None
         return AttributedPPO(
             self.policy,
             env,
             run_dir=run_dir,
             retention=Retention(**self.recording),
             resume=resume,
+            iif=iif,
             run_metadata={"preset": self.to_dict()},
             seed=seed,
             device=device,

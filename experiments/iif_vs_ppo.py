@@ -1,0 +1,259 @@
+"""IIF against PPO and the matched random-drop ablation, paired seeds, same budget.
+
+Arms: ``ppo`` (plain PPO), ``iif`` (the preset's IIF settings; default the paper rule
+neg_bottom p = 0.125, snapshot scores, return target on the same buffer) and
+``random`` (drops as many records as the IIF rule would, at random). Seed s of every arm
+uses the same environment and initialisation seed. Every ``--eval-every`` iterations the
+policy is evaluated on ``--eval-episodes`` stochastic episodes of a separate environment
+with fixed seeds. Each finished run is written to
+experiments/results/iif/<preset>/<arm>-s<seed>.csv, so an interrupted study resumes with
+the runs still missing; ``--summarize`` builds the table and the plots.
+
+    python experiments/iif_vs_ppo.py --preset cartpole --seeds 5
+    python experiments/iif_vs_ppo.py --preset lunarlander --seed-list 0 2 4   # one core
+    python experiments/iif_vs_ppo.py --preset lunarlander --summarize
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import RESULTS, provenance
+from rlattr.filters import IIF
+from rlattr.presets import Preset
+
+ARMS = ("ppo", "iif", "random")
+OUT = RESULTS / "iif"
+
+
+def evaluate(model, env, episodes: int, seed: int) -> float:
+    """Mean undiscounted return of ``episodes`` stochastic episodes with fixed seeds.
+
+    Runs under a forked torch RNG, so evaluating does not change the training run.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return _evaluate(model, env, episodes, seed)
+
+
+def _evaluate(model, env, episodes: int, seed: int) -> float:
+    returns = []
+    for episode in range(episodes):
+        obs = env.reset(seed=seed + episode)[0]
+        done, total = False, 0.0
+        while not done:
+            action, _ = model.predict(obs, deterministic=False)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+class Curve(BaseCallback):
+    """Evaluate every ``every`` iterations; keep training-episode returns and timing."""
+
+    def __init__(self, eval_env, every: int, episodes: int, eval_seed: int):
+        super().__init__()
+        self.eval_env, self.every, self.episodes, self.eval_seed = (
+            eval_env,
+            every,
+            episodes,
+            eval_seed,
+        )
+        self.rows: list[dict] = []
+        self.iteration = 0
+        self.last = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        # Called after each rollout, before the update of that rollout: evaluate the
+        # policy that collected it (θ_k), so row k describes θ_k.
+        now = time.perf_counter()
+        row = {
+            "iteration": self.iteration,
+            "timesteps": self.model.num_timesteps,
+            "train_return": (
+                statistics.mean(e["r"] for e in self.model.ep_info_buffer)
+                if self.model.ep_info_buffer
+                else float("nan")
+            ),
+            "seconds_per_iteration": now - self.last,
+            "eval_return": float("nan"),
+        }
+        if self.iteration % self.every == 0:
+            row["eval_return"] = evaluate(self.model, self.eval_env, self.episodes, self.eval_seed)
+        self.rows.append(row)
+        self.iteration += 1
+        self.last = time.perf_counter()
+
+
+def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
+    if arm == "ppo":
+        return None
+    base = preset.iif_config(seed=seed)
+    if arm == "iif":
+        return base
+    return IIF(
+        rule="random_like",
+        like=base.rule,
+        like_fraction=base.fraction,
+        warmup_iterations=base.warmup_iterations,
+        seed=seed,
+    )
+
+
+def run(preset: Preset, arm: str, seed: int, args: argparse.Namespace) -> Path:
+    import gymnasium as gym
+
+    path = OUT / preset.name / f"{arm}-s{seed}.csv"
+    if path.exists():
+        return path
+    torch.set_num_threads(1)
+    model = preset.build(seed=seed, device="cpu", iif=_arm_iif(preset, arm, seed))
+    eval_env = gym.make(preset.env_id, **preset.env_kwargs)
+    for wrapper in preset.wrappers:
+        from rlattr.presets import _import_wrapper
+
+        eval_env = _import_wrapper(wrapper)(eval_env)
+    curve = Curve(eval_env, args.eval_every, args.eval_episodes, eval_seed=10_000)
+    start = time.perf_counter()
+    model.learn(preset.total_timesteps, callback=curve)
+    final = evaluate(model, eval_env, args.final_episodes, seed=20_000)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*curve.rows[0], "final_return", "wall_s"])
+        writer.writeheader()
+        for row in curve.rows:
+            writer.writerow({**row, "final_return": final, "wall_s": time.perf_counter() - start})
+    tmp.replace(path)
+    print(f"{preset.name} {arm} seed {seed}: final return {final:.1f}", flush=True)
+    return path
+
+
+def _load(preset_name: str) -> dict[str, dict[int, list[dict]]]:
+    runs: dict[str, dict[int, list[dict]]] = {}
+    for path in sorted((OUT / preset_name).glob("*-s*.csv")):
+        arm, seed = path.stem.rsplit("-s", 1)
+        with open(path) as handle:
+            runs.setdefault(arm, {})[int(seed)] = [
+                {k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)
+            ]
+    return runs
+
+
+def summarize(preset_name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = _load(preset_name)
+    if "ppo" not in runs:
+        raise SystemExit(f"no PPO runs for {preset_name} yet")
+    seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
+    summary = {}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arm in [a for a in ARMS if a in runs]:
+        curves = [[r for r in runs[arm][s] if not np.isnan(r["eval_return"])] for s in seeds]
+        steps = np.array([r["timesteps"] for r in curves[0]])
+        values = np.array([[r["eval_return"] for r in c] for c in curves])
+        mean, std = values.mean(0), values.std(0)
+        ax.plot(steps, mean, label=f"{arm} (n={len(seeds)})")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        finals = [runs[arm][s][0]["final_return"] for s in seeds]
+        summary[arm] = {
+            "steps": steps,
+            "mean_curve": mean,
+            "auc": float(values.mean()),
+            "auc_per_seed": values.mean(1).tolist(),
+            "final_mean": float(np.mean(finals)),
+            "final_std": float(np.std(finals)),
+            "seconds_per_iteration": float(
+                np.mean(
+                    [np.mean([r["seconds_per_iteration"] for r in runs[arm][s][1:]]) for s in seeds]
+                )
+            ),
+        }
+    reference = summary["ppo"]["mean_curve"][-1]
+    for values in summary.values():
+        reached = np.nonzero(values["mean_curve"] >= reference)[0]
+        values["steps_to_ppo_final"] = (
+            float(values["steps"][reached[0]]) if len(reached) else float("nan")
+        )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(f"mean eval return (± std over {len(seeds)} seeds)")
+    ax.set_title(preset_name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / f"{preset_name}.png", dpi=120)
+
+    lines = [
+        f"## {preset_name} ({len(seeds)} paired seeds: {seeds})",
+        "",
+        "| arm | steps to PPO's final mean eval return | AUC (mean eval return) | "
+        "final return (mean ± std) | s / iteration |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, v in summary.items():
+        auc_std = float(np.std(v["auc_per_seed"]))
+        lines.append(
+            f"| {arm} | {v['steps_to_ppo_final']:.0f} | {v['auc']:.1f} ± {auc_std:.1f} | "
+            f"{v['final_mean']:.1f} ± {v['final_std']:.1f} | {v['seconds_per_iteration']:.2f} |"
+        )
+    (OUT / f"{preset_name}.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{preset_name}.json").write_text(
+        json.dumps(
+            {
+                **provenance(),
+                "summary": {
+                    a: {k: v for k, v in s.items() if k not in ("steps", "mean_curve")}
+                    for a, s in summary.items()
+                },
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    parser.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds (one core each)")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--timesteps", type=int)
+    parser.add_argument("--eval-every", type=int, default=5, help="iterations between evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--final-episodes", type=int, default=50)
+    parser.add_argument("--summarize", action="store_true")
+    args = parser.parse_args()
+    if args.summarize:
+        summarize(args.preset)
+        return
+    preset = Preset.load(args.preset)
+    if args.timesteps:
+        preset = preset.with_overrides(total_timesteps=args.timesteps)
+    for seed in args.seed_list or range(args.seeds):
+        for arm in args.arms:
+            run(preset, arm, seed, args)
+
+
+if __name__ == "__main__":
+    main()

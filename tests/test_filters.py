@@ -1,0 +1,144 @@
+"""IIF: each rule drops exactly the records it should; the update touches only kept ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlattr import AttributedPPO, CallableTarget, RunLog, load_iteration, replay
+from rlattr.filters import IIF, drop_count, episode_ends_in_buffer, keep_mask
+from rlattr.records import Records
+from rlattr.replay import build_policy, state_matches
+
+SCORES = torch.tensor([0.5, -3.0, -1.0, 2.0, -0.5, -2.0, 0.1, -4.0, 1.0, -0.25])
+# Negatives, most negative first: idx 7 (-4), 1 (-3), 5 (-2), 2 (-1), 4 (-0.5), 9 (-0.25).
+
+
+def _kept(rule: str, fraction: float = 0.5, **kwargs) -> list[int]:
+    config = IIF(rule=rule, fraction=fraction, **kwargs)
+    mask = keep_mask(SCORES, len(SCORES), config, torch.Generator().manual_seed(0), min_kept=1)
+    return torch.nonzero(~mask).flatten().tolist()
+
+
+def test_neg_bottom_drops_a_fraction_of_the_negatives() -> None:
+    assert sorted(_kept("neg_bottom", 0.5)) == [1, 5, 7]  # floor(0.5 × 6) = 3 most negative
+    assert sorted(_kept("neg_bottom", 0.34)) == [1, 7]  # floor(0.34 × 6) = 2
+    assert _kept("neg_bottom", 0.125) == []  # floor(0.125 × 6) = 0
+
+
+def test_drop_negative_drops_every_negative() -> None:
+    assert sorted(_kept("drop_negative")) == [1, 2, 4, 5, 7, 9]
+
+
+def test_bottom_drops_the_lowest_of_all() -> None:
+    assert sorted(_kept("bottom", 0.2)) == [1, 7]
+    assert sorted(_kept("bottom", 0.45)) == [1, 2, 5, 7]
+
+
+def test_random_rules_drop_the_same_count_at_random() -> None:
+    assert len(_kept("random", 0.3)) == 3
+    dropped = _kept("random_like", like="neg_bottom", like_fraction=0.5)
+    assert len(dropped) == drop_count(SCORES, "neg_bottom", 0.5) == 3
+    assert len(_kept("random_like", like="drop_negative")) == 6
+    # Reproducible from the IIF seed, and the global RNG is not touched.
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    assert _kept("random", 0.3, seed=4) == _kept("random", 0.3, seed=4)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_min_kept_caps_the_drop() -> None:
+    config = IIF(rule="drop_negative")
+    mask = keep_mask(SCORES, len(SCORES), config, torch.Generator(), min_kept=7)
+    assert int(mask.sum()) == 7
+    assert sorted(torch.nonzero(~mask).flatten().tolist()) == [1, 5, 7]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rule": "top"}, "rule must be one of"),
+        ({"fraction": 1.5}, r"fraction must be in \[0, 1\)"),
+        ({"rule": "random_like"}, "random_like needs like"),
+        ({"scorer": "tracin"}, "throw-away update"),
+        ({"min_kept": 0}, "min_kept"),
+    ],
+)
+def test_config_is_validated(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        IIF(**kwargs)
+
+
+SMALL = {"n_steps": 64, "batch_size": 16, "n_epochs": 2, "device": "cpu", "seed": 0}
+
+
+def test_update_touches_only_kept_records(run_dir: Path) -> None:
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=IIF(rule="bottom", fraction=0.25), **SMALL
+    ).learn(192)
+    log = RunLog(run_dir)
+    policy = build_policy(log)
+    for k in log.iterations():
+        data = load_iteration(log, k)
+        kept = data.plan.keep_mask
+        assert int((~kept).sum()) == 16
+        scores, _ = log.load_scores(k, "snapshot-return")
+        assert float(scores[~kept].max()) <= float(scores[kept].min())
+        assert set(data.plan.minibatch_indices.tolist()) == set(
+            torch.nonzero(kept).flatten().tolist()
+        )
+        # Poison the dropped records: the logged update must not notice.
+        for name in ("advantages", "returns", "log_probs", "values"):
+            getattr(data.records, name)[~kept] = float("nan")
+        replay(data, policy)
+        assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
+
+
+def test_warmup_trains_unfiltered(run_dir: Path) -> None:
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir,
+        iif=IIF(rule="bottom", fraction=0.5, warmup_iterations=2), **SMALL,
+    )  # fmt: skip
+    model.learn(192)
+    log = RunLog(run_dir)
+    assert [int(log.load_plan(k).keep_mask.sum()) for k in log.iterations()] == [64, 64, 32]
+
+
+def test_nan_scores_train_unfiltered_with_a_warning(run_dir: Path) -> None:
+    def nan_target(policy, context):
+        _, log_prob, _ = policy.evaluate_actions(
+            context.records.observations, context.records.actions.long().flatten()
+        )
+        return log_prob.mean() * float("nan")
+
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir,
+        iif=IIF(rule="drop_negative", target=CallableTarget(nan_target, "nan")), **SMALL,
+    )  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="NaN or inf"):
+        model.learn(128)
+    log = RunLog(run_dir)
+    assert all(bool(log.load_plan(k).keep_mask.all()) for k in log.iterations())
+    assert all(np.isfinite(p.detach().numpy()).all() for p in model.policy.parameters())
+
+
+def test_iif_and_keep_mask_fn_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        AttributedPPO("MlpPolicy", "CartPole-v1", iif=IIF(), keep_mask_fn=lambda m, r: None)
+
+
+def test_episode_ends_in_buffer() -> None:
+    zeros = torch.zeros(8)
+    starts = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0.0])  # env 0: steps 0-3, env 1: steps 0-3
+    records = Records(
+        observations=torch.zeros(8, 1), actions=torch.zeros(8, 1), rewards=zeros,
+        episode_starts=starts, values=zeros, log_probs=zeros, advantages=zeros, returns=zeros,
+        last_values=torch.zeros(2), last_dones=torch.tensor([0.0, 1.0]),
+        iteration=0, n_envs=2, n_steps=4,
+    )  # fmt: skip
+    # env 0: a new episode starts at step 3, so steps 0-2 end inside; step 3 runs past.
+    # env 1: the buffer's last step ends its episode (last_dones), so all of it ends inside.
+    assert episode_ends_in_buffer(records).tolist() == [True, True, True, False] + [True] * 4
