@@ -35,7 +35,11 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
     resuming = args.resume and (run_dir / "run.json").exists()
     if resuming:
-        stored = RunLog(run_dir).meta.get("config", {}).get("preset", {})
+        stored_config = RunLog(run_dir).meta.get("config", {})
+        if ("iif" in stored_config) != bool(args.iif):
+            was = "with" if "iif" in stored_config else "without"
+            raise PresetError(f"{run_dir} was trained {was} --iif; resume it the same way")
+        stored = stored_config.get("preset", {})
         stored_cmp = {**stored, "total_timesteps": preset.total_timesteps}
         if stored_cmp != preset.to_dict():
             raise PresetError(

@@ -48,7 +48,7 @@ class IIF:
             using them to choose that update's data would need a throw-away update first.
         params: which parameters the scores use (see ``rlattr.grads``).
         warmup_iterations: iterations trained unfiltered before filtering starts.
-        min_kept: never keep fewer records than this (default: one minibatch).
+        min_kept: never keep fewer records than this (at least 1: an update needs data).
         seed: seed of the random rules' own generator (the global RNGs are not touched).
     """
 
@@ -60,7 +60,7 @@ class IIF:
     scorer: Literal["snapshot"] = "snapshot"
     params: ParamSelection = "policy"
     warmup_iterations: int = 0
-    min_kept: int | None = None
+    min_kept: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,7 +80,7 @@ class IIF:
             )
         if self.warmup_iterations < 0:
             raise ValueError("warmup_iterations must be >= 0")
-        if self.min_kept is not None and self.min_kept < 1:
+        if self.min_kept < 1:
             raise ValueError("min_kept must be >= 1")
         if self.params not in ("policy", "value", "all"):
             raise ValueError(f"params must be 'policy', 'value' or 'all', got {self.params!r}")
@@ -186,8 +186,7 @@ class IIFFilter:
             model.logger.record("iif/nonfinite_scores", bad)
             model.logger.record("iif/fraction_dropped", 0.0)
             return None
-        min_kept = config.min_kept if config.min_kept is not None else min(model.batch_size, n)
-        mask = keep_mask(scores, n, config, self.generator, min_kept)
+        mask = keep_mask(scores, n, config, self.generator, min(config.min_kept, n))
         self._log(model, records, scores, mask)
         return mask.to(records.device)
 

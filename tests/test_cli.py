@@ -64,3 +64,18 @@ def test_resume_with_another_preset_is_refused(run_dir: Path, capsys) -> None:
 def test_errors_are_reported_not_raised(tmp_path: Path, capsys) -> None:
     assert main(["inspect", str(tmp_path)]) == 2
     assert "not an rlattr run directory" in capsys.readouterr().err
+
+
+def test_train_with_iif(run_dir: Path, capsys) -> None:
+    from rlattr import RunLog
+
+    args = ["train", "cartpole", "--timesteps", "512", "--run-dir", str(run_dir), "--no-progress"]
+    assert main([*args, "--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]) == 0
+    assert "IIF on: rule bottom" in capsys.readouterr().out
+    log = RunLog(run_dir)
+    assert log.meta["config"]["iif"]["rule"] == "bottom"
+    assert [int(log.load_plan(k).keep_mask.sum()) for k in log.iterations()] == [192, 192]
+    assert log.score_names(1) == ["snapshot-return"]
+    # Resuming must keep filtering on.
+    assert main([*args, "--timesteps", "1024", "--resume"]) == 2
+    assert "trained with --iif" in capsys.readouterr().err

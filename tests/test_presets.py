@@ -87,3 +87,15 @@ def test_unknown_preset_name_lists_known_ones() -> None:
 def test_linear_schedule() -> None:
     schedule = LinearSchedule(0.002)
     assert schedule(1.0) == 0.002 and schedule(0.25) == 0.0005
+
+
+def test_iif_section_is_validated() -> None:
+    base = {"name": "x", "env_id": "CartPole-v1", "total_timesteps": 10}
+    assert (
+        Preset.from_dict({**base, "iif": {"rule": "bottom", "fraction": 0.2}}).iif_config().rule
+        == "bottom"
+    )
+    with pytest.raises(PresetError, match=r"unknown key\(s\) \['p'\]"):
+        Preset.from_dict({**base, "iif": {"p": 0.2}})
+    with pytest.raises(PresetError, match="rule must be one of"):
+        Preset.from_dict({**base, "iif": {"rule": "nope"}})
