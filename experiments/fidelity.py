@@ -85,7 +85,13 @@ def study(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     log = _train(preset, args.seed)
     iterations = log.iterations()
-    stages = {"early": 2, "middle": iterations[len(iterations) // 2], "late": iterations[-1]}
+    # "late" is at 90 % of training, not the last iteration: a linear learning-rate
+    # schedule (CartPole's) has decayed to ~0 there, and nothing is left to attribute.
+    stages = {
+        "early": 2,
+        "middle": iterations[len(iterations) // 2],
+        "late": iterations[int(0.9 * (len(iterations) - 1))],
+    }
     targets = {"return": ReturnTarget(), "action": _action_target(log)}
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{preset.name}.csv"
