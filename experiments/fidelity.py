@@ -1,11 +1,12 @@
-"""Fidelity study: snapshot and TracIn scores against leave-subset-out replay.
+"""Fidelity study: snapshot, TracIn and metagradient scores against leave-subset-out replay.
 
 For a preset: train (or resume) a recorded run under experiments/runs/, then at an early,
 a middle and a late iteration, and for the return target (same buffer) and an action
-target, compute both scores and the ground truth Δ_S for random subsets (10 % of the
-records by default) under the logged minibatch order and under independent orders
-(the noise ceiling). Rows are appended to experiments/results/fidelity/<preset>.csv as
-they finish, so an interrupted study resumes where it stopped.
+target, compute the three scores and the ground truth Δ_S for random subsets (1 %, 5 %
+and 10 % of the records by default) under the logged minibatch order and under an
+independent order (the noise ceiling). Rows are appended to
+experiments/results/fidelity/<preset>.csv as they finish, so an interrupted study resumes
+where it stopped.
 
     python experiments/fidelity.py --preset cartpole [--timesteps N] [--subsets 64]
     python experiments/fidelity.py --summarize        # markdown table + PNG from all CSVs
@@ -35,6 +36,7 @@ from rlattr.attribution import target_context
 from rlattr.checkpoint import restore_checkpoint
 from rlattr.groundtruth import pearson, random_subsets, reshuffled_plan, spearman, subset_effects
 from rlattr.influence import snapshot_scores, tracin_scores
+from rlattr.metagrad import metagradient_scores
 from rlattr.presets import Preset
 from rlattr.replay import build_policy, load_iteration
 
@@ -71,11 +73,55 @@ def _action_target(log: RunLog, n_states: int = 64) -> ActionTarget:
     return ActionTarget(observations, actions)
 
 
-def _done_rows(path: Path) -> set[tuple[str, str, str]]:
+METHODS = ("snapshot", "tracin", "metagrad")
+
+
+def _done_rows(path: Path) -> set[tuple[str, str]]:
     if not path.exists():
         return set()
     with open(path) as handle:
-        return {(r["iteration"], r["target"], r["method"]) for r in csv.DictReader(handle)}
+        return {(r["iteration"], r["target"]) for r in csv.DictReader(handle)}
+
+
+def _evaluate(args, preset_name, data, policy, target, context, scores, seconds, fraction,
+              stage, target_name) -> list[dict]:  # fmt: skip
+    """Ground truth for one fraction (logged order + independent orders) and every score."""
+    removed = random_subsets(
+        len(data.records), args.subsets, fraction, args.seed, data.plan.keep_mask
+    )
+    start = time.perf_counter()
+    actual = subset_effects(data, policy, target, context, removed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    others = []
+    for _ in range(args.orders - 1):
+        other = type(data)(**{**data.__dict__, "plan": reshuffled_plan(data.plan, generator)})
+        others.append(subset_effects(other, policy, target, context, removed))
+    replay_seconds = time.perf_counter() - start
+    ceiling = spearman(actual, others[0]) if others else float("nan")
+    mean_actual = np.mean([actual, *others], axis=0)
+    rows = []
+    for method, values in scores.items():
+        predicted = np.array([float(values[m].sum()) for m in removed])
+        rows.append(
+            {
+                "preset": preset_name,
+                "seed": args.seed,
+                "iteration": data.iteration,
+                "stage": stage,
+                "target": target_name,
+                "method": method,
+                "subsets": args.subsets,
+                "fraction": fraction,
+                "lds": spearman(predicted, actual),
+                "pearson": pearson(predicted, actual),
+                "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))),
+                "ceiling": ceiling,
+                "lds_mean_order": spearman(predicted, mean_actual),
+                "score_seconds": seconds[method],
+                "replay_seconds": replay_seconds,
+            }
+        )
+    return rows
 
 
 def study(args: argparse.Namespace) -> None:
@@ -101,7 +147,7 @@ def study(args: argparse.Namespace) -> None:
         data = load_iteration(log, k)
         context = target_context(log, data.records)
         for target_name, target in targets.items():
-            if all((str(k), target_name, m) in done for m in ("snapshot", "tracin")):
+            if (str(k), target_name) in done:
                 continue
             start = time.perf_counter()
             restore_checkpoint(policy, data.start_tensors, data.start_meta)
@@ -114,43 +160,25 @@ def study(args: argparse.Namespace) -> None:
             start = time.perf_counter()
             scores["tracin"] = tracin_scores(data, policy, target, context)
             seconds["tracin"] = time.perf_counter() - start
-
-            removed = random_subsets(
-                len(data.records), args.subsets, args.fraction, args.seed, data.plan.keep_mask
-            )
             start = time.perf_counter()
-            actual = subset_effects(data, policy, target, context, removed)
-            generator = torch.Generator().manual_seed(args.seed + 1)
-            others = []
-            for _ in range(args.orders - 1):
-                other = type(data)(
-                    **{**data.__dict__, "plan": reshuffled_plan(data.plan, generator)}
-                )
-                others.append(subset_effects(other, policy, target, context, removed))
-            replay_seconds = time.perf_counter() - start
-            ceiling = spearman(actual, others[0]) if others else float("nan")
-            mean_actual = np.mean([actual, *others], axis=0)
+            scores["metagrad"] = metagradient_scores(data, policy, target, context).scores
+            seconds["metagrad"] = time.perf_counter() - start
+            rows = []
+            for fraction in args.fractions:
+                rows.extend(
+                    _evaluate(args, preset.name, data, policy, target, context, scores,
+                              seconds, fraction, stage, target_name)
+                )  # fmt: skip
             with open(path, "a", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=FIELDS)
                 if handle.tell() == 0:
                     writer.writeheader()
-                for method, values in scores.items():
-                    predicted = np.array([float(values[m].sum()) for m in removed])
-                    row = {
-                        "preset": preset.name, "seed": args.seed, "iteration": k,
-                        "stage": stage, "target": target_name, "method": method,
-                        "subsets": args.subsets, "fraction": args.fraction,
-                        "lds": spearman(predicted, actual),
-                        "pearson": pearson(predicted, actual),
-                        "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))),
-                        "ceiling": ceiling,
-                        "lds_mean_order": spearman(predicted, mean_actual),
-                        "score_seconds": seconds[method], "replay_seconds": replay_seconds,
-                    }  # fmt: skip
+                for row in rows:
                     writer.writerow(row)
                     print(
-                        f"{preset.name} {stage:6s} it {k:4d} {target_name:6s} {method:8s} "
-                        f"LDS {row['lds']:+.3f} (ceiling {ceiling:+.3f}, vs mean order "
+                        f"{preset.name} {stage:6s} it {k:4d} {target_name:6s} "
+                        f"{row['fraction']:.2f} {row['method']:8s} LDS {row['lds']:+.3f} "
+                        f"(ceiling {row['ceiling']:+.3f}, vs mean order "
                         f"{row['lds_mean_order']:+.3f}) sign {row['sign_agreement']:.2f}",
                         flush=True,
                     )
@@ -170,52 +198,58 @@ def summarize() -> None:
             rows.extend(csv.DictReader(handle))
     if not rows:
         raise SystemExit("no fidelity results yet")
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        key = (r["preset"], r["stage"], int(r["iteration"]), r["target"], float(r["fraction"]))
+        keyed.setdefault(key, {})[r["method"]] = r
     lines = [
-        "# Fidelity of snapshot and TracIn scores (LDS against leave-subset-out replay)",
+        "# Fidelity of snapshot, TracIn and metagradient scores",
         "",
-        "LDS = Spearman correlation over random subsets (fraction of the records removed "
-        "from every minibatch of the logged plan) of Σ scores with the replayed Δ_S. "
-        "Ceiling = Spearman of Δ_S under the logged order with Δ_S under an independent "
-        "order. 'avg' = LDS against Δ_S averaged over the orders. Commands: see the JSON "
-        "files beside the CSVs.",
+        "LDS = Spearman correlation, over random subsets S of the iteration's records "
+        "(removed from every minibatch of the logged plan), of the predicted Σ_{i∈S} score_i "
+        "with the replayed Δ_S = f(θ_{k+1}) − f(θ_{k+1}^{−S}). Ceiling = Spearman of Δ_S "
+        "under the logged order with Δ_S under an independent order (how much the ground "
+        "truth itself depends on the minibatch order). Metagradient scores are exact for the "
+        "logged order, so they can exceed the ceiling; snapshot and TracIn cannot be expected "
+        "to. Command and versions: experiments/results/fidelity/<preset>.json.",
         "",
-        "| preset | stage (iteration) | target | snapshot LDS | TracIn LDS | ceiling | "
-        "snapshot / TracIn LDS vs avg | sign agreement (snap / TracIn) |",
+        "| preset | stage (iteration) | target | drop | snapshot | TracIn | metagrad | ceiling |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    keyed = {}
-    for r in rows:
-        keyed.setdefault((r["preset"], r["stage"], r["iteration"], r["target"]), {})[
-            r["method"]
-        ] = r
-    for (preset, stage, iteration, target), by_method in keyed.items():
-        s, t = by_method.get("snapshot"), by_method.get("tracin")
-        if not (s and t):
-            continue
+    for (preset, stage, iteration, target, fraction), by in sorted(
+        keyed.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][3], kv[0][4])
+    ):
+        cells = [f"{float(by[m]['lds']):+.3f}" if m in by else "–" for m in METHODS]
+        ceiling = float(next(iter(by.values()))["ceiling"])
         lines.append(
-            f"| {preset} | {stage} ({iteration}) | {target} | {float(s['lds']):+.3f} | "
-            f"{float(t['lds']):+.3f} | {float(s['ceiling']):+.3f} | "
-            f"{float(s['lds_mean_order']):+.3f} / {float(t['lds_mean_order']):+.3f} | "
-            f"{float(s['sign_agreement']):.2f} / {float(t['sign_agreement']):.2f} |"
+            f"| {preset} | {stage} ({iteration}) | {target} | {fraction:.0%} | "
+            + " | ".join(cells)
+            + f" | {ceiling:+.3f} |"
         )
     (RESULTS / "fidelity.md").write_text("\n".join(lines) + "\n")
 
-    labels = [f"{p}\n{st} {tg}" for (p, st, _, tg) in keyed]
-    x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(labels)), 4.5))
-    for offset, method in ((-0.2, "snapshot"), (0.2, "tracin")):
-        values = [float(v.get(method, {}).get("lds", "nan")) for v in keyed.values()]
-        ax.bar(x + offset, values, width=0.4, label=method)
-    ceilings = [float(next(iter(v.values()))["ceiling"]) for v in keyed.values()]
-    ax.scatter(x, ceilings, color="black", marker="_", s=300, label="ceiling (order noise)")
-    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("LDS (Spearman)")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set_ylim(-1, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("Score fidelity against leave-subset-out replay")
+    fractions = sorted({key[4] for key in keyed})
+    fig, axes = plt.subplots(len(fractions), 1, figsize=(11, 3.2 * len(fractions)), squeeze=False)
+    for ax, fraction in zip(axes[:, 0], fractions, strict=True):
+        items = sorted(
+            ((k, v) for k, v in keyed.items() if k[4] == fraction),
+            key=lambda kv: (kv[0][0], kv[0][2], kv[0][3]),
+        )
+        labels = [f"{k[0]} {k[1]} {k[3]}" for k, _ in items]
+        x = np.arange(len(items))
+        for offset, method in zip((-0.27, 0.0, 0.27), METHODS, strict=True):
+            values = [float(v[method]["lds"]) if method in v else np.nan for _, v in items]
+            ax.bar(x + offset, values, width=0.27, label=method)
+        ceilings = [float(next(iter(v.values()))["ceiling"]) for _, v in items]
+        ax.scatter(x, ceilings, color="black", marker="_", s=200, label="ceiling")
+        ax.set_xticks(x, labels, rotation=50, ha="right", fontsize=7)
+        ax.set_ylim(-1, 1.05)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_ylabel(f"LDS, {fraction:.0%} drop")
+    axes[0, 0].legend(fontsize=7, ncol=4)
+    axes[0, 0].set_title("Score fidelity against leave-subset-out replay")
     fig.tight_layout()
-    fig.savefig(RESULTS / "fidelity.png", dpi=120)
+    fig.savefig(RESULTS / "fidelity.png", dpi=110)
 
 
 def main() -> None:
@@ -224,7 +258,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subsets", type=int, default=64)
-    parser.add_argument("--fraction", type=float, default=0.1)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1])
     parser.add_argument("--orders", type=int, default=2)
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()

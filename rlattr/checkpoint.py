@@ -77,7 +77,9 @@ def restore_checkpoint(
     for name, value in tensors.items():
         if name.startswith(_OPTIM):
             param_id, key = name[len(_OPTIM) :].split(".", 1)
-            state.setdefault(int(param_id), {})[key] = value
+            # A copy: the optimiser keeps the tensors it is given and updates them in
+            # place (Adam's moments and step), which would alter the checkpoint itself.
+            state.setdefault(int(param_id), {})[key] = value.clone()
     for param_id, scalars in meta["optimizer_scalars"].items():
         state.setdefault(int(param_id), {}).update(scalars)
     param_groups = [_groups_from_json(group) for group in meta["param_groups"]]

@@ -137,6 +137,8 @@ def normalize_advantages(
         return advantages
     if weights is None:
         return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    # In the weights' precision: a 0-dim float64 mean would not promote a float32 vector.
+    advantages = advantages.to(weights.dtype)
     total = weights.sum()
     mean = (weights * advantages).sum() / total
     var = (weights * (advantages - mean) ** 2).sum() / (total - 1)

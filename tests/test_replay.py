@@ -117,3 +117,18 @@ def test_bad_mask_shape_is_refused(run_dir: Path) -> None:
     data = load_iteration(log, 0)
     with pytest.raises(ValueError, match="keep_mask must be a bool tensor"):
         replay(data, build_policy(log), torch.ones(3, dtype=torch.bool))
+
+
+def test_replay_leaves_the_start_checkpoint_untouched(run_dir: Path) -> None:
+    """Optimisers update their state in place; replaying must not alter the checkpoint."""
+    log = _train_shrunk("lunarlander", run_dir)
+    data = load_iteration(log, 1)
+    before = {k: v.clone() for k, v in data.start_tensors.items()}
+    policy = build_policy(log)
+    replay(data, policy)
+    first = {k: v.clone() for k, v in policy.state_dict().items()}
+    for name, value in before.items():
+        assert torch.equal(value, data.start_tensors[name]), name
+    replay(data, policy)  # a second replay from the same data is identical
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, first[name]), name
