@@ -47,6 +47,10 @@ def _score(
         return snapshot_scores(
             policy, data.records, target, data.plan.loss_config, context, params, backend
         ).to(torch.float64)
+    if method == "metagrad":
+        from rlattr.metagrad import metagradient_scores
+
+        return metagradient_scores(data, policy, target, context).scores.to(torch.float64)
     return tracin_scores(data, policy, target, context, params, backend)
 
 
@@ -66,7 +70,8 @@ def attribute(
         log: the run (a ``RunLog`` or its directory).
         iteration: a recorded iteration.
         target: the behaviour to explain (``ReturnTarget()``, ``ActionTarget(...)``, ...).
-        method: ``"snapshot"`` (θ_k only) or ``"tracin"`` (replayed over the update).
+        method: ``"snapshot"`` (θ_k only), ``"tracin"`` (replayed over the update) or
+            ``"metagrad"`` (exact derivative through the replayed update, SCIENCE.md §2).
         params, backend: see ``rlattr.grads``.
         device: where to compute.
         store: also store the scores in the run log as ``<method>-<target.name>``.

@@ -211,7 +211,7 @@ def _fidelity(args: argparse.Namespace) -> int:
 
     log = RunLog(args.run)
     target = _load_target(args.target)
-    methods = ["snapshot", "tracin"] if args.method == "both" else [args.method]
+    methods = ["snapshot", "tracin", "metagrad"] if args.method == "all" else [args.method]
     table = Table(title=f"fidelity, iteration {args.iteration}, {target.name} target")
     for column in ("method", "subsets", "LDS", "Pearson", "sign", "ceiling", "LDS avg-order"):
         table.add_column(column, no_wrap=True)
@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("run")
     attribute.add_argument("--iteration", type=int, required=True)
     attribute.add_argument("--target", default="return", help="return, return:mc or action:FILE")
-    attribute.add_argument("--method", default="snapshot", choices=["snapshot", "tracin"])
+    attribute.add_argument(
+        "--method", default="snapshot", choices=["snapshot", "tracin", "metagrad"]
+    )
     attribute.add_argument("--params", default="policy", choices=["policy", "value", "all"])
     attribute.add_argument(
         "--backend", default="auto", choices=["auto", "hooks", "jvp", "vmap", "naive"]
@@ -273,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("run")
     fidelity.add_argument("--iteration", type=int, required=True)
     fidelity.add_argument("--target", default="return", help="return, return:mc or action:FILE")
-    fidelity.add_argument("--method", default="both", choices=["snapshot", "tracin", "both"])
+    fidelity.add_argument(
+        "--method", default="all", choices=["snapshot", "tracin", "metagrad", "all"]
+    )
     fidelity.add_argument("--subsets", type=int, default=64)
     fidelity.add_argument("--fraction", type=float, default=0.1)
     fidelity.add_argument("--orders", type=int, default=2, help="≥ 2 also reports the ceiling")

@@ -33,8 +33,8 @@ from rlattr.records import Records
 from rlattr.replay import IterationData, replay
 from rlattr.targets import Target, TargetContext
 
-Method = Literal["snapshot", "tracin"]
-METHODS = ("snapshot", "tracin")
+Method = Literal["snapshot", "tracin", "metagrad"]
+METHODS = ("snapshot", "tracin", "metagrad")
 
 
 def _loss_fn(

@@ -131,7 +131,9 @@ def test_cli_attribute_and_fidelity(scored_run, tmp_path: Path, capsys) -> None:
         main(["fidelity", str(run_dir), "--iteration", "1", "--subsets", "8", "--orders", "1"]) == 0
     )
     out = capsys.readouterr().out
-    assert "snapshot" in out and "tracin" in out
+    assert "snapshot" in out and "tracin" in out and "metagrad" in out
+    assert main(["attribute", str(run_dir), "--iteration", "1", "--method", "metagrad"]) == 0
+    assert "stored as 'metagrad-return'" in capsys.readouterr().out
 
     assert main(["attribute", str(run_dir), "--iteration", "1", "--target", "banana"]) == 2
     assert "unknown target" in capsys.readouterr().err
