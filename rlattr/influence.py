@@ -110,7 +110,7 @@ def snapshot_scores(
         dots = per_record_dots(
             policy, records.observations[chunk], actions[chunk], chunk_fn, vector, backend
         )
-        scores.append(-dots)
+        scores.append(-dots.detach())
     return torch.cat(scores)
 
 
@@ -239,7 +239,7 @@ def tracin_scores(
         dots = per_record_dots(
             policy, records.observations[indices], actions[indices], fn, vector, backend
         )
-        scores.index_add_(0, indices, -dots.to(scores.dtype))
+        scores.index_add_(0, indices, -dots.detach().to(scores.dtype))
 
     replay(data, policy, before_step=score_step)
     return scores
