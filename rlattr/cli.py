@@ -51,7 +51,9 @@ def _train(args: argparse.Namespace) -> int:
     _import_project_envs()
     iif = None
     if args.iif:
-        iif = preset.iif_config(rule=args.iif_rule, fraction=args.iif_fraction)
+        iif = preset.iif_config(
+            rule=args.iif_rule, fraction=args.iif_fraction, scorer=args.iif_scorer
+        )
         console.print(f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}")
     model = preset.build(
         run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iif", action="store_true", help="iterative influence-based filtering")
     train.add_argument("--iif-rule", choices=["neg_bottom", "drop_negative", "bottom", "random"])
     train.add_argument("--iif-fraction", type=float, help="p of neg_bottom, q of bottom/random")
+    train.add_argument("--iif-scorer", choices=["snapshot", "metagrad"], help="default snapshot")
     train.set_defaults(func=_train)
 
     inspect_ = sub.add_parser("inspect", help="summarise and verify a run directory")

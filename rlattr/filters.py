@@ -44,8 +44,13 @@ class IIF:
         like: for ``random_like``, the rule whose drop count is matched.
         like_fraction: that rule's fraction.
         target: what the scores explain; None is the return target on the same buffer.
-        scorer: ``"snapshot"`` (the paper's). Replay scores need the update they score, so
-            using them to choose that update's data would need a throw-away update first.
+        scorer: ``"snapshot"`` (the paper's) or ``"metagrad"``: exact metagradient scores
+            of the update about to run (its plan is drawn first; the filtered records are
+            then removed from their minibatches, which otherwise stay as drawn). TracIn
+            is not offered: it needs the very update it would filter (a throw-away update).
+        greedy_blocks: with ``metagrad``, drop in this many blocks and re-score after
+            each (a metagradient prices a whole subset only to first order); each block
+            costs one more metagradient computation.
         params: which parameters the scores use (see ``rlattr.grads``).
         warmup_iterations: iterations trained unfiltered before filtering starts.
         min_kept: never keep fewer records than this (at least 1: an update needs data).
@@ -57,7 +62,8 @@ class IIF:
     like: Rule | None = None
     like_fraction: float = 0.125
     target: Target | None = None
-    scorer: Literal["snapshot"] = "snapshot"
+    scorer: Literal["snapshot", "metagrad"] = "snapshot"
+    greedy_blocks: int = 1
     params: ParamSelection = "policy"
     warmup_iterations: int = 0
     min_kept: int = 1
@@ -73,11 +79,15 @@ class IIF:
                 raise ValueError("random_like needs like='neg_bottom', 'drop_negative' or 'bottom'")
             if not 0 <= self.like_fraction < 1:
                 raise ValueError(f"like_fraction must be in [0, 1), got {self.like_fraction}")
-        if self.scorer != "snapshot":
+        if self.scorer not in ("snapshot", "metagrad"):
             raise ValueError(
-                f"IIF scorer {self.scorer!r} is not available: only 'snapshot' scores exist "
-                "before the update they would filter (no throw-away update)"
+                f"IIF scorer {self.scorer!r} is not available: 'snapshot' and 'metagrad' "
+                "score the update before it runs; replay TracIn would need a throw-away update"
             )
+        if self.greedy_blocks < 1:
+            raise ValueError("greedy_blocks must be >= 1")
+        if self.greedy_blocks > 1 and self.scorer != "metagrad":
+            raise ValueError("greedy_blocks needs scorer='metagrad'")
         if self.warmup_iterations < 0:
             raise ValueError("warmup_iterations must be >= 0")
         if self.min_kept < 1:
@@ -157,19 +167,40 @@ class IIFFilter:
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.config.seed)
 
+    @property
+    def needs_plan(self) -> bool:
+        """AttributedPPO draws the update plan before calling us (metagradient scores)."""
+        return self.config.scorer == "metagrad"
+
+    def _metagrad(self, model: Any, records: Records, target: Target, at=None) -> torch.Tensor:
+        from rlattr.checkpoint import capture_checkpoint
+        from rlattr.metagrad import metagradient_scores
+        from rlattr.replay import IterationData
+
+        tensors, meta = capture_checkpoint(model.policy)
+        data = IterationData(records.iteration, records, model.draft_plan, tensors, meta)
+        context = TargetContext(records, model.gamma, model.gae_lambda)
+        return metagradient_scores(data, model.policy, target, context, at=at).scores
+
     def __call__(self, model: Any, records: Records) -> torch.Tensor | None:
         config = self.config
         n = len(records)
         target = config.target or ReturnTarget()
-        # Scores are computed and logged for every rule (random included) for diagnostics.
-        context = TargetContext(records, model.gamma, model.gae_lambda)
-        scores = snapshot_scores(
-            model.policy, records, target, model.loss_config(), context, config.params
-        ).detach()
+        if config.scorer == "metagrad":
+            if model.iteration < config.warmup_iterations:
+                model.logger.record("iif/fraction_dropped", 0.0)
+                return None
+            scores = self._metagrad(model, records, target).detach()
+        else:
+            # Scores are computed and logged for every rule (random included).
+            context = TargetContext(records, model.gamma, model.gae_lambda)
+            scores = snapshot_scores(
+                model.policy, records, target, model.loss_config(), context, config.params
+            ).detach()
         self.last_scores = scores
-        model.pending_scores[f"snapshot-{target.name}"] = (
+        model.pending_scores[f"{config.scorer}-{target.name}"] = (
             scores.cpu(),
-            {"method": "snapshot", "target": target.name, "during": "iif"},
+            {"method": config.scorer, "target": target.name, "during": "iif"},
         )
         log_score_diagnostics(model.logger, scores, records)
         if model.iteration < config.warmup_iterations:
@@ -187,8 +218,29 @@ class IIFFilter:
             model.logger.record("iif/fraction_dropped", 0.0)
             return None
         mask = keep_mask(scores, n, config, self.generator, min(config.min_kept, n))
+        if config.greedy_blocks > 1 and config.rule not in ("random", "random_like"):
+            mask = self._greedy(model, records, target, scores, int((~mask).sum()))
         self._log(model, records, scores, mask)
         return mask.to(records.device)
+
+    def _greedy(
+        self, model: Any, records: Records, target: Target, scores: torch.Tensor, n_drop: int
+    ) -> torch.Tensor:
+        """Drop ``n_drop`` records in blocks, re-scoring the rest after each block (the
+        scores at weights with the dropped records at 0 are exact for that counterfactual)."""
+        mask = torch.ones(len(records), dtype=torch.bool)
+        blocks = self.config.greedy_blocks
+        current = scores.detach().cpu()
+        for block in range(blocks):
+            size = n_drop // blocks + (1 if block < n_drop % blocks else 0)
+            if size == 0:
+                continue
+            candidates = torch.where(mask, current, torch.full_like(current, float("inf")))
+            mask[torch.sort(candidates, stable=True).indices[:size]] = False
+            if block < blocks - 1:
+                weights = mask.to(torch.float64)
+                current = self._metagrad(model, records, target, at=weights).detach().cpu()
+        return mask
 
     def _log(
         self, model: Any, records: Records, scores: torch.Tensor | None, mask: torch.Tensor

@@ -97,6 +97,37 @@ class UpdatePlan:
             **{name: tensors[name] for name in cls.tensor_names()},
         )
 
+    @classmethod
+    def draft(
+        cls,
+        loss_config: PPOLossConfig,
+        batch_size: int,
+        epoch_minibatches: list[list[torch.Tensor]],
+        permutations: list[np.ndarray],
+        learning_rate: float,
+        n_records: int,
+    ) -> UpdatePlan:
+        """A plan drawn before the update runs (no step has happened: norms unknown)."""
+        flat = [mb for batches in epoch_minibatches for mb in batches]
+        device = flat[0].device
+        steps = len(flat)
+        return cls(
+            loss_config=loss_config,
+            n_epochs=len(epoch_minibatches),
+            batch_size=batch_size,
+            epoch_permutations=torch.as_tensor(np.stack(permutations), device=device),
+            keep_mask=torch.ones(n_records, dtype=torch.bool, device=device),
+            step_epochs=torch.tensor(
+                [e for e, batches in enumerate(epoch_minibatches) for _ in batches], device=device
+            ),
+            minibatch_indices=torch.cat(flat),
+            minibatch_sizes=torch.tensor([len(mb) for mb in flat], device=device),
+            learning_rates=torch.full((steps,), learning_rate, dtype=torch.float64, device=device),
+            grad_norms=torch.full((steps,), float("nan"), dtype=torch.float64, device=device),
+            clip_coefs=torch.full((steps,), float("nan"), dtype=torch.float64, device=device),
+            early_stopped=False,
+        )
+
     @staticmethod
     def tensor_names() -> tuple[str, ...]:
         return (

@@ -110,6 +110,7 @@ class AttributedPPO(PPO):
         self.last_records: Records | None = None
         self.last_plan: UpdatePlan | None = None
         self.last_keep_mask: torch.Tensor | None = None
+        self.draft_plan: UpdatePlan | None = None
         # Scores that record hooks computed for the current iteration; stored with it.
         self.pending_scores: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
         self._resume = resume
@@ -239,13 +240,39 @@ class AttributedPPO(PPO):
         self.pending_scores = {}
         for hook in self.record_hooks:
             hook(self, records)
+        n_records = len(records)
+        permutations: list[np.ndarray] = []
+        # A keep-mask function that scores the update it filters (exact metagradient
+        # scores) needs the plan first: every epoch's permutation is drawn now, and the
+        # filtered records are then removed from their minibatches, which otherwise stay
+        # as drawn. (Drawing all permutations up front consumes NumPy's generator as SB3
+        # does unless target_kl stops early.)
+        self.draft_plan = None
+        if getattr(self.keep_mask_fn, "needs_plan", False):
+            drafted = [
+                sample_epoch_minibatches(
+                    n_records, self.batch_size, None, self.device, permutations
+                )
+                for _ in range(self.n_epochs)
+            ]
+            self.draft_plan = UpdatePlan.draft(
+                loss_config,
+                self.batch_size,
+                drafted,
+                permutations,
+                self.policy.optimizer.param_groups[0]["lr"],
+                n_records,
+            )
         keep_mask = self._keep_mask(records)
         scored = time.perf_counter()
 
-        n_records = len(records)
-        permutations: list[np.ndarray] = []
-
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:
+            if self.draft_plan is not None:
+                for epoch, batches in enumerate(drafted):
+                    if keep_mask is not None:
+                        batches = [b[keep_mask[b]] for b in batches]
+                    yield epoch, [b for b in batches if b.numel() > 0]
+                return
             # A generator, so each epoch's permutation is drawn when the epoch starts (as SB3).
             for epoch in range(self.n_epochs):
                 yield (

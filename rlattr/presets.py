@@ -49,6 +49,8 @@ POLICY_KWARG_KEYS = (
 )
 RECORDING_KEYS = ("record_every", "keep_last")
 IIF_KEYS = (
+    "scorer",
+    "greedy_blocks",
     "rule",
     "fraction",
     "like",

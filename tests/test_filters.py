@@ -64,6 +64,7 @@ def test_min_kept_caps_the_drop() -> None:
         ({"fraction": 1.5}, r"fraction must be in \[0, 1\)"),
         ({"rule": "random_like"}, "random_like needs like"),
         ({"scorer": "tracin"}, "throw-away update"),
+        ({"greedy_blocks": 2}, "greedy_blocks needs scorer='metagrad'"),
         ({"min_kept": 0}, "min_kept"),
     ],
 )
@@ -142,3 +143,31 @@ def test_episode_ends_in_buffer() -> None:
     # env 0: a new episode starts at step 3, so steps 0-2 end inside; step 3 runs past.
     # env 1: the buffer's last step ends its episode (last_dones), so all of it ends inside.
     assert episode_ends_in_buffer(records).tolist() == [True, True, True, False] + [True] * 4
+
+
+@pytest.mark.parametrize("greedy_blocks", [1, 2])
+def test_iif_with_metagradient_scores_filters_the_drawn_plan(
+    run_dir: Path, greedy_blocks: int
+) -> None:
+    iif = IIF(rule="bottom", fraction=0.25, scorer="metagrad", greedy_blocks=greedy_blocks)
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=iif, **SMALL).learn(128)
+    log = RunLog(run_dir)
+    policy = build_policy(log)
+    for k in log.iterations():
+        data = load_iteration(log, k)
+        kept = data.plan.keep_mask
+        assert int((~kept).sum()) == 16
+        scores, meta = log.load_scores(k, "metagrad-return")
+        assert meta["method"] == "metagrad"
+        if greedy_blocks == 1:
+            assert float(scores[~kept].max()) <= float(scores[kept].min())
+        # The drawn permutations, cut into minibatches, minus the dropped records.
+        expected = []
+        for permutation in data.plan.epoch_permutations:
+            for chunk in permutation.split(SMALL["batch_size"]):
+                chunk = chunk[kept[chunk]]
+                if chunk.numel():
+                    expected.append(chunk)
+        assert [m.tolist() for m in data.plan.minibatches()] == [m.tolist() for m in expected]
+        replay(data, policy)
+        assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
