@@ -120,12 +120,13 @@ class _FunctionalOptimizer:
             state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
             bias1 = 1 - beta1**step
             bias2 = 1 - beta2**step
-            # sqrt(v) has an infinite derivative at v = 0 (a parameter that never had a
-            # gradient); its update is exactly 0 there, so a tiny floor changes nothing else.
-            denom = (
-                torch.sqrt(exp_avg_sq + 1e-300 * (exp_avg_sq == 0)) / math.sqrt(bias2)
-                + group["eps"]
-            )
+            # sqrt has an infinite derivative at 0: a parameter that never had a gradient
+            # (a dead ReLU unit, an unused head) has v = 0 exactly, and 0 × inf is NaN in
+            # the backward pass. The smallest normal number of the dtype keeps the chain
+            # rule finite and changes no value that is not already 0.
+            tiny = torch.finfo(exp_avg_sq.dtype).tiny
+            denom = torch.sqrt(exp_avg_sq + tiny * (exp_avg_sq == 0)) / math.sqrt(bias2)
+            denom = denom + group["eps"]
             updated[name] = param - (lr / bias1) * exp_avg / denom
         return updated
 

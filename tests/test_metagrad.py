@@ -77,3 +77,22 @@ def test_metagradient_equals_tracin_on_a_linear_model(optimizer: str) -> None:
     tracin = tracin_scores(data, policy, target, context, params="all")
     exact = metagradient_scores(data, policy, target, context, normalization="count").scores
     np.testing.assert_allclose(exact.numpy(), tracin.numpy(), rtol=1e-9, atol=1e-13)
+
+
+def test_parameters_without_gradient_do_not_poison_the_scores(run_dir: Path) -> None:
+    """fp32, vf_coef = 0: the value head never gets a gradient, so Adam's v is exactly 0."""
+    log, data = _logged_iteration(run_dir, vf_coef=0.0)
+    policy = build_policy(log)
+    named = dict(policy.named_parameters())
+    assert (
+        float(
+            data.start_tensors[
+                "optim." + str(list(named).index("value_net.weight")) + ".exp_avg_sq"
+            ]
+            .abs()
+            .max()
+        )
+        == 0.0
+    )
+    result = metagradient_scores(data, policy, ReturnTarget(), target_context(log, data.records))
+    assert torch.isfinite(result.scores).all() and result.scores.abs().max() > 0
