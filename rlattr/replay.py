@@ -88,6 +88,7 @@ def replay(
     after_step: StepCallback | None = None,
     record_weights: torch.Tensor | None = None,
     weight_normalization: str = "weights",
+    from_checkpoint: bool = True,
 ) -> UpdateStats:
     """Replay ``data``'s update into ``policy`` (its state is overwritten).
 
@@ -98,6 +99,8 @@ def replay(
         before_step, after_step: callbacks around each optimiser step (see ``run_update``).
         record_weights, weight_normalization: per-record loss weights (see
             ``rlattr.loss.weighted_minibatch_loss``); the minibatches stay as logged.
+        from_checkpoint: start from the logged start-of-iteration state (default), or
+            from the policy's and optimiser's current state (counterfactual chains).
 
     Returns:
         The loss statistics of the replayed steps; the result is ``policy``'s new state.
@@ -110,7 +113,8 @@ def replay(
                 f"got {keep_mask.dtype} {tuple(keep_mask.shape)}"
             )
         keep_mask = keep_mask.to(device)
-    restore_checkpoint(policy, data.start_tensors, data.start_meta)
+    if from_checkpoint:
+        restore_checkpoint(policy, data.start_tensors, data.start_meta)
     policy.set_training_mode(True)
     # The step log holds each step's learning rate; SB3 sets one per iteration.
     learning_rates = data.plan.learning_rates.tolist()

@@ -1,0 +1,297 @@
+"""Stage effects: how much each span of training accounts for a behaviour of the final agent.
+
+SCIENCE.md §4. Stage k spans iterations [start, end). Its effect on a behaviour f of the
+final parameters θ_T is τ_k = f(θ_T) − f(θ_T^{(−k)}), where θ_T^{(−k)} is training with
+stage k's updates not executed.
+
+- Ground truth (data-fixed): start from θ_start (and the optimiser state — see
+  ``optimizer_state``), skip the stage, and replay every later iteration on its recorded
+  buffer and plan.
+- Estimator: the displacement δ_k = θ_end − θ_start is propagated through the later steps
+  with the linearised update map of the optimiser actually used, e ← A_t e, and
+  τ̂_k = ⟨∇f(θ_T), e_T⟩ (also reported: f(θ_T) − f(θ_T − e_T)). First order (FO) keeps only
+  what does not depend on data (learning rates, weight decay, momentum, Adam's
+  preconditioner with v̂ from the replay); second order (SO) adds the loss Hessian through
+  Hessian-vector products H_t e at each step's parameters (scaled by the step's logged
+  gradient-clip coefficient, whose own dependence on θ is neglected).
+  FO is exact when later updates are affine in θ (a linear loss); SO when the loss is
+  quadratic and the optimiser affine (SGD, momentum, weight decay).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from rlattr.checkpoint import restore_checkpoint
+from rlattr.errors import UnsupportedError
+from rlattr.loss import ppo_minibatch_loss
+from rlattr.replay import IterationData, replay
+from rlattr.targets import Target, TargetContext
+
+OptimizerState = Literal["rollback", "carry"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Iterations [start, end) of a run."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end:
+            raise ValueError(f"a stage needs 0 <= start < end, got [{self.start}, {self.end})")
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.end}"
+
+
+def parse_stages(spec: str | int, n_iterations: int) -> list[Stage]:
+    """``K`` equal spans, or ``"a:b,c:d"`` explicit spans (end exclusive)."""
+    if isinstance(spec, int) or str(spec).isdigit():
+        count = int(spec)
+        if not 1 <= count <= n_iterations:
+            raise ValueError(f"cannot cut {n_iterations} iterations into {count} stages")
+        bounds = [round(i * n_iterations / count) for i in range(count + 1)]
+        return [Stage(a, b) for a, b in itertools.pairwise(bounds)]
+    stages = []
+    for part in str(spec).split(","):
+        a, _, b = part.partition(":")
+        stages.append(Stage(int(a), int(b)))
+    for stage in stages:
+        if stage.end > n_iterations:
+            raise ValueError(f"stage {stage} ends after the run's {n_iterations} iterations")
+    return stages
+
+
+@dataclass
+class StageEffect:
+    """Estimates and ground truth of one stage's effect on the behaviour."""
+
+    stage: Stage
+    fo: float
+    fo_difference: float
+    so: float | None = None
+    so_difference: float | None = None
+    ground_truth: float | None = None
+
+
+def _names(policy: ActorCriticPolicy) -> list[str]:
+    return [n for n, p in policy.named_parameters() if p.requires_grad]
+
+
+def _state(tensors: dict[str, torch.Tensor], names: list[str], policy) -> dict[str, torch.Tensor]:
+    device = next(policy.parameters()).device
+    dtype = next(policy.parameters()).dtype
+    return {n: tensors["policy." + n].to(device=device, dtype=dtype) for n in names}
+
+
+def _optimizer_slot(
+    tensors: dict[str, torch.Tensor], names: list[str], slot: str, policy
+) -> dict[str, torch.Tensor] | None:
+    device = next(policy.parameters()).device
+    dtype = next(policy.parameters()).dtype
+    out = {}
+    for index, name in enumerate(names):
+        key = f"optim.{index}.{slot}"
+        if key not in tensors:
+            return None
+        out[name] = tensors[key].to(device=device, dtype=dtype)
+    return out
+
+
+class _Propagator:
+    """The linearised update map e ← A_t e of one optimiser, applied step by step."""
+
+    def __init__(self, policy: ActorCriticPolicy, e: dict[str, torch.Tensor], e_slot):
+        optimizer = policy.optimizer
+        if len(optimizer.param_groups) != 1:
+            raise UnsupportedError("stage effects support one optimiser parameter group")
+        self.group = optimizer.param_groups[0]
+        if isinstance(optimizer, torch.optim.AdamW):
+            self.kind = "adamw"
+        elif isinstance(optimizer, torch.optim.Adam):
+            self.kind = "adam"
+        elif isinstance(optimizer, torch.optim.SGD):
+            self.kind = "sgd"
+        else:
+            raise UnsupportedError(
+                f"stage effects know SGD, Adam and AdamW, not {type(optimizer).__name__}"
+            )
+        if self.kind == "sgd" and self.group["momentum"] and self.group["dampening"]:
+            raise UnsupportedError("stage effects support SGD momentum without dampening only")
+        if self.group.get("amsgrad") or self.group.get("maximize"):
+            raise UnsupportedError("stage effects do not support amsgrad or maximize")
+        self.e = e
+        self.e_slot = e_slot  # momentum-buffer (SGD) or first-moment (Adam) difference
+
+    def step(self, policy, lr: float, hessian_term: dict[str, torch.Tensor] | None) -> None:
+        group = self.group
+        decay = group.get("weight_decay", 0.0)
+        named = dict(policy.named_parameters())
+        for name, e in self.e.items():
+            d = hessian_term[name] if hessian_term is not None else torch.zeros_like(e)
+            if self.kind == "adamw":
+                e = e * (1 - lr * decay)
+            elif decay:
+                d = d + decay * e
+            if self.kind == "sgd":
+                momentum = group["momentum"]
+                if momentum:
+                    buffer = momentum * self.e_slot[name] + d
+                    self.e_slot[name] = buffer
+                    d = d + momentum * buffer if group["nesterov"] else buffer
+                self.e[name] = e - lr * d
+                continue
+            beta1, beta2 = group["betas"]
+            state = policy.optimizer.state[named[name]]
+            n = float(state["step"])
+            bias1, bias2 = 1 - beta1**n, 1 - beta2**n
+            denom = bias1 * (state["exp_avg_sq"].sqrt() / bias2**0.5 + group["eps"])
+            self.e_slot[name] = beta1 * self.e_slot[name] + (1 - beta1) * d
+            self.e[name] = e - lr * self.e_slot[name] / denom
+
+
+def _hessian_vector(policy, data: IterationData, indices, e: dict[str, torch.Tensor], clip: float):
+    named = dict(policy.named_parameters())
+    params = [named[n] for n in e]
+    loss = ppo_minibatch_loss(policy, data.records.minibatch(indices), data.plan.loss_config).loss
+    grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+    dot = sum((g * e[n]).sum() for g, n in zip(grads, e, strict=True) if g is not None)
+    hv = torch.autograd.grad(dot, params, allow_unused=True)
+    return {
+        n: (h.detach() * clip if h is not None else torch.zeros_like(e[n]))
+        for h, n in zip(hv, e, strict=True)
+    }
+
+
+def _propagate(
+    policy, later: list[IterationData], e, e_slot, second_order: bool
+) -> dict[str, torch.Tensor]:
+    propagator = _Propagator(policy, e, e_slot)
+    pending: dict[int, dict[str, torch.Tensor] | None] = {}
+    for data in later:
+        clips = data.plan.clip_coefs.tolist()
+
+        def before(step: int, indices: torch.Tensor, _data=data, _clips=clips) -> None:
+            pending[step] = (
+                _hessian_vector(policy, _data, indices, propagator.e, _clips[step])
+                if second_order
+                else None
+            )
+
+        def after(step: int, indices: torch.Tensor, _data=data) -> None:
+            lr = float(_data.plan.learning_rates[step])
+            propagator.step(policy, lr, pending.pop(step))
+
+        replay(data, policy, before_step=before, after_step=after)
+    return propagator.e
+
+
+def stage_effects(
+    iterations: list[IterationData],
+    final_state: dict[str, torch.Tensor],
+    policy: ActorCriticPolicy,
+    behavior: Target,
+    context: TargetContext,
+    stages: list[Stage],
+    second_order: bool = True,
+    ground_truth: bool = True,
+    optimizer_state: OptimizerState = "rollback",
+) -> list[StageEffect]:
+    """Estimate (FO, optionally SO) and measure (data-fixed replay) each stage's effect.
+
+    Args:
+        iterations: every iteration of the run, in order (iteration j at index j).
+        final_state: the checkpoint tensors after the last iteration (θ_T).
+        policy: a policy built by ``rlattr.build_policy`` (overwritten).
+        behavior, context: the behaviour f of the final policy.
+        stages: the spans to evaluate.
+        second_order: also compute the SO estimate (Hessian-vector products).
+        ground_truth: also replay the counterfactual runs.
+        optimizer_state: the counterfactual's optimiser state when stage k is skipped:
+            ``"rollback"`` (the state at the stage's start, as if it never ran; the
+            estimators start the momentum/first-moment difference at the state
+            difference, Adam's v̂ and step count are taken from the actual run) or
+            ``"carry"`` (the actual state at the stage's end; only parameters differ).
+    """
+    if optimizer_state not in ("rollback", "carry"):
+        raise ValueError("optimizer_state must be 'rollback' or 'carry'")
+    names = _names(policy)
+    slot = "momentum_buffer" if isinstance(policy.optimizer, torch.optim.SGD) else "exp_avg"
+
+    def state_at(k: int) -> tuple[dict[str, torch.Tensor], dict]:
+        if k < len(iterations):
+            return iterations[k].start_tensors, iterations[k].start_meta
+        return final_state, iterations[-1].start_meta
+
+    theta_final = _state(final_state, names, policy)
+    restore_checkpoint(policy, final_state, iterations[-1].start_meta)
+    with torch.no_grad():
+        f_final = float(behavior.value(policy, context))
+    restore_checkpoint(policy, final_state, iterations[-1].start_meta)
+    grad_f = dict(
+        zip(
+            names,
+            torch.autograd.grad(
+                behavior.value(policy, context),
+                [dict(policy.named_parameters())[n] for n in names],
+                allow_unused=True,
+            ),
+            strict=True,
+        )
+    )
+    grad_f = {
+        n: (g.detach() if g is not None else torch.zeros_like(theta_final[n]))
+        for n, g in grad_f.items()
+    }
+
+    def evaluate_at(theta: dict[str, torch.Tensor]) -> float:
+        restore_checkpoint(policy, final_state, iterations[-1].start_meta)
+        with torch.no_grad():
+            for n, p in policy.named_parameters():
+                if n in theta:
+                    p.copy_(theta[n])
+            return float(behavior.value(policy, context))
+
+    results = []
+    for stage in stages:
+        start_tensors, _ = state_at(stage.start)
+        end_tensors, _ = state_at(stage.end)
+        start, end = _state(start_tensors, names, policy), _state(end_tensors, names, policy)
+        delta = {n: end[n] - start[n] for n in names}
+        start_slot = _optimizer_slot(start_tensors, names, slot, policy)
+        end_slot = _optimizer_slot(end_tensors, names, slot, policy)
+        later = iterations[stage.end :]
+        estimates = {}
+        for order in ("fo", "so") if second_order else ("fo",):
+            if optimizer_state == "rollback" and end_slot is not None:
+                zero = start_slot or {n: torch.zeros_like(v) for n, v in end_slot.items()}
+                e_slot = {n: end_slot[n] - zero[n] for n in names}
+            else:
+                e_slot = {n: torch.zeros_like(delta[n]) for n in names}
+            e = _propagate(policy, later, dict(delta), e_slot, order == "so")
+            linear = sum(float((grad_f[n] * e[n]).sum()) for n in names)
+            difference = f_final - evaluate_at({n: theta_final[n] - e[n] for n in names})
+            estimates[order] = (linear, difference)
+        effect = StageEffect(stage, *estimates["fo"])
+        if second_order:
+            effect.so, effect.so_difference = estimates["so"]
+        if ground_truth:
+            counterfactual_tensors = dict(
+                end_tensors if optimizer_state == "carry" else start_tensors
+            )
+            for n in names:
+                counterfactual_tensors["policy." + n] = start_tensors["policy." + n]
+            restore_checkpoint(policy, counterfactual_tensors, iterations[stage.start].start_meta)
+            for data in later:
+                replay(data, policy, from_checkpoint=False)
+            with torch.no_grad():
+                effect.ground_truth = f_final - float(behavior.value(policy, context))
+        results.append(effect)
+    return results

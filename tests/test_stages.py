@@ -1,0 +1,112 @@
+"""Stage effects: FO is exact for a linear loss, SO for a quadratic one (data-fixed truth)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from rlattr.checkpoint import capture_checkpoint
+from rlattr.replay import IterationData, replay
+from rlattr.stages import Stage, parse_stages, stage_effects
+from rlattr.targets import CallableTarget, ReturnTarget, TargetContext
+from tests.test_influence import _linear_problem
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+    "sgd_decay": lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.1),
+    "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.05),
+    "nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+}
+
+
+def _run(optimizer: str, quadratic: bool, n_iterations: int = 5):
+    """A synthetic run through the same replay code as PPO runs (fp64)."""
+    policy, _, _ = _linear_problem("sgd")
+    policy.optimizer = OPTIMIZERS[optimizer](policy.parameters())
+    iterations = []
+    for k in range(n_iterations):
+        _, data, _ = _linear_problem("sgd")  # fresh records and plan shapes
+        generator = torch.Generator().manual_seed(100 + k)
+        records = dataclasses.replace(
+            data.records,
+            observations=torch.rand(
+                data.records.observations.shape, generator=generator, dtype=torch.float64
+            )
+            * 2
+            - 1,
+            advantages=torch.zeros_like(data.records.advantages)
+            if quadratic
+            else torch.randn(len(data.records), generator=generator, dtype=torch.float64),
+            returns=torch.randn(len(data.records), generator=generator, dtype=torch.float64),
+            iteration=k,
+        )
+        with torch.no_grad():
+            _, log_prob, _ = policy.evaluate_actions(
+                records.observations, records.actions.flatten()
+            )
+        records.log_probs = log_prob.detach()
+        loss_config = dataclasses.replace(data.plan.loss_config, vf_coef=1.0 if quadratic else 0.0)
+        plan = dataclasses.replace(
+            data.plan,
+            loss_config=loss_config,
+            learning_rates=torch.full_like(
+                data.plan.learning_rates, policy.optimizer.param_groups[0]["lr"] * (1 - 0.1 * k)
+            ),
+        )
+        tensors, meta = capture_checkpoint(policy)
+        step = IterationData(k, records, plan, tensors, meta)
+        replay(step, policy)
+        iterations.append(step)
+    final, _ = capture_checkpoint(policy)
+    return policy, iterations, final
+
+
+def _behaviour(iterations, quadratic: bool):
+    last = iterations[-1].records
+    context = TargetContext(last, 0.99, 0.95)
+    if quadratic:
+        # Mean predicted value on held-out states: linear in the value head.
+        states = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+        return CallableTarget(lambda policy, ctx: policy.value_net(states).mean(), "value"), context
+    return ReturnTarget(), context
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd_decay", "momentum", "nesterov", "adamw", "adam"])
+def test_first_order_is_exact_for_a_linear_loss(optimizer: str) -> None:
+    policy, iterations, final = _run(optimizer, quadratic=False)
+    behaviour, context = _behaviour(iterations, quadratic=False)
+    # Adam's v and step count are not linear in the past, so its counterfactual keeps the
+    # optimiser state (carry); SGD's momentum is linear, so rolling it back is exact too.
+    state = "carry" if optimizer.startswith("adam") else "rollback"
+    effects = stage_effects(
+        iterations, final, policy, behaviour, context, parse_stages(3, 5),
+        second_order=False, optimizer_state=state,
+    )  # fmt: skip
+    assert any(abs(e.ground_truth) > 1e-4 for e in effects)
+    for effect in effects:
+        assert effect.fo == pytest.approx(effect.ground_truth, rel=1e-9, abs=1e-12), effect
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sgd_decay", "momentum", "nesterov"])
+def test_second_order_is_exact_for_a_quadratic_loss(optimizer: str) -> None:
+    policy, iterations, final = _run(optimizer, quadratic=True)
+    behaviour, context = _behaviour(iterations, quadratic=True)
+    effects = stage_effects(iterations, final, policy, behaviour, context, parse_stages(3, 5))
+    assert any(abs(e.ground_truth) > 1e-4 for e in effects)
+    for effect in effects:
+        assert effect.so == pytest.approx(effect.ground_truth, rel=1e-9, abs=1e-12), effect
+    # The first-order estimate misses the Hessian: it must differ somewhere.
+    assert any(abs(e.fo - e.ground_truth) > 1e-6 for e in effects[:-1])
+
+
+def test_parse_stages() -> None:
+    assert parse_stages(3, 9) == [Stage(0, 3), Stage(3, 6), Stage(6, 9)]
+    assert parse_stages("0:2,2:7", 7) == [Stage(0, 2), Stage(2, 7)]
+    with pytest.raises(ValueError, match="ends after"):
+        parse_stages("0:8", 7)
+    with pytest.raises(ValueError, match="start < end"):
+        Stage(3, 3)
