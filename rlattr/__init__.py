@@ -1,6 +1,6 @@
 """rlattr: data attribution and influence-based filtering for online RL (PPO, SB3)."""
 
-from rlattr.attribution import ScoreHook, attribute, fidelity
+from rlattr.attribution import ScoreHook, attribute, fidelity, stage_effects
 from rlattr.errors import (
     CorruptRunLogError,
     FormatVersionError,
@@ -44,5 +44,6 @@ __all__ = [
     "replay",
     "replay_iteration",
     "snapshot_scores",
+    "stage_effects",
     "tracin_scores",
 ]

@@ -180,3 +180,45 @@ def log_score_diagnostics(logger: Any, scores: torch.Tensor, records: Records) -
         pair = torch.stack([scores[finite].double(), records.advantages[finite].double()])
         corr = torch.corrcoef(pair)[0, 1]
         logger.record("attribution/score_advantage_corr", float(corr))
+
+
+def stage_effects(
+    log: RunLog | str,
+    stages: Any,
+    behavior: Target | None = None,
+    second_order: bool = True,
+    ground_truth: bool = False,
+    optimizer_state: str = "rollback",
+    device: str = "cpu",
+) -> list[Any]:
+    """Stage effects on a behaviour of the final policy (SCIENCE.md §4).
+
+    Args:
+        log: the run; every iteration must be recorded (``record_every=1``, no ``keep_last``).
+        stages: ``K`` (equal spans), ``"a:b,c:d"`` or a list of ``rlattr.stages.Stage``.
+        behavior: the behaviour f of the final policy; default: the return target on the
+            last recorded buffer.
+        second_order, ground_truth, optimizer_state: see ``rlattr.stages.stage_effects``.
+    """
+    from rlattr.stages import parse_stages
+    from rlattr.stages import stage_effects as estimate
+
+    log = log if isinstance(log, RunLog) else RunLog(log)
+    recorded = log.iterations()
+    if not recorded or recorded != list(range(len(recorded))):
+        raise ValueError(
+            f"stage effects need every iteration recorded from 0; {log.path} holds "
+            f"{len(recorded)} iterations ({recorded[:3]}…): train with record_every=1"
+        )
+    iterations = [load_iteration(log, k, device) for k in recorded]
+    final_state, _ = log.load_checkpoint(len(recorded), device)
+    spans = stages if isinstance(stages, list) else parse_stages(stages, len(recorded))
+    from rlattr.targets import ReturnTarget
+
+    behavior = behavior or ReturnTarget(validation=iterations[-1].records)
+    policy = build_policy(log, device)
+    context = target_context(log, iterations[-1].records)
+    return estimate(
+        iterations, final_state, policy, behavior, context, spans, second_order, ground_truth,
+        optimizer_state,
+    )  # fmt: skip

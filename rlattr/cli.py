@@ -231,6 +231,28 @@ def _fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stages(args: argparse.Namespace) -> int:
+    from rlattr.attribution import stage_effects
+
+    log = RunLog(args.run)
+    behavior = None if args.behavior == "return" else _load_target(args.behavior)
+    start = time.perf_counter()
+    effects = stage_effects(
+        log, args.stages, behavior, second_order=not args.first_order_only,
+        ground_truth=args.ground_truth, optimizer_state=args.optimizer_state, device=args.device,
+    )  # fmt: skip
+    table = Table(title=f"stage effects on the {args.behavior} behaviour of the final policy")
+    for column in ("stage", "FO", "SO", "ground truth"):
+        table.add_column(column, no_wrap=True)
+    for effect in effects:
+        so = "–" if effect.so is None else f"{effect.so:+.4e}"
+        truth = "–" if effect.ground_truth is None else f"{effect.ground_truth:+.4e}"
+        table.add_row(str(effect.stage), f"{effect.fo:+.4e}", so, truth)
+    console.print(table)
+    console.print(f"{time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def _import_project_envs() -> None:
     # Registers the repository's own environments (envs:...) when they are importable.
     with contextlib.suppress(ImportError):
@@ -287,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--seed", type=int, default=0)
     fidelity.add_argument("--device", default="cpu")
     fidelity.set_defaults(func=_fidelity)
+
+    stages = sub.add_parser("stages", help="which training stages account for a behaviour")
+    stages.add_argument("run")
+    stages.add_argument("--stages", default="4", help="K equal spans, or a:b,c:d")
+    stages.add_argument("--behavior", default="return", help="return or action:FILE")
+    stages.add_argument("--first-order-only", action="store_true")
+    stages.add_argument(
+        "--ground-truth", action="store_true", help="also replay without each stage"
+    )
+    stages.add_argument("--optimizer-state", default="rollback", choices=["rollback", "carry"])
+    stages.add_argument("--device", default="cpu")
+    stages.set_defaults(func=_stages)
 
     replay = sub.add_parser("replay", help="replay logged iterations and check bit-exactness")
     replay.add_argument("run")

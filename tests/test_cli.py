@@ -79,3 +79,16 @@ def test_train_with_iif(run_dir: Path, capsys) -> None:
     # Resuming must keep filtering on.
     assert main([*args, "--timesteps", "1024", "--resume"]) == 2
     assert "trained with --iif" in capsys.readouterr().err
+
+
+def test_stages_command(run_dir: Path, capsys) -> None:
+    assert (
+        main(
+            ["train", "cartpole", "--timesteps", "768", "--run-dir", str(run_dir), "--no-progress"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["stages", str(run_dir), "--stages", "0:1,1:3", "--ground-truth"]) == 0
+    out = capsys.readouterr().out
+    assert "0:1" in out and "1:3" in out and "ground truth" in out
