@@ -101,7 +101,7 @@ def main() -> None:
                     "fo_peak_mib": timings["fo_peak_mib"],
                     "so_peak_mib": timings["so_peak_mib"],
                     "replay_seconds": replay_seconds,
-                }  # fmt: skip
+                }
             )
         del effects
     OUT.mkdir(parents=True, exist_ok=True)
