@@ -23,7 +23,7 @@ from stable_baselines3 import PPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, provenance, write_json
+from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import ReturnTarget, RunLog
 from rlattr.attribution import target_context
 from rlattr.checkpoint import restore_checkpoint
@@ -150,12 +150,7 @@ def main() -> None:
     meta = provenance()
     write_json("bench_attribution.json", {"rows": rows, **meta})
     lines = [
-        "# Attribution cost ÷ PPO update cost (side by side, one process)",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; torch threads: 1; {meta['machine']['cpu_count']} cores  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-        "",
+        *markdown_header("Attribution cost ÷ PPO update cost (side by side, one process)", meta),
         "Times are medians over repeats; the return target on the same buffer; "
         "`params=policy`; auto backend (hooks).",
         "",

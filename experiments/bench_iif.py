@@ -21,7 +21,7 @@ from stable_baselines3 import PPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, provenance, write_json
+from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr.presets import Preset
 
 ITERATIONS = {"cartpole": 60, "lunarlander": 5, "minigrid_empty": 3, "hopper": 20}
@@ -85,12 +85,9 @@ def main() -> None:
     meta = provenance()
     write_json("bench_iif.json", {"rows": rows, **meta})
     lines = [
-        "# IIF overhead: seconds per iteration, AttributedPPO + IIF ÷ SB3 PPO",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; torch threads: 1; {meta['machine']['cpu_count']} cores  ",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-        "",
+        *markdown_header(
+            "IIF overhead: seconds per iteration, AttributedPPO + IIF ÷ SB3 PPO", meta
+        ),
         "| preset | iterations × seeds | PPO s/iteration | IIF s/iteration | **wall ratio** "
         "| CPU ratio | per-seed ratio |",
         "|---|---|---|---|---|---|---|",

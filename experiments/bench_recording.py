@@ -25,7 +25,7 @@ from stable_baselines3 import PPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, provenance, write_json
+from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr.presets import Preset
 
 ITERATIONS = {"cartpole": 100, "lunarlander": 6, "minigrid_empty": 4, "hopper": 20}
@@ -111,12 +111,9 @@ def main() -> None:
     meta = provenance()
     write_json("bench_recording.json", {"rows": rows, **meta})
     lines = [
-        "# Recording overhead: AttributedPPO (recording every iteration) ÷ SB3 PPO",
-        "",
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; torch threads: 1; machine: {meta['machine']['cpu_count']} cores",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}",
-        "",
+        *markdown_header(
+            "Recording overhead: AttributedPPO (recording every iteration) ÷ SB3 PPO", meta
+        ),
         "| preset | iterations × seeds | PPO + TensorBoard (s) | AttributedPPO recording (s) "
         "| **wall ratio** | per-seed wall ratio | CPU-time ratio | plan only ÷ plain PPO "
         "(wall / CPU) |",

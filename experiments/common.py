@@ -36,3 +36,16 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
+    """Title, command, date, machine and versions: the first lines of every result file."""
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    return [
+        f"# {title}",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; torch threads: 1; {meta['machine']['cpu_count']} cores  ",
+        f"Versions: {versions}",
+        "",
+    ]
