@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ from rlattr.checkpoint import restore_checkpoint
 from rlattr.grads import BACKENDS, gradient_vector, parameter_names, per_record_dots, policy_actions
 from rlattr.influence import _loss_fn, snapshot_scores, tracin_scores
 from rlattr.loss import normalize_advantages
+from rlattr.metagrad import metagradient_scores
 from rlattr.presets import Preset
 from rlattr.replay import build_policy, load_iteration
 
@@ -94,6 +96,12 @@ def bench(name: str, repeats: int) -> dict:
             repeats,
         )
 
+        metagrad_s = _timed(lambda: metagradient_scores(data, policy, target, context), repeats)
+        tracemalloc.start()
+        metagradient_scores(data, policy, target, context)
+        metagrad_peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+
         restore_checkpoint(policy, data.start_tensors, data.start_meta)
         names = parameter_names(policy, "policy")
         vector = gradient_vector(target.value(policy, context), policy, names)
@@ -126,6 +134,9 @@ def bench(name: str, repeats: int) -> dict:
         "tracin_over_train": tracin_s / train_s,
         "tracin_target_per_epoch_s": tracin_epoch_s,
         "tracin_target_per_epoch_over_train": tracin_epoch_s / train_s,
+        "metagrad_s": metagrad_s,
+        "metagrad_over_train": metagrad_s / train_s,
+        "metagrad_peak_python_mib": metagrad_peak_mib,
         "backend_s": backend_s,
         "backend_speedup_over_naive": {b: backend_s["naive"] / t for b, t in backend_s.items()},
     }
@@ -133,7 +144,8 @@ def bench(name: str, repeats: int) -> dict:
         f"{name:16s} N={row['records']} T={row['optimizer_steps']}: train {train_s:.3f}s | "
         f"snapshot {snapshot_s:.3f}s ({row['snapshot_over_train']:.3f}× train) | "
         f"tracin {tracin_s:.3f}s ({row['tracin_over_train']:.2f}× train; ∇f per epoch "
-        f"{row['tracin_target_per_epoch_over_train']:.2f}×) | backends (s): "
+        f"{row['tracin_target_per_epoch_over_train']:.2f}×) | metagrad {metagrad_s:.3f}s "
+        f"({row['metagrad_over_train']:.2f}× train) | backends (s): "
         + ", ".join(f"{b} {t:.4f}" for b, t in backend_s.items()),
         flush=True,
     )
@@ -155,14 +167,16 @@ def main() -> None:
         "`params=policy`; auto backend (hooks).",
         "",
         "| preset | records | steps | SB3 train() (s) | snapshot (s) | **snapshot ÷ train** "
-        "| TracIn (s) | **TracIn ÷ train** | TracIn, ∇f once per epoch ÷ train |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| TracIn (s) | **TracIn ÷ train** | TracIn, ∇f once per epoch ÷ train "
+        "| metagrad (s) | **metagrad ÷ train** |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['preset']} | {r['records']} | {r['optimizer_steps']} | {r['sb3_train_s']:.3f} "
             f"| {r['snapshot_s']:.4f} | **{r['snapshot_over_train']:.4f}** | {r['tracin_s']:.3f} "
-            f"| **{r['tracin_over_train']:.2f}** | {r['tracin_target_per_epoch_over_train']:.2f} |"
+            f"| **{r['tracin_over_train']:.2f}** | {r['tracin_target_per_epoch_over_train']:.2f} "
+            f"| {r['metagrad_s']:.3f} | **{r['metagrad_over_train']:.2f}** |"
         )
     lines += [
         "",
@@ -177,7 +191,7 @@ def main() -> None:
             f"{r['backend_s'][b]:.4f} ({r['backend_speedup_over_naive'][b]:.0f}×)" for b in BACKENDS
         ]
         lines.append(f"| {r['preset']} | " + " | ".join(cells) + " |")
-    lines += ["", "Goals: snapshot ÷ train ≤ 0.02; TracIn ÷ train ≤ 0.5."]
+    lines += ["", "Goals: snapshot ÷ train ≤ 0.02; TracIn ÷ train ≤ 0.5; metagrad ÷ train ≤ 3."]
     (RESULTS / "bench_attribution.md").write_text("\n".join(lines) + "\n")
 
 
