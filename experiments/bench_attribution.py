@@ -16,7 +16,6 @@ import statistics
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import torch
@@ -24,7 +23,13 @@ from stable_baselines3 import PPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, markdown_header, provenance, write_json
+from experiments.common import (
+    RESULTS,
+    markdown_header,
+    peak_rss_growth_mib,
+    provenance,
+    write_json,
+)
 from rlattr import ReturnTarget, RunLog
 from rlattr.attribution import target_context
 from rlattr.checkpoint import restore_checkpoint
@@ -97,10 +102,9 @@ def bench(name: str, repeats: int) -> dict:
         )
 
         metagrad_s = _timed(lambda: metagradient_scores(data, policy, target, context), repeats)
-        tracemalloc.start()
-        metagradient_scores(data, policy, target, context)
-        metagrad_peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
+        metagrad_peak_mib = peak_rss_growth_mib(
+            lambda: metagradient_scores(data, policy, target, context)
+        )
 
         restore_checkpoint(policy, data.start_tensors, data.start_meta)
         names = parameter_names(policy, "policy")
@@ -136,7 +140,7 @@ def bench(name: str, repeats: int) -> dict:
         "tracin_target_per_epoch_over_train": tracin_epoch_s / train_s,
         "metagrad_s": metagrad_s,
         "metagrad_over_train": metagrad_s / train_s,
-        "metagrad_peak_python_mib": metagrad_peak_mib,
+        "metagrad_peak_rss_growth_mib": metagrad_peak_mib,
         "backend_s": backend_s,
         "backend_speedup_over_naive": {b: backend_s["naive"] / t for b, t in backend_s.items()},
     }

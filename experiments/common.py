@@ -49,3 +49,16 @@ def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
         f"Versions: {versions}",
         "",
     ]
+
+
+def peak_rss_growth_mib(fn: Any) -> float:
+    """How much ``fn()`` raised the process's peak resident memory (MiB).
+
+    An upper bound of its extra memory: it reads 0 when an earlier step already peaked
+    higher. (tracemalloc cannot see torch's allocations.)
+    """
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
