@@ -18,7 +18,6 @@ import csv
 import json
 import sys
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, provenance
+from experiments.common import RESULTS, peak_rss_growth_mib, provenance
 from experiments.fidelity import _action_target, _train
 from rlattr import ReturnTarget
 from rlattr.attribution import target_context
@@ -70,15 +69,20 @@ def main() -> None:
     for name, behaviour in behaviours.items():
         timings = {}
         for order, second in (("fo", False), ("so", True)):
-            tracemalloc.start()
             start = time.perf_counter()
-            effects = stage_effects(
-                iterations, final_state, policy, behaviour, context, spans,
-                second_order=second, ground_truth=False,
-            )  # fmt: skip
+            timings[order + "_peak_mib"] = peak_rss_growth_mib(
+                lambda second=second: stage_effects(
+                    iterations,
+                    final_state,
+                    policy,
+                    behaviour,
+                    context,
+                    spans,
+                    second_order=second,
+                    ground_truth=False,
+                )  # fmt: skip
+            )
             timings[order] = time.perf_counter() - start
-            timings[order + "_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
         start = time.perf_counter()
         truth = stage_effects(
             iterations, final_state, policy, behaviour, context, spans,
@@ -103,7 +107,6 @@ def main() -> None:
                     "replay_seconds": replay_seconds,
                 }
             )
-        del effects
     OUT.mkdir(parents=True, exist_ok=True)
     with open(OUT / f"{preset.name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
