@@ -71,7 +71,7 @@ def main() -> None:
         for order, second in (("fo", False), ("so", True)):
             start = time.perf_counter()
             timings[order + "_peak_mib"] = peak_rss_growth_mib(
-                lambda second=second: stage_effects(
+                lambda second=second, behaviour=behaviour: stage_effects(
                     iterations,
                     final_state,
                     policy,
@@ -80,7 +80,7 @@ def main() -> None:
                     spans,
                     second_order=second,
                     ground_truth=False,
-                )  # fmt: skip
+                )
             )
             timings[order] = time.perf_counter() - start
         start = time.perf_counter()
