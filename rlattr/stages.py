@@ -295,3 +295,175 @@ def stage_effects(
                 effect.ground_truth = f_final - float(behavior.value(policy, context))
         results.append(effect)
     return results
+
+
+@dataclass
+class StageRecordScores:
+    """A stage's first-order effect split over the records of its iterations.
+
+    Attributes:
+        stage: the stage.
+        scores: iteration → ``[N]`` share of each record (positive = the record's updates
+            raised the final behaviour).
+        estimate: the stage's FO estimate τ̂ = ⟨∇f(θ_T), e_T⟩.
+        remainder: τ̂ − Σ shares: what no record carries (weight decay, and with
+            ``rollback`` the momentum the stage inherited). Zero without either.
+    """
+
+    stage: Stage
+    scores: dict[int, torch.Tensor]
+    estimate: float
+    remainder: float
+
+
+def _step_coefficients(policy, stage_data: list[IterationData]) -> list[tuple[object, object]]:
+    """Per step of the stage: (u_θ, u_slot) mapping the step's gradient to the stage's
+    displacement δ and to its momentum/first-moment change (scalars or per-parameter)."""
+    optimizer = policy.optimizer
+    group = optimizer.param_groups[0]
+    names = _names(policy)
+    named = dict(policy.named_parameters())
+    rates, denominators = [], []
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        beta1, beta2 = group["betas"]
+
+        def record(step: int, indices: torch.Tensor, _plan=None) -> None:
+            d = {}
+            for n in names:
+                state = optimizer.state[named[n]]
+                steps = float(state["step"])
+                d[n] = (1 - beta1**steps) * (
+                    state["exp_avg_sq"].sqrt() / (1 - beta2**steps) ** 0.5 + group["eps"]
+                )
+            denominators.append(d)
+
+        for data in stage_data:
+            rates.extend(data.plan.learning_rates.tolist())
+            replay(data, policy, after_step=record)
+        total = len(rates)
+        coefficients = []
+        tail = None
+        for t in reversed(range(total)):
+            term = {n: rates[t] * (1 - beta1) / denominators[t][n] for n in names}
+            tail = term if tail is None else {n: term[n] + beta1 * tail[n] for n in names}
+            coefficients.append((tail, (1 - beta1) * beta1 ** (total - 1 - t)))
+        return list(reversed(coefficients))
+    momentum, nesterov = group["momentum"], group["nesterov"]
+    for data in stage_data:
+        rates.extend(data.plan.learning_rates.tolist())
+    total = len(rates)
+    coefficients = []
+    tail = 0.0
+    for t in reversed(range(total)):
+        tail = rates[t] + momentum * tail
+        u_theta = rates[t] + momentum * tail if nesterov else tail
+        if momentum == 0:
+            u_theta = rates[t]
+        coefficients.append((u_theta, momentum ** (total - 1 - t) if momentum else 0.0))
+    return list(reversed(coefficients))
+
+
+def stage_record_scores(
+    iterations: list[IterationData],
+    final_state: dict[str, torch.Tensor],
+    policy: ActorCriticPolicy,
+    behavior: Target,
+    context: TargetContext,
+    stage: Stage,
+    optimizer_state: OptimizerState = "rollback",
+    backend: str = "auto",
+) -> StageRecordScores:
+    """Split a stage's first-order effect over the records its updates used.
+
+    The FO estimate is linear in the stage's displacement δ and (with ``rollback``) in
+    its momentum/first-moment change; both are sums of per-step gradient contributions
+    (exactly, given Adam's denominators from the replay). The adjoint of the FO
+    propagation gives the sensitivity λ of τ̂ to each, and record i's share is
+    −Σ_{t∋i} (c_t/|b_t|) ⟨λ_θ ⊙ u_θ,t − λ_slot ⊙ u_slot,t, ∇ℓ_i(θ_t)⟩ (a gradient moves θ
+    against itself and the momentum with itself).
+    """
+    from rlattr.grads import per_record_dots, policy_actions
+    from rlattr.influence import _loss_fn
+    from rlattr.loss import normalize_advantages
+
+    names = _names(policy)
+    slot_name = "momentum_buffer" if isinstance(policy.optimizer, torch.optim.SGD) else "exp_avg"
+    start_tensors = iterations[stage.start].start_tensors
+    end_tensors = (
+        iterations[stage.end].start_tensors if stage.end < len(iterations) else final_state
+    )
+    start, end = _state(start_tensors, names, policy), _state(end_tensors, names, policy)
+    delta = {n: (end[n] - start[n]).requires_grad_(True) for n in names}
+    start_slot = _optimizer_slot(start_tensors, names, slot_name, policy)
+    end_slot = _optimizer_slot(end_tensors, names, slot_name, policy)
+    if optimizer_state == "rollback" and end_slot is not None:
+        base = start_slot or {n: torch.zeros_like(v) for n, v in end_slot.items()}
+        slot0 = {n: (end_slot[n] - base[n]).requires_grad_(True) for n in names}
+    else:
+        slot0 = {n: torch.zeros_like(delta[n]).requires_grad_(True) for n in names}
+    # τ̂ and its adjoint: the FO map is linear, so λ = ∂τ̂/∂(δ, slot) is exact.
+    e = _propagate(policy, iterations[stage.end :], dict(delta), dict(slot0), False)
+    restore_checkpoint(policy, final_state, iterations[-1].start_meta)
+    named = dict(policy.named_parameters())
+    grads = torch.autograd.grad(
+        behavior.value(policy, context), [named[n] for n in names], allow_unused=True
+    )
+    grad_f = {
+        n: (g.detach() if g is not None else torch.zeros_like(delta[n]))
+        for n, g in zip(names, grads, strict=True)
+    }
+    estimate = sum((grad_f[n] * e[n]).sum() for n in names)
+    inputs = [delta[n] for n in names] + [slot0[n] for n in names]
+    adjoint = torch.autograd.grad(estimate, inputs, allow_unused=True)
+    lam_theta = {
+        n: (a if a is not None else torch.zeros_like(delta[n]))
+        for n, a in zip(names, adjoint[: len(names)], strict=True)
+    }
+    lam_slot = {
+        n: (a if a is not None else torch.zeros_like(delta[n]))
+        for n, a in zip(names, adjoint[len(names) :], strict=True)
+    }
+    use_slot = optimizer_state == "rollback"
+
+    stage_data = iterations[stage.start : stage.end]
+    coefficients = _step_coefficients(policy, stage_data)
+    scores: dict[int, torch.Tensor] = {}
+    step_offset = 0
+    for data in stage_data:
+        records = data.records
+        actions = policy_actions(records.actions, policy.action_space)
+        config = data.plan.loss_config
+        clips = data.plan.clip_coefs.tolist()
+        values = torch.zeros(len(records), dtype=torch.float64, device=records.device)
+
+        def score_step(
+            step: int,
+            indices: torch.Tensor,
+            _offset: int = step_offset,
+            _data: IterationData = data,
+            _actions: torch.Tensor = actions,
+            _config=config,
+            _clips: list[float] = clips,
+            _values: torch.Tensor = values,
+        ) -> None:
+            u_theta, u_slot = coefficients[_offset + step]
+            weight = _clips[step] / len(indices)
+            vector = {}
+            for n in names:
+                theta_part = lam_theta[n] * (u_theta[n] if isinstance(u_theta, dict) else u_theta)
+                # δ moves against the gradient (−η…); the momentum/first moment with it (+).
+                slot_part = lam_slot[n] * u_slot if use_slot else 0.0
+                vector[n] = (theta_part - slot_part) * weight
+            advantages = normalize_advantages(_data.records.advantages[indices], _config)
+            fn = _loss_fn(_data.records, indices, advantages, _config)
+            dots = per_record_dots(
+                policy, _data.records.observations[indices], _actions[indices], fn, vector, backend
+            )
+            _values.index_add_(0, indices, -dots.detach().to(_values.dtype))
+
+        replay(data, policy, before_step=score_step)
+        scores[data.iteration] = values
+        step_offset += data.plan.n_steps
+    total = float(estimate.detach())
+    shared = sum(float(v.sum()) for v in scores.values())
+    return StageRecordScores(stage, scores, total, total - shared)

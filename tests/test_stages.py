@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from rlattr.checkpoint import capture_checkpoint
+from rlattr.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.replay import IterationData, replay
-from rlattr.stages import Stage, parse_stages, stage_effects
+from rlattr.stages import Stage, parse_stages, stage_effects, stage_record_scores
 from rlattr.targets import CallableTarget, ReturnTarget, TargetContext
 from tests.test_influence import _linear_problem
 
@@ -110,3 +110,50 @@ def test_parse_stages() -> None:
         parse_stages("0:8", 7)
     with pytest.raises(ValueError, match="start < end"):
         Stage(3, 3)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum_no_decay", "nesterov", "adam"])
+def test_record_shares_sum_to_the_stage_estimate(optimizer: str) -> None:
+    """No weight decay and a fresh optimiser: every bit of the stage's FO effect is carried
+    by some record's gradient, so the shares add up to the estimate exactly."""
+    OPTIMIZERS["momentum_no_decay"] = lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)
+    policy, iterations, final = _run(optimizer, quadratic=False)
+    behaviour, context = _behaviour(iterations, quadratic=False)
+    split = stage_record_scores(iterations, final, policy, behaviour, context, Stage(0, 2))
+    [effect] = stage_effects(
+        iterations, final, policy, behaviour, context, [Stage(0, 2)], second_order=False,
+        ground_truth=False,
+    )  # fmt: skip
+    assert split.estimate == pytest.approx(effect.fo, rel=1e-12)
+    assert abs(split.estimate) > 1e-4
+    total = sum(float(v.sum()) for v in split.scores.values())
+    assert total == pytest.approx(split.estimate, rel=1e-9, abs=1e-13)
+    assert abs(split.remainder) < 1e-9 * abs(split.estimate)
+
+
+def test_a_record_share_is_the_effect_of_removing_it_sgd_linear() -> None:
+    """Linear loss, plain SGD, later data fixed: zeroing one record's loss terms in the
+    stage changes the final behaviour by exactly its share."""
+    policy, iterations, final = _run("sgd", quadratic=False)
+    behaviour, context = _behaviour(iterations, quadratic=False)
+    split = stage_record_scores(iterations, final, policy, behaviour, context, Stage(0, 2))
+    restore_checkpoint(policy, final, iterations[-1].start_meta)
+    with torch.no_grad():
+        f_final = float(behaviour.value(policy, context))
+    for k, i in ((0, 3), (1, 17), (1, 40)):
+        restore_checkpoint(policy, iterations[0].start_tensors, iterations[0].start_meta)
+        for j, data in enumerate(iterations):
+            weights = None
+            if j == k:
+                weights = torch.ones(len(data.records), dtype=torch.float64)
+                weights[i] = 0.0
+            replay(
+                data,
+                policy,
+                record_weights=weights,
+                weight_normalization="count",
+                from_checkpoint=False,
+            )
+        with torch.no_grad():
+            effect = f_final - float(behaviour.value(policy, context))
+        assert float(split.scores[k][i]) == pytest.approx(effect, rel=1e-8, abs=1e-13)
