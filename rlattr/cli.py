@@ -249,7 +249,12 @@ def _stages(args: argparse.Namespace) -> int:
         truth = "–" if effect.ground_truth is None else f"{effect.ground_truth:+.4e}"
         table.add_row(str(effect.stage), f"{effect.fo:+.4e}", so, truth)
     console.print(table)
-    console.print(f"{time.perf_counter() - start:.1f} s")
+    from rlattr.plots import save_figure, stage_effects_figure
+
+    png = log.path / "reports" / "stage_effects.png"
+    figure = stage_effects_figure(effects, f"stage effects on the {args.behavior} behaviour")
+    save_figure(figure, png, log.tb_dir / "reports", tag="stage_effects")
+    console.print(f"{time.perf_counter() - start:.1f} s; chart: {png} (and in TensorBoard)")
     return 0
 
 

@@ -92,3 +92,7 @@ def test_stages_command(run_dir: Path, capsys) -> None:
     assert main(["stages", str(run_dir), "--stages", "0:1,1:3", "--ground-truth"]) == 0
     out = capsys.readouterr().out
     assert "0:1" in out and "1:3" in out and "ground truth" in out
+    assert (run_dir / "reports" / "stage_effects.png").stat().st_size > 1000
+    images = EventAccumulator(str(run_dir / "tb" / "reports"))
+    images.Reload()
+    assert "stage_effects" in images.Tags()["images"]
