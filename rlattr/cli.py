@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -77,10 +78,18 @@ def _train(args: argparse.Namespace) -> int:
     console.print(
         f"[bold green]done[/]: {model.num_timesteps} steps, {len(log.iterations())} iterations "
         f"recorded in {run_dir}\n"
-        f"  inspect:     rlattr inspect {run_dir}\n"
-        f"  TensorBoard: tensorboard --logdir {log.tb_dir}"
+        f"  inspect:     {_command('rlattr')} inspect {run_dir}\n"
+        f"  TensorBoard: {_command('tensorboard')} --logdir {log.tb_dir}"
     )
     return 0
+
+
+def _command(name: str) -> str:
+    """``name`` if it is on PATH, else its path beside this Python (an unactivated venv)."""
+    if shutil.which(name):
+        return name
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else name
 
 
 def _inspect(args: argparse.Namespace) -> int:
