@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -17,8 +17,11 @@ class _TargetEnv(gym.Env):
     """
 
     n_components = 3
+    # SB3's make_vec_env asks for rgb_array rendering; there is nothing to draw.
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
-    def __init__(self) -> None:
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
         self._target = np.zeros(self.n_components, dtype=np.int64)
 
@@ -41,22 +44,22 @@ class _TargetEnv(gym.Env):
 
 
 class ToyMultiDiscreteEnv(_TargetEnv):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
         self.action_space = spaces.MultiDiscrete([2, 3, 2])
 
 
 class ToyMultiBinaryEnv(_TargetEnv):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
         self.action_space = spaces.MultiBinary(3)
 
 
 class ToyDictObsEnv(ToyMultiBinaryEnv):
     """Same task with a Dict observation: rlattr must refuse it with a clear message."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, render_mode: str | None = None) -> None:
+        super().__init__(render_mode)
         self.observation_space = spaces.Dict(
             {"target": spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)}
         )
