@@ -43,7 +43,19 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", type=int, default=4)
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the CSV")
     args = parser.parse_args()
+    if args.replot:
+        with open(OUT / f"{args.preset}.csv") as handle:
+            rows = [
+                {
+                    k: (v if k in ("preset", "behaviour", "stage") else float(v))
+                    for k, v in r.items()
+                }
+                for r in csv.DictReader(handle)
+            ]
+        _plot(args.preset, rows).savefig(OUT / f"{args.preset}.png", dpi=110)
+        return
     torch.set_num_threads(1)
     preset = Preset.load(args.preset)
     if args.timesteps:
@@ -153,6 +165,12 @@ def _plot(preset: str, rows: list[dict]):
         ):
             ax.bar(x + offset, [r[key] for r in sel], width=0.27, label=label)
         ax.set_xticks(x, [r["stage"] for r in sel])
+        # Estimates and truths span many orders of magnitude (SO can diverge): symlog.
+        values = [abs(float(r[k])) for r in sel for k in ("fo", "so", "ground_truth")]
+        ax.set_yscale("symlog", linthresh=max(1e-12, min(v for v in values if v > 0)))
+        top = max(float(r[k]) for r in sel for k in ("fo", "so", "ground_truth"))
+        if top > 0:
+            ax.set_ylim(top=top * 10)
         ax.set_xlabel("stage (iterations)")
         ax.set_title(f"{preset}: {name}")
         ax.axhline(0, color="grey", lw=0.5)
