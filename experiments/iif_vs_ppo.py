@@ -2,10 +2,11 @@
 
 Arms: ``ppo`` (plain PPO), ``iif`` (the preset's IIF settings; default the paper rule
 neg_bottom p = 0.125, snapshot scores, return target on the same buffer) and
-``random`` (drops as many records as the IIF rule would, at random). Seed s of every arm
-uses the same environment and initialisation seed. Every ``--eval-every`` iterations the
-policy is evaluated on ``--eval-episodes`` stochastic episodes of a separate environment
-with fixed seeds. Each finished run is written to
+``random`` (drops as many records as the IIF rule would, at random); on request
+``iif_metagrad`` (the same rule on metagradient scores, ``--arms iif_metagrad``).
+Seed s of every arm uses the same environment and initialisation seed. Every
+``--eval-every`` iterations the policy is evaluated on ``--eval-episodes`` stochastic
+episodes of a separate environment with fixed seeds. Each finished run is written to
 experiments/results/iif/<preset>/<arm>-s<seed>.csv, so an interrupted study resumes with
 the runs still missing; ``--summarize`` builds the table and the plots.
 
@@ -34,7 +35,8 @@ from experiments.common import RESULTS, provenance
 from rlattr.filters import IIF
 from rlattr.presets import Preset
 
-ARMS = ("ppo", "iif", "random")
+ARMS = ("ppo", "iif", "random", "iif_metagrad")
+DEFAULT_ARMS = ("ppo", "iif", "random")
 OUT = RESULTS / "iif"
 
 
@@ -107,6 +109,9 @@ def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
     base = preset.iif_config(seed=seed)
     if arm == "iif":
         return base
+    if arm == "iif_metagrad":
+        # The same rule on exact scores for the order the update will use (issue 6).
+        return preset.iif_config(seed=seed, scorer="metagrad")
     return IIF(
         rule="random_like",
         like=base.rule,
@@ -237,7 +242,7 @@ def main() -> None:
     parser.add_argument("--preset", required=True)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
     parser.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds (one core each)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     parser.add_argument("--timesteps", type=int)
     parser.add_argument("--eval-every", type=int, default=5, help="iterations between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=10)

@@ -29,6 +29,7 @@ from experiments.common import RESULTS, peak_rss_growth_mib, provenance
 from experiments.fidelity import _action_target, _train
 from rlattr import ReturnTarget
 from rlattr.attribution import target_context
+from rlattr.checkpoint import restore_checkpoint
 from rlattr.groundtruth import pearson, spearman
 from rlattr.presets import Preset
 from rlattr.replay import build_policy, load_iteration, replay
@@ -37,19 +38,83 @@ from rlattr.stages import parse_stages, stage_effects
 OUT = RESULTS / "stages"
 
 
+def _timed(fn):
+    """(result, seconds, peak-memory growth in MiB) of ``fn()``."""
+    out = {}
+    start = time.perf_counter()
+    peak = peak_rss_growth_mib(lambda: out.setdefault("result", fn()))
+    return out["result"], time.perf_counter() - start, peak
+
+
+def _retrain_from(preset, log, tensors, meta, iteration: int, n_later: int, seed: int):
+    """Continue training for ``n_later`` iterations with *fresh* rollouts from a
+    checkpoint taken before ``iteration``; the LR and clip schedules continue where the
+    recorded run was (their progress comes from the step counter)."""
+    model = preset.build(seed=seed, device="cpu")
+    restore_checkpoint(model.policy, tensors, meta)
+    per_iteration = model.n_steps * model.n_envs
+    model.num_timesteps = iteration * per_iteration
+    if n_later:
+        model.learn(n_later * per_iteration, reset_num_timesteps=False)
+    return model.policy
+
+
+def _on_policy_truth(preset, log, iterations, final, spans, behaviours, context, seeds):
+    """Paired on-policy effects: for seed s, f(retrain from θ_end(k)) − f(retrain from
+    θ_start(k)), both retrained for the iterations after the stage with fresh rollouts
+    drawn with seed s; mean and std over seeds per stage and behaviour."""
+    n_total = len(iterations)
+    out = {name: [] for name in behaviours}
+    for stage in spans:
+        n_later = n_total - stage.end
+        start_tensors, start_meta = (
+            iterations[stage.start].start_tensors,
+            iterations[stage.start].start_meta,
+        )
+        if stage.end < n_total:
+            end_tensors, end_meta = (
+                iterations[stage.end].start_tensors,
+                iterations[stage.end].start_meta,
+            )
+        else:
+            end_tensors, end_meta = final
+        effects = {name: [] for name in behaviours}
+        for seed in seeds:
+            values = {}
+            for which, tensors, meta, at in (
+                ("with", end_tensors, end_meta, stage.end),
+                ("without", start_tensors, start_meta, stage.start),
+            ):
+                policy = _retrain_from(preset, log, tensors, meta, at, n_later, seed)
+                with torch.no_grad():
+                    values[which] = {
+                        n: float(b.value(policy, context)) for n, b in behaviours.items()
+                    }
+            for name in behaviours:
+                effects[name].append(values["with"][name] - values["without"][name])
+            print(f"on-policy {stage} seed {seed}: {effects}", flush=True)
+        for name in behaviours:
+            out[name].append((float(np.mean(effects[name])), float(np.std(effects[name]))))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", required=True)
     parser.add_argument("--timesteps", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stages", type=int, default=4)
+    parser.add_argument(
+        "--on-policy-seeds", type=int, default=0,
+        help="also the on-policy ground truth, retraining later stages with this many seeds",
+    )  # fmt: skip
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the CSV")
     args = parser.parse_args()
     if args.replot:
         with open(OUT / f"{args.preset}.csv") as handle:
             rows = [
                 {
-                    k: (v if k in ("preset", "behaviour", "stage") else float(v))
+                    k: (v if k in ("preset", "behaviour", "stage") else float(v or "nan"))
                     for k, v in r.items()
                 }
                 for r in csv.DictReader(handle)
@@ -63,59 +128,56 @@ def main() -> None:
     log = _train(preset, args.seed)
     recorded = log.iterations()
     iterations = [load_iteration(log, k) for k in recorded]
-    final_state, _ = log.load_checkpoint(len(recorded))
+    final_state, final_meta = log.load_checkpoint(len(recorded))
     policy = build_policy(log)
     context = target_context(log, iterations[-1].records)
     spans = parse_stages(args.stages, len(recorded))
-
-    start = time.perf_counter()
-    for data in iterations:
-        replay(data, policy)
-    replay_seconds = time.perf_counter() - start
-
-    rows = []
     behaviours = {
         "return": ReturnTarget(validation=iterations[-1].records),
         "action": _action_target(log),
     }
-    for name, behaviour in behaviours.items():
-        timings = {}
-        for order, second in (("fo", False), ("so", True)):
-            start = time.perf_counter()
-            timings[order + "_peak_mib"] = peak_rss_growth_mib(
-                lambda second=second, behaviour=behaviour: stage_effects(
-                    iterations,
-                    final_state,
-                    policy,
-                    behaviour,
-                    context,
-                    spans,
-                    second_order=second,
-                    ground_truth=False,
-                )
-            )
-            timings[order] = time.perf_counter() - start
-        start = time.perf_counter()
-        truth = stage_effects(
-            iterations, final_state, policy, behaviour, context, spans,
-            second_order=True, ground_truth=True,
+
+    def run(**kwargs):
+        return stage_effects(iterations, final_state, policy, behaviours, context, spans, **kwargs)
+
+    _, replay_seconds, _ = _timed(lambda: [replay(data, policy) for data in iterations])
+    print(f"one replay of {len(iterations)} iterations: {replay_seconds:.1f} s", flush=True)
+    fo, fo_seconds, fo_peak = _timed(lambda: run(second_order=False, ground_truth=False))
+    print(f"FO: {fo_seconds:.1f} s", flush=True)
+    # SO reuses nothing from FO; its time is that of the FO+SO call minus the FO one.
+    so, both_seconds, so_peak = _timed(lambda: run(second_order=True, ground_truth=False))
+    print(f"FO+SO: {both_seconds:.1f} s", flush=True)
+    truth, truth_seconds, _ = _timed(lambda: run(ground_truth=True, estimates=False))
+    print(f"ground truth: {truth_seconds:.1f} s", flush=True)
+    on_policy = None
+    if args.on_policy_seeds:
+        on_policy = _on_policy_truth(
+            preset, log, iterations, (final_state, final_meta), spans, behaviours, context,
+            range(args.on_policy_seeds),
         )  # fmt: skip
-        timings["all_with_truth"] = time.perf_counter() - start
-        for effect in truth:
+
+    rows = []
+    for name in behaviours:
+        for index, (f, s, t) in enumerate(zip(fo[name], so[name], truth[name], strict=True)):
             rows.append(
                 {
                     "preset": preset.name,
                     "behaviour": name,
-                    "stage": str(effect.stage),
-                    "fo": effect.fo,
-                    "so": effect.so,
-                    "fo_difference": effect.fo_difference,
-                    "so_difference": effect.so_difference,
-                    "ground_truth": effect.ground_truth,
-                    "fo_seconds": timings["fo"],
-                    "so_seconds": timings["so"],
-                    "fo_peak_mib": timings["fo_peak_mib"],
-                    "so_peak_mib": timings["so_peak_mib"],
+                    "stage": str(f.stage),
+                    "fo": f.fo,
+                    "so": s.so,
+                    "fo_difference": f.fo_difference,
+                    "so_difference": s.so_difference,
+                    "ground_truth": t.ground_truth,
+                    "on_policy_mean": on_policy[name][index][0] if on_policy else "",
+                    "on_policy_std": on_policy[name][index][1] if on_policy else "",
+                    "fo_growth": f.fo_growth,
+                    "so_growth": s.so_growth,
+                    "fo_seconds": fo_seconds,
+                    "so_seconds": both_seconds - fo_seconds,
+                    "ground_truth_seconds": truth_seconds,
+                    "fo_peak_mib": fo_peak,
+                    "so_peak_mib": so_peak,
                     "replay_seconds": replay_seconds,
                 }
             )
@@ -127,16 +189,35 @@ def main() -> None:
     summary = {}
     for name in behaviours:
         sel = [r for r in rows if r["behaviour"] == name]
-        truth = np.array([r["ground_truth"] for r in sel])
+        references = {"data_fixed": np.array([r["ground_truth"] for r in sel])}
+        if on_policy:
+            references["on_policy"] = np.array([r["on_policy_mean"] for r in sel])
         summary[name] = {
-            order: {
-                "pearson": pearson(np.array([r[order] for r in sel]), truth),
-                "spearman": spearman(np.array([r[order] for r in sel]), truth),
+            reference: {
+                order: {
+                    "pearson": pearson(np.array([r[order] for r in sel]), truth_values),
+                    "spearman": spearman(np.array([r[order] for r in sel]), truth_values),
+                }
+                for order in (
+                    ("fo", "so", "ground_truth") if reference == "on_policy" else ("fo", "so")
+                )
             }
-            for order in ("fo", "so")
+            for reference, truth_values in references.items()
         }
+    cost = {
+        "replay_seconds": replay_seconds,
+        "fo_over_replay": fo_seconds / replay_seconds,
+        "so_over_replay": (both_seconds - fo_seconds) / replay_seconds,
+        "ground_truth_over_replay": truth_seconds / replay_seconds,
+        "fo_peak_mib": fo_peak,
+        "so_peak_mib": so_peak,
+        "n_stages": len(spans),
+        "n_behaviours": len(behaviours),
+    }
+    command = "python experiments/stage_effects.py " + " ".join(sys.argv[1:])
     (OUT / f"{preset.name}.json").write_text(
-        json.dumps({**provenance(), "summary": summary}, indent=2) + "\n"
+        json.dumps({**provenance(), "command": command, "cost": cost, "summary": summary}, indent=2)
+        + "\n"
     )
     figure = _plot(preset.name, rows)
     figure.savefig(OUT / f"{preset.name}.png", dpi=110)
@@ -144,7 +225,7 @@ def main() -> None:
 
     with SummaryWriter(str(log.tb_dir / "stage_effects")) as writer:
         writer.add_figure("stage_effects", figure)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({"cost": cost, "summary": summary}, indent=2))
 
 
 def _plot(preset: str, rows: list[dict]):
@@ -158,17 +239,26 @@ def _plot(preset: str, rows: list[dict]):
     for ax, name in zip(axes[0], behaviours, strict=True):
         sel = [r for r in rows if r["behaviour"] == name]
         x = np.arange(len(sel))
-        for offset, key, label in (
-            (-0.27, "fo", "FO"),
-            (0.0, "so", "SO"),
-            (0.27, "ground_truth", "ground truth"),
+        series = [("fo", "FO"), ("so", "SO"), ("ground_truth", "data-fixed truth")]
+        if sel[0].get("on_policy_mean") not in ("", None) and not np.isnan(
+            float(sel[0]["on_policy_mean"])
         ):
-            ax.bar(x + offset, [r[key] for r in sel], width=0.27, label=label)
+            series.append(("on_policy_mean", "on-policy truth (± std)"))
+        width = 0.8 / len(series)
+        for i, (key, label) in enumerate(series):
+            errors = [float(r["on_policy_std"]) for r in sel] if key == "on_policy_mean" else None
+            ax.bar(
+                x + (i - (len(series) - 1) / 2) * width,
+                [float(r[key]) for r in sel],
+                width=width,
+                label=label,
+                yerr=errors,
+            )
         ax.set_xticks(x, [r["stage"] for r in sel])
         # Estimates and truths span many orders of magnitude (SO can diverge): symlog.
-        values = [abs(float(r[k])) for r in sel for k in ("fo", "so", "ground_truth")]
+        values = [abs(float(r[k])) for r in sel for k, _ in series]
         ax.set_yscale("symlog", linthresh=max(1e-12, min(v for v in values if v > 0)))
-        top = max(float(r[k]) for r in sel for k in ("fo", "so", "ground_truth"))
+        top = max(float(r[k]) for r in sel for k, _ in series)
         if top > 0:
             ax.set_ylim(top=top * 10)
         ax.set_xlabel("stage (iterations)")

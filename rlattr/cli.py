@@ -240,6 +240,10 @@ def _fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+# Above this ‖e_T‖/‖δ‖ the CLI flags an SO estimate as unreliable.
+SO_GROWTH_WARNING = 100.0
+
+
 def _stages(args: argparse.Namespace) -> int:
     from rlattr.attribution import stage_effects
 
@@ -251,13 +255,20 @@ def _stages(args: argparse.Namespace) -> int:
         ground_truth=args.ground_truth, optimizer_state=args.optimizer_state, device=args.device,
     )  # fmt: skip
     table = Table(title=f"stage effects on the {args.behavior} behaviour of the final policy")
-    for column in ("stage", "FO", "SO", "ground truth"):
+    for column in ("stage", "FO", "SO", "SO ‖e_T‖/‖δ‖", "ground truth"):
         table.add_column(column, no_wrap=True)
     for effect in effects:
         so = "–" if effect.so is None else f"{effect.so:+.4e}"
+        growth = "–" if effect.so_growth is None else f"{effect.so_growth:.3g}"
         truth = "–" if effect.ground_truth is None else f"{effect.ground_truth:+.4e}"
-        table.add_row(str(effect.stage), f"{effect.fo:+.4e}", so, truth)
+        table.add_row(str(effect.stage), f"{effect.fo:+.4e}", so, growth, truth)
     console.print(table)
+    if any((e.so_growth or 0.0) > SO_GROWTH_WARNING for e in effects):
+        console.print(
+            f"[yellow]SO stretched a stage's displacement more than {SO_GROWTH_WARNING:g}×: "
+            "the linearised update map is expanding there and that SO value is unreliable "
+            "(see rlattr.stages.StageEffect).[/yellow]"
+        )
     from rlattr.plots import save_figure, stage_effects_figure
 
     png = log.path / "reports" / "stage_effects.png"

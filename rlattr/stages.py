@@ -21,8 +21,9 @@ stage k's updates not executed.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, overload
 
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -71,14 +72,24 @@ def parse_stages(spec: str | int, n_iterations: int) -> list[Stage]:
 
 @dataclass
 class StageEffect:
-    """Estimates and ground truth of one stage's effect on the behaviour."""
+    """Estimates and ground truth of one stage's effect on the behaviour.
+
+    ``fo_growth`` / ``so_growth`` are ‖e_T‖ / ‖δ_k‖: how much the propagation stretched
+    the stage's displacement. FO only rescales it (decay, momentum, Adam's step sizes);
+    an SO growth of orders of magnitude means the linearised update map is expanding
+    along δ_k (negative or above-2/η preconditioned curvature), where the first-order
+    Taylor picture of the *finite* displacement no longer holds — treat that SO value as
+    unreliable.
+    """
 
     stage: Stage
-    fo: float
-    fo_difference: float
+    fo: float | None = None
+    fo_difference: float | None = None
     so: float | None = None
     so_difference: float | None = None
     ground_truth: float | None = None
+    fo_growth: float | None = None
+    so_growth: float | None = None
 
 
 def _names(policy: ActorCriticPolicy) -> list[str]:
@@ -193,6 +204,7 @@ def _propagate(
     return propagator.e
 
 
+@overload
 def stage_effects(
     iterations: list[IterationData],
     final_state: dict[str, torch.Tensor],
@@ -200,20 +212,54 @@ def stage_effects(
     behavior: Target,
     context: TargetContext,
     stages: list[Stage],
+    second_order: bool = ...,
+    ground_truth: bool = ...,
+    optimizer_state: OptimizerState = ...,
+    estimates: bool = ...,
+) -> list[StageEffect]: ...
+
+
+@overload
+def stage_effects(
+    iterations: list[IterationData],
+    final_state: dict[str, torch.Tensor],
+    policy: ActorCriticPolicy,
+    behavior: Mapping[str, Target],
+    context: TargetContext,
+    stages: list[Stage],
+    second_order: bool = ...,
+    ground_truth: bool = ...,
+    optimizer_state: OptimizerState = ...,
+    estimates: bool = ...,
+) -> dict[str, list[StageEffect]]: ...
+
+
+def stage_effects(
+    iterations: list[IterationData],
+    final_state: dict[str, torch.Tensor],
+    policy: ActorCriticPolicy,
+    behavior: Target | Mapping[str, Target],
+    context: TargetContext,
+    stages: list[Stage],
     second_order: bool = True,
     ground_truth: bool = True,
     optimizer_state: OptimizerState = "rollback",
-) -> list[StageEffect]:
+    estimates: bool = True,
+) -> list[StageEffect] | dict[str, list[StageEffect]]:
     """Estimate (FO, optionally SO) and measure (data-fixed replay) each stage's effect.
 
     Args:
         iterations: every iteration of the run, in order (iteration j at index j).
         final_state: the checkpoint tensors after the last iteration (θ_T).
         policy: a policy built by ``rlattr.build_policy`` (overwritten).
-        behavior, context: the behaviour f of the final policy.
+        behavior, context: the behaviour f of the final policy, or a mapping name →
+            behaviour: the propagation and the counterfactual replays do not depend on
+            the behaviour, so several behaviours cost hardly more than one, and the
+            result is then a mapping name → effects.
         stages: the spans to evaluate.
         second_order: also compute the SO estimate (Hessian-vector products).
         ground_truth: also replay the counterfactual runs.
+        estimates: compute the estimates (``False``: ground truth only).
         optimizer_state: the counterfactual's optimiser state when stage k is skipped:
             ``"rollback"`` (the state at the stage's start, as if it never ran; the
             estimators start the momentum/first-moment difference at the state
@@ -230,36 +276,35 @@ def stage_effects(
             return iterations[k].start_tensors, iterations[k].start_meta
         return final_state, iterations[-1].start_meta
 
+    behaviors = dict(behavior) if isinstance(behavior, Mapping) else {"": behavior}
     theta_final = _state(final_state, names, policy)
-    restore_checkpoint(policy, final_state, iterations[-1].start_meta)
-    with torch.no_grad():
-        f_final = float(behavior.value(policy, context))
-    restore_checkpoint(policy, final_state, iterations[-1].start_meta)
-    grad_f = dict(
-        zip(
-            names,
-            torch.autograd.grad(
-                behavior.value(policy, context),
-                [dict(policy.named_parameters())[n] for n in names],
-                allow_unused=True,
-            ),
-            strict=True,
-        )
-    )
-    grad_f = {
-        n: (g.detach() if g is not None else torch.zeros_like(theta_final[n]))
-        for n, g in grad_f.items()
-    }
-
-    def evaluate_at(theta: dict[str, torch.Tensor]) -> float:
+    named = dict(policy.named_parameters())
+    f_final, grad_f = {}, {}
+    for key, target in behaviors.items():
         restore_checkpoint(policy, final_state, iterations[-1].start_meta)
-        with torch.no_grad():
-            for n, p in policy.named_parameters():
-                if n in theta:
-                    p.copy_(theta[n])
-            return float(behavior.value(policy, context))
+        value = target.value(policy, context)
+        f_final[key] = float(value.detach())
+        grads = torch.autograd.grad(value, [named[n] for n in names], allow_unused=True)
+        grad_f[key] = {
+            n: (g.detach() if g is not None else torch.zeros_like(theta_final[n]))
+            for n, g in zip(names, grads, strict=True)
+        }
 
-    results = []
+    def values_at(theta: dict[str, torch.Tensor] | None) -> dict[str, float]:
+        """Every behaviour at ``theta`` (None: the policy's current parameters)."""
+        if theta is not None:
+            restore_checkpoint(policy, final_state, iterations[-1].start_meta)
+            with torch.no_grad():
+                for n, p in policy.named_parameters():
+                    if n in theta:
+                        p.copy_(theta[n])
+        with torch.no_grad():
+            return {key: float(t.value(policy, context)) for key, t in behaviors.items()}
+
+    def norm(tensors: dict[str, torch.Tensor]) -> float:
+        return float(sum(float(v.double().pow(2).sum()) for v in tensors.values()) ** 0.5)
+
+    results: dict[str, list[StageEffect]] = {key: [] for key in behaviors}
     for stage in stages:
         start_tensors, _ = state_at(stage.start)
         end_tensors, _ = state_at(stage.end)
@@ -268,20 +313,22 @@ def stage_effects(
         start_slot = _optimizer_slot(start_tensors, names, slot, policy)
         end_slot = _optimizer_slot(end_tensors, names, slot, policy)
         later = iterations[stage.end :]
-        estimates = {}
-        for order in ("fo", "so") if second_order else ("fo",):
+        effects = {key: StageEffect(stage) for key in behaviors}
+        orders = (("fo", "so") if second_order else ("fo",)) if estimates else ()
+        for order in orders:
             if optimizer_state == "rollback" and end_slot is not None:
                 zero = start_slot or {n: torch.zeros_like(v) for n, v in end_slot.items()}
                 e_slot = {n: end_slot[n] - zero[n] for n in names}
             else:
                 e_slot = {n: torch.zeros_like(delta[n]) for n in names}
             e = _propagate(policy, later, dict(delta), e_slot, order == "so")
-            linear = sum(float((grad_f[n] * e[n]).sum()) for n in names)
-            difference = f_final - evaluate_at({n: theta_final[n] - e[n] for n in names})
-            estimates[order] = (linear, difference)
-        effect = StageEffect(stage, *estimates["fo"])
-        if second_order:
-            effect.so, effect.so_difference = estimates["so"]
+            shifted = values_at({n: theta_final[n] - e[n] for n in names})
+            growth = norm(e) / max(norm(delta), 1e-300)
+            for key, effect in effects.items():
+                linear = sum(float((grad_f[key][n] * e[n]).sum()) for n in names)
+                setattr(effect, order, linear)
+                setattr(effect, order + "_difference", f_final[key] - shifted[key])
+                setattr(effect, order + "_growth", growth)
         if ground_truth:
             counterfactual_tensors = dict(
                 end_tensors if optimizer_state == "carry" else start_tensors
@@ -291,10 +338,12 @@ def stage_effects(
             restore_checkpoint(policy, counterfactual_tensors, iterations[stage.start].start_meta)
             for data in later:
                 replay(data, policy, from_checkpoint=False)
-            with torch.no_grad():
-                effect.ground_truth = f_final - float(behavior.value(policy, context))
-        results.append(effect)
-    return results
+            counterfactual = values_at(None)
+            for key, effect in effects.items():
+                effect.ground_truth = f_final[key] - counterfactual[key]
+        for key, effect in effects.items():
+            results[key].append(effect)
+    return results if isinstance(behavior, Mapping) else results[""]
 
 
 @dataclass

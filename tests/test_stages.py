@@ -157,3 +157,23 @@ def test_a_record_share_is_the_effect_of_removing_it_sgd_linear() -> None:
         with torch.no_grad():
             effect = f_final - float(behaviour.value(policy, context))
         assert float(split.scores[k][i]) == pytest.approx(effect, rel=1e-8, abs=1e-13)
+
+
+def test_several_behaviours_at_once_match_one_at_a_time() -> None:
+    """The mapping form shares the propagation and the replays; its numbers must be
+    those of separate calls, and FO with plain SGD leaves the displacement unstretched."""
+    policy, iterations, final = _run("sgd", quadratic=True)
+    value, context = _behaviour(iterations, quadratic=True)
+    ret, _ = _behaviour(iterations, quadratic=False)
+    spans = parse_stages(3, 5)
+    both = stage_effects(iterations, final, policy, {"value": value, "return": ret}, context, spans)
+    for name, behaviour in (("value", value), ("return", ret)):
+        alone = stage_effects(iterations, final, policy, behaviour, context, spans)
+        assert both[name] == alone
+    for effect in both["value"]:
+        assert effect.fo_growth == pytest.approx(1.0, rel=1e-12)
+    # The Hessian acts on every stage that has later steps (the last one has none).
+    assert all(e.so_growth != pytest.approx(1.0) for e in both["value"][:-1])
+    truth_only = stage_effects(iterations, final, policy, value, context, spans, estimates=False)
+    assert [e.ground_truth for e in truth_only] == [e.ground_truth for e in both["value"]]
+    assert all(e.fo is None and e.so is None for e in truth_only)
