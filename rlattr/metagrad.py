@@ -14,6 +14,7 @@ for bit; ``metagradient_scores`` reports that difference.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ class MetagradResult:
     max_abs_param_error: float | None = None
 
 
+FLAT = "θ"  # the key of the flat parameter vector in the functional replay
+
+
 class _FunctionalOptimizer:
     """torch's Adam/AdamW/SGD update as differentiable tensor arithmetic."""
 
@@ -69,25 +73,69 @@ class _FunctionalOptimizer:
             raise UnsupportedError("metagradients do not support amsgrad or maximize")
         if self.kind == "sgd" and self.group["momentum"] and self.group["dampening"]:
             raise UnsupportedError("metagradients support SGD momentum without dampening only")
+        # One flat vector for all parameters: the optimiser's arithmetic then costs a
+        # handful of tensor operations per step instead of a handful per parameter,
+        # which dominates the functional replay of small networks.
         named = dict(policy.named_parameters())
-        self.state: dict[str, dict[str, torch.Tensor | float | None]] = {}
-        for name in names:
-            stored = optimizer.state.get(named[name], {})
-            if self.kind in ("adam", "adamw"):
-                self.state[name] = {
-                    "step": float(stored["step"]) if "step" in stored else 0.0,
-                    "exp_avg": stored["exp_avg"].detach().clone()
-                    if "exp_avg" in stored
-                    else torch.zeros_like(named[name]),
-                    "exp_avg_sq": stored["exp_avg_sq"].detach().clone()
-                    if "exp_avg_sq" in stored
-                    else torch.zeros_like(named[name]),
+        stored = [optimizer.state.get(named[name], {}) for name in names]
+
+        def flat(slot: str) -> torch.Tensor:
+            return torch.cat(
+                [
+                    (state[slot] if state.get(slot) is not None else torch.zeros_like(named[n]))
+                    .detach()
+                    .reshape(-1)
+                    for n, state in zip(names, stored, strict=True)
+                ]
+            )
+
+        if self.kind in ("adam", "adamw"):
+            steps = {float(state.get("step", 0.0)) for state in stored}
+            if len(steps) != 1:
+                raise UnsupportedError(
+                    f"metagradients need every parameter at the same Adam step, got {steps}"
+                )
+            self.state = {
+                FLAT: {
+                    "step": steps.pop(),
+                    "exp_avg": flat("exp_avg"),
+                    "exp_avg_sq": flat("exp_avg_sq"),
                 }
-            else:
-                buffer = stored.get("momentum_buffer")
-                self.state[name] = {
-                    "momentum_buffer": None if buffer is None else buffer.detach().clone()
-                }
+            }
+        else:
+            # Without dampening, a missing momentum buffer acts as a zero one.
+            self.state = {FLAT: {"momentum_buffer": flat("momentum_buffer")}}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state tensors that carry information between steps, keyed name/slot."""
+        return {
+            f"{name}/{slot}": value
+            for name, slots in self.state.items()
+            for slot, value in slots.items()
+            if isinstance(value, torch.Tensor)
+        }
+
+    def snapshot(self) -> dict[str, dict[str, torch.Tensor | float | None]]:
+        """A detached copy of the state (the start of a recomputed segment)."""
+        return {
+            name: {
+                slot: value.detach().clone() if isinstance(value, torch.Tensor) else value
+                for slot, value in slots.items()
+            }
+            for name, slots in self.state.items()
+        }
+
+    def load(self, snapshot: dict[str, dict[str, torch.Tensor | float | None]]) -> None:
+        """Continue from ``snapshot``; its tensors become differentiable leaves."""
+        self.state = {
+            name: {
+                slot: value.detach().clone().requires_grad_(True)
+                if isinstance(value, torch.Tensor)
+                else value
+                for slot, value in slots.items()
+            }
+            for name, slots in snapshot.items()
+        }
 
     def step(
         self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float
@@ -103,8 +151,7 @@ class _FunctionalOptimizer:
                     grad = grad + weight_decay * param
                 momentum = group["momentum"]
                 if momentum:
-                    buffer = state["momentum_buffer"]
-                    buffer = grad if buffer is None else momentum * buffer + grad
+                    buffer = momentum * state["momentum_buffer"] + grad
                     state["momentum_buffer"] = buffer
                     grad = grad + momentum * buffer if group["nesterov"] else buffer
                 updated[name] = param - lr * grad
@@ -139,6 +186,7 @@ def metagradient_scores(
     normalization: str = "weights",
     end_state: dict[str, torch.Tensor] | None = None,
     at: torch.Tensor | None = None,
+    segment_steps: int | None = None,
 ) -> MetagradResult:
     """+∂f(θ_{k+1}(w))/∂w_i at w = 1 for every record of a logged iteration.
 
@@ -151,7 +199,15 @@ def metagradient_scores(
             ``"count"`` (Σwℓ/|b|: the counterfactual first-order scores describe).
         end_state: the logged θ_{k+1} (a checkpoint's tensors), to report the replay error.
         at: the weights to differentiate at (default: all ones, the logged update).
+        segment_steps: ``None`` keeps the graph of every optimiser step for the backward
+            pass (memory grows with the number of steps). An integer S keeps only the
+            parameters and optimiser state at every S-th step and recomputes each
+            segment's graph during the backward pass: memory ~ one segment's graph plus
+            the stored states, for about one more forward pass. Same scores up to float
+            rounding.
     """
+    if segment_steps is not None and segment_steps < 1:
+        raise ValueError(f"segment_steps must be >= 1 or None, got {segment_steps}")
     restore_checkpoint(policy, data.start_tensors, data.start_meta)
     policy.set_training_mode(True)
     device = next(policy.parameters()).device
@@ -164,33 +220,94 @@ def metagradient_scores(
         weights = torch.ones(len(records), dtype=dtype, device=device, requires_grad=True)
     else:
         weights = at.to(device=device, dtype=dtype).detach().clone().requires_grad_(True)
-    params = {n: named[n].detach().clone().requires_grad_(True) for n in names}
+    shapes = [named[n].shape for n in names]
+    sizes = [named[n].numel() for n in names]
+
+    def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces = torch.split(flat, sizes)
+        return {n: v.view(shape) for n, v, shape in zip(names, pieces, shapes, strict=True)}
+
+    params = {FLAT: torch.cat([named[n].detach().reshape(-1) for n in names]).requires_grad_(True)}
     config = data.plan.loss_config
     learning_rates = data.plan.learning_rates.tolist()
-    for step, indices in enumerate(data.plan.minibatches()):
-        indices = indices.to(device)
-        batch = records.minibatch(indices)
-        with _substituted(policy, params):
-            terms = weighted_minibatch_loss(policy, batch, config, weights[indices], normalization)
-        grads = torch.autograd.grad(
-            terms.loss, list(params.values()), create_graph=True, allow_unused=True
-        )
-        grads = {
-            n: (g if g is not None else torch.zeros_like(params[n]))
+    steps = [indices.to(device) for indices in data.plan.minibatches()]
+
+    def run(params: dict[str, torch.Tensor], first: int, last: int, graph: bool):
+        """Optimiser steps [first, last) from ``params`` and ``optimizer``'s state."""
+        for step in range(first, last):
+            indices = steps[step]
+            batch = records.minibatch(indices)
+            step_weights = weights[indices] if graph else weights[indices].detach()
+            with _substituted(policy, unflatten(params[FLAT])):
+                terms = weighted_minibatch_loss(policy, batch, config, step_weights, normalization)
+            grads = torch.autograd.grad(
+                terms.loss, list(params.values()), create_graph=graph, allow_unused=True
+            )
+            grads = {
+                n: (g if g is not None else torch.zeros_like(params[n]))
+                for n, g in zip(params, grads, strict=True)
+            }
+            if math.isfinite(config.max_grad_norm):
+                norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+                coef = torch.clamp(config.max_grad_norm / (norm + 1e-6), max=1.0)
+                grads = {n: g * coef for n, g in grads.items()}
+            if graph:
+                params = optimizer.step(params, grads, learning_rates[step])
+            else:
+                with torch.no_grad():
+                    params = optimizer.step(params, grads, learning_rates[step])
+                params = {n: v.requires_grad_(True) for n, v in params.items()}
+        return params
+
+    if segment_steps is None:
+        params = run(params, 0, len(steps), graph=True)
+        with _substituted(policy, unflatten(params[FLAT])):
+            value = target.value(policy, context)
+        (scores,) = torch.autograd.grad(value, weights)
+    else:
+        # Forward without graphs, keeping each segment's starting state; then, segment by
+        # segment from the last, rebuild its graph and pull the adjoint of (θ, optimiser
+        # state) back through it, collecting ∂f/∂w on the way.
+        segments = list(itertools.pairwise([*range(0, len(steps), segment_steps), len(steps)]))
+        starts = []
+        for first, last in segments:
+            starts.append(
+                ({n: v.detach().clone() for n, v in params.items()}, optimizer.snapshot())
+            )
+            params = run(params, first, last, graph=False)
+        params = {n: v.detach().requires_grad_(True) for n, v in params.items()}
+        with _substituted(policy, unflatten(params[FLAT])):
+            value = target.value(policy, context)
+        grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
+        adjoint = {
+            n: g if g is not None else torch.zeros_like(params[n])
             for n, g in zip(params, grads, strict=True)
         }
-        if math.isfinite(config.max_grad_norm):
-            norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
-            coef = torch.clamp(config.max_grad_norm / (norm + 1e-6), max=1.0)
-            grads = {n: g * coef for n, g in grads.items()}
-        params = optimizer.step(params, grads, learning_rates[step])
-    with _substituted(policy, params):
-        value = target.value(policy, context)
-    (scores,) = torch.autograd.grad(value, weights)
+        scores = torch.zeros_like(weights)
+        for (first, last), (start_params, start_state) in zip(
+            reversed(segments), reversed(starts), strict=True
+        ):
+            leaves = {n: v.requires_grad_(True) for n, v in start_params.items()}
+            optimizer.load(start_state)
+            state_in = optimizer.tensors()
+            out = run(dict(leaves), first, last, graph=True)
+            state_out = optimizer.tensors()
+            outputs = [*out.values(), *state_out.values()]
+            upstream = [adjoint[n] for n in out] + [
+                adjoint.get(key, torch.zeros_like(v)) for key, v in state_out.items()
+            ]
+            inputs = [*leaves.values(), *state_in.values()]
+            grads = torch.autograd.grad(outputs, [*inputs, weights], upstream, allow_unused=True)
+            adjoint = {
+                key: g if g is not None else torch.zeros_like(v)
+                for key, g, v in zip([*leaves, *state_in], grads[:-1], inputs, strict=True)
+            }
+            if grads[-1] is not None:
+                scores = scores + grads[-1]
     error = None
     if end_state is not None:
+        final = unflatten(params[FLAT].detach().cpu())
         error = max(
-            float((params[n].detach().cpu() - end_state["policy." + n].to(dtype)).abs().max())
-            for n in names
+            float((final[n] - end_state["policy." + n].to(dtype)).abs().max()) for n in names
         )
     return MetagradResult(scores.detach(), float(value.detach()), error)

@@ -96,3 +96,33 @@ def test_parameters_without_gradient_do_not_poison_the_scores(run_dir: Path) -> 
     )
     result = metagradient_scores(data, policy, ReturnTarget(), target_context(log, data.records))
     assert torch.isfinite(result.scores).all() and result.scores.abs().max() > 0
+
+
+@pytest.mark.parametrize(
+    ("ppo", "segments"),
+    [
+        ({"max_grad_norm": 0.5}, (1, 2, 5, 100)),  # Adam + clipping: 6 steps
+        ({"policy_kwargs": {"optimizer_class": torch.optim.SGD,
+                            "optimizer_kwargs": {"momentum": 0.9}}}, (1, 4)),
+    ],
+)  # fmt: skip
+def test_recomputed_segments_give_the_full_graph_scores(
+    run_dir: Path, ppo: dict, segments: tuple[int, ...]
+) -> None:
+    """Checkpointing changes memory, not the answer: fp64, every segment length."""
+    log, data = _logged_iteration(run_dir, **ppo)
+    policy = build_policy(log).double()
+    context = target_context(log, data.records)
+    with fp64_observations():
+        full = metagradient_scores(data, policy, ReturnTarget(), context)
+        assert full.scores.abs().max() > 0
+        for length in segments:
+            segmented = metagradient_scores(
+                data, policy, ReturnTarget(), context, segment_steps=length
+            )
+            assert segmented.target_value == pytest.approx(full.target_value, rel=1e-13)
+            np.testing.assert_allclose(
+                segmented.scores.numpy(), full.scores.numpy(), rtol=1e-10, atol=1e-15
+            )
+    with pytest.raises(ValueError, match="segment_steps"):
+        metagradient_scores(data, policy, ReturnTarget(), context, segment_steps=0)
