@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.common import (
     RESULTS,
     markdown_header,
-    peak_rss_growth_mib,
     provenance,
     write_json,
 )
@@ -66,6 +65,35 @@ def _sb3_train_seconds(preset: Preset, iterations: int) -> list[float]:
     return model.train_seconds
 
 
+_CHILD = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from rlattr import ReturnTarget, RunLog
+from rlattr.attribution import target_context
+from rlattr.metagrad import metagradient_scores
+from rlattr.replay import build_policy, load_iteration
+torch.set_num_threads(1)
+log = RunLog({run!r})
+data = load_iteration(log, 1)
+policy = build_policy(log)
+context = target_context(log, data.records)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+metagradient_scores(data, policy, ReturnTarget(), context, segment_steps={segment!r})
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _child_peak_mib(run_dir: Path, segment: int | None) -> float:
+    """Peak-memory growth of one metagradient computation, in a fresh process (MiB):
+    in-process numbers would read 0 whenever an earlier step had peaked higher."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    code = _CHILD.format(root=str(root), run=str(run_dir), segment=segment)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -102,9 +130,13 @@ def bench(name: str, repeats: int) -> dict:
         )
 
         metagrad_s = _timed(lambda: metagradient_scores(data, policy, target, context), repeats)
-        metagrad_peak_mib = peak_rss_growth_mib(
-            lambda: metagradient_scores(data, policy, target, context)
+        segment = max(1, round(data.plan.n_steps**0.5))
+        metagrad_segmented_s = _timed(
+            lambda: metagradient_scores(data, policy, target, context, segment_steps=segment),
+            repeats,
         )
+        metagrad_peak_mib = _child_peak_mib(scratch / "run", None)
+        metagrad_segmented_peak_mib = _child_peak_mib(scratch / "run", segment)
 
         restore_checkpoint(policy, data.start_tensors, data.start_meta)
         names = parameter_names(policy, "policy")
@@ -141,6 +173,10 @@ def bench(name: str, repeats: int) -> dict:
         "metagrad_s": metagrad_s,
         "metagrad_over_train": metagrad_s / train_s,
         "metagrad_peak_rss_growth_mib": metagrad_peak_mib,
+        "metagrad_segment_steps": segment,
+        "metagrad_segmented_s": metagrad_segmented_s,
+        "metagrad_segmented_over_train": metagrad_segmented_s / train_s,
+        "metagrad_segmented_peak_rss_growth_mib": metagrad_segmented_peak_mib,
         "backend_s": backend_s,
         "backend_speedup_over_naive": {b: backend_s["naive"] / t for b, t in backend_s.items()},
     }
@@ -149,7 +185,9 @@ def bench(name: str, repeats: int) -> dict:
         f"snapshot {snapshot_s:.3f}s ({row['snapshot_over_train']:.3f}× train) | "
         f"tracin {tracin_s:.3f}s ({row['tracin_over_train']:.2f}× train; ∇f per epoch "
         f"{row['tracin_target_per_epoch_over_train']:.2f}×) | metagrad {metagrad_s:.3f}s "
-        f"({row['metagrad_over_train']:.2f}× train) | backends (s): "
+        f"({row['metagrad_over_train']:.2f}× train, {metagrad_peak_mib:.0f} MiB; segments of "
+        f"{segment}: {row['metagrad_segmented_over_train']:.2f}×, "
+        f"{metagrad_segmented_peak_mib:.0f} MiB) | backends (s): "
         + ", ".join(f"{b} {t:.4f}" for b, t in backend_s.items()),
         flush=True,
     )
@@ -172,15 +210,19 @@ def main() -> None:
         "",
         "| preset | records | steps | SB3 train() (s) | snapshot (s) | **snapshot ÷ train** "
         "| TracIn (s) | **TracIn ÷ train** | TracIn, ∇f once per epoch ÷ train "
-        "| metagrad (s) | **metagrad ÷ train** |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| metagrad (s) | **metagrad ÷ train** | metagrad peak MiB "
+        "| segmented (√T steps) ÷ train | segmented peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['preset']} | {r['records']} | {r['optimizer_steps']} | {r['sb3_train_s']:.3f} "
             f"| {r['snapshot_s']:.4f} | **{r['snapshot_over_train']:.4f}** | {r['tracin_s']:.3f} "
             f"| **{r['tracin_over_train']:.2f}** | {r['tracin_target_per_epoch_over_train']:.2f} "
-            f"| {r['metagrad_s']:.3f} | **{r['metagrad_over_train']:.2f}** |"
+            f"| {r['metagrad_s']:.3f} | **{r['metagrad_over_train']:.2f}** "
+            f"| {r['metagrad_peak_rss_growth_mib']:.0f} "
+            f"| {r['metagrad_segmented_over_train']:.2f} (S={r['metagrad_segment_steps']}) "
+            f"| {r['metagrad_segmented_peak_rss_growth_mib']:.0f} |"
         )
     lines += [
         "",
