@@ -15,6 +15,7 @@ from rlattr.influence import METHODS, Method, snapshot_scores, tracin_scores
 from rlattr.records import Records
 from rlattr.replay import IterationData, build_policy, load_iteration
 from rlattr.runlog import RunLog
+from rlattr.stages import Stage
 from rlattr.targets import Target, TargetContext
 
 
@@ -182,6 +183,28 @@ def log_score_diagnostics(logger: Any, scores: torch.Tensor, records: Records) -
         logger.record("attribution/score_advantage_corr", float(corr))
 
 
+def _whole_run(log: RunLog, device: str):
+    """Every iteration, the final checkpoint, a policy and the target context of a run
+    that recorded every iteration (what stage effects need)."""
+    recorded = log.iterations()
+    if not recorded or recorded != list(range(len(recorded))):
+        raise ValueError(
+            f"stage effects need every iteration recorded from 0; {log.path} holds "
+            f"{len(recorded)} iterations ({recorded[:3]}…): train with record_every=1"
+        )
+    iterations = [load_iteration(log, k, device) for k in recorded]
+    final_state, _ = log.load_checkpoint(len(recorded), device)
+    policy = build_policy(log, device)
+    context = target_context(log, iterations[-1].records)
+    return iterations, final_state, policy, context
+
+
+def _default_behavior(behavior: Target | None, iterations: list) -> Target:
+    from rlattr.targets import ReturnTarget
+
+    return behavior or ReturnTarget(validation=iterations[-1].records)
+
+
 def stage_effects(
     log: RunLog | str,
     stages: Any,
@@ -204,21 +227,41 @@ def stage_effects(
     from rlattr.stages import stage_effects as estimate
 
     log = log if isinstance(log, RunLog) else RunLog(log)
-    recorded = log.iterations()
-    if not recorded or recorded != list(range(len(recorded))):
-        raise ValueError(
-            f"stage effects need every iteration recorded from 0; {log.path} holds "
-            f"{len(recorded)} iterations ({recorded[:3]}…): train with record_every=1"
-        )
-    iterations = [load_iteration(log, k, device) for k in recorded]
-    final_state, _ = log.load_checkpoint(len(recorded), device)
-    spans = stages if isinstance(stages, list) else parse_stages(stages, len(recorded))
-    from rlattr.targets import ReturnTarget
-
-    behavior = behavior or ReturnTarget(validation=iterations[-1].records)
-    policy = build_policy(log, device)
-    context = target_context(log, iterations[-1].records)
+    iterations, final_state, policy, context = _whole_run(log, device)
+    spans = stages if isinstance(stages, list) else parse_stages(stages, len(iterations))
     return estimate(
-        iterations, final_state, policy, behavior, context, spans, second_order, ground_truth,
-        optimizer_state,
+        iterations, final_state, policy, _default_behavior(behavior, iterations), context,
+        spans, second_order, ground_truth, optimizer_state,
+    )  # fmt: skip
+
+
+def stage_record_scores(
+    log: RunLog | str,
+    stage: Any,
+    behavior: Target | None = None,
+    optimizer_state: str = "rollback",
+    device: str = "cpu",
+) -> Any:
+    """A stage's first-order effect split over the records its updates used.
+
+    Args:
+        log: the run (every iteration recorded).
+        stage: a ``rlattr.stages.Stage`` or ``"a:b"`` (iterations a … b−1).
+        behavior: as in ``stage_effects`` (default: return target on the last buffer).
+        optimizer_state: see ``rlattr.stages.stage_effects``.
+
+    Returns:
+        ``rlattr.stages.StageRecordScores``: per iteration of the stage, each record's
+        share; the shares and ``remainder`` add up to the stage's FO estimate.
+    """
+    from rlattr.stages import parse_stages
+    from rlattr.stages import stage_record_scores as split
+
+    log = log if isinstance(log, RunLog) else RunLog(log)
+    iterations, final_state, policy, context = _whole_run(log, device)
+    if not isinstance(stage, Stage):
+        [stage] = parse_stages(str(stage), len(iterations))
+    return split(
+        iterations, final_state, policy, _default_behavior(behavior, iterations), context,
+        stage, optimizer_state,
     )  # fmt: skip

@@ -199,22 +199,31 @@ def _attribute(args: argparse.Namespace) -> int:
         ("most helpful", order[: args.top]),
         ("most harmful", order.flip(0)[: args.top]),
     ):
-        table = Table(title=f"{title} records")
-        for column in ("id", "env/step", "score", "action", "advantage", "observation"):
-            table.add_column(column, no_wrap=column != "observation")
-        for i in picks.tolist():
-            obs = records.observations[i].flatten()
-            shown = " ".join(f"{v:.2g}" for v in obs[:4].tolist()) + (" …" if len(obs) > 4 else "")
-            table.add_row(
-                str(int(records.record_ids[i])),
-                f"{int(records.env_index[i])}/{int(records.step_index[i])}",
-                f"{float(scores[i]):+.2e}",
-                " ".join(f"{v:g}" for v in records.actions[i].tolist()),
-                f"{float(records.advantages[i]):+.3f}",
-                shown,
-            )
-        console.print(table)
+        _print_records(
+            f"{title} records",
+            [(args.iteration, records, i, float(scores[i])) for i in picks.tolist()],
+        )
     return 0
+
+
+def _print_records(title: str, rows: list[tuple[int, Any, int, float]]) -> None:
+    """A table of records: (iteration, Records, index, score) per row."""
+    table = Table(title=title)
+    for column in ("iteration", "id", "env/step", "score", "action", "advantage", "observation"):
+        table.add_column(column, no_wrap=column != "observation")
+    for iteration, records, i, score in rows:
+        obs = records.observations[i].flatten()
+        shown = " ".join(f"{v:.2g}" for v in obs[:4].tolist()) + (" …" if len(obs) > 4 else "")
+        table.add_row(
+            str(iteration),
+            str(int(records.record_ids[i])),
+            f"{int(records.env_index[i])}/{int(records.step_index[i])}",
+            f"{score:+.2e}",
+            " ".join(f"{v:g}" for v in records.actions[i].tolist()),
+            f"{float(records.advantages[i]):+.3f}",
+            shown,
+        )
+    console.print(table)
 
 
 def _fidelity(args: argparse.Namespace) -> int:
@@ -250,6 +259,8 @@ def _stages(args: argparse.Namespace) -> int:
     log = RunLog(args.run)
     behavior = None if args.behavior == "return" else _load_target(args.behavior)
     start = time.perf_counter()
+    if args.records:
+        return _stage_records(log, args, behavior)
     effects = stage_effects(
         log, args.stages, behavior, second_order=not args.first_order_only,
         ground_truth=args.ground_truth, optimizer_state=args.optimizer_state, device=args.device,
@@ -275,6 +286,29 @@ def _stages(args: argparse.Namespace) -> int:
     figure = stage_effects_figure(effects, f"stage effects on the {args.behavior} behaviour")
     save_figure(figure, png, log.tb_dir / "reports", tag="stage_effects")
     console.print(f"{time.perf_counter() - start:.1f} s; chart: {png} (and in TensorBoard)")
+    return 0
+
+
+def _stage_records(log: RunLog, args: argparse.Namespace, behavior: Any) -> int:
+    from rlattr.attribution import stage_record_scores
+
+    split = stage_record_scores(
+        log, args.records, behavior, optimizer_state=args.optimizer_state, device=args.device
+    )
+    shares = [(k, i, float(v)) for k, values in split.scores.items() for i, v in enumerate(values)]
+    total = sum(v for _, _, v in shares)
+    console.print(
+        f"stage {split.stage}: FO effect {split.estimate:+.4e} on the {args.behavior} behaviour "
+        f"= {len(shares)} record shares (sum {total:+.4e}) + remainder {split.remainder:+.4e} "
+        "(weight decay, inherited momentum)"
+    )
+    records = {k: log.load_records(k) for k in split.scores}
+    shares.sort(key=lambda row: row[2], reverse=True)
+    for title, picked in (
+        ("records that raised the behaviour most", shares[: args.top]),
+        ("records that lowered it most", shares[::-1][: args.top]),
+    ):
+        _print_records(title, [(k, records[k], i, v) for k, i, v in picked])
     return 0
 
 
@@ -344,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--ground-truth", action="store_true", help="also replay without each stage"
     )
     stages.add_argument("--optimizer-state", default="rollback", choices=["rollback", "carry"])
+    stages.add_argument(
+        "--records", metavar="A:B", help="split stage A:B's FO effect over its records instead"
+    )
+    stages.add_argument("--top", type=int, default=10, help="records shown with --records")
     stages.add_argument("--device", default="cpu")
     stages.set_defaults(func=_stages)
 

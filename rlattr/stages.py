@@ -355,8 +355,11 @@ class StageRecordScores:
         scores: iteration → ``[N]`` share of each record (positive = the record's updates
             raised the final behaviour).
         estimate: the stage's FO estimate τ̂ = ⟨∇f(θ_T), e_T⟩.
-        remainder: τ̂ − Σ shares: what no record carries (weight decay, and with
-            ``rollback`` the momentum the stage inherited). Zero without either.
+        remainder: τ̂ − Σ shares: what no record of the stage carries — weight decay,
+            and the momentum / first moment inherited from before the stage (it keeps
+            moving θ during the stage, and with ``rollback`` its decay is part of the
+            state change). Zero for a stage that starts from a fresh optimiser without
+            weight decay.
     """
 
     stage: Stage

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlattr.cli import main
@@ -96,3 +97,18 @@ def test_stages_command(run_dir: Path, capsys) -> None:
     images = EventAccumulator(str(run_dir / "tb" / "reports"))
     images.Reload()
     assert "stage_effects" in images.Tags()["images"]
+    # From "stage 1:3" to its records: the shares and the remainder add up to its FO effect.
+    assert main(["stages", str(run_dir), "--records", "1:3", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "record shares" in out and "records that lowered it most" in out
+    from rlattr.attribution import stage_effects, stage_record_scores
+
+    # fp32 run: the two code paths sum in different orders, hence 1e-6 (fp64 exactness of
+    # the split is tested in test_stages). Stage 0:2 starts from a fresh Adam and the
+    # preset has no weight decay, so the shares alone must carry the whole estimate.
+    split = stage_record_scores(run_dir, "0:2")
+    [effect] = stage_effects(run_dir, "0:2", second_order=False)
+    assert split.estimate == pytest.approx(effect.fo, rel=1e-6)
+    shares = sum(float(v.sum()) for v in split.scores.values())
+    assert shares == pytest.approx(effect.fo, rel=1e-5)
+    assert sorted(split.scores) == [0, 1]
