@@ -66,8 +66,9 @@ def _sb3_train_seconds(preset: Preset, iterations: int) -> list[float]:
 
 
 _CHILD = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {root!r})
+from experiments.common import peak_rss_growth_mib
 from rlattr import ReturnTarget, RunLog
 from rlattr.attribution import target_context
 from rlattr.metagrad import metagradient_scores
@@ -77,9 +78,8 @@ log = RunLog({run!r})
 data = load_iteration(log, 1)
 policy = build_policy(log)
 context = target_context(log, data.records)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-metagradient_scores(data, policy, ReturnTarget(), context, segment_steps={segment!r})
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+print(peak_rss_growth_mib(lambda: metagradient_scores(
+    data, policy, ReturnTarget(), context, segment_steps={segment!r})))
 """
 
 

@@ -51,14 +51,33 @@ def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 def peak_rss_growth_mib(fn: Any) -> float:
-    """How much ``fn()`` raised the process's peak resident memory (MiB).
+    """Peak resident memory while ``fn()`` runs, above the resident memory before (MiB).
 
-    An upper bound of its extra memory: it reads 0 when an earlier step already peaked
-    higher. (tracemalloc cannot see torch's allocations.)
+    On Linux the kernel's peak counter (VmHWM) is reset first (``/proc/self/clear_refs``),
+    so an earlier, higher peak does not hide this one. Elsewhere it falls back to the
+    growth of the lifetime peak, which reads 0 when an earlier step peaked higher.
+    (tracemalloc cannot see torch's allocations.) Freed memory that the allocator kept
+    from earlier steps is reused without showing up, so run it in a fresh process for a
+    number to quote.
     """
-    import resource
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        before = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        import resource
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
