@@ -116,10 +116,30 @@ def _optimizer_slot(
     return out
 
 
-class _Propagator:
-    """The linearised update map e ← A_t e of one optimiser, applied step by step."""
+def _state_difference(
+    start_tensors, end_tensors, slot: str, names: list[str], policy, rollback: bool
+) -> dict[str, torch.Tensor]:
+    """Actual minus counterfactual optimiser state ``slot`` at a stage's end: the stage's
+    change with ``rollback`` (a missing state is zero), nothing with ``carry``."""
+    end = _optimizer_slot(end_tensors, names, slot, policy) if rollback else None
+    if end is None:
+        return {n: torch.zeros_like(p) for n, p in policy.named_parameters() if n in names}
+    start = _optimizer_slot(start_tensors, names, slot, policy)
+    return {n: end[n] - (start[n] if start is not None else 0.0) for n in names}
 
-    def __init__(self, policy: ActorCriticPolicy, e: dict[str, torch.Tensor], e_slot):
+
+class _Propagator:
+    """The linearised update map e ← A_t e of one optimiser, applied step by step.
+
+    First order (``hessian_term`` None) is SCIENCE.md §4's recursion: only what does not
+    depend on the data, with Adam's v̂ taken from the run. Second order is the exact
+    tangent of the data-fixed update map: the loss Hessian enters through δg = H_t e,
+    and with it everything δg moves — the gradient-norm clip coefficient (a clipped
+    step's gradient keeps its norm, so its change along the gradient is projected out)
+    and Adam's second moment (δv = 2 g ⊙ δg, and √v̂ in the denominator).
+    """
+
+    def __init__(self, policy: ActorCriticPolicy, e: dict[str, torch.Tensor], e_slot, e_v=None):
         optimizer = policy.optimizer
         if len(optimizer.param_groups) != 1:
             raise UnsupportedError("stage effects support one optimiser parameter group")
@@ -140,8 +160,18 @@ class _Propagator:
             raise UnsupportedError("stage effects do not support amsgrad or maximize")
         self.e = e
         self.e_slot = e_slot  # momentum-buffer (SGD) or first-moment (Adam) difference
+        # Adam's second-moment difference (second order only).
+        self.e_v = e_v if e_v is not None else {n: torch.zeros_like(v) for n, v in e.items()}
 
-    def step(self, policy, lr: float, hessian_term: dict[str, torch.Tensor] | None) -> None:
+    def step(
+        self,
+        policy,
+        lr: float,
+        hessian_term: dict[str, torch.Tensor] | None,
+        decayed_grads: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """One step. ``decayed_grads`` (second order, Adam): the gradient the optimiser
+        used at this step, weight decay included."""
         group = self.group
         decay = group.get("weight_decay", 0.0)
         named = dict(policy.named_parameters())
@@ -163,9 +193,16 @@ class _Propagator:
             state = policy.optimizer.state[named[name]]
             n = float(state["step"])
             bias1, bias2 = 1 - beta1**n, 1 - beta2**n
-            denom = bias1 * (state["exp_avg_sq"].sqrt() / bias2**0.5 + group["eps"])
+            root = state["exp_avg_sq"].sqrt() / bias2**0.5  # √v̂ after this step
+            denom = bias1 * (root + group["eps"])
             self.e_slot[name] = beta1 * self.e_slot[name] + (1 - beta1) * d
-            self.e[name] = e - lr * self.e_slot[name] / denom
+            step = self.e_slot[name] / denom
+            if decayed_grads is not None:
+                self.e_v[name] = beta2 * self.e_v[name] + (1 - beta2) * 2 * decayed_grads[name] * d
+                # δ√v̂ = δv / (2 √v̂ · bias2); where v̂ = 0 its gradient was 0, and so is δv.
+                d_root = self.e_v[name] / (2 * bias2 * root.clamp_min(torch.finfo(root.dtype).tiny))
+                step = step - state["exp_avg"] * d_root / (bias1 * (root + group["eps"]) ** 2)
+            self.e[name] = e - lr * step
 
 
 def _hessian_vector(policy, data: IterationData, indices, e: dict[str, torch.Tensor], clip: float):
@@ -181,24 +218,56 @@ def _hessian_vector(policy, data: IterationData, indices, e: dict[str, torch.Ten
     }
 
 
-def _propagate(
-    policy, later: list[IterationData], e, e_slot, second_order: bool
+def _through_clipping(
+    hessian_term: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], clip: float
 ) -> dict[str, torch.Tensor]:
-    propagator = _Propagator(policy, e, e_slot)
-    pending: dict[int, dict[str, torch.Tensor] | None] = {}
+    """d(c g) for torch's clip_grad_norm_ (c = M / (‖g‖ + 1e-6) < 1), given c·H e and the
+    clipped gradient c·g: c δg − c g ⟨g, δg⟩ / (‖g‖ (‖g‖ + 1e-6))."""
+    clipped_sq = sum(float((g.double() ** 2).sum()) for g in grads.values())
+    norm = clipped_sq**0.5 / clip  # ‖g‖ before clipping
+    # ⟨c g, c δg⟩ / (c² ‖g‖ (‖g‖ + 1e-6)) is the coefficient of c·g to remove.
+    dot = sum(float((grads[n].double() * h.double()).sum()) for n, h in hessian_term.items())
+    coefficient = dot / (clip**2 * norm * (norm + 1e-6))
+    return {n: h - coefficient * grads[n] for n, h in hessian_term.items()}
+
+
+def _propagate(
+    policy, later: list[IterationData], e, e_slot, second_order: bool, e_v=None
+) -> dict[str, torch.Tensor]:
+    propagator = _Propagator(policy, e, e_slot, e_v)
+    named = dict(policy.named_parameters())
+    adam_l2 = propagator.kind == "adam" and propagator.group.get("weight_decay", 0.0)
+    pending: dict[int, tuple] = {}
     for data in later:
         clips = data.plan.clip_coefs.tolist()
 
         def before(step: int, indices: torch.Tensor, _data=data, _clips=clips) -> None:
-            pending[step] = (
-                _hessian_vector(policy, _data, indices, propagator.e, _clips[step])
-                if second_order
-                else None
-            )
+            if not second_order:
+                pending[step] = (None, None)
+                return
+            hessian = _hessian_vector(policy, _data, indices, propagator.e, _clips[step])
+            # Adam with L2 decay adds λθ_t to the gradient: keep θ_t for after the step.
+            theta = {n: named[n].detach().clone() for n in propagator.e} if adam_l2 else None
+            pending[step] = (hessian, theta)
 
-        def after(step: int, indices: torch.Tensor, _data=data) -> None:
+        def after(step: int, indices: torch.Tensor, _data=data, _clips=clips) -> None:
             lr = float(_data.plan.learning_rates[step])
-            propagator.step(policy, lr, pending.pop(step))
+            hessian, theta = pending.pop(step)
+            decayed = None
+            if hessian is not None:
+                grads = {
+                    n: named[n].grad if named[n].grad is not None else torch.zeros_like(e)
+                    for n, e in propagator.e.items()
+                }
+                if _clips[step] < 1.0:
+                    hessian = _through_clipping(hessian, grads, _clips[step])
+                if propagator.kind != "sgd":
+                    decay = propagator.group.get("weight_decay", 0.0)
+                    decayed = {
+                        n: g + decay * theta[n] if theta is not None else g
+                        for n, g in grads.items()
+                    }
+            propagator.step(policy, lr, hessian, decayed)
 
         replay(data, policy, before_step=before, after_step=after)
     return propagator.e
@@ -298,8 +367,14 @@ def stage_effects(
                 for n, p in policy.named_parameters():
                     if n in theta:
                         p.copy_(theta[n])
+        if not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+            # A diverged propagation (see StageEffect) has no value to report.
+            return {key: float("nan") for key in behaviors}
         with torch.no_grad():
-            return {key: float(t.value(policy, context)) for key, t in behaviors.items()}
+            try:
+                return {key: float(t.value(policy, context)) for key, t in behaviors.items()}
+            except ValueError:  # finite but absurd parameters (e.g. a Gaussian scale of inf)
+                return {key: float("nan") for key in behaviors}
 
     def norm(tensors: dict[str, torch.Tensor]) -> float:
         return float(sum(float(v.double().pow(2).sum()) for v in tensors.values()) ** 0.5)
@@ -310,18 +385,19 @@ def stage_effects(
         end_tensors, _ = state_at(stage.end)
         start, end = _state(start_tensors, names, policy), _state(end_tensors, names, policy)
         delta = {n: end[n] - start[n] for n in names}
-        start_slot = _optimizer_slot(start_tensors, names, slot, policy)
-        end_slot = _optimizer_slot(end_tensors, names, slot, policy)
+        rollback = optimizer_state == "rollback"
         later = iterations[stage.end :]
         effects = {key: StageEffect(stage) for key in behaviors}
         orders = (("fo", "so") if second_order else ("fo",)) if estimates else ()
         for order in orders:
-            if optimizer_state == "rollback" and end_slot is not None:
-                zero = start_slot or {n: torch.zeros_like(v) for n, v in end_slot.items()}
-                e_slot = {n: end_slot[n] - zero[n] for n in names}
-            else:
-                e_slot = {n: torch.zeros_like(delta[n]) for n in names}
-            e = _propagate(policy, later, dict(delta), e_slot, order == "so")
+            e_slot = _state_difference(start_tensors, end_tensors, slot, names, policy, rollback)
+            # The exact tangent (SO) also follows Adam's second moment; FO takes v̂ as given.
+            e_v = (
+                _state_difference(start_tensors, end_tensors, "exp_avg_sq", names, policy, rollback)
+                if order == "so"
+                else None
+            )
+            e = _propagate(policy, later, dict(delta), e_slot, order == "so", e_v)
             shifted = values_at({n: theta_final[n] - e[n] for n in names})
             growth = norm(e) / max(norm(delta), 1e-300)
             for key, effect in effects.items():
