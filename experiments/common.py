@@ -25,6 +25,8 @@ def provenance() -> dict[str, Any]:
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            # Timings taken beside other jobs are slower and noisier: say how busy it was.
+            "load_average_1min": round(os.getloadavg()[0], 2),
         },
     }
 
@@ -45,7 +47,8 @@ def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
         f"# {title}",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}; torch threads: 1; {meta['machine']['cpu_count']} cores  ",
+        f"Date: {meta['date']}; torch threads: 1; {meta['machine']['cpu_count']} cores; "
+        f"load average when written: {meta['machine'].get('load_average_1min', '?')}  ",
         f"Versions: {versions}",
         "",
     ]
