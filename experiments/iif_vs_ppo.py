@@ -161,19 +161,26 @@ def _load(preset_name: str) -> dict[str, dict[int, list[dict]]]:
     return runs
 
 
-def summarize(preset_name: str) -> None:
+def summarize(preset_name: str, arms: list[str]) -> None:
+    """Table, plot and JSON over the seeds that every arm in ``arms`` has finished.
+
+    The default arms write <preset>.{md,png,json}; other selections add their extra arms
+    to the name (e.g. <preset>-iif_metagrad.md), so each comparison keeps its own seeds.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = _load(preset_name)
+    runs = {arm: r for arm, r in _load(preset_name).items() if arm in arms}
+    extra = [a for a in arms if a not in DEFAULT_ARMS]
+    stem = "-".join([preset_name, *extra])
     if "ppo" not in runs:
         raise SystemExit(f"no PPO runs for {preset_name} yet")
     seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
     summary = {}
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm in [a for a in ARMS if a in runs]:
+    for arm in [a for a in arms if a in runs]:
         curves = [[r for r in runs[arm][s] if not np.isnan(r["eval_return"])] for s in seeds]
         steps = np.array([r["timesteps"] for r in curves[0]])
         values = np.array([[r["eval_return"] for r in c] for c in curves])
@@ -205,23 +212,48 @@ def summarize(preset_name: str) -> None:
     ax.set_title(preset_name)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / f"{preset_name}.png", dpi=120)
+    fig.savefig(OUT / f"{stem}.png", dpi=120)
 
+    budget = int(
+        max(r["timesteps"] for arm in runs.values() for rows in arm.values() for r in rows)
+    )
+    default = Preset.load(preset_name).total_timesteps
+    override = "" if budget >= default else f" --timesteps {budget}"
+    shortened = f", the preset has {default}" if override else ""
     lines = [
         f"## {preset_name} ({len(seeds)} paired seeds: {seeds})",
         "",
+        f"Runs: `python experiments/iif_vs_ppo.py --preset {preset_name}{override} "
+        f"--arms {' '.join(summary)} --seed-list {' '.join(map(str, seeds))}` "
+        f"(about {budget} environment steps per run{shortened}); "
+        f"table and plot: `python experiments/iif_vs_ppo.py --preset {preset_name} --summarize"
+        f"{' --arms ' + ' '.join(arms) if extra else ''}`. "
+        "Evaluation: mean return of 10 stochastic episodes with fixed seeds every 5 "
+        "iterations (the curve, its mean is the AUC); final return: 50 episodes after "
+        "training. Versions and machine: the JSON file beside this one.",
+        "",
         "| arm | steps to PPO's final mean eval return | AUC (mean eval return) | "
-        "final return (mean ± std) | s / iteration |",
-        "|---|---|---|---|---|",
+        "AUC − PPO, paired (mean ± std; seeds above PPO) | "
+        "final return (mean ± std) | final − PPO, paired (seeds above) | s / iteration |",
+        "|---|---|---|---|---|---|---|",
     ]
+    ppo_finals = np.array([runs["ppo"][s][0]["final_return"] for s in seeds])
     for arm, v in summary.items():
         auc_std = float(np.std(v["auc_per_seed"]))
+        auc_gap = np.array(v["auc_per_seed"]) - np.array(summary["ppo"]["auc_per_seed"])
+        final_gap = np.array([runs[arm][s][0]["final_return"] for s in seeds]) - ppo_finals
+        v["auc_minus_ppo_per_seed"] = auc_gap.tolist()
+        v["final_minus_ppo_per_seed"] = final_gap.tolist()
         lines.append(
             f"| {arm} | {v['steps_to_ppo_final']:.0f} | {v['auc']:.1f} ± {auc_std:.1f} | "
-            f"{v['final_mean']:.1f} ± {v['final_std']:.1f} | {v['seconds_per_iteration']:.2f} |"
+            f"{auc_gap.mean():+.1f} ± {auc_gap.std():.1f} "
+            f"({int((auc_gap > 0).sum())}/{len(seeds)}) | "
+            f"{v['final_mean']:.1f} ± {v['final_std']:.1f} | "
+            f"{final_gap.mean():+.1f} ({int((final_gap > 0).sum())}/{len(seeds)}) | "
+            f"{v['seconds_per_iteration']:.2f} |"
         )
-    (OUT / f"{preset_name}.md").write_text("\n".join(lines) + "\n")
-    (OUT / f"{preset_name}.json").write_text(
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.json").write_text(
         json.dumps(
             {
                 **provenance(),
@@ -250,7 +282,7 @@ def main() -> None:
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args()
     if args.summarize:
-        summarize(args.preset)
+        summarize(args.preset, args.arms)
         return
     preset = Preset.load(args.preset)
     if args.timesteps:
