@@ -13,7 +13,7 @@ minus sign.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -124,7 +124,7 @@ def _sgd_multipliers(group: dict, learning_rates: list[float]) -> list[float]:
     if momentum == 0:
         return list(learning_rates)
     if dampening != 0:
-        raise UnsupportedError("TracIn supports SGD momentum without dampening only")
+        raise UnsupportedError("SGD momentum is supported without dampening only")
     # g_t enters the buffer at step t and decays by μ per step: Σ_{s≥t} η_s μ^{s−t}.
     tail = 0.0
     spread = [0.0] * len(learning_rates)
@@ -137,16 +137,18 @@ def _sgd_multipliers(group: dict, learning_rates: list[float]) -> list[float]:
 
 
 def _adam_multipliers(
-    data: IterationData, policy: ActorCriticPolicy, names: list[str]
+    span: list[IterationData], policy: ActorCriticPolicy, names: list[str]
 ) -> list[dict[str, torch.Tensor]]:
-    """u_t for Adam/AdamW, from one replay that records each step's denominator.
+    """u_t for Adam/AdamW over consecutive iterations, from one replay that records each
+    step's denominator.
 
     The step-t gradient moves θ by Σ_{s≥t} η_s (1−β₁) β₁^{s−t} / ((1−β₁^{n_s}) (√v̂_s + ε))
-    (element-wise; v̂_s from the replay, held fixed; n_s is Adam's step count).
+    by the end of the span (element-wise; v̂_s from the replay, held fixed; n_s is Adam's
+    step count).
     """
     group = policy.optimizer.param_groups[0]
     if group.get("amsgrad") or group.get("maximize"):
-        raise UnsupportedError("TracIn does not support Adam with amsgrad or maximize")
+        raise UnsupportedError("Adam with amsgrad or maximize is not supported")
     beta1, beta2 = group["betas"]
     eps = group["eps"]
     named = dict(policy.named_parameters())
@@ -164,7 +166,8 @@ def _adam_multipliers(
             coefficients[name] = lr * (1 - beta1) / denom
         per_step.append(coefficients)
 
-    replay(data, policy, after_step=record)
+    for data in span:
+        replay(data, policy, after_step=record)
     # Backward recursion u_t = c_t + β₁ u_{t+1}, in place.
     for t in reversed(range(len(per_step) - 1)):
         for name in names:
@@ -173,18 +176,22 @@ def _adam_multipliers(
 
 
 def step_multipliers(
-    data: IterationData, policy: ActorCriticPolicy, names: list[str]
+    data: IterationData | Sequence[IterationData], policy: ActorCriticPolicy, names: list[str]
 ) -> list[dict[str, torch.Tensor] | float]:
-    """The optimiser's per-step map u_t from a gradient to the parameter change it causes."""
+    """The optimiser's per-step map u_t from a gradient to the parameter change it causes
+    by the end of the iteration (or of a span of consecutive iterations: a stage)."""
+    span = [data] if isinstance(data, IterationData) else list(data)
     optimizer = policy.optimizer
     if len(optimizer.param_groups) != 1:
-        raise UnsupportedError("TracIn supports optimisers with a single parameter group")
+        raise UnsupportedError("only optimisers with a single parameter group are supported")
     if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-        return list(_adam_multipliers(data, policy, names))
+        return list(_adam_multipliers(span, policy, names))
     if isinstance(optimizer, torch.optim.SGD):
-        return list(_sgd_multipliers(optimizer.param_groups[0], data.plan.learning_rates.tolist()))
+        rates = [lr for d in span for lr in d.plan.learning_rates.tolist()]
+        return list(_sgd_multipliers(optimizer.param_groups[0], rates))
     raise UnsupportedError(
-        f"TracIn knows SGD, Adam and AdamW, not {type(optimizer).__name__}; use method='snapshot'"
+        f"TracIn and stage scores know SGD, Adam and AdamW, not {type(optimizer).__name__}; "
+        "use method='snapshot'"
     )
 
 

@@ -447,48 +447,21 @@ class StageRecordScores:
 def _step_coefficients(policy, stage_data: list[IterationData]) -> list[tuple[object, object]]:
     """Per step of the stage: (u_θ, u_slot) mapping the step's gradient to the stage's
     displacement δ and to its momentum/first-moment change (scalars or per-parameter)."""
+    from rlattr.influence import step_multipliers
+
+    u_theta = step_multipliers(stage_data, policy, _names(policy))
     optimizer = policy.optimizer
     group = optimizer.param_groups[0]
-    names = _names(policy)
-    named = dict(policy.named_parameters())
-    rates, denominators = [], []
+    total = len(u_theta)
     if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-        beta1, beta2 = group["betas"]
-
-        def record(step: int, indices: torch.Tensor, _plan=None) -> None:
-            d = {}
-            for n in names:
-                state = optimizer.state[named[n]]
-                steps = float(state["step"])
-                d[n] = (1 - beta1**steps) * (
-                    state["exp_avg_sq"].sqrt() / (1 - beta2**steps) ** 0.5 + group["eps"]
-                )
-            denominators.append(d)
-
-        for data in stage_data:
-            rates.extend(data.plan.learning_rates.tolist())
-            replay(data, policy, after_step=record)
-        total = len(rates)
-        coefficients = []
-        tail = None
-        for t in reversed(range(total)):
-            term = {n: rates[t] * (1 - beta1) / denominators[t][n] for n in names}
-            tail = term if tail is None else {n: term[n] + beta1 * tail[n] for n in names}
-            coefficients.append((tail, (1 - beta1) * beta1 ** (total - 1 - t)))
-        return list(reversed(coefficients))
-    momentum, nesterov = group["momentum"], group["nesterov"]
-    for data in stage_data:
-        rates.extend(data.plan.learning_rates.tolist())
-    total = len(rates)
-    coefficients = []
-    tail = 0.0
-    for t in reversed(range(total)):
-        tail = rates[t] + momentum * tail
-        u_theta = rates[t] + momentum * tail if nesterov else tail
-        if momentum == 0:
-            u_theta = rates[t]
-        coefficients.append((u_theta, momentum ** (total - 1 - t) if momentum else 0.0))
-    return list(reversed(coefficients))
+        beta1 = group["betas"][0]
+        # m_T gains (1−β₁) g_t at step t and decays by β₁ per later step.
+        u_slot = [(1 - beta1) * beta1 ** (total - 1 - t) for t in range(total)]
+    elif group["momentum"]:
+        u_slot = [group["momentum"] ** (total - 1 - t) for t in range(total)]
+    else:
+        u_slot = [0.0] * total
+    return list(zip(u_theta, u_slot, strict=True))
 
 
 def stage_record_scores(
