@@ -1,6 +1,12 @@
 """rlattr: data attribution and influence-based filtering for online RL (PPO, SB3)."""
 
-from rlattr.attribution import ScoreHook, attribute, fidelity, stage_effects
+from rlattr.attribution import (
+    ScoreHook,
+    attribute,
+    fidelity,
+    stage_effects,
+    stage_record_scores,
+)
 from rlattr.errors import (
     CorruptRunLogError,
     FormatVersionError,
@@ -9,7 +15,9 @@ from rlattr.errors import (
     RunLogError,
     UnsupportedError,
 )
+from rlattr.filters import IIF
 from rlattr.influence import snapshot_scores, tracin_scores
+from rlattr.metagrad import metagradient_scores
 from rlattr.ppo import AttributedPPO
 from rlattr.presets import Preset
 from rlattr.records import Records
@@ -20,6 +28,7 @@ from rlattr.targets import ActionTarget, CallableTarget, ReturnTarget, Target, T
 __version__ = "0.1.0"
 
 __all__ = [
+    "IIF",
     "ActionTarget",
     "AttributedPPO",
     "CallableTarget",
@@ -41,9 +50,11 @@ __all__ = [
     "build_policy",
     "fidelity",
     "load_iteration",
+    "metagradient_scores",
     "replay",
     "replay_iteration",
     "snapshot_scores",
     "stage_effects",
+    "stage_record_scores",
     "tracin_scores",
 ]
