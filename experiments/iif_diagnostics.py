@@ -108,6 +108,10 @@ def main() -> None:
     ]
     lines = [
         *markdown_header(f"What IIF dropped: {name}", meta),
+        f"Run: preset `{log.meta['config'].get('preset', {}).get('name', '?')}`, seed "
+        f"{log.meta.get('seed')}, trained with `rlattr train PRESET --iif --seed SEED` "
+        f"(IIF config: {json.dumps(log.meta['config'].get('iif', {}), sort_keys=True)}).",
+        "",
         "Means over the filtered iterations of each quarter of training. Â: raw GAE "
         "advantage; err: |GAE − Monte-Carlo advantage| for records whose episode ends "
         "inside the buffer.",
