@@ -108,9 +108,12 @@ def main() -> None:
         "--on-policy-seeds", type=int, default=0,
         help="also the on-policy ground truth, retraining later stages with this many seeds",
     )  # fmt: skip
-    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the CSV")
+    parser.add_argument(
+        "--from-csv", action="store_true",
+        help="only recompute the summary and redraw the PNG from the committed CSV",
+    )  # fmt: skip
     args = parser.parse_args()
-    if args.replot:
+    if args.from_csv:
         with open(OUT / f"{args.preset}.csv") as handle:
             rows = [
                 {
@@ -119,6 +122,10 @@ def main() -> None:
                 }
                 for r in csv.DictReader(handle)
             ]
+        path = OUT / f"{args.preset}.json"
+        payload = json.loads(path.read_text())
+        payload["summary"] = _summary(rows)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
         _plot(args.preset, rows).savefig(OUT / f"{args.preset}.png", dpi=110)
         return
     torch.set_num_threads(1)
@@ -186,24 +193,7 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    summary = {}
-    for name in behaviours:
-        sel = [r for r in rows if r["behaviour"] == name]
-        references = {"data_fixed": np.array([r["ground_truth"] for r in sel])}
-        if on_policy:
-            references["on_policy"] = np.array([r["on_policy_mean"] for r in sel])
-        summary[name] = {
-            reference: {
-                order: {
-                    "pearson": pearson(np.array([r[order] for r in sel]), truth_values),
-                    "spearman": spearman(np.array([r[order] for r in sel]), truth_values),
-                }
-                for order in (
-                    ("fo", "so", "ground_truth") if reference == "on_policy" else ("fo", "so")
-                )
-            }
-            for reference, truth_values in references.items()
-        }
+    summary = _summary(rows)
     cost = {
         "replay_seconds": replay_seconds,
         "fo_over_replay": fo_seconds / replay_seconds,
@@ -226,6 +216,42 @@ def main() -> None:
     with SummaryWriter(str(log.tb_dir / "stage_effects")) as writer:
         writer.add_figure("stage_effects", figure)
     print(json.dumps({"cost": cost, "summary": summary}, indent=2))
+
+
+ESTIMATES = ("fo", "fo_difference", "so", "so_difference")
+
+
+def _summary(rows: list[dict]) -> dict:
+    """Per behaviour and reference (data-fixed truth; on-policy truth where measured):
+    Pearson and Spearman across stages of each estimate, and, over the stages that have
+    later steps (the last one is exact by construction for the difference estimates),
+    the median of |estimate| / |truth|."""
+    summary = {}
+    for name in sorted({r["behaviour"] for r in rows}):
+        sel = [r for r in rows if r["behaviour"] == name]
+        references = {"data_fixed": "ground_truth"}
+        if all(r.get("on_policy_mean") not in ("", None) for r in sel) and not np.isnan(
+            float(sel[0]["on_policy_mean"])
+        ):
+            references["on_policy"] = "on_policy_mean"
+        summary[name] = {}
+        for reference, key in references.items():
+            truth = np.array([float(r[key]) for r in sel])
+            estimates = ESTIMATES + (("ground_truth",) if reference == "on_policy" else ())
+            block = {}
+            for estimate in estimates:
+                values = np.array([float(r[estimate]) for r in sel])
+                finite = np.isfinite(values)
+                ratio = np.abs(values[:-1]) / np.maximum(np.abs(truth[:-1]), 1e-300)
+                block[estimate] = {
+                    "pearson": pearson(values, truth) if finite.all() else float("nan"),
+                    "spearman": spearman(values, truth) if finite.all() else float("nan"),
+                    "median_abs_ratio_before_last": float(np.median(ratio))
+                    if np.isfinite(ratio).all()
+                    else float("nan"),
+                }
+            summary[name][reference] = block
+    return summary
 
 
 def _plot(preset: str, rows: list[dict]):
