@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 import time
@@ -109,6 +110,17 @@ def main() -> None:
         help="also the on-policy ground truth, retraining later stages with this many seeds",
     )  # fmt: skip
     parser.add_argument(
+        "--horizons", type=int, nargs="+",
+        help="instead: the effect of --horizon-stage on the policy h iterations after it, "
+        "for each h (where FO and SO part from the truth)",
+    )  # fmt: skip
+    parser.add_argument("--horizon-stage", default=None, help="a:b (default: the middle tenth)")
+    parser.add_argument(
+        "--no-ratio-clip", action="store_true",
+        help="horizon study with PPO's ratio clipping switched off in every replayed update "
+        "(truth and estimates alike): is clipping what makes the map non-linear?",
+    )  # fmt: skip
+    parser.add_argument(
         "--from-csv", action="store_true",
         help="only recompute the summary and redraw the PNG from the committed CSV",
     )  # fmt: skip
@@ -143,6 +155,10 @@ def main() -> None:
         "return": ReturnTarget(validation=iterations[-1].records),
         "action": _action_target(log),
     }
+
+    if args.horizons:
+        _horizon_study(args, preset, log, iterations, policy, behaviours, context)
+        return
 
     def run(**kwargs):
         return stage_effects(iterations, final_state, policy, behaviours, context, spans, **kwargs)
@@ -219,6 +235,77 @@ def main() -> None:
 
 
 ESTIMATES = ("fo", "fo_difference", "so", "so_difference")
+
+
+def _horizon_study(args, preset, log, iterations, policy, behaviours, context) -> None:
+    """Effect of one stage on f(θ_{end+h}) for growing horizons h: FO, SO and the
+    data-fixed truth, so one sees after how many later iterations each estimate leaves
+    the truth (behaviours are functions of θ, so they apply at any iteration)."""
+    n = len(iterations)
+    if args.no_ratio_clip:
+        for data in iterations:
+            config = dataclasses.replace(data.plan.loss_config, clip_range=1e6)
+            data.plan = dataclasses.replace(data.plan, loss_config=config)
+    if args.horizon_stage:
+        [stage] = parse_stages(args.horizon_stage, n)
+    else:
+        start = n // 2
+        [stage] = parse_stages(f"{start}:{start + max(1, n // 10)}", n)
+    rows = []
+    for h in args.horizons:
+        end = stage.end + h
+        if end > n:
+            break
+        state = iterations[end].start_tensors if end < n else log.load_checkpoint(n)[0]
+        effects = stage_effects(
+            iterations[:end], state, policy, behaviours, context, [stage], second_order=True
+        )
+        for name, [effect] in effects.items():
+            row = {
+                "preset": preset.name,
+                "stage": str(stage),
+                "horizon": h,
+                "behaviour": name,
+                **{key: getattr(effect, key) for key in (*ESTIMATES, "ground_truth")},
+                "fo_growth": effect.fo_growth,
+                "so_growth": effect.so_growth,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    stem = f"{preset.name}-horizon" + ("-noclip" if args.no_ratio_clip else "")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / f"{stem}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    command = "python experiments/stage_effects.py " + " ".join(sys.argv[1:])
+    (OUT / f"{stem}.json").write_text(
+        json.dumps({**provenance(), "command": command, "stage": str(stage)}, indent=2) + "\n"
+    )
+    _plot_horizon(preset.name, stage, rows).savefig(OUT / f"{stem}.png", dpi=110)
+
+
+def _plot_horizon(preset: str, stage, rows: list[dict]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    behaviours = sorted({r["behaviour"] for r in rows})
+    fig, axes = plt.subplots(1, len(behaviours), figsize=(5 * len(behaviours), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], behaviours, strict=True):
+        sel = [r for r in rows if r["behaviour"] == name]
+        h = [r["horizon"] for r in sel]
+        for key, label in (("fo", "FO"), ("so", "SO"), ("ground_truth", "data-fixed truth")):
+            ax.plot(h, [abs(float(r[key])) for r in sel], marker="o", label=label)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("later iterations h")
+        ax.set_title(f"{preset}: stage {stage}, {name}")
+    axes[0, 0].set_ylabel("|effect on f(θ_end+h)|")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _summary(rows: list[dict]) -> dict:
