@@ -232,31 +232,46 @@ def summarize(preset_name: str, arms: list[str]) -> None:
         "iterations (the curve, its mean is the AUC); final return: 50 episodes after "
         "training. Versions and machine: the JSON file beside this one.",
         "",
-        "| arm | steps to PPO's final mean eval return | AUC (mean eval return) | "
-        "AUC − PPO, paired (mean ± std; seeds above PPO) | "
-        "final return (mean ± std) | final − PPO, paired (seeds above) | s / iteration |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | steps to PPO's final mean eval return | AUC (mean eval return, "
+        "mean ± std) | final return (mean ± std) | s / iteration |",
+        "|---|---|---|---|---|",
     ]
-    ppo_finals = np.array([runs["ppo"][s][0]["final_return"] for s in seeds])
     for arm, v in summary.items():
-        auc_std = float(np.std(v["auc_per_seed"]))
-        auc_gap = np.array(v["auc_per_seed"]) - np.array(summary["ppo"]["auc_per_seed"])
-        final_gap = np.array([runs[arm][s][0]["final_return"] for s in seeds]) - ppo_finals
-        v["auc_minus_ppo_per_seed"] = auc_gap.tolist()
-        v["final_minus_ppo_per_seed"] = final_gap.tolist()
         lines.append(
-            f"| {arm} | {v['steps_to_ppo_final']:.0f} | {v['auc']:.1f} ± {auc_std:.1f} | "
-            f"{auc_gap.mean():+.1f} ± {auc_gap.std():.1f} "
-            f"({int((auc_gap > 0).sum())}/{len(seeds)}) | "
-            f"{v['final_mean']:.1f} ± {v['final_std']:.1f} | "
-            f"{final_gap.mean():+.1f} ({int((final_gap > 0).sum())}/{len(seeds)}) | "
-            f"{v['seconds_per_iteration']:.2f} |"
+            f"| {arm} | {v['steps_to_ppo_final']:.0f} | {v['auc']:.1f} ± "
+            f"{float(np.std(v['auc_per_seed'])):.1f} | {v['final_mean']:.1f} ± "
+            f"{v['final_std']:.1f} | {v['seconds_per_iteration']:.2f} |"
         )
+    lines += [
+        "",
+        "Paired differences, seed by seed (mean ± standard error over seeds; in brackets "
+        "the seeds where the first arm is higher):",
+        "",
+        "| comparison | AUC difference | final-return difference |",
+        "|---|---|---|",
+    ]
+    finals = {arm: np.array([runs[arm][s][0]["final_return"] for s in seeds]) for arm in summary}
+    paired = {}
+    for first in summary:
+        for second in ("ppo", "random"):
+            if first == second or second not in summary or (first, second) == ("ppo", "random"):
+                continue
+            auc = np.array(summary[first]["auc_per_seed"]) - np.array(
+                summary[second]["auc_per_seed"]
+            )
+            final = finals[first] - finals[second]
+            paired[f"{first}-{second}"] = {"auc": auc.tolist(), "final": final.tolist()}
+            cells = []
+            for gap in (auc, final):
+                error = float(np.std(gap, ddof=1) / np.sqrt(len(gap))) if len(gap) > 1 else 0.0
+                cells.append(f"{gap.mean():+.1f} ± {error:.1f} ({int((gap > 0).sum())}/{len(gap)})")
+            lines.append(f"| {first} − {second} | {cells[0]} | {cells[1]} |")
     (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (OUT / f"{stem}.json").write_text(
         json.dumps(
             {
                 **provenance(),
+                "paired_differences": paired,
                 "summary": {
                     a: {k: v for k, v in s.items() if k not in ("steps", "mean_curve")}
                     for a, s in summary.items()
