@@ -2,8 +2,9 @@
 
 Reuses the recorded runs of the fidelity study (experiments/runs/<preset>-s<seed>, every
 iteration recorded; trained there if missing). Stages: K equal spans. Behaviours: the
-return surrogate on the run's last recorded buffer, and the action target of the fidelity
-study (the final policy's own actions in 64 states). Each preset writes
+return surrogate on held-out rollouts (a fresh buffer collected by the final policy,
+used by no update), and the action target of the fidelity study (the final policy's own
+actions in 64 states). Each preset writes
 experiments/results/stages/<preset>.csv (+ .json with command and versions, + a PNG bar
 chart of estimate vs ground truth per stage), and the bar chart is also added to the
 run's TensorBoard as an image. Cost is reported relative to one replay of the run.
@@ -18,6 +19,7 @@ import csv
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, peak_rss_growth_mib, provenance
 from experiments.fidelity import _action_target, _train
-from rlattr import ReturnTarget
+from rlattr import ReturnTarget, RunLog
 from rlattr.attribution import target_context
 from rlattr.checkpoint import restore_checkpoint
 from rlattr.groundtruth import pearson, spearman
@@ -37,6 +39,18 @@ from rlattr.replay import build_policy, load_iteration, replay
 from rlattr.stages import parse_stages, stage_effects
 
 OUT = RESULTS / "stages"
+
+
+def _held_out_records(preset, log, final_state, final_meta, seed: int = 12_345):
+    """A fresh rollout of the final policy that no update used: a scratch model starts
+    from the final checkpoint, records one iteration (environment seed ``seed``), and only
+    the buffer it collected before its own update is kept."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = Path(scratch) / "run"
+        model = preset.build(run_dir=run_dir, seed=seed, device="cpu")
+        restore_checkpoint(model.policy, final_state, final_meta)
+        model.learn(model.n_steps * model.n_envs)
+        return RunLog(run_dir).load_records(0)  # read into memory: the directory may go
 
 
 def _timed(fn):
@@ -152,7 +166,7 @@ def main() -> None:
     context = target_context(log, iterations[-1].records)
     spans = parse_stages(args.stages, len(recorded))
     behaviours = {
-        "return": ReturnTarget(validation=iterations[-1].records),
+        "return": ReturnTarget(validation=_held_out_records(preset, log, final_state, final_meta)),
         "action": _action_target(log),
     }
 
