@@ -253,8 +253,10 @@ def summarize(preset_name: str, arms: list[str]) -> None:
     finals = {arm: np.array([runs[arm][s][0]["final_return"] for s in seeds]) for arm in summary}
     paired = {}
     for first in summary:
-        for second in ("ppo", "random"):
+        for second in ("ppo", "random", "iif"):
             if first == second or second not in summary or (first, second) == ("ppo", "random"):
+                continue
+            if second == "iif" and first != "iif_metagrad":
                 continue
             auc = np.array(summary[first]["auc_per_seed"]) - np.array(
                 summary[second]["auc_per_seed"]
