@@ -3,7 +3,8 @@
 Arms: ``ppo`` (plain PPO), ``iif`` (the preset's IIF settings; default the paper rule
 neg_bottom p = 0.125, snapshot scores, return target on the same buffer) and
 ``random`` (drops as many records as the IIF rule would, at random); on request
-``iif_metagrad`` (the same rule on metagradient scores, ``--arms iif_metagrad``).
+``iif_metagrad`` (the same rule on metagradient scores, ``--arms iif_metagrad``) and
+``advantage`` (drops as many as the rule, those with the most negative advantages).
 Seed s of every arm uses the same environment and initialisation seed. Every
 ``--eval-every`` iterations the policy is evaluated on ``--eval-episodes`` stochastic
 episodes of a separate environment with fixed seeds. Each finished run is written to
@@ -35,7 +36,7 @@ from experiments.common import RESULTS, provenance
 from rlattr.filters import IIF
 from rlattr.presets import Preset
 
-ARMS = ("ppo", "iif", "random", "iif_metagrad")
+ARMS = ("ppo", "iif", "random", "iif_metagrad", "advantage")
 DEFAULT_ARMS = ("ppo", "iif", "random")
 OUT = RESULTS / "iif"
 
@@ -112,6 +113,15 @@ def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
     if arm == "iif_metagrad":
         # The same rule on exact scores for the order the update will use (issue 6).
         return preset.iif_config(seed=seed, scorer="metagrad")
+    if arm == "advantage":
+        # Same count as the IIF rule, the most negative advantages: do scores add anything?
+        return IIF(
+            rule="advantage_like",
+            like=base.rule,
+            like_fraction=base.fraction,
+            warmup_iterations=base.warmup_iterations,
+            seed=seed,
+        )
     return IIF(
         rule="random_like",
         like=base.rule,
@@ -256,7 +266,7 @@ def summarize(preset_name: str, arms: list[str]) -> None:
         for second in ("ppo", "random", "iif"):
             if first == second or second not in summary or (first, second) == ("ppo", "random"):
                 continue
-            if second == "iif" and first != "iif_metagrad":
+            if second == "iif" and first not in ("iif_metagrad", "advantage"):
                 continue
             auc = np.array(summary[first]["auc_per_seed"]) - np.array(
                 summary[second]["auc_per_seed"]

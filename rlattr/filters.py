@@ -12,6 +12,9 @@ Rules (``IIF.rule``):
 - ``random``: drop ``fraction`` of all records at random (ablation);
 - ``random_like``: drop as many records as ``like`` (a rule, with ``like_fraction``) would,
   chosen at random (the matched ablation).
+- ``advantage_like``: drop as many records as ``like`` would, those with the most negative
+  advantages (an ablation that asks whether the scores add anything to "drop the worst
+  advantages": the records IIF drops have large negative advantages).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from rlattr.influence import snapshot_scores
 from rlattr.records import Records
 from rlattr.targets import ReturnTarget, Target, TargetContext, monte_carlo_advantages
 
-Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like"]
-RULES = ("neg_bottom", "drop_negative", "bottom", "random", "random_like")
+Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like"]
+RULES = ("neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like")
+_MATCHED = ("random_like", "advantage_like")  # drop as many as ``like`` would
 _NEEDS_FRACTION = ("neg_bottom", "bottom", "random")
 
 
@@ -41,7 +45,8 @@ class IIF:
     Attributes:
         rule: one of ``RULES`` (see the module docstring).
         fraction: p of ``neg_bottom`` (share of the negatives), q of ``bottom``/``random``.
-        like: for ``random_like``, the rule whose drop count is matched.
+        like: for ``random_like`` and ``advantage_like``, the rule whose drop count is
+            matched.
         like_fraction: that rule's fraction.
         target: what the scores explain; None is the return target on the same buffer.
         scorer: ``"snapshot"`` (the paper's) or ``"metagrad"``: exact metagradient scores
@@ -74,9 +79,11 @@ class IIF:
             raise ValueError(f"IIF rule must be one of {RULES}, got {self.rule!r}")
         if self.rule in _NEEDS_FRACTION and not 0 <= self.fraction < 1:
             raise ValueError(f"IIF fraction must be in [0, 1), got {self.fraction}")
-        if self.rule == "random_like":
+        if self.rule in _MATCHED:
             if self.like not in ("neg_bottom", "drop_negative", "bottom"):
-                raise ValueError("random_like needs like='neg_bottom', 'drop_negative' or 'bottom'")
+                raise ValueError(
+                    f"{self.rule} needs like='neg_bottom', 'drop_negative' or 'bottom'"
+                )
             if not 0 <= self.like_fraction < 1:
                 raise ValueError(f"like_fraction must be in [0, 1), got {self.like_fraction}")
         if self.scorer not in ("snapshot", "metagrad"):
@@ -118,12 +125,14 @@ def keep_mask(
     config: IIF,
     generator: torch.Generator,
     min_kept: int,
+    advantages: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The records ``config``'s rule keeps (True = kept). ``scores`` may be None for
-    ``random``. At least ``min_kept`` records are kept (the highest scored, or random)."""
+    ``random``; ``advantages`` is needed by ``advantage_like``. At least ``min_kept``
+    records are kept (the highest scored, or random)."""
     if config.rule == "random":
         n_drop = math.floor(config.fraction * n_records)
-    elif config.rule == "random_like":
+    elif config.rule in _MATCHED:
         assert scores is not None and config.like is not None
         n_drop = drop_count(scores, config.like, config.like_fraction)
     else:
@@ -136,9 +145,11 @@ def keep_mask(
     if config.rule in ("random", "random_like"):
         dropped = torch.randperm(n_records, generator=generator)[:n_drop]
     else:
-        assert scores is not None
+        ranked = scores if config.rule != "advantage_like" else advantages
+        if ranked is None:
+            raise ValueError("advantage_like needs the records' advantages")
         # The most negative first; a stable sort makes ties deterministic.
-        dropped = torch.sort(scores.detach().cpu(), stable=True).indices[:n_drop]
+        dropped = torch.sort(ranked.detach().cpu(), stable=True).indices[:n_drop]
     mask[dropped] = False
     return mask
 
@@ -217,8 +228,10 @@ class IIFFilter:
             model.logger.record("iif/nonfinite_scores", bad)
             model.logger.record("iif/fraction_dropped", 0.0)
             return None
-        mask = keep_mask(scores, n, config, self.generator, min(config.min_kept, n))
-        if config.greedy_blocks > 1 and config.rule not in ("random", "random_like"):
+        mask = keep_mask(
+            scores, n, config, self.generator, min(config.min_kept, n), records.advantages
+        )
+        if config.greedy_blocks > 1 and config.rule in ("neg_bottom", "drop_negative", "bottom"):
             mask = self._greedy(model, records, target, scores, int((~mask).sum()))
         self._log(model, records, scores, mask)
         return mask.to(records.device)

@@ -50,6 +50,16 @@ def test_random_rules_drop_the_same_count_at_random() -> None:
     assert torch.equal(state, torch.get_rng_state())
 
 
+def test_advantage_like_drops_the_matched_count_of_worst_advantages() -> None:
+    advantages = torch.tensor([0.3, 2.0, -5.0, 0.0, -1.0, 1.0, -7.0, 0.5, -0.1, 4.0])
+    config = IIF(rule="advantage_like", like="neg_bottom", like_fraction=0.5)
+    mask = keep_mask(SCORES, len(SCORES), config, torch.Generator(), 1, advantages)
+    # neg_bottom 0.5 drops 3 records; here the 3 most negative advantages: idx 6, 2, 4.
+    assert sorted(torch.nonzero(~mask).flatten().tolist()) == [2, 4, 6]
+    with pytest.raises(ValueError, match="advantages"):
+        keep_mask(SCORES, len(SCORES), config, torch.Generator(), 1)
+
+
 def test_min_kept_caps_the_drop() -> None:
     config = IIF(rule="drop_negative")
     mask = keep_mask(SCORES, len(SCORES), config, torch.Generator(), min_kept=7)
@@ -63,6 +73,7 @@ def test_min_kept_caps_the_drop() -> None:
         ({"rule": "top"}, "rule must be one of"),
         ({"fraction": 1.5}, r"fraction must be in \[0, 1\)"),
         ({"rule": "random_like"}, "random_like needs like"),
+        ({"rule": "advantage_like"}, "advantage_like needs like"),
         ({"scorer": "tracin"}, "throw-away update"),
         ({"greedy_blocks": 2}, "greedy_blocks needs scorer='metagrad'"),
         ({"min_kept": 0}, "min_kept"),
