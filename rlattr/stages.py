@@ -11,11 +11,14 @@ stage k's updates not executed.
   with the linearised update map of the optimiser actually used, e ← A_t e, and
   τ̂_k = ⟨∇f(θ_T), e_T⟩ (also reported: f(θ_T) − f(θ_T − e_T)). First order (FO) keeps only
   what does not depend on data (learning rates, weight decay, momentum, Adam's
-  preconditioner with v̂ from the replay); second order (SO) adds the loss Hessian through
-  Hessian-vector products H_t e at each step's parameters (scaled by the step's logged
-  gradient-clip coefficient, whose own dependence on θ is neglected).
+  preconditioner with v̂ from the replay); second order (SO) is the exact tangent of the
+  data-fixed update map: Hessian-vector products H_t e at each step's parameters, passed
+  through gradient-norm clipping's derivative and Adam's second moment.
   FO is exact when later updates are affine in θ (a linear loss); SO when the loss is
-  quadratic and the optimiser affine (SGD, momentum, weight decay).
+  quadratic and the optimiser affine (SGD, momentum, weight decay), and SO equals finite
+  differences of the replayed training for every optimiser (tests). Over long horizons
+  the tangent of PPO training is expanding, so SO of a finite stage can grow without
+  bound while the real (clipped) training forgets the stage: see ``StageEffect``.
 """
 
 from __future__ import annotations
