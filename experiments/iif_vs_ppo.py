@@ -113,17 +113,10 @@ def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
     if arm == "iif_metagrad":
         # The same rule on exact scores for the order the update will use (issue 6).
         return preset.iif_config(seed=seed, scorer="metagrad")
-    if arm == "advantage":
-        # Same count as the IIF rule, the most negative advantages: do scores add anything?
-        return IIF(
-            rule="advantage_like",
-            like=base.rule,
-            like_fraction=base.fraction,
-            warmup_iterations=base.warmup_iterations,
-            seed=seed,
-        )
+    # The ablations drop as many records as the IIF rule: at random, or those with the most
+    # negative advantages (do the scores add anything to that?).
     return IIF(
-        rule="random_like",
+        rule="advantage_like" if arm == "advantage" else "random_like",
         like=base.rule,
         like_fraction=base.fraction,
         warmup_iterations=base.warmup_iterations,
