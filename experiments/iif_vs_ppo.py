@@ -36,8 +36,20 @@ from experiments.common import RESULTS, provenance
 from rlattr.filters import IIF
 from rlattr.presets import Preset
 
-ARMS = ("ppo", "iif", "random", "iif_metagrad", "advantage")
+ARMS = (
+    "ppo",
+    "iif",
+    "random",
+    "iif_metagrad",
+    "advantage",
+    "iif_drawn",
+    "random_drawn",
+    "advantage_drawn",
+)
 DEFAULT_ARMS = ("ppo", "iif", "random")
+# An arm ending in _drawn removes the dropped records from the minibatches PPO would have
+# used (IIF minibatching="as_drawn"); the others re-cut the kept records ("recut").
+DRAWN = "_drawn"
 OUT = RESULTS / "iif"
 
 
@@ -107,7 +119,9 @@ class Curve(BaseCallback):
 def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
     if arm == "ppo":
         return None
-    base = preset.iif_config(seed=seed)
+    minibatching = "as_drawn" if arm.endswith(DRAWN) else None
+    arm = arm.removesuffix(DRAWN)
+    base = preset.iif_config(seed=seed, minibatching=minibatching)
     if arm == "iif":
         return base
     if arm == "iif_metagrad":
@@ -120,8 +134,28 @@ def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
         like=base.rule,
         like_fraction=base.fraction,
         warmup_iterations=base.warmup_iterations,
+        minibatching=minibatching,
         seed=seed,
     )
+
+
+def comparisons(arms: list[str]) -> list[tuple[str, str]]:
+    """The paired differences a table reports: every arm against PPO; each filter against
+    the random ablation and the snapshot IIF with the same minibatching (IIF(metagrad)
+    forms minibatches as drawn), and against snapshot IIF with re-cut minibatches."""
+    pairs = []
+    for first in arms:
+        if first == "ppo":
+            continue
+        seconds = ["ppo"]
+        if not first.startswith("random"):
+            drawn = DRAWN if first.endswith(DRAWN) or first == "iif_metagrad" else ""
+            seconds.append("random" + drawn if "random" + drawn in arms else "random")
+            seconds += ["iif" + drawn, "iif"]
+        for second in dict.fromkeys(seconds):
+            if second in arms and second != first:
+                pairs.append((first, second))
+    return pairs
 
 
 def run(preset: Preset, arm: str, seed: int, args: argparse.Namespace) -> Path:
@@ -255,22 +289,15 @@ def summarize(preset_name: str, arms: list[str]) -> None:
     ]
     finals = {arm: np.array([runs[arm][s][0]["final_return"] for s in seeds]) for arm in summary}
     paired = {}
-    for first in summary:
-        for second in ("ppo", "random", "iif"):
-            if first == second or second not in summary or (first, second) == ("ppo", "random"):
-                continue
-            if second == "iif" and first not in ("iif_metagrad", "advantage"):
-                continue
-            auc = np.array(summary[first]["auc_per_seed"]) - np.array(
-                summary[second]["auc_per_seed"]
-            )
-            final = finals[first] - finals[second]
-            paired[f"{first}-{second}"] = {"auc": auc.tolist(), "final": final.tolist()}
-            cells = []
-            for gap in (auc, final):
-                error = float(np.std(gap, ddof=1) / np.sqrt(len(gap))) if len(gap) > 1 else 0.0
-                cells.append(f"{gap.mean():+.1f} ± {error:.1f} ({int((gap > 0).sum())}/{len(gap)})")
-            lines.append(f"| {first} − {second} | {cells[0]} | {cells[1]} |")
+    for first, second in comparisons(list(summary)):
+        auc = np.array(summary[first]["auc_per_seed"]) - np.array(summary[second]["auc_per_seed"])
+        final = finals[first] - finals[second]
+        paired[f"{first}-{second}"] = {"auc": auc.tolist(), "final": final.tolist()}
+        cells = []
+        for gap in (auc, final):
+            error = float(np.std(gap, ddof=1) / np.sqrt(len(gap))) if len(gap) > 1 else 0.0
+            cells.append(f"{gap.mean():+.1f} ± {error:.1f} ({int((gap > 0).sum())}/{len(gap)})")
+        lines.append(f"| {first} − {second} | {cells[0]} | {cells[1]} |")
     (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (OUT / f"{stem}.json").write_text(
         json.dumps(

@@ -53,7 +53,10 @@ def _train(args: argparse.Namespace) -> int:
     iif = None
     if args.iif:
         iif = preset.iif_config(
-            rule=args.iif_rule, fraction=args.iif_fraction, scorer=args.iif_scorer
+            rule=args.iif_rule,
+            fraction=args.iif_fraction,
+            scorer=args.iif_scorer,
+            minibatching=args.iif_minibatching,
         )
         console.print(f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}")
     model = preset.build(
@@ -334,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iif-rule", choices=["neg_bottom", "drop_negative", "bottom", "random"])
     train.add_argument("--iif-fraction", type=float, help="p of neg_bottom, q of bottom/random")
     train.add_argument("--iif-scorer", choices=["snapshot", "metagrad"], help="default snapshot")
+    train.add_argument(
+        "--iif-minibatching",
+        choices=["recut", "as_drawn"],
+        help="minibatches around dropped records: re-cut the kept ones, or PPO's minus the "
+        "dropped (default: recut for snapshot, as_drawn for metagrad)",
+    )
     train.set_defaults(func=_train)
 
     inspect_ = sub.add_parser("inspect", help="summarise and verify a run directory")

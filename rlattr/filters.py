@@ -29,6 +29,7 @@ import torch
 from rlattr.attribution import log_score_diagnostics
 from rlattr.grads import ParamSelection
 from rlattr.influence import snapshot_scores
+from rlattr.plan import MINIBATCHING, Minibatching
 from rlattr.records import Records
 from rlattr.targets import ReturnTarget, Target, TargetContext, monte_carlo_advantages
 
@@ -56,6 +57,12 @@ class IIF:
         greedy_blocks: with ``metagrad``, drop in this many blocks and re-score after
             each (a metagradient prices a whole subset only to first order); each block
             costs one more metagradient computation.
+        minibatching: how the update forms minibatches around dropped records:
+            ``"recut"`` cuts the kept records into minibatches of ``batch_size`` (the last
+            one may be tiny), ``"as_drawn"`` removes the dropped records from the
+            minibatches plain PPO would have used (same step count as PPO). None: ``recut``
+            for snapshot scores, ``as_drawn`` for metagradient scores (the only one they
+            are exact for). See ``rlattr.plan.sample_epoch_minibatches``.
         params: which parameters the scores use (see ``rlattr.grads``).
         warmup_iterations: iterations trained unfiltered before filtering starts.
         min_kept: never keep fewer records than this (at least 1: an update needs data).
@@ -69,6 +76,7 @@ class IIF:
     target: Target | None = None
     scorer: Literal["snapshot", "metagrad"] = "snapshot"
     greedy_blocks: int = 1
+    minibatching: Minibatching | None = None
     params: ParamSelection = "policy"
     warmup_iterations: int = 0
     min_kept: int = 1
@@ -95,6 +103,15 @@ class IIF:
             raise ValueError("greedy_blocks must be >= 1")
         if self.greedy_blocks > 1 and self.scorer != "metagrad":
             raise ValueError("greedy_blocks needs scorer='metagrad'")
+        if self.minibatching is not None and self.minibatching not in MINIBATCHING:
+            raise ValueError(
+                f"minibatching must be one of {MINIBATCHING} or None, got {self.minibatching!r}"
+            )
+        if self.scorer == "metagrad" and self.minibatching == "recut":
+            raise ValueError(
+                "scorer='metagrad' needs minibatching='as_drawn': its scores are exact for "
+                "the drawn minibatches, which re-cutting would change"
+            )
         if self.warmup_iterations < 0:
             raise ValueError("warmup_iterations must be >= 0")
         if self.min_kept < 1:
@@ -105,6 +122,12 @@ class IIF:
     @property
     def needs_scores(self) -> bool:
         return self.rule != "random"
+
+    @property
+    def resolved_minibatching(self) -> Minibatching:
+        if self.minibatching is not None:
+            return self.minibatching
+        return "as_drawn" if self.scorer == "metagrad" else "recut"
 
 
 def drop_count(scores: torch.Tensor, rule: str, fraction: float) -> int:
@@ -182,6 +205,11 @@ class IIFFilter:
     def needs_plan(self) -> bool:
         """AttributedPPO draws the update plan before calling us (metagradient scores)."""
         return self.config.scorer == "metagrad"
+
+    @property
+    def minibatching(self) -> Minibatching:
+        """How AttributedPPO forms minibatches around the dropped records."""
+        return self.config.resolved_minibatching
 
     def _metagrad(self, model: Any, records: Records, target: Target, at=None) -> torch.Tensor:
         from rlattr.checkpoint import capture_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -142,25 +142,43 @@ class UpdatePlan:
         )
 
 
+Minibatching = Literal["recut", "as_drawn"]
+MINIBATCHING = ("recut", "as_drawn")
+
+
 def sample_epoch_minibatches(
     n_records: int,
     batch_size: int,
     keep_mask: torch.Tensor | None,
     device: torch.device,
     permutations: list[np.ndarray],
+    minibatching: Minibatching = "recut",
 ) -> list[torch.Tensor]:
-    """Draw one epoch's permutation and cut it into minibatches over the kept records.
+    """Draw one epoch's permutation and cut it into minibatches.
 
     The permutation comes from NumPy's global generator, exactly as SB3's
     ``RolloutBuffer.get`` draws it, so an unfiltered update consumes the same random
-    numbers as SB3 and stays bit-identical. With a keep mask, the dropped records are
-    removed from the permutation and the *remaining* records are cut into minibatches of
-    ``batch_size``; like SB3, the last minibatch keeps whatever is left (it may be smaller).
+    numbers as SB3 and stays bit-identical. With a keep mask, ``minibatching`` says what
+    the dropped records leave behind:
+
+    - ``"recut"``: the dropped records are removed from the permutation and the kept ones
+      are cut into minibatches of ``batch_size``; like SB3, the last minibatch keeps
+      whatever is left, so it can be tiny (a few records) and is still stepped on.
+    - ``"as_drawn"``: the permutation of *all* records is cut as in plain PPO and the
+      dropped records are removed from their minibatches: the update takes as many steps
+      as PPO's (minus minibatches left empty), each on slightly fewer records. This is
+      the counterfactual that replay-based ground truth and metagradient scores price.
+
     The drawn permutation is appended to ``permutations`` for the log.
     """
+    if minibatching not in MINIBATCHING:
+        raise ValueError(f"minibatching must be one of {MINIBATCHING}, got {minibatching!r}")
     permutation = np.random.permutation(n_records)
     permutations.append(permutation)
     order = torch.as_tensor(permutation, device=device)
-    if keep_mask is not None:
-        order = order[keep_mask[order]]
-    return list(torch.split(order, batch_size))
+    if keep_mask is None:
+        return list(torch.split(order, batch_size))
+    if minibatching == "recut":
+        return list(torch.split(order[keep_mask[order]], batch_size))
+    batches = [batch[keep_mask[batch]] for batch in torch.split(order, batch_size)]
+    return [batch for batch in batches if batch.numel() > 0]

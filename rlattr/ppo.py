@@ -48,7 +48,10 @@ class AttributedPPO(PPO):
         run_metadata: extra JSON stored in ``run.json`` (e.g. the resolved preset).
         record_hooks: callables ``hook(model, records)`` run before every update (scoring).
         keep_mask_fn: ``fn(model, records) -> BoolTensor[N] | None`` restricting each
-            update to the kept records (filtering); None trains on every record.
+            update to the kept records (filtering); None trains on every record. Its
+            optional attribute ``minibatching`` (``"recut"``, the default, or
+            ``"as_drawn"``) says how minibatches are formed around dropped records
+            (``rlattr.plan.sample_epoch_minibatches``).
         iif: an ``rlattr.filters.IIF`` config: iterative influence-based filtering (it
             installs the keep mask); None is plain PPO.
         **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts.
@@ -264,6 +267,8 @@ class AttributedPPO(PPO):
                 n_records,
             )
         keep_mask = self._keep_mask(records)
+        # What the dropped records leave in their minibatches (see sample_epoch_minibatches).
+        minibatching = getattr(self.keep_mask_fn, "minibatching", "recut")
         scored = time.perf_counter()
 
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:
@@ -278,7 +283,12 @@ class AttributedPPO(PPO):
                 yield (
                     epoch,
                     sample_epoch_minibatches(
-                        n_records, self.batch_size, keep_mask, self.device, permutations
+                        n_records,
+                        self.batch_size,
+                        keep_mask,
+                        self.device,
+                        permutations,
+                        minibatching,
                     ),
                 )
 

@@ -51,6 +51,7 @@ RECORDING_KEYS = ("record_every", "keep_last")
 IIF_KEYS = (
     "scorer",
     "greedy_blocks",
+    "minibatching",
     "rule",
     "fraction",
     "like",

@@ -77,6 +77,8 @@ def test_min_kept_caps_the_drop() -> None:
         ({"scorer": "tracin"}, "throw-away update"),
         ({"greedy_blocks": 2}, "greedy_blocks needs scorer='metagrad'"),
         ({"min_kept": 0}, "min_kept"),
+        ({"minibatching": "merge"}, "minibatching must be one of"),
+        ({"scorer": "metagrad", "minibatching": "recut"}, "needs minibatching='as_drawn'"),
     ],
 )
 def test_config_is_validated(kwargs, message) -> None:
@@ -105,6 +107,43 @@ def test_update_touches_only_kept_records(run_dir: Path) -> None:
         # Poison the dropped records: the logged update must not notice.
         for name in ("advantages", "returns", "log_probs", "values"):
             getattr(data.records, name)[~kept] = float("nan")
+        replay(data, policy)
+        assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
+
+
+def _expected_minibatches(permutation: torch.Tensor, kept: torch.Tensor, how: str) -> list:
+    """The minibatches one epoch should train on, built from the logged permutation."""
+    size = SMALL["batch_size"]
+    if how == "recut":
+        return [chunk.tolist() for chunk in permutation[kept[permutation]].split(size)]
+    chunks = [chunk[kept[chunk]] for chunk in permutation.split(size)]
+    return [chunk.tolist() for chunk in chunks if chunk.numel()]
+
+
+@pytest.mark.parametrize("minibatching", ["recut", "as_drawn"])
+def test_minibatching_around_dropped_records(run_dir: Path, minibatching: str) -> None:
+    # 6 of 64 records dropped: re-cutting leaves a last minibatch of 10; as drawn, each of
+    # PPO's four minibatches loses the dropped records it held.
+    iif = IIF(rule="bottom", fraction=0.1, minibatching=minibatching)
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=iif, **SMALL).learn(128)
+    log = RunLog(run_dir)
+    policy = build_policy(log)
+    for k in log.iterations():
+        data = load_iteration(log, k)
+        kept = data.plan.keep_mask
+        assert int((~kept).sum()) == 6
+        expected = [
+            batch
+            for permutation in data.plan.epoch_permutations
+            for batch in _expected_minibatches(permutation, kept, minibatching)
+        ]
+        assert [m.tolist() for m in data.plan.minibatches()] == expected
+        sizes = data.plan.minibatch_sizes.tolist()
+        if minibatching == "recut":
+            assert sizes == [16, 16, 16, 10] * SMALL["n_epochs"]
+        else:
+            assert len(sizes) == 4 * SMALL["n_epochs"]
+            assert sum(sizes) == 58 * SMALL["n_epochs"]
         replay(data, policy)
         assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
 
