@@ -5,6 +5,8 @@ neg_bottom p = 0.125, snapshot scores, return target on the same buffer) and
 ``random`` (drops as many records as the IIF rule would, at random); on request
 ``iif_metagrad`` (the same rule on metagradient scores, ``--arms iif_metagrad``) and
 ``advantage`` (drops as many as the rule, those with the most negative advantages).
+Filtering arms remove the dropped records from the minibatches PPO drew (IIF's default);
+``iif_recut`` and ``random_recut`` cut the kept records into minibatches anew instead.
 Seed s of every arm uses the same environment and initialisation seed. Every
 ``--eval-every`` iterations the policy is evaluated on ``--eval-episodes`` stochastic
 episodes of a separate environment with fixed seeds. Each finished run is written to
@@ -36,21 +38,13 @@ from experiments.common import RESULTS, provenance
 from rlattr.filters import IIF
 from rlattr.presets import Preset
 
-ARMS = (
-    "ppo",
-    "iif",
-    "random",
-    "iif_metagrad",
-    "advantage",
-    "iif_drawn",
-    "random_drawn",
-    "advantage_drawn",
-)
+ARMS = ("ppo", "iif", "random", "iif_metagrad", "advantage", "iif_recut", "random_recut")
 DEFAULT_ARMS = ("ppo", "iif", "random")
-# An arm ending in _drawn removes the dropped records from the minibatches PPO would have
-# used (IIF minibatching="as_drawn"); the others re-cut the kept records ("recut").
-DRAWN = "_drawn"
 OUT = RESULTS / "iif"
+# Filtering arms take the dropped records out of the minibatches PPO drew (IIF's default,
+# minibatching="as_drawn"); an arm ending in _recut cuts the kept records anew instead, as
+# sessions 1-2 did (the last minibatch may be a record or two).
+RECUT = "_recut"
 
 
 def evaluate(model, env, episodes: int, seed: int) -> float:
@@ -119,8 +113,8 @@ class Curve(BaseCallback):
 def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
     if arm == "ppo":
         return None
-    minibatching = "as_drawn" if arm.endswith(DRAWN) else None
-    arm = arm.removesuffix(DRAWN)
+    minibatching = "recut" if arm.endswith(RECUT) else "as_drawn"
+    arm = arm.removesuffix(RECUT)
     base = preset.iif_config(seed=seed, minibatching=minibatching)
     if arm == "iif":
         return base
@@ -141,17 +135,16 @@ def _arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
 
 def comparisons(arms: list[str]) -> list[tuple[str, str]]:
     """The paired differences a table reports: every arm against PPO; each filter against
-    the random ablation and the snapshot IIF with the same minibatching (IIF(metagrad)
-    forms minibatches as drawn), and against snapshot IIF with re-cut minibatches."""
+    the random ablation and the snapshot IIF with the same minibatching, and the other
+    filters against snapshot IIF (IIF(metagrad) forms minibatches as drawn)."""
     pairs = []
     for first in arms:
         if first == "ppo":
             continue
         seconds = ["ppo"]
         if not first.startswith("random"):
-            drawn = DRAWN if first.endswith(DRAWN) or first == "iif_metagrad" else ""
-            seconds.append("random" + drawn if "random" + drawn in arms else "random")
-            seconds += ["iif" + drawn, "iif"]
+            recut = RECUT if first.endswith(RECUT) else ""
+            seconds += ["random" + recut, "iif" + recut, "iif"]
         for second in dict.fromkeys(seconds):
             if second in arms and second != first:
                 pairs.append((first, second))

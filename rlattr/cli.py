@@ -340,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--iif-minibatching",
         choices=["recut", "as_drawn"],
-        help="minibatches around dropped records: re-cut the kept ones, or PPO's minus the "
-        "dropped (default: recut for snapshot, as_drawn for metagrad)",
+        help="minibatches around dropped records: PPO's minus the dropped (as_drawn, "
+        "default) or the kept records cut anew (recut; the last minibatch may be tiny)",
     )
     train.set_defaults(func=_train)
 

@@ -57,12 +57,14 @@ class IIF:
         greedy_blocks: with ``metagrad``, drop in this many blocks and re-score after
             each (a metagradient prices a whole subset only to first order); each block
             costs one more metagradient computation.
-        minibatching: how the update forms minibatches around dropped records:
-            ``"recut"`` cuts the kept records into minibatches of ``batch_size`` (the last
-            one may be tiny), ``"as_drawn"`` removes the dropped records from the
-            minibatches plain PPO would have used (same step count as PPO). None: ``recut``
-            for snapshot scores, ``as_drawn`` for metagradient scores (the only one they
-            are exact for). See ``rlattr.plan.sample_epoch_minibatches``.
+        minibatching: how the update forms minibatches around dropped records.
+            ``"as_drawn"`` (default) removes the dropped records from the minibatches plain
+            PPO would have drawn: the same steps as PPO, each on slightly fewer records,
+            and the only choice metagradient scores are exact for. ``"recut"`` cuts the
+            kept records into minibatches of ``batch_size``; the last one keeps the
+            remainder, which can be a record or two, and on Hopper (batch 32, Adam) that
+            cost most of the return (experiments/results/iif/hopper.md). See
+            ``rlattr.plan.sample_epoch_minibatches``.
         params: which parameters the scores use (see ``rlattr.grads``).
         warmup_iterations: iterations trained unfiltered before filtering starts.
         min_kept: never keep fewer records than this (at least 1: an update needs data).
@@ -76,7 +78,7 @@ class IIF:
     target: Target | None = None
     scorer: Literal["snapshot", "metagrad"] = "snapshot"
     greedy_blocks: int = 1
-    minibatching: Minibatching | None = None
+    minibatching: Minibatching = "as_drawn"
     params: ParamSelection = "policy"
     warmup_iterations: int = 0
     min_kept: int = 1
@@ -103,9 +105,9 @@ class IIF:
             raise ValueError("greedy_blocks must be >= 1")
         if self.greedy_blocks > 1 and self.scorer != "metagrad":
             raise ValueError("greedy_blocks needs scorer='metagrad'")
-        if self.minibatching is not None and self.minibatching not in MINIBATCHING:
+        if self.minibatching not in MINIBATCHING:
             raise ValueError(
-                f"minibatching must be one of {MINIBATCHING} or None, got {self.minibatching!r}"
+                f"minibatching must be one of {MINIBATCHING}, got {self.minibatching!r}"
             )
         if self.scorer == "metagrad" and self.minibatching == "recut":
             raise ValueError(
@@ -122,12 +124,6 @@ class IIF:
     @property
     def needs_scores(self) -> bool:
         return self.rule != "random"
-
-    @property
-    def resolved_minibatching(self) -> Minibatching:
-        if self.minibatching is not None:
-            return self.minibatching
-        return "as_drawn" if self.scorer == "metagrad" else "recut"
 
 
 def drop_count(scores: torch.Tensor, rule: str, fraction: float) -> int:
@@ -209,7 +205,7 @@ class IIFFilter:
     @property
     def minibatching(self) -> Minibatching:
         """How AttributedPPO forms minibatches around the dropped records."""
-        return self.config.resolved_minibatching
+        return self.config.minibatching
 
     def _metagrad(self, model: Any, records: Records, target: Target, at=None) -> torch.Tensor:
         from rlattr.checkpoint import capture_checkpoint

@@ -152,7 +152,7 @@ def sample_epoch_minibatches(
     keep_mask: torch.Tensor | None,
     device: torch.device,
     permutations: list[np.ndarray],
-    minibatching: Minibatching = "recut",
+    minibatching: Minibatching = "as_drawn",
 ) -> list[torch.Tensor]:
     """Draw one epoch's permutation and cut it into minibatches.
 
@@ -161,13 +161,14 @@ def sample_epoch_minibatches(
     numbers as SB3 and stays bit-identical. With a keep mask, ``minibatching`` says what
     the dropped records leave behind:
 
-    - ``"recut"``: the dropped records are removed from the permutation and the kept ones
-      are cut into minibatches of ``batch_size``; like SB3, the last minibatch keeps
-      whatever is left, so it can be tiny (a few records) and is still stepped on.
     - ``"as_drawn"``: the permutation of *all* records is cut as in plain PPO and the
       dropped records are removed from their minibatches: the update takes as many steps
       as PPO's (minus minibatches left empty), each on slightly fewer records. This is
       the counterfactual that replay-based ground truth and metagradient scores price.
+    - ``"recut"``: the dropped records are removed from the permutation and the kept ones
+      are cut into minibatches of ``batch_size``; like SB3, the last minibatch keeps
+      whatever is left, so it can be tiny (a few records) and is still stepped on — with
+      one record SB3 does not even normalise its advantage.
 
     The drawn permutation is appended to ``permutations`` for the log.
     """

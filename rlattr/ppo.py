@@ -49,8 +49,8 @@ class AttributedPPO(PPO):
         record_hooks: callables ``hook(model, records)`` run before every update (scoring).
         keep_mask_fn: ``fn(model, records) -> BoolTensor[N] | None`` restricting each
             update to the kept records (filtering); None trains on every record. Its
-            optional attribute ``minibatching`` (``"recut"``, the default, or
-            ``"as_drawn"``) says how minibatches are formed around dropped records
+            optional attribute ``minibatching`` (``"as_drawn"``, the default, or
+            ``"recut"``) says how minibatches are formed around dropped records
             (``rlattr.plan.sample_epoch_minibatches``).
         iif: an ``rlattr.filters.IIF`` config: iterative influence-based filtering (it
             installs the keep mask); None is plain PPO.
@@ -268,7 +268,7 @@ class AttributedPPO(PPO):
             )
         keep_mask = self._keep_mask(records)
         # What the dropped records leave in their minibatches (see sample_epoch_minibatches).
-        minibatching = getattr(self.keep_mask_fn, "minibatching", "recut")
+        minibatching = getattr(self.keep_mask_fn, "minibatching", "as_drawn")
         scored = time.perf_counter()
 
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:

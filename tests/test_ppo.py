@@ -148,27 +148,37 @@ def test_keep_mask_restricts_minibatches_to_kept_records(run_dir: Any) -> None:
     ).learn(128)
     plan = RunLog(run_dir).load_plan(1)
     assert int(plan.minibatch_indices.max()) < 32
-    # 32 kept records in minibatches of 16: 2 steps × 3 epochs, each record once an epoch.
-    assert plan.minibatch_sizes.tolist() == [16] * 6
-    for epoch in range(3):
-        used = plan.minibatch_indices[
-            plan.step_epochs.repeat_interleave(plan.minibatch_sizes) == epoch
-        ]
-        assert sorted(used.tolist()) == list(range(32))
+    # By default the dropped records leave PPO's minibatches as drawn: each of the 4
+    # minibatches of 16 an epoch keeps its kept records, each record once an epoch.
+    for epoch, permutation in enumerate(plan.epoch_permutations):
+        drawn = [chunk[chunk < 32].tolist() for chunk in permutation.split(16)]
+        in_epoch = (plan.step_epochs == epoch).nonzero().flatten().tolist()
+        assert [plan.minibatch(t).tolist() for t in in_epoch] == [c for c in drawn if c]
+        assert sorted(i for chunk in drawn for i in chunk) == list(range(32))
     assert model.last_keep_mask is not None
 
 
-def test_keep_mask_partial_last_minibatch(run_dir: Any) -> None:
-    def keep_40(model: AttributedPPO, records: Records) -> torch.Tensor:
+class KeepFirst40:
+    """A keep-mask function that asks for re-cut minibatches."""
+
+    minibatching = "recut"
+
+    def __call__(self, model: AttributedPPO, records: Records) -> torch.Tensor:
         mask = torch.zeros(len(records), dtype=torch.bool)
         mask[:40] = True
         return mask
 
+
+def test_keep_mask_recut_leaves_a_partial_last_minibatch(run_dir: Any) -> None:
     AttributedPPO(
-        "MlpPolicy", "CartPole-v1", keep_mask_fn=keep_40, run_dir=run_dir, seed=1, **SMALL
+        "MlpPolicy", "CartPole-v1", keep_mask_fn=KeepFirst40(), run_dir=run_dir, seed=1, **SMALL
     ).learn(64)
     plan = RunLog(run_dir).load_plan(0)
     assert plan.minibatch_sizes.tolist() == [16, 16, 8] * 3
+    for epoch, permutation in enumerate(plan.epoch_permutations):
+        kept_order = permutation[permutation < 40]
+        in_epoch = (plan.step_epochs == epoch).nonzero().flatten().tolist()
+        assert torch.equal(torch.cat([plan.minibatch(t) for t in in_epoch]), kept_order)
 
 
 def test_bad_keep_mask_is_refused() -> None:
