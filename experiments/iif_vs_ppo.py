@@ -144,9 +144,12 @@ def comparisons(arms: list[str]) -> list[tuple[str, str]]:
         seconds = ["ppo"]
         if not first.startswith("random"):
             recut = RECUT if first.endswith(RECUT) else ""
-            seconds += ["random" + recut, "iif" + recut, "iif"]
+            matched = "random" + recut
+            if matched not in arms:  # the other minibatching's ablation, if that is all
+                matched = "random" + ("" if recut else RECUT)
+            seconds += [matched, "iif" + recut, "iif", "iif" + RECUT]
         for second in dict.fromkeys(seconds):
-            if second in arms and second != first:
+            if second in arms and second != first and (second, first) not in pairs:
                 pairs.append((first, second))
     return pairs
 
