@@ -58,7 +58,9 @@ def _train(args: argparse.Namespace) -> int:
             scorer=args.iif_scorer,
             minibatching=args.iif_minibatching,
         )
-        console.print(f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}")
+        console.print(
+            f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}, minibatches {iif.minibatching}"
+        )
     model = preset.build(
         run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif
     )

@@ -15,7 +15,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 
 from rlattr.checkpoint import capture_checkpoint, restore_checkpoint
-from rlattr.errors import UnsupportedError
+from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.loss import PPOLossConfig
 from rlattr.plan import UpdatePlan, sample_epoch_minibatches
 from rlattr.records import RecordingRolloutBuffer, Records
@@ -170,6 +170,7 @@ class AttributedPPO(PPO):
 
     def _restore_from_run_log(self) -> None:
         assert self.run_log is not None
+        self._check_same_filter(self.run_log.meta.get("config", {}).get("iif"))
         start = self.run_log.resume_point()
         if start is None:
             self.run_log.discard_after(0)
@@ -185,6 +186,18 @@ class AttributedPPO(PPO):
             # The environments cannot be restored mid-episode; start fresh episodes with
             # seeds that differ from the original start's.
             self.env.seed(self.seed + 1_000_003 * self.iteration)
+
+    def _check_same_filter(self, stored: dict[str, Any] | None) -> None:
+        """A resumed run must filter as it did: the rest of its log would not be one run."""
+        if stored is not None:
+            # Runs written before the option existed re-cut their minibatches.
+            stored = {"minibatching": "recut", **stored}
+        wanted = self._run_metadata.get("iif")
+        if stored != wanted:
+            raise RunLogError(
+                f"{self.run_dir} was trained with iif={stored}, and is being resumed with "
+                f"iif={wanted}; resume it with the same IIF settings"
+            )
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
         result = super()._setup_learn(total_timesteps, *args, **kwargs)

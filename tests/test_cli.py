@@ -71,10 +71,12 @@ def test_train_with_iif(run_dir: Path, capsys) -> None:
     from rlattr import RunLog
 
     args = ["train", "cartpole", "--timesteps", "512", "--run-dir", str(run_dir), "--no-progress"]
-    assert main([*args, "--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]) == 0
-    assert "IIF on: rule bottom" in capsys.readouterr().out
+    iif = ["--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]
+    assert main([*args, *iif, "--iif-minibatching", "recut"]) == 0
+    assert "IIF on: rule bottom, fraction 0.25, minibatches recut" in capsys.readouterr().out
     log = RunLog(run_dir)
     assert log.meta["config"]["iif"]["rule"] == "bottom"
+    assert log.meta["config"]["iif"]["minibatching"] == "recut"
     assert [int(log.load_plan(k).keep_mask.sum()) for k in log.iterations()] == [192, 192]
     assert log.score_names(1) == ["snapshot-return"]
     # Resuming must keep filtering on.

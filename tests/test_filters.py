@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from rlattr import AttributedPPO, CallableTarget, RunLog, load_iteration, replay
+from rlattr.errors import RunLogError
 from rlattr.filters import IIF, drop_count, episode_ends_in_buffer, keep_mask
 from rlattr.records import Records
 from rlattr.replay import build_policy, state_matches
@@ -221,3 +223,21 @@ def test_iif_with_metagradient_scores_filters_the_drawn_plan(
         assert [m.tolist() for m in data.plan.minibatches()] == [m.tolist() for m in expected]
         replay(data, policy)
         assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
+
+
+def test_resume_needs_the_same_filter(run_dir: Path) -> None:
+    iif = IIF(rule="bottom", fraction=0.25)
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=iif, **SMALL).learn(128)
+    for changed in (
+        None,
+        IIF(rule="bottom", fraction=0.5),
+        replace(iif, minibatching="recut"),
+    ):
+        with pytest.raises(RunLogError, match="resume it with the same IIF settings"):
+            AttributedPPO(
+                "MlpPolicy", "CartPole-v1", run_dir=run_dir, resume=True, iif=changed, **SMALL
+            )
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, resume=True, iif=iif, **SMALL
+    ).learn(64, reset_num_timesteps=False)
+    assert model.iteration == 3
