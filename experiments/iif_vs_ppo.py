@@ -270,8 +270,10 @@ def summarize(preset_name: str, arms: list[str]) -> None:
         "|---|---|---|---|---|",
     ]
     for arm, v in summary.items():
+        reached = v["steps_to_ppo_final"]
+        reached = "not reached" if np.isnan(reached) else f"{reached:.0f}"
         lines.append(
-            f"| {arm} | {v['steps_to_ppo_final']:.0f} | {v['auc']:.1f} ± "
+            f"| {arm} | {reached} | {v['auc']:.1f} ± "
             f"{float(np.std(v['auc_per_seed'])):.1f} | {v['final_mean']:.1f} ± "
             f"{v['final_std']:.1f} | {v['seconds_per_iteration']:.2f} |"
         )

@@ -63,7 +63,7 @@ class IIF:
             and the only choice metagradient scores are exact for. ``"recut"`` cuts the
             kept records into minibatches of ``batch_size``; the last one keeps the
             remainder, which can be a record or two, and on Hopper (batch 32, Adam) that
-            cost most of the return (experiments/results/iif/hopper.md). See
+            cost most of the return (experiments/results/iif/hopper-*.md). See
             ``rlattr.plan.sample_epoch_minibatches``.
         params: which parameters the scores use (see ``rlattr.grads``).
         warmup_iterations: iterations trained unfiltered before filtering starts.
