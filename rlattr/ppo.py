@@ -30,6 +30,7 @@ KeepMaskFn = Callable[["AttributedPPO", Records], "torch.Tensor | None"]
 
 _SUPPORTED_POLICIES = ("MlpPolicy", "CnnPolicy")
 _SUPPORTED_ACTIONS = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+_RNG_FILTER = "rng.filter"  # checkpoint key of a keep-mask function's own generator
 
 
 class AttributedPPO(PPO):
@@ -178,6 +179,9 @@ class AttributedPPO(PPO):
         self.run_log.discard_after(start)
         tensors, meta = self.run_log.load_checkpoint(start, self.device)
         restore_checkpoint(self.policy, tensors, meta, restore_rng=True)
+        generator = self._filter_generator()
+        if generator is not None and _RNG_FILTER in tensors:
+            generator.set_state(tensors[_RNG_FILTER].to("cpu", torch.uint8))
         counters = meta["counters"]
         self.iteration = int(counters["iteration"])
         self.num_timesteps = int(counters["num_timesteps"])
@@ -223,7 +227,16 @@ class AttributedPPO(PPO):
             "num_timesteps": self.num_timesteps,
             "n_updates": self._n_updates,
         }
-        return capture_checkpoint(self.policy, counters, with_rng=True)
+        tensors, meta = capture_checkpoint(self.policy, counters, with_rng=True)
+        generator = self._filter_generator()
+        if generator is not None:
+            # A filter's own random draws (IIF's random rules) must resume where they were.
+            tensors[_RNG_FILTER] = generator.get_state()
+        return tensors, meta
+
+    def _filter_generator(self) -> torch.Generator | None:
+        generator = getattr(self.keep_mask_fn, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None
 
     # ------------------------------------------------------------------ update
     def loss_config(self) -> PPOLossConfig:

@@ -241,3 +241,23 @@ def test_resume_needs_the_same_filter(run_dir: Path) -> None:
         "MlpPolicy", "CartPole-v1", run_dir=run_dir, resume=True, iif=iif, **SMALL
     ).learn(64, reset_num_timesteps=False)
     assert model.iteration == 3
+
+
+def test_random_drop_resumes_exactly(tmp_path: Path) -> None:
+    # The random rule's generator is checkpointed: a run stopped after 2 iterations and
+    # resumed drops the same records as one that never stopped.
+    iif = IIF(rule="random", fraction=0.25, seed=3)
+    kwargs = {**SMALL, "seed": 5}
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=tmp_path / "whole", iif=iif, **kwargs).learn(
+        256
+    )
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=tmp_path / "cut", iif=iif, **kwargs).learn(
+        128
+    )
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=tmp_path / "cut", resume=True, iif=iif, **kwargs
+    ).learn(128, reset_num_timesteps=False)
+    whole, cut = RunLog(tmp_path / "whole"), RunLog(tmp_path / "cut")
+    assert cut.iterations() == whole.iterations() == [0, 1, 2, 3]
+    for k in whole.iterations():
+        assert torch.equal(cut.load_plan(k).keep_mask, whole.load_plan(k).keep_mask), k
