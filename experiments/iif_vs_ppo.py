@@ -269,13 +269,15 @@ def summarize(preset_name: str, arms: list[str]) -> None:
         "mean ± std) | final return (mean ± std) | s / iteration |",
         "|---|---|---|---|---|",
     ]
+    # Returns in [0, 1] (MiniGrid) need more digits than returns in the hundreds.
+    d = 3 if max(abs(v["final_mean"]) for v in summary.values()) < 10 else 1
     for arm, v in summary.items():
         reached = v["steps_to_ppo_final"]
         reached = "not reached" if np.isnan(reached) else f"{reached:.0f}"
         lines.append(
-            f"| {arm} | {reached} | {v['auc']:.1f} ± "
-            f"{float(np.std(v['auc_per_seed'])):.1f} | {v['final_mean']:.1f} ± "
-            f"{v['final_std']:.1f} | {v['seconds_per_iteration']:.2f} |"
+            f"| {arm} | {reached} | {v['auc']:.{d}f} ± "
+            f"{float(np.std(v['auc_per_seed'])):.{d}f} | {v['final_mean']:.{d}f} ± "
+            f"{v['final_std']:.{d}f} | {v['seconds_per_iteration']:.2f} |"
         )
     lines += [
         "",
@@ -294,7 +296,7 @@ def summarize(preset_name: str, arms: list[str]) -> None:
         cells = []
         for gap in (auc, final):
             error = float(np.std(gap, ddof=1) / np.sqrt(len(gap))) if len(gap) > 1 else 0.0
-            cells.append(f"{gap.mean():+.1f} ± {error:.1f} ({int((gap > 0).sum())}/{len(gap)})")
+            cells.append(f"{gap.mean():+.{d}f} ± {error:.{d}f} ({int((gap > 0).sum())}/{len(gap)})")
         lines.append(f"| {first} − {second} | {cells[0]} | {cells[1]} |")
     (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (OUT / f"{stem}.json").write_text(
