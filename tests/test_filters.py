@@ -214,13 +214,12 @@ def test_iif_with_metagradient_scores_filters_the_drawn_plan(
         if greedy_blocks == 1:
             assert float(scores[~kept].max()) <= float(scores[kept].min())
         # The drawn permutations, cut into minibatches, minus the dropped records.
-        expected = []
-        for permutation in data.plan.epoch_permutations:
-            for chunk in permutation.split(SMALL["batch_size"]):
-                chunk = chunk[kept[chunk]]
-                if chunk.numel():
-                    expected.append(chunk)
-        assert [m.tolist() for m in data.plan.minibatches()] == [m.tolist() for m in expected]
+        expected = [
+            batch
+            for permutation in data.plan.epoch_permutations
+            for batch in _expected_minibatches(permutation, kept, "as_drawn")
+        ]
+        assert [m.tolist() for m in data.plan.minibatches()] == expected
         replay(data, policy)
         assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
 
