@@ -113,6 +113,15 @@ def test_update_touches_only_kept_records(run_dir: Path) -> None:
         assert state_matches(policy, log.load_checkpoint(k + 1)[0]) == []
 
 
+def _trained_iterations(run_dir: Path, iif: IIF):
+    """Train a small filtered run and yield (log, policy, k, data) for each iteration."""
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=iif, **SMALL).learn(128)
+    log = RunLog(run_dir)
+    policy = build_policy(log)
+    for k in log.iterations():
+        yield log, policy, k, load_iteration(log, k)
+
+
 def _expected_minibatches(permutation: torch.Tensor, kept: torch.Tensor, how: str) -> list:
     """The minibatches one epoch should train on, built from the logged permutation."""
     size = SMALL["batch_size"]
@@ -127,11 +136,7 @@ def test_minibatching_around_dropped_records(run_dir: Path, minibatching: str) -
     # 6 of 64 records dropped: re-cutting leaves a last minibatch of 10; as drawn, each of
     # PPO's four minibatches loses the dropped records it held.
     iif = IIF(rule="bottom", fraction=0.1, minibatching=minibatching)
-    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=iif, **SMALL).learn(128)
-    log = RunLog(run_dir)
-    policy = build_policy(log)
-    for k in log.iterations():
-        data = load_iteration(log, k)
+    for log, policy, k, data in _trained_iterations(run_dir, iif):
         kept = data.plan.keep_mask
         assert int((~kept).sum()) == 6
         expected = [
@@ -202,11 +207,7 @@ def test_iif_with_metagradient_scores_filters_the_drawn_plan(
     run_dir: Path, greedy_blocks: int
 ) -> None:
     iif = IIF(rule="bottom", fraction=0.25, scorer="metagrad", greedy_blocks=greedy_blocks)
-    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, iif=iif, **SMALL).learn(128)
-    log = RunLog(run_dir)
-    policy = build_policy(log)
-    for k in log.iterations():
-        data = load_iteration(log, k)
+    for log, policy, k, data in _trained_iterations(run_dir, iif):
         kept = data.plan.keep_mask
         assert int((~kept).sum()) == 16
         scores, meta = log.load_scores(k, "metagrad-return")
