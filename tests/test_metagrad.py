@@ -24,7 +24,7 @@ def _logged_iteration(run_dir: Path, **ppo):
     return log, load_iteration(log, 1)
 
 
-def _finite_difference(data, policy, target, context, index: int, eps: float) -> float:
+def _central_difference(data, policy, target, context, index: int, eps: float) -> float:
     values = []
     for sign in (1.0, -1.0):
         weights = torch.ones(len(data.records), dtype=torch.float64)
@@ -33,6 +33,14 @@ def _finite_difference(data, policy, target, context, index: int, eps: float) ->
         with torch.no_grad():
             values.append(float(target.value(policy, context)))
     return (values[0] - values[1]) / (2 * eps)
+
+
+def _finite_difference(data, policy, target, context, index: int, eps: float) -> float:
+    """Richardson-extrapolated central difference: error O(eps⁴) instead of O(eps²), so the
+    reference stays below the 1e-6 bound where gradient-norm clipping curves the map."""
+    coarse = _central_difference(data, policy, target, context, index, eps)
+    fine = _central_difference(data, policy, target, context, index, eps / 2)
+    return (4 * fine - coarse) / 3
 
 
 @pytest.mark.parametrize("max_grad_norm", [float("inf"), 0.5])
@@ -48,7 +56,7 @@ def test_metagradient_matches_finite_differences_fp64(run_dir: Path, max_grad_no
     with fp64_observations():
         result = metagradient_scores(data, policy, target, context)
         for index in (0, 7, 30, 47):
-            fd = _finite_difference(data, policy, target, context, index, eps=1e-5)
+            fd = _finite_difference(data, policy, target, context, index, eps=1e-4)
             exact = float(result.scores[index])
             assert abs(exact - fd) <= 1e-6 * max(
                 abs(fd), 1e-3 * float(result.scores.abs().max())
