@@ -30,14 +30,20 @@ from experiments.common import (
     write_json,
 )
 from rlattr import ReturnTarget, RunLog
-from rlattr.attribution import target_context
-from rlattr.checkpoint import restore_checkpoint
-from rlattr.grads import BACKENDS, gradient_vector, parameter_names, per_record_dots, policy_actions
-from rlattr.influence import _loss_fn, snapshot_scores, tracin_scores
-from rlattr.loss import normalize_advantages
-from rlattr.metagrad import metagradient_scores
-from rlattr.presets import Preset
-from rlattr.replay import build_policy, load_iteration
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.loss import normalize_advantages
+from rlattr.record.replay import build_policy, load_iteration
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.grads import (
+    BACKENDS,
+    gradient_vector,
+    parameter_names,
+    per_record_dots,
+    policy_actions,
+)
+from rlattr.scoring.influence import _loss_fn, snapshot_scores, tracin_scores
+from rlattr.scoring.metagrad import metagradient_scores
+from rlattr.training.presets import Preset
 
 
 class TimedPPO(PPO):
@@ -70,9 +76,9 @@ import sys, torch
 sys.path.insert(0, {root!r})
 from experiments.common import peak_rss_growth_mib
 from rlattr import ReturnTarget, RunLog
-from rlattr.attribution import target_context
-from rlattr.metagrad import metagradient_scores
-from rlattr.replay import build_policy, load_iteration
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.metagrad import metagradient_scores
+from rlattr.record.replay import build_policy, load_iteration
 torch.set_num_threads(1)
 log = RunLog({run!r})
 data = load_iteration(log, 1)

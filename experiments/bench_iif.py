@@ -22,7 +22,7 @@ from stable_baselines3 import PPO
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr.presets import Preset
+from rlattr.training.presets import Preset
 
 ITERATIONS = {"cartpole": 60, "lunarlander": 5, "minigrid_empty": 3, "hopper": 20}
 

@@ -32,13 +32,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, provenance
 from rlattr import ActionTarget, ReturnTarget, RunLog
-from rlattr.attribution import target_context
-from rlattr.checkpoint import restore_checkpoint
-from rlattr.groundtruth import pearson, random_subsets, reshuffled_plan, spearman, subset_effects
-from rlattr.influence import snapshot_scores, tracin_scores
-from rlattr.metagrad import metagradient_scores
-from rlattr.presets import Preset
-from rlattr.replay import build_policy, load_iteration
+from rlattr.analysis.groundtruth import (
+    pearson,
+    random_subsets,
+    reshuffled_plan,
+    spearman,
+    subset_effects,
+)
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.replay import build_policy, load_iteration
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.influence import snapshot_scores, tracin_scores
+from rlattr.scoring.metagrad import metagradient_scores
+from rlattr.training.presets import Preset
 
 ROOT = Path(__file__).resolve().parent
 OUT = RESULTS / "fidelity"

@@ -35,8 +35,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, provenance
-from rlattr.filters import IIF
-from rlattr.presets import Preset
+from rlattr.training.filters import IIF
+from rlattr.training.presets import Preset
 
 ARMS = ("ppo", "iif", "random", "iif_metagrad", "advantage", "iif_recut", "random_recut")
 DEFAULT_ARMS = ("ppo", "iif", "random")
@@ -164,7 +164,7 @@ def run(preset: Preset, arm: str, seed: int, args: argparse.Namespace) -> Path:
     model = preset.build(seed=seed, device="cpu", iif=_arm_iif(preset, arm, seed))
     eval_env = gym.make(preset.env_id, **preset.env_kwargs)
     for wrapper in preset.wrappers:
-        from rlattr.presets import _import_wrapper
+        from rlattr.training.presets import _import_wrapper
 
         eval_env = _import_wrapper(wrapper)(eval_env)
     curve = Curve(eval_env, args.eval_every, args.eval_episodes, eval_seed=10_000)

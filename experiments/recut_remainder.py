@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import RunLog, load_iteration
-from rlattr.attribution import target_context
-from rlattr.checkpoint import restore_checkpoint
-from rlattr.filters import IIF, keep_mask
-from rlattr.influence import snapshot_scores
-from rlattr.replay import build_policy
-from rlattr.targets import ReturnTarget
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.replay import build_policy
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.influence import snapshot_scores
+from rlattr.scoring.targets import ReturnTarget
+from rlattr.training.filters import IIF, keep_mask
 
 
 def remainders(log: RunLog, every: int, config: IIF) -> list[dict]:

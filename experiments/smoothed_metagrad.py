@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.common import RESULTS, markdown_header, provenance
 from experiments.fidelity import _train
 from rlattr import ReturnTarget
-from rlattr.attribution import target_context
-from rlattr.groundtruth import random_subsets, spearman, subset_effects
-from rlattr.metagrad import metagradient_scores
-from rlattr.presets import Preset
-from rlattr.replay import build_policy, load_iteration
+from rlattr.analysis.groundtruth import random_subsets, spearman, subset_effects
+from rlattr.record.replay import build_policy, load_iteration
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.metagrad import metagradient_scores
+from rlattr.training.presets import Preset
 
 
 def averaged_scores(data, policy, target, context, fraction, draws, path, seed) -> torch.Tensor:

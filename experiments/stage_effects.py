@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.common import RESULTS, peak_rss_growth_mib, provenance
 from experiments.fidelity import _action_target, _train
 from rlattr import ReturnTarget, RunLog
-from rlattr.attribution import target_context
-from rlattr.checkpoint import restore_checkpoint
-from rlattr.groundtruth import pearson, spearman
-from rlattr.presets import Preset
-from rlattr.replay import build_policy, load_iteration, replay
-from rlattr.stages import parse_stages, stage_effects
+from rlattr.analysis.groundtruth import pearson, spearman
+from rlattr.analysis.stages import estimate_stage_effects, parse_stages
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.replay import build_policy, load_iteration, replay
+from rlattr.scoring.attribute import target_context
+from rlattr.training.presets import Preset
 
 OUT = RESULTS / "stages"
 
@@ -175,7 +175,9 @@ def main() -> None:
         return
 
     def run(**kwargs):
-        return stage_effects(iterations, final_state, policy, behaviours, context, spans, **kwargs)
+        return estimate_stage_effects(
+            iterations, final_state, policy, behaviours, context, spans, **kwargs
+        )
 
     _, replay_seconds, _ = _timed(lambda: [replay(data, policy) for data in iterations])
     print(f"one replay of {len(iterations)} iterations: {replay_seconds:.1f} s", flush=True)
@@ -271,7 +273,7 @@ def _horizon_study(args, preset, log, iterations, policy, behaviours, context) -
         if end > n:
             break
         state = iterations[end].start_tensors if end < n else log.load_checkpoint(n)[0]
-        effects = stage_effects(
+        effects = estimate_stage_effects(
             iterations[:end], state, policy, behaviours, context, [stage], second_order=True
         )
         for name, [effect] in effects.items():

@@ -1,12 +1,7 @@
 """rlattr: data attribution and influence-based filtering for online RL (PPO, SB3)."""
 
-from rlattr.attribution import (
-    ScoreHook,
-    attribute,
-    fidelity,
-    stage_effects,
-    stage_record_scores,
-)
+from rlattr.analysis.fidelity import fidelity
+from rlattr.analysis.stages import stage_effects, stage_record_scores
 from rlattr.errors import (
     CorruptRunLogError,
     FormatVersionError,
@@ -15,15 +10,17 @@ from rlattr.errors import (
     RunLogError,
     UnsupportedError,
 )
-from rlattr.filters import IIF
-from rlattr.influence import snapshot_scores, tracin_scores
-from rlattr.metagrad import metagradient_scores
-from rlattr.ppo import AttributedPPO
-from rlattr.presets import Preset
-from rlattr.records import Records
-from rlattr.replay import build_policy, load_iteration, replay, replay_iteration
-from rlattr.runlog import Retention, RunLog
-from rlattr.targets import ActionTarget, CallableTarget, ReturnTarget, Target, TargetContext
+from rlattr.record.records import Records
+from rlattr.record.replay import build_policy, load_iteration, replay, replay_iteration
+from rlattr.record.runlog import Retention, RunLog
+from rlattr.scoring.attribute import attribute
+from rlattr.scoring.influence import snapshot_scores, tracin_scores
+from rlattr.scoring.metagrad import metagradient_scores
+from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target, TargetContext
+from rlattr.training.filters import IIF
+from rlattr.training.hooks import ScoreHook
+from rlattr.training.ppo import AttributedPPO
+from rlattr.training.presets import Preset
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import envs  # noqa: E402, F401  (registers the toy environments)
+import rlattr.envs  # noqa: E402, F401  (registers the toy environments)
 
 torch.set_num_threads(1)
 

@@ -48,8 +48,8 @@ MODEL_CASES: dict[str, dict[str, Any]] = {
         "env": "Hopper-v5",
         "policy_kwargs": {"net_arch": {"pi": [32, 32], "vf": [32, 32]}, "log_std_init": -1.0},
     },
-    "multidiscrete": {"env": "envs:ToyMultiDiscrete-v0"},
-    "bernoulli": {"env": "envs:ToyMultiBinary-v0"},
+    "multidiscrete": {"env": "rlattr.envs:rlattr/ToyMultiDiscrete-v0"},
+    "bernoulli": {"env": "rlattr.envs:rlattr/ToyMultiBinary-v0"},
     "n_envs_2": {"env": "CartPole-v1", "n_envs": 2},
     "separate_extractors_mlp": {
         "env": "CartPole-v1",

@@ -1,0 +1,185 @@
+"""UpdatePlan: everything that fixes one PPO update besides θ_k, the optimiser and the data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from rlattr.record.loss import PPOLossConfig
+
+
+@dataclass
+class UpdatePlan:
+    """The optimiser steps of one iteration, as they were (or will be) executed.
+
+    Step ``t`` trains on ``minibatch(t)`` (record indices into the iteration's ``Records``)
+    at learning rate ``learning_rates[t]``. ``grad_norms[t]`` is the total gradient norm
+    before clipping and ``clip_coefs[t]`` = min(1, max_grad_norm / (norm + 1e-6)), both as
+    torch computed them. Steps that ``target_kl`` prevented are not in the plan.
+
+    Attributes:
+        loss_config: the loss hyperparameters of this iteration.
+        n_epochs, batch_size: the configured update shape.
+        epoch_permutations: ``[E_drawn, N]`` int64, one permutation per epoch started.
+        keep_mask: ``[N]`` bool, the records the update was restricted to.
+        step_epochs: ``[T]`` int64, epoch of each step.
+        minibatch_indices: concatenated record indices of all steps.
+        minibatch_sizes: ``[T]`` int64 sizes, so step t is a slice of ``minibatch_indices``.
+        learning_rates, grad_norms, clip_coefs: ``[T]`` float64 per-step quantities.
+        early_stopped: whether ``target_kl`` ended the update before all epochs ran.
+    """
+
+    loss_config: PPOLossConfig
+    n_epochs: int
+    batch_size: int
+    epoch_permutations: torch.Tensor
+    keep_mask: torch.Tensor
+    step_epochs: torch.Tensor
+    minibatch_indices: torch.Tensor
+    minibatch_sizes: torch.Tensor
+    learning_rates: torch.Tensor
+    grad_norms: torch.Tensor
+    clip_coefs: torch.Tensor
+    early_stopped: bool
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.minibatch_sizes.numel())
+
+    @property
+    def n_records(self) -> int:
+        return int(self.keep_mask.numel())
+
+    def minibatches(self) -> Iterator[torch.Tensor]:
+        """The record indices of each executed step, in order."""
+        start = 0
+        for size in self.minibatch_sizes.tolist():
+            yield self.minibatch_indices[start : start + size]
+            start += size
+
+    def minibatch(self, step: int) -> torch.Tensor:
+        offsets = torch.cumsum(self.minibatch_sizes, 0)
+        start = 0 if step == 0 else int(offsets[step - 1])
+        return self.minibatch_indices[start : int(offsets[step])]
+
+    def tensor_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "epoch_permutations": self.epoch_permutations,
+            "keep_mask": self.keep_mask,
+            "step_epochs": self.step_epochs,
+            "minibatch_indices": self.minibatch_indices,
+            "minibatch_sizes": self.minibatch_sizes,
+            "learning_rates": self.learning_rates,
+            "grad_norms": self.grad_norms,
+            "clip_coefs": self.clip_coefs,
+        }
+
+    def json_dict(self) -> dict[str, Any]:
+        return {
+            "loss_config": self.loss_config.to_json(),
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "n_steps": self.n_steps,
+            "early_stopped": self.early_stopped,
+        }
+
+    @classmethod
+    def from_stored(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> UpdatePlan:
+        return cls(
+            loss_config=PPOLossConfig.from_json(meta["loss_config"]),
+            n_epochs=int(meta["n_epochs"]),
+            batch_size=int(meta["batch_size"]),
+            early_stopped=bool(meta["early_stopped"]),
+            **{name: tensors[name] for name in cls.tensor_names()},
+        )
+
+    @classmethod
+    def draft(
+        cls,
+        loss_config: PPOLossConfig,
+        batch_size: int,
+        epoch_minibatches: list[list[torch.Tensor]],
+        permutations: list[np.ndarray],
+        learning_rate: float,
+        n_records: int,
+    ) -> UpdatePlan:
+        """A plan drawn before the update runs (no step has happened: norms unknown)."""
+        flat = [mb for batches in epoch_minibatches for mb in batches]
+        device = flat[0].device
+        steps = len(flat)
+        return cls(
+            loss_config=loss_config,
+            n_epochs=len(epoch_minibatches),
+            batch_size=batch_size,
+            epoch_permutations=torch.as_tensor(np.stack(permutations), device=device),
+            keep_mask=torch.ones(n_records, dtype=torch.bool, device=device),
+            step_epochs=torch.tensor(
+                [e for e, batches in enumerate(epoch_minibatches) for _ in batches], device=device
+            ),
+            minibatch_indices=torch.cat(flat),
+            minibatch_sizes=torch.tensor([len(mb) for mb in flat], device=device),
+            learning_rates=torch.full((steps,), learning_rate, dtype=torch.float64, device=device),
+            grad_norms=torch.full((steps,), float("nan"), dtype=torch.float64, device=device),
+            clip_coefs=torch.full((steps,), float("nan"), dtype=torch.float64, device=device),
+            early_stopped=False,
+        )
+
+    @staticmethod
+    def tensor_names() -> tuple[str, ...]:
+        return (
+            "epoch_permutations",
+            "keep_mask",
+            "step_epochs",
+            "minibatch_indices",
+            "minibatch_sizes",
+            "learning_rates",
+            "grad_norms",
+            "clip_coefs",
+        )
+
+
+Minibatching = Literal["recut", "as_drawn"]
+MINIBATCHING = ("recut", "as_drawn")
+
+
+def sample_epoch_minibatches(
+    n_records: int,
+    batch_size: int,
+    keep_mask: torch.Tensor | None,
+    device: torch.device,
+    permutations: list[np.ndarray],
+    minibatching: Minibatching = "as_drawn",
+) -> list[torch.Tensor]:
+    """Draw one epoch's permutation and cut it into minibatches.
+
+    The permutation comes from NumPy's global generator, exactly as SB3's
+    ``RolloutBuffer.get`` draws it, so an unfiltered update consumes the same random
+    numbers as SB3 and stays bit-identical. With a keep mask, ``minibatching`` says what
+    the dropped records leave behind:
+
+    - ``"as_drawn"``: the permutation of *all* records is cut as in plain PPO and the
+      dropped records are removed from their minibatches: the update takes as many steps
+      as PPO's (minus minibatches left empty), each on slightly fewer records. This is
+      the counterfactual that replay-based ground truth and metagradient scores price.
+    - ``"recut"``: the dropped records are removed from the permutation and the kept ones
+      are cut into minibatches of ``batch_size``; like SB3, the last minibatch keeps
+      whatever is left, so it can be tiny (a few records) and is still stepped on — with
+      one record SB3 does not even normalise its advantage.
+
+    The drawn permutation is appended to ``permutations`` for the log.
+    """
+    if minibatching not in MINIBATCHING:
+        raise ValueError(f"minibatching must be one of {MINIBATCHING}, got {minibatching!r}")
+    permutation = np.random.permutation(n_records)
+    permutations.append(permutation)
+    order = torch.as_tensor(permutation, device=device)
+    if keep_mask is None:
+        return list(torch.split(order, batch_size))
+    if minibatching == "recut":
+        return list(torch.split(order[keep_mask[order]], batch_size))
+    batches = [batch[keep_mask[batch]] for batch in torch.split(order, batch_size)]
+    return [batch for batch in batches if batch.numel() > 0]

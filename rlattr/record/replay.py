@@ -1,0 +1,160 @@
+"""Exact replay of a logged PPO iteration, optionally with records removed.
+
+Replay runs the *same* code path as training (``rlattr.record.update.run_update``) from the
+logged start-of-iteration checkpoint, records and update plan, so on the same device it
+reproduces θ_{k+1} bit for bit. With a keep mask it gives the leave-subset-out ground
+truth of SCIENCE.md §2: the records outside the mask are removed from every minibatch of
+the plan, which otherwise stays as logged (same order, same learning rates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from rlattr.errors import RunLogError
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.plan import UpdatePlan
+from rlattr.record.records import Records
+from rlattr.record.runlog import RunLog
+from rlattr.record.serialize import decode, import_class, space_from_json
+from rlattr.record.update import StepCallback, UpdateStats, run_update
+
+
+def build_policy(log: RunLog, device: torch.device | str = "cpu") -> ActorCriticPolicy:
+    """Construct the run's policy (and optimiser) from ``run.json`` alone.
+
+    The weights are whatever the constructor makes; load a checkpoint to give them
+    meaning. The caller's torch RNG is left untouched (initialisation draws from it).
+    """
+    spec = log.meta["policy"]
+    policy_class = import_class(spec["class"])
+    kwargs = decode(spec["kwargs"])
+    with torch.random.fork_rng(devices=[]):
+        policy = policy_class(
+            space_from_json(spec["observation_space"]),
+            space_from_json(spec["action_space"]),
+            lambda _: 0.0,  # the real learning rate comes from the checkpoint and the plan
+            use_sde=False,
+            **kwargs,
+        )
+    return policy.to(device)
+
+
+@dataclass
+class IterationData:
+    """Everything needed to replay iteration ``iteration``, loaded once."""
+
+    iteration: int
+    records: Records
+    plan: UpdatePlan
+    start_tensors: dict[str, torch.Tensor]
+    start_meta: dict[str, Any]
+
+
+def load_iteration(
+    log: RunLog, iteration: int, device: torch.device | str = "cpu"
+) -> IterationData:
+    records = log.load_records(iteration, device)
+    plan = log.load_plan(iteration, device)
+    tensors, meta = log.load_checkpoint(iteration, device)
+    return IterationData(iteration, records, plan, tensors, meta)
+
+
+def _logged_epochs(
+    plan: UpdatePlan, keep_mask: torch.Tensor | None
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    epochs = plan.step_epochs.tolist()
+    minibatches = list(plan.minibatches())
+    for epoch in sorted(set(epochs)):
+        batches = [mb for e, mb in zip(epochs, minibatches, strict=True) if e == epoch]
+        if keep_mask is not None:
+            batches = [mb[keep_mask[mb]] for mb in batches]
+            # A minibatch whose records were all removed is skipped: an empty mean is NaN,
+            # and no data means no step (Adam's step count then differs from the plan).
+            batches = [mb for mb in batches if mb.numel() > 0]
+        yield epoch, batches
+
+
+def replay(
+    data: IterationData,
+    policy: ActorCriticPolicy,
+    keep_mask: torch.Tensor | None = None,
+    before_step: StepCallback | None = None,
+    after_step: StepCallback | None = None,
+    record_weights: torch.Tensor | None = None,
+    weight_normalization: str = "weights",
+    from_checkpoint: bool = True,
+) -> UpdateStats:
+    """Replay ``data``'s update into ``policy`` (its state is overwritten).
+
+    Args:
+        data: the logged iteration.
+        policy: a policy built by ``build_policy`` (reused across replays for speed).
+        keep_mask: ``[N]`` bool; records that are False are removed from every minibatch.
+        before_step, after_step: callbacks around each optimiser step (see ``run_update``).
+        record_weights, weight_normalization: per-record loss weights (see
+            ``rlattr.record.loss.weighted_minibatch_loss``); the minibatches stay as logged.
+        from_checkpoint: start from the logged start-of-iteration state (default), or
+            from the policy's and optimiser's current state (counterfactual chains).
+
+    Returns:
+        The loss statistics of the replayed steps; the result is ``policy``'s new state.
+    """
+    device = next(policy.parameters()).device
+    if keep_mask is not None:
+        if keep_mask.dtype != torch.bool or keep_mask.shape != (len(data.records),):
+            raise ValueError(
+                f"keep_mask must be a bool tensor of shape ({len(data.records)},), "
+                f"got {keep_mask.dtype} {tuple(keep_mask.shape)}"
+            )
+        keep_mask = keep_mask.to(device)
+    if from_checkpoint:
+        restore_checkpoint(policy, data.start_tensors, data.start_meta)
+    policy.set_training_mode(True)
+    # The step log holds each step's learning rate; SB3 sets one per iteration.
+    learning_rates = data.plan.learning_rates.tolist()
+    if learning_rates and any(lr != learning_rates[0] for lr in learning_rates):
+        raise RunLogError("per-step learning-rate changes within an iteration are not supported")
+    for group in policy.optimizer.param_groups:
+        if learning_rates:
+            group["lr"] = learning_rates[0]
+    _, stats, _ = run_update(
+        policy,
+        data.records.to(device),
+        data.plan.loss_config,
+        _logged_epochs(data.plan, keep_mask),
+        check_target_kl=False,
+        before_step=before_step,
+        after_step=after_step,
+        record_weights=None if record_weights is None else record_weights.to(device),
+        weight_normalization=weight_normalization,
+    )
+    return stats
+
+
+def replay_iteration(
+    log: RunLog,
+    iteration: int,
+    keep_mask: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> ActorCriticPolicy:
+    """Replay one logged iteration from the run log alone; returns the updated policy."""
+    data = load_iteration(log, iteration, device)
+    policy = build_policy(log, device)
+    replay(data, policy, keep_mask)
+    return policy
+
+
+def state_matches(policy: ActorCriticPolicy, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of policy parameters/buffers that differ (bitwise) from a checkpoint's."""
+    mismatched = []
+    for name, value in policy.state_dict().items():
+        stored = tensors.get("policy." + name)
+        if stored is None or not torch.equal(value.cpu(), stored.cpu()):
+            mismatched.append(name)
+    return mismatched

@@ -1,0 +1,313 @@
+"""Metagradient scores: the exact derivative of the target after the update w.r.t. record weights.
+
+SCIENCE.md §2. Every record gets a weight w_i in the replayed update of iteration k (the
+minibatch loss Σ w_i ℓ_i / Σ w_i with w-weighted advantage normalisation, so w_i = 0 is
+removal). With the plan fixed, w ↦ θ_{k+1}(w) is a deterministic, piecewise-smooth map,
+and the score is +∂f(θ_{k+1}(w))/∂w_i at w = 1, obtained here by reverse-mode
+differentiation through the replayed optimiser steps: gradient-norm clipping, Adam's
+moments, bias correction and ε (or SGD momentum), ratio clipping and value loss included.
+
+The replay is functional (parameters are graph tensors, the optimiser is re-implemented
+with torch's formulas), so it reproduces the logged θ_{k+1} to float rounding, not bit
+for bit; ``metagradient_scores`` reports that difference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from rlattr.errors import UnsupportedError
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.loss import weighted_minibatch_loss
+from rlattr.record.replay import IterationData
+from rlattr.scoring.grads import _substituted
+from rlattr.scoring.targets import Target, TargetContext
+
+
+@dataclass
+class MetagradResult:
+    """Scores and diagnostics of one metagradient computation.
+
+    Attributes:
+        scores: ``[N]`` ∂f/∂w_i at w = 1 (positive = the record's presence raises f).
+        target_value: f(θ_{k+1}) of the functional replay.
+        max_abs_param_error: largest |θ_{k+1} (functional) − θ_{k+1} (logged replay)|
+            over all parameters, if the logged end state was given.
+    """
+
+    scores: torch.Tensor
+    target_value: float
+    max_abs_param_error: float | None = None
+
+
+FLAT = "θ"  # the key of the flat parameter vector in the functional replay
+
+
+class _FunctionalOptimizer:
+    """torch's Adam/AdamW/SGD update as differentiable tensor arithmetic."""
+
+    def __init__(self, policy: ActorCriticPolicy, names: list[str]):
+        optimizer = policy.optimizer
+        if len(optimizer.param_groups) != 1:
+            raise UnsupportedError("metagradients support one optimiser parameter group")
+        self.group = optimizer.param_groups[0]
+        self.kind = (
+            "adamw"
+            if isinstance(optimizer, torch.optim.AdamW)
+            else "adam"
+            if isinstance(optimizer, torch.optim.Adam)
+            else "sgd"
+            if isinstance(optimizer, torch.optim.SGD)
+            else None
+        )
+        if self.kind is None:
+            raise UnsupportedError(
+                f"metagradients know SGD, Adam and AdamW, not {type(optimizer).__name__}"
+            )
+        if self.group.get("amsgrad") or self.group.get("maximize"):
+            raise UnsupportedError("metagradients do not support amsgrad or maximize")
+        if self.kind == "sgd" and self.group["momentum"] and self.group["dampening"]:
+            raise UnsupportedError("metagradients support SGD momentum without dampening only")
+        # One flat vector for all parameters: the optimiser's arithmetic then costs a
+        # handful of tensor operations per step instead of a handful per parameter,
+        # which dominates the functional replay of small networks.
+        named = dict(policy.named_parameters())
+        stored = [optimizer.state.get(named[name], {}) for name in names]
+
+        def flat(slot: str) -> torch.Tensor:
+            return torch.cat(
+                [
+                    (state[slot] if state.get(slot) is not None else torch.zeros_like(named[n]))
+                    .detach()
+                    .reshape(-1)
+                    for n, state in zip(names, stored, strict=True)
+                ]
+            )
+
+        if self.kind in ("adam", "adamw"):
+            steps = {float(state.get("step", 0.0)) for state in stored}
+            if len(steps) != 1:
+                raise UnsupportedError(
+                    f"metagradients need every parameter at the same Adam step, got {steps}"
+                )
+            self.state = {
+                FLAT: {
+                    "step": steps.pop(),
+                    "exp_avg": flat("exp_avg"),
+                    "exp_avg_sq": flat("exp_avg_sq"),
+                }
+            }
+        else:
+            # Without dampening, a missing momentum buffer acts as a zero one.
+            self.state = {FLAT: {"momentum_buffer": flat("momentum_buffer")}}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state tensors that carry information between steps, keyed name/slot."""
+        return {
+            f"{name}/{slot}": value
+            for name, slots in self.state.items()
+            for slot, value in slots.items()
+            if isinstance(value, torch.Tensor)
+        }
+
+    def snapshot(self) -> dict[str, dict[str, torch.Tensor | float | None]]:
+        """A detached copy of the state (the start of a recomputed segment)."""
+        return {
+            name: {
+                slot: value.detach().clone() if isinstance(value, torch.Tensor) else value
+                for slot, value in slots.items()
+            }
+            for name, slots in self.state.items()
+        }
+
+    def load(self, snapshot: dict[str, dict[str, torch.Tensor | float | None]]) -> None:
+        """Continue from ``snapshot``; its tensors become differentiable leaves."""
+        self.state = {
+            name: {
+                slot: value.detach().clone().requires_grad_(True)
+                if isinstance(value, torch.Tensor)
+                else value
+                for slot, value in slots.items()
+            }
+            for name, slots in snapshot.items()
+        }
+
+    def step(
+        self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float
+    ) -> dict[str, torch.Tensor]:
+        group = self.group
+        weight_decay = group.get("weight_decay", 0.0)
+        updated = {}
+        for name, param in params.items():
+            grad = grads[name]
+            state = self.state[name]
+            if self.kind == "sgd":
+                if weight_decay:
+                    grad = grad + weight_decay * param
+                momentum = group["momentum"]
+                if momentum:
+                    buffer = momentum * state["momentum_buffer"] + grad
+                    state["momentum_buffer"] = buffer
+                    grad = grad + momentum * buffer if group["nesterov"] else buffer
+                updated[name] = param - lr * grad
+                continue
+            beta1, beta2 = group["betas"]
+            if self.kind == "adamw":
+                param = param * (1 - lr * weight_decay)
+            elif weight_decay:
+                grad = grad + weight_decay * param
+            state["step"] = step = float(state["step"]) + 1
+            exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
+            exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+            state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
+            bias1 = 1 - beta1**step
+            bias2 = 1 - beta2**step
+            # sqrt has an infinite derivative at 0: a parameter that never had a gradient
+            # (a dead ReLU unit, an unused head) has v = 0 exactly, and 0 × inf is NaN in
+            # the backward pass. The smallest normal number of the dtype keeps the chain
+            # rule finite and changes no value that is not already 0.
+            tiny = torch.finfo(exp_avg_sq.dtype).tiny
+            denom = torch.sqrt(exp_avg_sq + tiny * (exp_avg_sq == 0)) / math.sqrt(bias2)
+            denom = denom + group["eps"]
+            updated[name] = param - (lr / bias1) * exp_avg / denom
+        return updated
+
+
+def metagradient_scores(
+    data: IterationData,
+    policy: ActorCriticPolicy,
+    target: Target,
+    context: TargetContext,
+    normalization: str = "weights",
+    end_state: dict[str, torch.Tensor] | None = None,
+    at: torch.Tensor | None = None,
+    segment_steps: int | None = None,
+) -> MetagradResult:
+    """+∂f(θ_{k+1}(w))/∂w_i at w = 1 for every record of a logged iteration.
+
+    Args:
+        data: the logged iteration (records, plan, start checkpoint).
+        policy: a policy built by ``rlattr.build_policy`` (its state is overwritten with
+            the start checkpoint; its parameters are not updated).
+        target, context: the behaviour f and what it needs.
+        normalization: ``"weights"`` (minibatch loss Σwℓ/Σw: w_i = 0 is removal) or
+            ``"count"`` (Σwℓ/|b|: the counterfactual first-order scores describe).
+        end_state: the logged θ_{k+1} (a checkpoint's tensors), to report the replay error.
+        at: the weights to differentiate at (default: all ones, the logged update).
+        segment_steps: ``None`` keeps the graph of every optimiser step for the backward
+            pass (memory grows with the number of steps). An integer S keeps only the
+            parameters and optimiser state at every S-th step and recomputes each
+            segment's graph during the backward pass: memory ~ one segment's graph plus
+            the stored states, for about one more forward pass. Same scores up to float
+            rounding.
+    """
+    if segment_steps is not None and segment_steps < 1:
+        raise ValueError(f"segment_steps must be >= 1 or None, got {segment_steps}")
+    restore_checkpoint(policy, data.start_tensors, data.start_meta)
+    policy.set_training_mode(True)
+    device = next(policy.parameters()).device
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    named = dict(policy.named_parameters())
+    optimizer = _FunctionalOptimizer(policy, names)
+    records = data.records.to(device)
+    dtype = named[names[0]].dtype
+    if at is None:
+        weights = torch.ones(len(records), dtype=dtype, device=device, requires_grad=True)
+    else:
+        weights = at.to(device=device, dtype=dtype).detach().clone().requires_grad_(True)
+    shapes = [named[n].shape for n in names]
+    sizes = [named[n].numel() for n in names]
+
+    def unflatten(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces = torch.split(flat, sizes)
+        return {n: v.view(shape) for n, v, shape in zip(names, pieces, shapes, strict=True)}
+
+    params = {FLAT: torch.cat([named[n].detach().reshape(-1) for n in names]).requires_grad_(True)}
+    config = data.plan.loss_config
+    learning_rates = data.plan.learning_rates.tolist()
+    steps = [indices.to(device) for indices in data.plan.minibatches()]
+
+    def run(params: dict[str, torch.Tensor], first: int, last: int, graph: bool):
+        """Optimiser steps [first, last) from ``params`` and ``optimizer``'s state."""
+        for step in range(first, last):
+            indices = steps[step]
+            batch = records.minibatch(indices)
+            step_weights = weights[indices] if graph else weights[indices].detach()
+            with _substituted(policy, unflatten(params[FLAT])):
+                terms = weighted_minibatch_loss(policy, batch, config, step_weights, normalization)
+            grads = torch.autograd.grad(
+                terms.loss, list(params.values()), create_graph=graph, allow_unused=True
+            )
+            grads = {
+                n: (g if g is not None else torch.zeros_like(params[n]))
+                for n, g in zip(params, grads, strict=True)
+            }
+            if math.isfinite(config.max_grad_norm):
+                norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
+                coef = torch.clamp(config.max_grad_norm / (norm + 1e-6), max=1.0)
+                grads = {n: g * coef for n, g in grads.items()}
+            if graph:
+                params = optimizer.step(params, grads, learning_rates[step])
+            else:
+                with torch.no_grad():
+                    params = optimizer.step(params, grads, learning_rates[step])
+                params = {n: v.requires_grad_(True) for n, v in params.items()}
+        return params
+
+    if segment_steps is None:
+        params = run(params, 0, len(steps), graph=True)
+        with _substituted(policy, unflatten(params[FLAT])):
+            value = target.value(policy, context)
+        (scores,) = torch.autograd.grad(value, weights)
+    else:
+        # Forward without graphs, keeping each segment's starting state; then, segment by
+        # segment from the last, rebuild its graph and pull the adjoint of (θ, optimiser
+        # state) back through it, collecting ∂f/∂w on the way.
+        segments = list(itertools.pairwise([*range(0, len(steps), segment_steps), len(steps)]))
+        starts = []
+        for first, last in segments:
+            starts.append(
+                ({n: v.detach().clone() for n, v in params.items()}, optimizer.snapshot())
+            )
+            params = run(params, first, last, graph=False)
+        params = {n: v.detach().requires_grad_(True) for n, v in params.items()}
+        with _substituted(policy, unflatten(params[FLAT])):
+            value = target.value(policy, context)
+        grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
+        adjoint = {
+            n: g if g is not None else torch.zeros_like(params[n])
+            for n, g in zip(params, grads, strict=True)
+        }
+        scores = torch.zeros_like(weights)
+        for (first, last), (start_params, start_state) in zip(
+            reversed(segments), reversed(starts), strict=True
+        ):
+            leaves = {n: v.requires_grad_(True) for n, v in start_params.items()}
+            optimizer.load(start_state)
+            state_in = optimizer.tensors()
+            out = run(dict(leaves), first, last, graph=True)
+            state_out = optimizer.tensors()
+            outputs = [*out.values(), *state_out.values()]
+            upstream = [adjoint[n] for n in out] + [
+                adjoint.get(key, torch.zeros_like(v)) for key, v in state_out.items()
+            ]
+            inputs = [*leaves.values(), *state_in.values()]
+            grads = torch.autograd.grad(outputs, [*inputs, weights], upstream, allow_unused=True)
+            adjoint = {
+                key: g if g is not None else torch.zeros_like(v)
+                for key, g, v in zip([*leaves, *state_in], grads[:-1], inputs, strict=True)
+            }
+            if grads[-1] is not None:
+                scores = scores + grads[-1]
+    error = None
+    if end_state is not None:
+        final = unflatten(params[FLAT].detach().cpu())
+        error = max(
+            float((final[n] - end_state["policy." + n].to(dtype)).abs().max()) for n in names
+        )
+    return MetagradResult(scores.detach(), float(value.detach()), error)

@@ -1,0 +1,151 @@
+"""Targets: the scalar behaviours f(θ) that scores explain (to be *maximised*).
+
+SCIENCE.md §1: the return target is the importance-sampled policy-gradient surrogate
+f_R(θ) = mean_j [π_θ(a_j|s_j) / π_{θ_k}(a_j|s_j)] · A_j over validation records, whose
+gradient at θ_k is the policy-gradient estimate of the return; the action target is the
+mean log-probability (log-density) of analyst-given (state, action) pairs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from rlattr.record.records import Records
+from rlattr.scoring.grads import policy_actions
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """What a target may need besides the policy.
+
+    Attributes:
+        records: the iteration's own buffer (collected by θ_k).
+        gamma, gae_lambda: the run's discount and GAE parameters.
+    """
+
+    records: Records
+    gamma: float
+    gae_lambda: float
+
+
+class Target(ABC):
+    """A differentiable scalar f(policy) to be explained."""
+
+    name: str = "target"
+
+    @abstractmethod
+    def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
+        """f at the policy's current parameters (a scalar tensor with a graph)."""
+
+
+def monte_carlo_advantages(records: Records, gamma: float) -> torch.Tensor:
+    """Discounted return-to-go minus V(s), per record (GAE with λ = 1).
+
+    An episode that runs past the end of the buffer is bootstrapped with the stored
+    value of the next observation, exactly as SB3 bootstraps GAE.
+    """
+    return gae_advantages(records, gamma, 1.0)
+
+
+def gae_advantages(records: Records, gamma: float, gae_lambda: float) -> torch.Tensor:
+    """GAE(γ, λ) from the stored records, with SB3's recursion (timeouts already folded
+    into the rewards by SB3's rollout collection)."""
+    n_envs, n_steps = records.n_envs, records.n_steps
+    rewards = records.rewards.view(n_envs, n_steps)
+    values = records.values.view(n_envs, n_steps)
+    starts = records.episode_starts.view(n_envs, n_steps)
+    advantages = torch.zeros_like(values)
+    last = torch.zeros(n_envs, dtype=values.dtype, device=values.device)
+    for step in reversed(range(n_steps)):
+        if step == n_steps - 1:
+            non_terminal = 1.0 - records.last_dones
+            next_values = records.last_values
+        else:
+            non_terminal = 1.0 - starts[:, step + 1]
+            next_values = values[:, step + 1]
+        delta = rewards[:, step] + gamma * next_values * non_terminal - values[:, step]
+        last = delta + gamma * gae_lambda * non_terminal * last
+        advantages[:, step] = last
+    return advantages.reshape(-1)
+
+
+class ReturnTarget(Target):
+    """Importance-sampled policy-gradient surrogate of the return (the paper's target).
+
+    Args:
+        validation: records to evaluate on; None uses the iteration's own buffer (the
+            paper's choice). A held-out rollout collected by θ_k, or the next iteration's
+            buffer, are the alternatives.
+        advantage: ``"gae"`` (the stored, raw GAE advantages) or ``"mc"`` (Monte-Carlo).
+    """
+
+    name = "return"
+
+    def __init__(self, validation: Records | None = None, advantage: Literal["gae", "mc"] = "gae"):
+        if advantage not in ("gae", "mc"):
+            raise ValueError(f"advantage must be 'gae' or 'mc', got {advantage!r}")
+        self.validation = validation
+        self.advantage = advantage
+
+    def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
+        records = self.validation if self.validation is not None else context.records
+        device = next(policy.parameters()).device
+        records = records.to(device)
+        if self.advantage == "gae":
+            advantages = records.advantages
+        else:
+            advantages = monte_carlo_advantages(records, context.gamma)
+        actions = policy_actions(records.actions, policy.action_space)
+        _, log_prob, _ = policy.evaluate_actions(records.observations, actions)
+        ratio = torch.exp(log_prob - records.log_probs.to(log_prob.dtype))
+        return (ratio * advantages.to(ratio.dtype)).mean()
+
+
+class ActionTarget(Target):
+    """Mean log-probability (log-density) of actions ``actions`` in states ``observations``.
+
+    Args:
+        observations: ``[M, *obs_shape]`` as the policy sees them (SB3's preprocessing
+            is applied by the policy).
+        actions: ``[M]`` (discrete) or ``[M, action_dim]``.
+    """
+
+    name = "action"
+
+    def __init__(self, observations: torch.Tensor, actions: torch.Tensor):
+        if len(observations) != len(actions) or len(observations) == 0:
+            raise ValueError("ActionTarget needs as many actions as observations (at least one)")
+        self.observations = observations
+        self.actions = actions
+
+    def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
+        device = next(policy.parameters()).device
+        actions = self.actions.to(device)
+        if isinstance(policy.action_space, spaces.Discrete):
+            actions = actions.long().flatten()
+        observations = self.observations.to(device)
+        _, log_prob, _ = policy.evaluate_actions(observations, actions)
+        return log_prob.mean()
+
+
+class CallableTarget(Target):
+    """Any differentiable ``fn(policy, context) -> scalar``."""
+
+    def __init__(
+        self, fn: Callable[[ActorCriticPolicy, TargetContext], torch.Tensor], name: str = "custom"
+    ):
+        self.fn = fn
+        self.name = name
+
+    def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
+        result = self.fn(policy, context)
+        if not isinstance(result, torch.Tensor) or result.numel() != 1:
+            raise ValueError(f"custom target {self.name!r} must return a scalar tensor")
+        return result.reshape(())

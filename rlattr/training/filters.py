@@ -1,0 +1,303 @@
+"""Iterative influence-based filtering (IIF, SCIENCE.md §3): drop harmful records, then update.
+
+Each iteration the records are scored against the return target at θ_k (snapshot scores),
+a keep mask is chosen by a rule, and the PPO update runs on the kept records only — in
+the same process, with no throw-away update.
+
+Rules (``IIF.rule``):
+- ``neg_bottom``: among records with a negative score, drop the fraction ``fraction`` with
+  the most negative scores (the paper: 0.125 *of the negatives*, not of the buffer);
+- ``drop_negative``: drop every record with a negative score (the paper's RLHF variant);
+- ``bottom``: drop the lowest ``fraction`` of all records;
+- ``random``: drop ``fraction`` of all records at random (ablation);
+- ``random_like``: drop as many records as ``like`` (a rule, with ``like_fraction``) would,
+  chosen at random (the matched ablation).
+- ``advantage_like``: drop as many records as ``like`` would, those with the most negative
+  advantages (an ablation that asks whether the scores add anything to "drop the worst
+  advantages": the records IIF drops have large negative advantages).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from rlattr.record.plan import MINIBATCHING, Minibatching
+from rlattr.record.records import Records
+from rlattr.scoring.grads import ParamSelection
+from rlattr.scoring.influence import snapshot_scores
+from rlattr.scoring.targets import ReturnTarget, Target, TargetContext, monte_carlo_advantages
+from rlattr.training.hooks import log_score_diagnostics
+
+Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like"]
+RULES = ("neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like")
+_MATCHED = ("random_like", "advantage_like")  # drop as many as ``like`` would
+_NEEDS_FRACTION = ("neg_bottom", "bottom", "random")
+
+
+@dataclass(frozen=True)
+class IIF:
+    """Configuration of iterative influence-based filtering.
+
+    Attributes:
+        rule: one of ``RULES`` (see the module docstring).
+        fraction: p of ``neg_bottom`` (share of the negatives), q of ``bottom``/``random``.
+        like: for ``random_like`` and ``advantage_like``, the rule whose drop count is
+            matched.
+        like_fraction: that rule's fraction.
+        target: what the scores explain; None is the return target on the same buffer.
+        scorer: ``"snapshot"`` (the paper's) or ``"metagrad"``: exact metagradient scores
+            of the update about to run (its plan is drawn first; the filtered records are
+            then removed from their minibatches, which otherwise stay as drawn). TracIn
+            is not offered: it needs the very update it would filter (a throw-away update).
+        greedy_blocks: with ``metagrad``, drop in this many blocks and re-score after
+            each (a metagradient prices a whole subset only to first order); each block
+            costs one more metagradient computation.
+        minibatching: how the update forms minibatches around dropped records.
+            ``"as_drawn"`` (default) removes the dropped records from the minibatches plain
+            PPO would have drawn: the same steps as PPO, each on slightly fewer records,
+            and the only choice metagradient scores are exact for. ``"recut"`` cuts the
+            kept records into minibatches of ``batch_size``; the last one keeps the
+            remainder, which can be a record or two, and on Hopper (batch 32, Adam) that
+            cost most of the return (experiments/results/iif/hopper-*.md). See
+            ``rlattr.record.plan.sample_epoch_minibatches``.
+        params: which parameters the scores use (see ``rlattr.scoring.grads``).
+        warmup_iterations: iterations trained unfiltered before filtering starts.
+        min_kept: never keep fewer records than this (at least 1: an update needs data).
+        seed: seed of the random rules' own generator (the global RNGs are not touched).
+    """
+
+    rule: Rule = "neg_bottom"
+    fraction: float = 0.125
+    like: Rule | None = None
+    like_fraction: float = 0.125
+    target: Target | None = None
+    scorer: Literal["snapshot", "metagrad"] = "snapshot"
+    greedy_blocks: int = 1
+    minibatching: Minibatching = "as_drawn"
+    params: ParamSelection = "policy"
+    warmup_iterations: int = 0
+    min_kept: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"IIF rule must be one of {RULES}, got {self.rule!r}")
+        if self.rule in _NEEDS_FRACTION and not 0 <= self.fraction < 1:
+            raise ValueError(f"IIF fraction must be in [0, 1), got {self.fraction}")
+        if self.rule in _MATCHED:
+            if self.like not in ("neg_bottom", "drop_negative", "bottom"):
+                raise ValueError(
+                    f"{self.rule} needs like='neg_bottom', 'drop_negative' or 'bottom'"
+                )
+            if not 0 <= self.like_fraction < 1:
+                raise ValueError(f"like_fraction must be in [0, 1), got {self.like_fraction}")
+        if self.scorer not in ("snapshot", "metagrad"):
+            raise ValueError(
+                f"IIF scorer {self.scorer!r} is not available: 'snapshot' and 'metagrad' "
+                "score the update before it runs; replay TracIn would need a throw-away update"
+            )
+        if self.greedy_blocks < 1:
+            raise ValueError("greedy_blocks must be >= 1")
+        if self.greedy_blocks > 1 and self.scorer != "metagrad":
+            raise ValueError("greedy_blocks needs scorer='metagrad'")
+        if self.minibatching not in MINIBATCHING:
+            raise ValueError(
+                f"minibatching must be one of {MINIBATCHING}, got {self.minibatching!r}"
+            )
+        if self.scorer == "metagrad" and self.minibatching == "recut":
+            raise ValueError(
+                "scorer='metagrad' needs minibatching='as_drawn': its scores are exact for "
+                "the drawn minibatches, which re-cutting would change"
+            )
+        if self.warmup_iterations < 0:
+            raise ValueError("warmup_iterations must be >= 0")
+        if self.min_kept < 1:
+            raise ValueError("min_kept must be >= 1")
+        if self.params not in ("policy", "value", "all"):
+            raise ValueError(f"params must be 'policy', 'value' or 'all', got {self.params!r}")
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.rule != "random"
+
+
+def drop_count(scores: torch.Tensor, rule: str, fraction: float) -> int:
+    """How many records ``rule`` drops for these scores."""
+    n = scores.numel()
+    if rule == "neg_bottom":
+        return math.floor(fraction * int((scores < 0).sum()))
+    if rule == "drop_negative":
+        return int((scores < 0).sum())
+    if rule in ("bottom", "random"):
+        return math.floor(fraction * n)
+    raise ValueError(f"no drop count for rule {rule!r}")
+
+
+def keep_mask(
+    scores: torch.Tensor | None,
+    n_records: int,
+    config: IIF,
+    generator: torch.Generator,
+    min_kept: int,
+    advantages: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The records ``config``'s rule keeps (True = kept). ``scores`` may be None for
+    ``random``; ``advantages`` is needed by ``advantage_like``. At least ``min_kept``
+    records are kept (the highest scored, or random)."""
+    if config.rule == "random":
+        n_drop = math.floor(config.fraction * n_records)
+    elif config.rule in _MATCHED:
+        assert scores is not None and config.like is not None
+        n_drop = drop_count(scores, config.like, config.like_fraction)
+    else:
+        assert scores is not None
+        n_drop = drop_count(scores, config.rule, config.fraction)
+    n_drop = max(0, min(n_drop, n_records - min_kept))
+    mask = torch.ones(n_records, dtype=torch.bool)
+    if n_drop == 0:
+        return mask
+    if config.rule in ("random", "random_like"):
+        dropped = torch.randperm(n_records, generator=generator)[:n_drop]
+    else:
+        ranked = scores if config.rule != "advantage_like" else advantages
+        if ranked is None:
+            raise ValueError("advantage_like needs the records' advantages")
+        # The most negative first; a stable sort makes ties deterministic.
+        dropped = torch.sort(ranked.detach().cpu(), stable=True).indices[:n_drop]
+    mask[dropped] = False
+    return mask
+
+
+def episode_ends_in_buffer(records: Records) -> torch.Tensor:
+    """Records whose episode ends inside the buffer (their Monte-Carlo return is exact)."""
+    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
+    ends = torch.zeros_like(starts, dtype=torch.bool)
+    for env in range(records.n_envs):
+        later_start = torch.nonzero(starts[env, 1:]).flatten()
+        if later_start.numel():
+            ends[env, : int(later_start.max()) + 1] = True
+        if float(records.last_dones[env]) == 1.0:
+            ends[env, :] = True
+    return ends.reshape(-1)
+
+
+@dataclass
+class IIFFilter:
+    """The ``keep_mask_fn`` AttributedPPO calls each iteration when ``iif`` is set."""
+
+    config: IIF
+    generator: torch.Generator = field(init=False)
+    last_scores: torch.Tensor | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+
+    @property
+    def needs_plan(self) -> bool:
+        """AttributedPPO draws the update plan before calling us (metagradient scores)."""
+        return self.config.scorer == "metagrad"
+
+    @property
+    def minibatching(self) -> Minibatching:
+        """How AttributedPPO forms minibatches around the dropped records."""
+        return self.config.minibatching
+
+    def _metagrad(self, model: Any, records: Records, target: Target, at=None) -> torch.Tensor:
+        from rlattr.record.checkpoint import capture_checkpoint
+        from rlattr.record.replay import IterationData
+        from rlattr.scoring.metagrad import metagradient_scores
+
+        tensors, meta = capture_checkpoint(model.policy)
+        data = IterationData(records.iteration, records, model.draft_plan, tensors, meta)
+        context = TargetContext(records, model.gamma, model.gae_lambda)
+        return metagradient_scores(data, model.policy, target, context, at=at).scores
+
+    def __call__(self, model: Any, records: Records) -> torch.Tensor | None:
+        config = self.config
+        n = len(records)
+        target = config.target or ReturnTarget()
+        if config.scorer == "metagrad":
+            if model.iteration < config.warmup_iterations:
+                model.logger.record("iif/fraction_dropped", 0.0)
+                return None
+            scores = self._metagrad(model, records, target).detach()
+        else:
+            # Scores are computed and logged for every rule (random included).
+            context = TargetContext(records, model.gamma, model.gae_lambda)
+            scores = snapshot_scores(
+                model.policy, records, target, model.loss_config(), context, config.params
+            ).detach()
+        self.last_scores = scores
+        model.pending_scores[f"{config.scorer}-{target.name}"] = (
+            scores.cpu(),
+            {"method": config.scorer, "target": target.name, "during": "iif"},
+        )
+        log_score_diagnostics(model.logger, scores, records)
+        if model.iteration < config.warmup_iterations:
+            model.logger.record("iif/fraction_dropped", 0.0)
+            return None
+        if not bool(torch.isfinite(scores).all()):
+            bad = int((~torch.isfinite(scores)).sum())
+            warnings.warn(
+                f"IIF: {bad} of {n} scores of iteration {model.iteration} are NaN or inf; "
+                "this iteration trains on every record",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            model.logger.record("iif/nonfinite_scores", bad)
+            model.logger.record("iif/fraction_dropped", 0.0)
+            return None
+        mask = keep_mask(
+            scores, n, config, self.generator, min(config.min_kept, n), records.advantages
+        )
+        if config.greedy_blocks > 1 and config.rule in ("neg_bottom", "drop_negative", "bottom"):
+            mask = self._greedy(model, records, target, scores, int((~mask).sum()))
+        self._log(model, records, scores, mask)
+        return mask.to(records.device)
+
+    def _greedy(
+        self, model: Any, records: Records, target: Target, scores: torch.Tensor, n_drop: int
+    ) -> torch.Tensor:
+        """Drop ``n_drop`` records in blocks, re-scoring the rest after each block (the
+        scores at weights with the dropped records at 0 are exact for that counterfactual)."""
+        mask = torch.ones(len(records), dtype=torch.bool)
+        blocks = self.config.greedy_blocks
+        current = scores.detach().cpu()
+        for block in range(blocks):
+            size = n_drop // blocks + (1 if block < n_drop % blocks else 0)
+            if size == 0:
+                continue
+            candidates = torch.where(mask, current, torch.full_like(current, float("inf")))
+            mask[torch.sort(candidates, stable=True).indices[:size]] = False
+            if block < blocks - 1:
+                weights = mask.to(torch.float64)
+                current = self._metagrad(model, records, target, at=weights).detach().cpu()
+        return mask
+
+    def _log(
+        self, model: Any, records: Records, scores: torch.Tensor | None, mask: torch.Tensor
+    ) -> None:
+        logger = model.logger
+        dropped = ~mask
+        logger.record("iif/fraction_dropped", float(dropped.float().mean()))
+        if scores is not None:
+            logger.record("iif/fraction_negative", float((scores < 0).float().mean()))
+        advantages = records.advantages.cpu()
+        if bool(dropped.any()):
+            logger.record("iif/dropped_mean_advantage", float(advantages[dropped].mean()))
+        # Advantage error: GAE against the Monte-Carlo advantage, where the episode ends.
+        exact = episode_ends_in_buffer(records)
+        error = (advantages - monte_carlo_advantages(records, model.gamma).cpu()).abs()
+        for name, selection in (("dropped", dropped & exact), ("kept", mask & exact)):
+            if bool(selection.any()):
+                logger.record(
+                    f"iif/{name}_mean_abs_advantage_error", float(error[selection].mean())
+                )
+        if scores is not None and int(exact.sum()) > 2:
+            pair = torch.stack([scores.cpu()[exact].double(), error[exact].double()])
+            logger.record("iif/score_advantage_error_corr", float(torch.corrcoef(pair)[0, 1]))

@@ -1,0 +1,213 @@
+"""AttributedPPO trains exactly like SB3's PPO: same seed ⇒ bit-identical parameters."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import pytest
+import torch
+from minigrid.wrappers import ImgObsWrapper
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from rlattr import AttributedPPO, Records, RunLog
+from rlattr.extractors import SmallImageCNN
+from tests.conftest import assert_same_parameters
+
+SMALL = {"n_steps": 64, "batch_size": 16, "n_epochs": 3, "device": "cpu"}
+
+
+def _minigrid_env(seed: int) -> Any:
+    import minigrid  # noqa: F401  (registers MiniGrid ids)
+
+    return make_vec_env("MiniGrid-Empty-5x5-v0", n_envs=1, seed=seed, wrapper_class=ImgObsWrapper)
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "discrete": {"env": "CartPole-v1"},
+    "gaussian_log_std": {"env": "Pendulum-v1", "kwargs": {"max_grad_norm": math.inf}},
+    "multidiscrete": {"env": "rlattr.envs:rlattr/ToyMultiDiscrete-v0"},
+    "multibinary": {"env": "rlattr.envs:rlattr/ToyMultiBinary-v0"},
+    "n_envs_4_lr_schedule": {
+        "env": "CartPole-v1",
+        "n_envs": 4,
+        "kwargs": {"learning_rate": lambda p: 3e-3 * p, "clip_range": lambda p: 0.1 + 0.1 * p},
+    },
+    "clip_range_vf": {"env": "Pendulum-v1", "kwargs": {"clip_range_vf": 0.2}},
+    "target_kl_early_stop": {
+        "env": "CartPole-v1",
+        "kwargs": {"target_kl": 1e-4, "learning_rate": 1e-2, "n_epochs": 10},
+    },
+    "no_advantage_normalisation": {
+        "env": "CartPole-v1",
+        "kwargs": {"normalize_advantage": False},
+    },
+    "max_grad_norm_inf": {"env": "CartPole-v1", "kwargs": {"max_grad_norm": math.inf}},
+    "max_grad_norm_tight": {"env": "CartPole-v1", "kwargs": {"max_grad_norm": 0.05}},
+    "sgd_momentum_weight_decay": {
+        "env": "CartPole-v1",
+        "kwargs": {
+            "policy_kwargs": {
+                "optimizer_class": torch.optim.SGD,
+                "optimizer_kwargs": {"momentum": 0.9, "weight_decay": 1e-3},
+            }
+        },
+    },
+    "cnn_minigrid": {
+        "env": "minigrid",
+        "policy": "CnnPolicy",
+        "kwargs": {
+            "policy_kwargs": {
+                "features_extractor_class": SmallImageCNN,
+                "optimizer_class": torch.optim.SGD,
+                "optimizer_kwargs": {},
+            },
+            "learning_rate": 5e-3,
+            "max_grad_norm": math.inf,
+        },
+    },
+}
+
+
+def _make_env(case: dict[str, Any], seed: int) -> Any:
+    if case["env"] == "minigrid":
+        return _minigrid_env(seed)
+    return make_vec_env(case["env"], n_envs=case.get("n_envs", 1), seed=seed)
+
+
+def _train_pair(case: dict[str, Any], run_dir: Any, seed: int = 7, timesteps: int = 256):
+    kwargs = {**SMALL, **case.get("kwargs", {}), "seed": seed}
+    policy = case.get("policy", "MlpPolicy")
+    reference = PPO(policy, _make_env(case, seed), **kwargs).learn(timesteps)
+    attributed = AttributedPPO(policy, _make_env(case, seed), run_dir=run_dir, **kwargs)
+    attributed.learn(timesteps)
+    return reference, attributed
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bit_identical_to_sb3_ppo(name: str, run_dir: Any) -> None:
+    reference, attributed = _train_pair(CASES[name], run_dir)
+    assert_same_parameters(reference.policy, attributed.policy)
+    # The optimiser state must match too, or the next update would diverge.
+    ref_state = reference.policy.optimizer.state_dict()["state"]
+    att_state = attributed.policy.optimizer.state_dict()["state"]
+    for key in ref_state:
+        for slot, value in ref_state[key].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, att_state[key][slot]), (key, slot)
+    assert reference._n_updates == attributed._n_updates
+    assert attributed.iteration == len(RunLog(run_dir).iterations())
+
+
+def test_target_kl_case_really_stops_early(run_dir: Any) -> None:
+    _, attributed = _train_pair(CASES["target_kl_early_stop"], run_dir)
+    log = RunLog(run_dir)
+    stopped = [log.iteration_meta(k)["plan"]["early_stopped"] for k in log.iterations()]
+    assert any(stopped), "the target_kl case must exercise early stopping"
+    plan = log.load_plan(log.iterations()[-1])
+    full = attributed.n_epochs * (len(attributed.last_records) // attributed.batch_size)
+    assert any(log.load_plan(k).n_steps < full for k in log.iterations())
+    assert plan.n_steps <= full
+
+
+def test_tight_grad_clip_case_really_clips(run_dir: Any) -> None:
+    _train_pair(CASES["max_grad_norm_tight"], run_dir)
+    plan = RunLog(run_dir).load_plan(0)
+    assert bool((plan.clip_coefs < 1).all())
+    assert torch.allclose(plan.clip_coefs, 0.05 / (plan.grad_norms + 1e-6))
+
+
+def test_hooks_and_all_true_mask_do_not_perturb(run_dir: Any) -> None:
+    seen: list[int] = []
+
+    def hook(model: AttributedPPO, records: Records) -> None:
+        seen.append(records.iteration)
+
+    def keep_all(model: AttributedPPO, records: Records) -> torch.Tensor:
+        return torch.ones(len(records), dtype=torch.bool)
+
+    kwargs = {**SMALL, "seed": 3}
+    reference = PPO("MlpPolicy", "CartPole-v1", **kwargs).learn(256)
+    attributed = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", record_hooks=[hook], keep_mask_fn=keep_all, **kwargs
+    ).learn(256)
+    assert seen == [0, 1, 2, 3]
+    assert_same_parameters(reference.policy, attributed.policy)
+
+
+def test_keep_mask_restricts_minibatches_to_kept_records(run_dir: Any) -> None:
+    def keep_first_half(model: AttributedPPO, records: Records) -> torch.Tensor:
+        mask = torch.zeros(len(records), dtype=torch.bool)
+        mask[: len(records) // 2] = True
+        return mask
+
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", keep_mask_fn=keep_first_half, run_dir=run_dir, seed=1, **SMALL
+    ).learn(128)
+    plan = RunLog(run_dir).load_plan(1)
+    assert int(plan.minibatch_indices.max()) < 32
+    # By default the dropped records leave PPO's minibatches as drawn: each of the 4
+    # minibatches of 16 an epoch keeps its kept records, each record once an epoch.
+    for epoch, permutation in enumerate(plan.epoch_permutations):
+        drawn = [chunk[chunk < 32].tolist() for chunk in permutation.split(16)]
+        in_epoch = (plan.step_epochs == epoch).nonzero().flatten().tolist()
+        assert [plan.minibatch(t).tolist() for t in in_epoch] == [c for c in drawn if c]
+        assert sorted(i for chunk in drawn for i in chunk) == list(range(32))
+    assert model.last_keep_mask is not None
+
+
+class KeepFirst40:
+    """A keep-mask function that asks for re-cut minibatches."""
+
+    minibatching = "recut"
+
+    def __call__(self, model: AttributedPPO, records: Records) -> torch.Tensor:
+        mask = torch.zeros(len(records), dtype=torch.bool)
+        mask[:40] = True
+        return mask
+
+
+def test_keep_mask_recut_leaves_a_partial_last_minibatch(run_dir: Any) -> None:
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", keep_mask_fn=KeepFirst40(), run_dir=run_dir, seed=1, **SMALL
+    ).learn(64)
+    plan = RunLog(run_dir).load_plan(0)
+    assert plan.minibatch_sizes.tolist() == [16, 16, 8] * 3
+    for epoch, permutation in enumerate(plan.epoch_permutations):
+        kept_order = permutation[permutation < 40]
+        in_epoch = (plan.step_epochs == epoch).nonzero().flatten().tolist()
+        assert torch.equal(torch.cat([plan.minibatch(t) for t in in_epoch]), kept_order)
+
+
+def test_bad_keep_mask_is_refused() -> None:
+    model = AttributedPPO(
+        "MlpPolicy",
+        "CartPole-v1",
+        keep_mask_fn=lambda m, r: torch.zeros(len(r), dtype=torch.bool),
+        seed=0,
+        **SMALL,
+    )
+    with pytest.raises(ValueError, match="dropped every record"):
+        model.learn(64)
+    model.keep_mask_fn = lambda m, r: torch.ones(3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        model.learn(64)
+
+
+def test_records_follow_sb3_flattening() -> None:
+    model = AttributedPPO(
+        "MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), seed=0, **SMALL
+    )
+    model.learn(128)
+    records = model.last_records
+    assert records is not None and len(records) == 128
+    buffer = model.rollout_buffer
+    # Record i is env i // n_steps, step i % n_steps.
+    env, step = 1, 5
+    i = env * records.n_steps + step
+    assert torch.equal(records.observations[i], torch.as_tensor(buffer.observations[step, env]))
+    assert records.advantages[i].item() == pytest.approx(float(buffer.advantages[step, env]))
+    assert records.record_ids[i].item() == records.iteration * 128 + i
+    gym.make("CartPole-v1").close()
