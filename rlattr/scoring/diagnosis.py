@@ -1,0 +1,205 @@
+"""Diagnosis of learning: do the most harmful records carry wrong advantage estimates?
+
+SCIENCE.md §5 and the IIF paper's "diagnosis of learning": the bottom-scored records tend to
+have an advantage estimate Â whose sign disagrees with a better estimate Ā, or that is far
+from it. These statistics are cheap (a few tensor operations on one buffer), so training
+logs them live and ``rlattr diagnose`` reports them post hoc.
+
+Two reference advantages Ā, both defined only where they are exact:
+
+- ``monte_carlo``: the discounted return-to-go minus V(s_i), for records whose episode ends
+  inside the buffer (no bootstrap from a value estimate).
+- ``empirical`` (discrete observations and actions only): the within-buffer average over the
+  records with the same (s, a) of their return-to-go, minus the average over the records
+  with the same s — Q̄(s, a) − V̄(s) estimated from this buffer alone, with no value network
+  (our reading of the paper's "within-buffer empirical average"; the paper does not give
+  a formula). Records whose episode does not end in the buffer are left out of both
+  averages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlattr.record.records import Records
+from rlattr.scoring.targets import gae_advantages
+
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+
+
+def episode_ends_in_buffer(records: Records) -> torch.Tensor:
+    """``[N]`` bool: records whose episode ends inside the buffer (exact return-to-go)."""
+    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
+    ends = torch.zeros_like(starts, dtype=torch.bool)
+    for env in range(records.n_envs):
+        later_start = torch.nonzero(starts[env, 1:]).flatten()
+        if later_start.numel():
+            # Every step before the last episode start of this env belongs to an episode
+            # that ended in the buffer.
+            ends[env, : int(later_start.max()) + 1] = True
+        if float(records.last_dones[env]) == 1.0:
+            ends[env, :] = True
+    return ends.reshape(-1).to(records.device)
+
+
+def returns_to_go(records: Records, gamma: float) -> torch.Tensor:
+    """``[N]`` discounted return-to-go (bootstrapped past the buffer's end, as SB3's GAE)."""
+    return gae_advantages(records, gamma, 1.0) + records.values
+
+
+@dataclass(frozen=True)
+class ReferenceAdvantages:
+    """Better estimates Ā of each record's advantage, NaN where not exact.
+
+    Attributes:
+        monte_carlo: ``[N]`` return-to-go − V(s) where the episode ends in the buffer.
+        empirical: ``[N]`` Q̄(s, a) − V̄(s) from this buffer (discrete spaces), else None.
+    """
+
+    monte_carlo: torch.Tensor
+    empirical: torch.Tensor | None
+
+    @property
+    def best(self) -> torch.Tensor:
+        """The empirical estimate where defined (it does not depend on V), else Monte Carlo."""
+        if self.empirical is None:
+            return self.monte_carlo
+        return torch.where(torch.isnan(self.empirical), self.monte_carlo, self.empirical)
+
+
+def reference_advantages(
+    records: Records, gamma: float, discrete_observations: bool = False
+) -> ReferenceAdvantages:
+    """Ā for every record (see the module docstring).
+
+    Args:
+        records: one iteration's buffer.
+        gamma: the discount of the run.
+        discrete_observations: compute the within-buffer empirical estimate too (the
+            observations are one-hot or integer codes, so equal states compare equal).
+    """
+    exact = episode_ends_in_buffer(records)
+    to_go = returns_to_go(records, gamma).double()
+    nan = torch.full_like(to_go, float("nan"))
+    monte_carlo = torch.where(exact, to_go - records.values.double(), nan)
+    empirical = None
+    if discrete_observations:
+        empirical = _empirical_advantages(records, to_go, exact)
+    return ReferenceAdvantages(monte_carlo, empirical)
+
+
+def _empirical_advantages(
+    records: Records, to_go: torch.Tensor, exact: torch.Tensor
+) -> torch.Tensor:
+    n = len(records)
+    states = records.observations.reshape(n, -1)
+    _, state_ids = torch.unique(states, dim=0, return_inverse=True)
+    pairs = torch.cat([states, records.actions.reshape(n, -1).to(states.dtype)], dim=1)
+    _, pair_ids = torch.unique(pairs, dim=0, return_inverse=True)
+
+    def group_mean(ids: torch.Tensor) -> torch.Tensor:
+        size = int(ids.max()) + 1
+        weight = exact.double()
+        total = torch.zeros(size, dtype=torch.float64, device=ids.device)
+        count = torch.zeros(size, dtype=torch.float64, device=ids.device)
+        total.index_add_(0, ids, torch.where(exact, to_go, torch.zeros_like(to_go)))
+        count.index_add_(0, ids, weight)
+        return (total / count)[ids]  # NaN (0/0) for groups with no exact record
+
+    empirical = group_mean(pair_ids) - group_mean(state_ids)
+    return torch.where(exact, empirical, torch.full_like(empirical, float("nan")))
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 pairs or a
+    constant input."""
+    x, y = x.double().flatten(), y.double().flatten()
+    if x.numel() < 3:
+        return float("nan")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = (rx.square().sum() * ry.square().sum()).sqrt()
+    if float(denominator) == 0.0:
+        return float("nan")
+    return float((rx * ry).sum() / denominator)
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(values, stable=True)
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(values.numel(), dtype=values.dtype, device=values.device)
+    # Ties share the mean of their positions.
+    unique, inverse = torch.unique(values, return_inverse=True)
+    total = torch.zeros(unique.numel(), dtype=values.dtype, device=values.device)
+    count = torch.zeros_like(total)
+    total.index_add_(0, inverse, ranks)
+    count.index_add_(0, inverse, torch.ones_like(ranks))
+    return (total / count)[inverse]
+
+
+def score_quantiles(scores: torch.Tensor) -> dict[str, float]:
+    """p01 … p99 of the finite scores, raw and divided by their spread (standard deviation):
+    the scale-free form stays readable when early scores are orders of magnitude larger."""
+    finite = scores[torch.isfinite(scores)].double()
+    if finite.numel() == 0:
+        return {}
+    levels = torch.tensor(QUANTILES, dtype=torch.float64, device=finite.device)
+    values = torch.quantile(finite, levels)
+    spread = float(finite.std()) if finite.numel() > 1 else 0.0
+    out = {}
+    for level, value in zip(QUANTILES, values.tolist(), strict=True):
+        name = f"p{round(level * 100):02d}"
+        out[name] = value
+        if spread > 0:
+            out[f"{name}_normalized"] = value / spread
+    return out
+
+
+def advantage_diagnostics(
+    scores: torch.Tensor,
+    advantages: torch.Tensor,
+    reference: torch.Tensor,
+    fraction: float = 0.1,
+    keep_mask: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """How the estimated advantages Â of the bottom- and top-scored records compare with Ā.
+
+    Args:
+        scores: ``[N]`` influence scores (positive = helpful).
+        advantages: ``[N]`` the advantages the update used (raw GAE Â).
+        reference: ``[N]`` Ā (NaN where unknown; those records are left out).
+        fraction: the share of records with a known Ā that counts as bottom / top.
+        keep_mask: when filtering, also compare the dropped with the kept records.
+
+    Returns:
+        ``abs_error_{bottom,top}`` (mean |Ā − Â|), ``sign_mismatch_{bottom,top}`` (share with
+        sign(Ā) ≠ sign(Â)), the same with ``_{dropped,kept}`` when ``keep_mask`` is given,
+        ``spearman_score_vs_product`` (Spearman of score with Ā·Â over known records; the
+        paper found −0.67 on FrozenLake) and ``known_fraction``. Groups with no record
+        with a known Ā are left out.
+    """
+    scores = scores.detach().double().cpu()
+    advantages = advantages.detach().double().cpu()
+    reference = reference.detach().double().cpu()
+    known = torch.isfinite(reference) & torch.isfinite(scores)
+    out: dict[str, float] = {"known_fraction": float(known.double().mean())}
+    if int(known.sum()) == 0:
+        return out
+    error = (reference - advantages).abs()
+    mismatch = (torch.sign(reference) != torch.sign(advantages)).double()
+    known_ids = torch.nonzero(known).flatten()
+    ranked = known_ids[torch.argsort(scores[known_ids], stable=True)]
+    k = max(1, round(fraction * ranked.numel()))
+    groups = {"bottom": ranked[:k], "top": ranked[-k:]}
+    if keep_mask is not None:
+        keep = keep_mask.detach().cpu().bool()
+        groups["dropped"] = torch.nonzero(known & ~keep).flatten()
+        groups["kept"] = torch.nonzero(known & keep).flatten()
+    for name, members in groups.items():
+        if members.numel():
+            out[f"abs_error_{name}"] = float(error[members].mean())
+            out[f"sign_mismatch_{name}"] = float(mismatch[members].mean())
+    out["spearman_score_vs_product"] = spearman(scores[known], (reference * advantages)[known])
+    return out
