@@ -1,0 +1,336 @@
+"""The TensorBoard a person can read: one view of learning and of what the scores say.
+
+SB3 dumps the values recorded during ``train()`` only at the *next* iteration's dump, so
+they land one rollout late and the last iteration never appears. rlattr's own values go
+straight to SB3's TensorBoard ``SummaryWriter`` (same event files, same run) at the
+``num_timesteps`` of the rollout they describe: the same x as ``rollout/ep_rew_mean``.
+
+Every tag rlattr writes is listed in ``TAGS`` with its meaning (the README's table is made
+from it); a test checks that nothing else is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+from rlattr.record.records import Records
+from rlattr.scoring.diagnosis import (
+    advantage_diagnostics,
+    reference_advantages,
+    score_quantiles,
+    spearman,
+)
+
+#: Every scalar tag rlattr writes, with its meaning ({q} stands for p01, p10, p50, p90, p99).
+TAGS: dict[str, str] = {
+    "scores/{q}": "quantile of this iteration's influence scores on the return target",
+    "scores/{q}_normalized": "the same quantile divided by the scores' standard deviation "
+    "(scale-free: readable when early scores are orders of magnitude larger)",
+    "scores/fraction_negative": "share of records whose score is negative (harmful)",
+    "scores/nonfinite": "records whose score is NaN or inf (that iteration trains unfiltered)",
+    "scores/spearman_vs_advantage": "Spearman correlation of score with the advantage Â",
+    "diagnosis/known_fraction": "share of records with a Monte-Carlo advantage Ā "
+    "(their episode ends in the buffer)",
+    "diagnosis/abs_error_{group}": "mean |Ā − Â| of the bottom/top 10 % scored records "
+    "(dropped/kept under IIF)",
+    "diagnosis/sign_mismatch_{group}": "share of records with sign(Ā) ≠ sign(Â) in that group",
+    "diagnosis/spearman_score_vs_product": "Spearman(score, Ā·Â); the IIF paper found −0.67 "
+    "on FrozenLake: harmful records carry wrong advantages",
+    "filter/fraction_dropped": "share of the buffer the filter dropped",
+    "filter/dropped_of_negative": "dropped records ÷ negatively scored records (p of neg_bottom)",
+    "time/rollout_s": "seconds collecting the rollout",
+    "time/scoring_s": "seconds scoring and filtering",
+    "time/update_s": "seconds in the PPO update",
+    "time/logging_s": "seconds writing the run log and TensorBoard",
+    "time/run_log_mib": "MiB of run log on disk so far",
+}
+GROUPS = ("bottom", "top", "dropped", "kept")
+
+
+def tensorboard_writer(logger: Logger) -> SummaryWriter | None:
+    """The ``SummaryWriter`` behind SB3's logger, or None when it has no TensorBoard output."""
+    for output in logger.output_formats:
+        if isinstance(output, TensorBoardOutputFormat):
+            return output.writer
+    return None
+
+
+@dataclass(frozen=True)
+class IterationTiming:
+    """Wall-clock seconds of one iteration's phases."""
+
+    rollout_s: float
+    scoring_s: float
+    update_s: float
+    logging_s: float
+
+
+@dataclass
+class BoardConfig:
+    """What the dashboards show and how often.
+
+    Attributes:
+        details_every: every this many iterations, an image of score against advantage and
+            a text table of the most harmful and most helpful records (0: never).
+        top_k: rows of each side of that table.
+        bottom_fraction: the share of records that counts as bottom / top in the
+            diagnosis scalars.
+    """
+
+    details_every: int = field(
+        default=10, metadata={"help": "iterations between score images and record tables"}
+    )
+    top_k: int = field(default=8, metadata={"help": "rows per side of the record table"})
+    bottom_fraction: float = field(
+        default=0.1, metadata={"help": "share of records counted as bottom / top"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.details_every < 0:
+            raise ValueError(f"details_every must be >= 0, got {self.details_every}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not 0 < self.bottom_fraction <= 0.5:
+            raise ValueError(f"bottom_fraction must be in (0, 0.5], got {self.bottom_fraction}")
+
+
+class Board:
+    """Writes one iteration's diagnostics to the run's TensorBoard.
+
+    Args:
+        writer: SB3's ``SummaryWriter`` (see ``tensorboard_writer``).
+        gamma: the run's discount (for the Monte-Carlo advantages).
+        discrete_observations: also compute the within-buffer empirical advantage.
+        config: see ``BoardConfig``.
+    """
+
+    def __init__(
+        self,
+        writer: SummaryWriter,
+        gamma: float,
+        discrete_observations: bool = False,
+        config: BoardConfig | None = None,
+    ):
+        self.writer = writer
+        self.gamma = gamma
+        self.discrete_observations = discrete_observations
+        self.config = config or BoardConfig()
+
+    def write_configuration(self, config: Mapping[str, Any], metrics: tuple[str, ...]) -> None:
+        """The run's configuration as TensorBoard hparams, and the custom-scalars layout."""
+        flat = {k: _hparam_value(v) for k, v in _flatten(config).items()}
+        experiment, start, end = hparams(flat, {metric: float("nan") for metric in metrics})
+        file_writer = self.writer._get_file_writer()
+        for summary in (experiment, start, end):
+            file_writer.add_summary(summary)
+        self.writer.add_custom_scalars(custom_scalar_layout())
+        self.writer.flush()
+
+    def write_iteration(
+        self,
+        step: int,
+        iteration: int,
+        records: Records,
+        scores: torch.Tensor | None,
+        keep_mask: torch.Tensor | None,
+        timing: IterationTiming,
+        run_log_bytes: int,
+    ) -> None:
+        """Scalars of one iteration at ``step`` (the rollout's ``num_timesteps``)."""
+        scalars: dict[str, float] = {
+            "time/rollout_s": timing.rollout_s,
+            "time/scoring_s": timing.scoring_s,
+            "time/update_s": timing.update_s,
+            "time/logging_s": timing.logging_s,
+            "time/run_log_mib": run_log_bytes / 2**20,
+        }
+        if keep_mask is not None:
+            dropped = ~keep_mask.cpu()
+            scalars["filter/fraction_dropped"] = float(dropped.double().mean())
+        if scores is not None:
+            scalars.update(self._score_scalars(records, scores, keep_mask))
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        if (
+            scores is not None
+            and self.config.details_every
+            and iteration % self.config.details_every == 0
+        ):
+            self._write_details(step, records, scores, keep_mask)
+        self.writer.flush()
+
+    def _score_scalars(
+        self, records: Records, scores: torch.Tensor, keep_mask: torch.Tensor | None
+    ) -> dict[str, float]:
+        scores = scores.detach().cpu().double()
+        finite = torch.isfinite(scores)
+        out = {f"scores/{k}": v for k, v in score_quantiles(scores).items()}
+        out["scores/nonfinite"] = float((~finite).sum())
+        negative = int((scores[finite] < 0).sum())
+        out["scores/fraction_negative"] = negative / max(int(finite.sum()), 1)
+        advantages = records.advantages.cpu()
+        out["scores/spearman_vs_advantage"] = spearman(scores[finite], advantages[finite])
+        if keep_mask is not None and negative:
+            out["filter/dropped_of_negative"] = float((~keep_mask.cpu()).sum()) / negative
+        reference = reference_advantages(records, self.gamma, self.discrete_observations).best
+        diagnosis = advantage_diagnostics(
+            scores, advantages, reference, self.config.bottom_fraction, keep_mask
+        )
+        out.update({f"diagnosis/{k}": v for k, v in diagnosis.items() if np.isfinite(v)})
+        return out
+
+    def _write_details(
+        self, step: int, records: Records, scores: torch.Tensor, keep_mask: torch.Tensor | None
+    ) -> None:
+        reference = reference_advantages(records, self.gamma, self.discrete_observations).best
+        figure = score_advantage_figure(records, scores, reference, keep_mask)
+        if figure is not None:
+            self.writer.add_figure("records/score_vs_advantage", figure, step)
+        table = record_table(records, scores, reference, keep_mask, self.config.top_k)
+        self.writer.add_text("records/most_harmful_and_helpful", table, step)
+
+
+def custom_scalar_layout() -> dict[str, dict[str, list]]:
+    """One view: the learning curve above the attribution diagnostics."""
+    return {
+        "rlattr": {
+            "learning curve": ["Multiline", ["rollout/ep_rew_mean", "eval/return_mean"]],
+            "score quantiles (normalised)": ["Multiline", [r"scores/p\d\d_normalized"]],
+            "harmful records: advantage error": [
+                "Multiline",
+                [r"diagnosis/abs_error_(bottom|top|dropped|kept)"],
+            ],
+            "harmful records: sign mismatch": [
+                "Multiline",
+                [r"diagnosis/sign_mismatch_(bottom|top|dropped|kept)"],
+            ],
+            "filter": ["Multiline", [r"filter/.*", "scores/fraction_negative"]],
+        }
+    }
+
+
+def score_advantage_figure(
+    records: Records,
+    scores: torch.Tensor,
+    reference: torch.Tensor,
+    keep_mask: torch.Tensor | None,
+) -> Any:
+    """Score against Â, coloured by |Ā − Â| where Ā is known (grey elsewhere); dropped
+    records ringed. None when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    scores = scores.detach().cpu().double().numpy()
+    advantages = records.advantages.detach().cpu().double().numpy()
+    error = (reference.detach().cpu().double() - records.advantages.cpu().double()).abs().numpy()
+    known = np.isfinite(error)
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    axis.scatter(advantages[~known], scores[~known], s=6, c="0.75", label="Ā unknown")
+    points = axis.scatter(
+        advantages[known], scores[known], s=6, c=error[known], cmap="viridis", label="Ā known"
+    )
+    if known.any():
+        figure.colorbar(points, ax=axis, label="|Ā − Â|")
+    if keep_mask is not None:
+        dropped = ~keep_mask.detach().cpu().numpy()
+        axis.scatter(
+            advantages[dropped], scores[dropped], s=22, facecolors="none", edgecolors="red",
+            linewidths=0.6, label="dropped",
+        )  # fmt: skip
+    axis.axhline(0.0, color="0.4", linewidth=0.5)
+    axis.set_xlabel("advantage Â (GAE)")
+    axis.set_ylabel("score (positive = helpful)")
+    axis.legend(loc="best", fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def record_table(
+    records: Records,
+    scores: torch.Tensor,
+    reference: torch.Tensor,
+    keep_mask: torch.Tensor | None,
+    top_k: int,
+) -> str:
+    """A Markdown table of the ``top_k`` most harmful and most helpful records."""
+    scores = scores.detach().cpu().double()
+    finite = torch.nonzero(torch.isfinite(scores)).flatten()
+    order = finite[torch.argsort(scores[finite], stable=True)]
+    positions = _position_in_episode(records)
+    header = (
+        "| | env | step | t in episode | state | action | reward | Â | Ā | score | kept |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for label, picked in (("harmful", order[:top_k]), ("helpful", order.flip(0)[:top_k])):
+        for i in picked.tolist():
+            kept = "yes" if keep_mask is None or bool(keep_mask[i]) else "**dropped**"
+            rows.append(
+                f"| {label} | {i // records.n_steps} | {i % records.n_steps} | "
+                f"{int(positions[i])} | {_state_summary(records.observations[i])} | "
+                f"{_fmt_action(records.actions[i])} | {float(records.rewards[i]):.3g} | "
+                f"{float(records.advantages[i]):.3g} | {_fmt(float(reference[i]))} | "
+                f"{float(scores[i]):.3g} | {kept} |"
+            )
+    return header + "\n".join(rows)
+
+
+def _position_in_episode(records: Records) -> torch.Tensor:
+    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
+    positions = torch.zeros_like(starts, dtype=torch.int64)
+    for step in range(1, records.n_steps):
+        positions[:, step] = torch.where(
+            starts[:, step] > 0, torch.zeros_like(positions[:, step]), positions[:, step - 1] + 1
+        )
+    return positions.reshape(-1)
+
+
+def _state_summary(observation: torch.Tensor, width: int = 4) -> str:
+    flat = observation.detach().cpu().double().flatten()
+    if flat.numel() > 8 and bool(((flat == 0) | (flat == 1)).all()) and int(flat.sum()) == 1:
+        return f"one-hot {int(flat.argmax())}"
+    if flat.numel() <= width:
+        return "[" + ", ".join(f"{v:.3g}" for v in flat.tolist()) + "]"
+    head = ", ".join(f"{v:.3g}" for v in flat[:width].tolist())
+    return f"[{head}, …] ({flat.numel()} values, mean {float(flat.mean()):.3g})"
+
+
+def _fmt_action(action: torch.Tensor) -> str:
+    values = action.detach().cpu().flatten().tolist()
+    if len(values) == 1:
+        return f"{values[0]:.3g}"
+    return "[" + ", ".join(f"{v:.3g}" for v in values) + "]"
+
+
+def _fmt(value: float) -> str:
+    return "–" if not np.isfinite(value) else f"{value:.3g}"
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _hparam_value(value: Any) -> Any:
+    # TensorBoard's hparams take bool, number or string only.
+    if isinstance(value, bool | int | float | str):
+        return value
+    return "none" if value is None else str(value)

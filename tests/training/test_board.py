@@ -1,0 +1,81 @@
+"""The diagnostics board: what lands in TensorBoard, at which step, and nothing unlisted."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from rlattr.training.board import TAGS, Board, BoardConfig, IterationTiming
+from tests.scoring.test_diagnosis import _records
+
+
+def _listed(tag: str) -> bool:
+    for pattern in TAGS:
+        regex = re.escape(pattern).replace(r"\{q\}", r"p\d\d").replace(r"\{group\}", r"\w+")
+        if re.fullmatch(regex, tag):
+            return True
+    return False
+
+
+def _board_events(tmp_path: Path, details_every: int) -> EventAccumulator:
+    # Two short episodes that end in the buffer and one that runs past its end.
+    records = _records(
+        rewards=[0, 0, 1, 0, 1, 0, 0, 2],
+        starts=[1, 0, 0, 1, 0, 1, 0, 0],
+        values=[0.5] * 8,
+        last_done=0.0,
+        states=[0, 1, 2, 0, 1, 0, 1, 2],
+        actions=[0, 1, 0, 1, 0, 0, 1, 1],
+    )
+    records.advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.1, 0.3])
+    scores = torch.tensor([3.0, -4.0, 1.0, -1.0, 5.0, -6.0, 0.0, 0.2])
+    keep = torch.tensor([True, False, True, True, True, False, True, True])
+    timing = IterationTiming(rollout_s=1.0, scoring_s=0.1, update_s=0.5, logging_s=0.05)
+    with SummaryWriter(str(tmp_path)) as writer:
+        board = Board(writer, gamma=0.9, config=BoardConfig(details_every=details_every, top_k=2))
+        board.write_configuration({"preset": "toy", "iif": {"rule": "neg_bottom"}}, ("m",))
+        board.write_iteration(4096, 3, records, scores, keep, timing, run_log_bytes=2**20)
+        board.write_iteration(6144, 4, records, scores, None, timing, run_log_bytes=2**21)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def test_scalars_are_at_the_rollout_step_and_all_listed(tmp_path: Path) -> None:
+    events = _board_events(tmp_path, details_every=2)
+    tags = events.Tags()["scalars"]
+    assert tags and all(_listed(tag) for tag in tags), [t for t in tags if not _listed(t)]
+    steps = [event.step for event in events.Scalars("scores/p50")]
+    assert steps == [4096, 6144]
+    dropped = events.Scalars("filter/fraction_dropped")
+    assert [(e.step, e.value) for e in dropped] == [(4096, pytest.approx(0.25))]
+    # 3 negative scores (−4, −1, −6; 0 is not negative), 2 of them dropped.
+    assert events.Scalars("filter/dropped_of_negative")[0].value == pytest.approx(2 / 3)
+    assert events.Scalars("scores/fraction_negative")[0].value == pytest.approx(3 / 8)
+    assert events.Scalars("time/run_log_mib")[1].value == pytest.approx(2.0)
+
+
+def test_details_every_n_iterations(tmp_path: Path) -> None:
+    events = _board_events(tmp_path, details_every=2)
+    # Iteration 4 is a multiple of 2, iteration 3 is not.
+    [image] = events.Images("records/score_vs_advantage")
+    assert image.step == 6144
+    [text] = [t for t in events.Tensors("records/most_harmful_and_helpful/text_summary")]
+    table = text.tensor_proto.string_val[0].decode()
+    # Most harmful first (score −6, env 0 step 5), most helpful first on its side (5, step 4).
+    rows = [line for line in table.splitlines() if line.startswith("| harmful")]
+    assert rows[0].split("|")[3].strip() == "5" and "-6" in rows[0]
+    assert any(line.startswith("| helpful | 0 | 4 |") for line in table.splitlines())
+
+
+def test_configuration_as_hparams_and_one_layout(tmp_path: Path) -> None:
+    events = _board_events(tmp_path, details_every=0)
+    plugins = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in plugins
+    assert events.PluginTagToContent("custom_scalars")
+    assert not events.Tags()["images"]
