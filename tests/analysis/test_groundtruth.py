@@ -1,11 +1,22 @@
-"""Ground-truth helpers: rank correlation, subsets, reshuffled plans."""
+"""Ground-truth helpers and fidelity metrics: rank correlation, subsets, reshuffled plans,
+and LDS / sign agreement / ceiling on cases with a known answer."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from rlattr.analysis.groundtruth import pearson, random_subsets, rank, reshuffled_plan, spearman
+from rlattr.analysis.groundtruth import (
+    check_scores,
+    pearson,
+    random_subsets,
+    rank,
+    reshuffled_plan,
+    spearman,
+)
+from rlattr.scoring.influence import tracin_scores
+from rlattr.scoring.targets import CallableTarget
 from tests.scoring.test_influence import _linear_problem
 
 
@@ -44,3 +55,77 @@ def test_reshuffled_plan_keeps_the_update_shape() -> None:
     for epoch in range(plan.n_epochs):
         in_epoch = other.step_epochs.repeat_interleave(other.minibatch_sizes) == epoch
         assert sorted(other.minibatch_indices[in_epoch].tolist()) == list(range(len(data.records)))
+
+
+def _full_batch_linear_problem():
+    """The linear-probability policy trained by plain SGD on full-batch minibatches, and a
+    linear target f(θ) = ⟨c, θ⟩ with c orthogonal to the summed loss gradient G.
+
+    Every loss gradient g_i is constant (the loss is linear in θ) and every step uses all
+    N records, so removing r records changes f by
+    Δ_S = Σ_t η/(N − r) · (⟨c, G⟩ − Σ_{i∈S} ⟨c, g_i⟩) − Σ_t η/N · ⟨c, G⟩
+        = (N / (N − r)) · Σ_{i∈S} I_i          (⟨c, G⟩ = 0, I_i = −Σ_t η/N ⟨c, g_i⟩):
+    the actual effect is the TracIn prediction times one positive constant, so LDS,
+    Pearson and sign agreement are exactly 1, and every order gives the same effects."""
+    policy, data, context = _linear_problem("sgd", n=48, batch_size=48, epochs=2)
+    params = list(policy.parameters())
+    loss = sum(
+        -(data.records.advantages[i] * torch.exp(log_prob - data.records.log_probs[i]))
+        for i, log_prob in enumerate(
+            policy.evaluate_actions(data.records.observations, data.records.actions.flatten())[1]
+        )
+    )
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    summed = torch.cat([g.flatten() for g in grads])
+    c = torch.randn(summed.numel(), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    c = c - (c @ summed) / (summed @ summed) * summed
+    assert abs(float(c @ summed)) < 1e-12 * float(c.norm() * summed.norm())
+
+    def linear(policy, context):
+        return torch.cat([p.flatten() for p in policy.parameters()]) @ c
+
+    return policy, data, context, CallableTarget(linear, "linear")
+
+
+def test_lds_is_one_where_tracin_is_exact_up_to_a_positive_factor() -> None:
+    policy, data, context, target = _full_batch_linear_problem()
+    scores = tracin_scores(data, policy, target, context, params="all")
+    # seed 1: the extra order is drawn from seed + 1 = 2 (seed 0 would redraw the
+    # fixture's own permutations, generator seed 1, and the "other" order would be the same).
+    other = reshuffled_plan(data.plan, torch.Generator().manual_seed(2))
+    assert not torch.equal(other.minibatch_indices, data.plan.minibatch_indices)
+    report = check_scores(
+        data, policy, scores, target, context, n_subsets=32, fraction=0.1, seed=1, orders=2
+    )
+    predicted, actual = np.array(report.predicted), np.array(report.actual)
+    assert np.abs(actual).min() > 1e-3 * np.abs(actual).max()  # no effect sits near 0
+    np.testing.assert_allclose(actual, predicted * 48 / (48 - 5), rtol=1e-9)
+    assert report.lds == pytest.approx(1.0, abs=1e-12)
+    assert report.pearson == pytest.approx(1.0, abs=1e-12)
+    assert report.sign_agreement == 1.0
+    # Full-batch steps: another order takes the same steps, so the ceiling is 1.
+    assert report.ceiling == pytest.approx(1.0, abs=1e-12)
+    assert report.lds_mean_order == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(report.actual_by_order[0], actual, rtol=1e-9)
+    # The same scores with the sign convention reversed: perfectly wrong.
+    reversed_report = check_scores(data, policy, -scores, target, context, 32, 0.1, 1, 1)
+    assert reversed_report.lds == pytest.approx(-1.0, abs=1e-12)
+    assert reversed_report.sign_agreement == 0.0
+    assert np.isnan(reversed_report.ceiling)
+
+
+def test_the_ceiling_is_below_one_when_the_order_matters() -> None:
+    """Minibatches of 16: which minibatch a removed record leaves changes the other
+    records' weights (1/16 → 1/15), so two orders give different effects."""
+    policy, data, context, target = _full_batch_linear_problem()
+    _, minibatched, _ = _linear_problem("sgd", n=48, batch_size=16, epochs=2)
+    data.plan = minibatched.plan
+    scores = tracin_scores(data, policy, target, context, params="all")
+    report = check_scores(data, policy, scores, target, context, 32, 0.1, seed=1, orders=3)
+    assert len(report.actual_by_order) == 2
+    assert report.ceiling < 0.99
+    mean = np.mean([report.actual, *report.actual_by_order], axis=0)
+    assert report.lds_mean_order == pytest.approx(spearman(report.predicted, mean), abs=1e-12)
+    assert report.ceiling == pytest.approx(
+        spearman(report.actual, report.actual_by_order[0]), abs=1e-12
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlattr import (
+    ActionTarget,
     AttributedPPO,
     CallableTarget,
     ReturnTarget,
@@ -21,6 +23,7 @@ from rlattr import (
 )
 from rlattr.cli.main import main
 from rlattr.errors import RunLogError
+from rlattr.scoring.attribute import score_name
 
 SMALL = {"n_steps": 32, "batch_size": 16, "n_epochs": 2, "device": "cpu", "seed": 0}
 
@@ -107,25 +110,34 @@ def test_cli_attribute_and_fidelity(scored_run, tmp_path: Path, capsys) -> None:
         main(["attribute", str(run_dir), "--iteration", "1", "--target", f"action:{action_file}"])
         == 0
     )
-    assert "snapshot-action" in capsys.readouterr().out
-    np.savez(
-        tmp_path / "pairs.npz",
-        observations=records.observations[:4].numpy(),
-        actions=records.actions[:4, 0].numpy(),
-    )
-    assert (
-        main(
-            [
-                "attribute",
-                str(run_dir),
-                "--iteration",
-                "1",
-                "--target",
-                f"action:{tmp_path / 'pairs.npz'}",
-            ]
+    pairs = ActionTarget(records.observations[:4], records.actions[:4, 0])
+    stored_as = f"stored as '{score_name('snapshot', pairs)}'"
+    assert stored_as in capsys.readouterr().out
+    from_safetensors, _ = RunLog(run_dir).load_scores(1, score_name("snapshot", pairs))
+    # The same pairs through the Python API: the CLI reads the file as given.
+    direct = attribute(run_dir, 1, pairs, store=False)
+    assert torch.equal(from_safetensors, direct.to(from_safetensors.dtype))
+    assert from_safetensors.abs().max() > 0
+
+    def attribute_npz(name: str, rows: slice) -> tuple[str, torch.Tensor]:
+        np.savez(
+            tmp_path / name,
+            observations=records.observations[rows].numpy(),
+            actions=records.actions[rows, 0].numpy(),
         )
-        == 0
-    )
+        argv = ["attribute", str(run_dir), "--iteration", "1", "--target"]
+        assert main([*argv, f"action:{tmp_path / name}"]) == 0
+        stored = re.search(r"stored as '([^']+)'", capsys.readouterr().out).group(1)
+        return stored, RunLog(run_dir).load_scores(1, stored)[0]
+
+    # The same pairs as .npz: the same target identity and the same scores, bit for bit ...
+    stored, from_npz = attribute_npz("pairs.npz", slice(0, 4))
+    assert stored == score_name("snapshot", pairs)
+    assert torch.equal(from_npz, from_safetensors)
+    # ... and other pairs do not (the file's contents reach the target).
+    stored, other = attribute_npz("other.npz", slice(4, 8))
+    assert stored != score_name("snapshot", pairs)
+    assert not torch.allclose(other, from_safetensors)
 
     assert (
         main(["fidelity", str(run_dir), "--iteration", "1", "--subsets", "8", "--orders", "1"]) == 0

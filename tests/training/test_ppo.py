@@ -112,11 +112,50 @@ def test_target_kl_case_really_stops_early(run_dir: Any) -> None:
     assert plan.n_steps <= full
 
 
-def test_tight_grad_clip_case_really_clips(run_dir: Any) -> None:
-    _train_pair(CASES["max_grad_norm_tight"], run_dir)
-    plan = RunLog(run_dir).load_plan(0)
-    assert bool((plan.clip_coefs < 1).all())
-    assert torch.allclose(plan.clip_coefs, 0.05 / (plan.grad_norms + 1e-6))
+def test_logged_grad_norms_and_clip_coefficients_are_what_sb3_applied(
+    run_dir: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's pre-clip norm and clip coefficient of every step, against what SB3's own
+    training did to its gradients: a wrapper around torch's clip_grad_norm_ (which SB3's
+    PPO.train calls) measures, in float64, the gradient norm before the call and the factor
+    by which the call actually scaled the gradient (after / before, element by element).
+    Training is bit-identical, so SB3's step t and the logged step t see the same gradient."""
+    original = torch.nn.utils.clip_grad_norm_
+    seen: list[tuple[float, float]] = []
+
+    def measuring_clip(parameters: Any, max_norm: float, *args: Any, **kwargs: Any) -> Any:
+        parameters = [p for p in parameters if p.grad is not None]
+        before = torch.cat([p.grad.detach().flatten().double() for p in parameters])
+        total = original(parameters, max_norm, *args, **kwargs)
+        after = torch.cat([p.grad.detach().flatten().double() for p in parameters])
+        nonzero = before != 0
+        factors = after[nonzero] / before[nonzero]
+        # One scalar multiplies the whole gradient (float32 rounding aside).
+        assert float((factors - factors.median()).abs().max()) <= 1e-6 * float(factors.median())
+        seen.append((float(before.norm()), float(factors.median())))
+        return total
+
+    case = CASES["max_grad_norm_tight"]
+    kwargs = {**SMALL, **case["kwargs"], "seed": 7}
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", measuring_clip)
+    PPO("MlpPolicy", _make_env(case, 7), **kwargs).learn(256)
+    monkeypatch.undo()
+    AttributedPPO("MlpPolicy", _make_env(case, 7), run_dir=run_dir, **kwargs).learn(256)
+    log = RunLog(run_dir)
+    plans = [log.load_plan(k) for k in log.iterations()]
+    norms = torch.cat([plan.grad_norms for plan in plans])
+    coefs = torch.cat([plan.clip_coefs for plan in plans])
+    assert len(seen) == len(norms) == 4 * 3 * (64 // 16)
+    applied_norms = torch.tensor([n for n, _ in seen], dtype=torch.float64)
+    applied_factors = torch.tensor([f for _, f in seen], dtype=torch.float64)
+    assert bool((applied_factors < 0.9).all()), "max_grad_norm 0.05 must clip every step"
+    torch.testing.assert_close(norms, applied_norms, rtol=1e-6, atol=0)  # measured 1.1e-7
+    torch.testing.assert_close(coefs, applied_factors, rtol=1e-7, atol=0)  # measured 1.2e-9
+    # And where nothing is clipped, the coefficient is exactly 1.
+    unclipped = run_dir.parent / "unclipped"
+    loose = {**kwargs, "max_grad_norm": 1e9}
+    AttributedPPO("MlpPolicy", _make_env(case, 7), run_dir=unclipped, **loose).learn(64)
+    assert bool((RunLog(unclipped).load_plan(0).clip_coefs == 1).all())
 
 
 def test_hooks_and_all_true_mask_do_not_perturb(run_dir: Any) -> None:
