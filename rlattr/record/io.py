@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,42 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    ``os.umask`` can only be read by setting it, and for that moment any file another
+    thread creates (the run log's background writer, say) would get the wrong mode; Linux
+    shows the umask in ``/proc/self/status``, so that is tried first.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees either the old file or the whole new one.
 
     The bytes go to a temporary file in the same directory, are flushed to disk, and the
     file is renamed over the target (rename is atomic on POSIX within one file system).
+    The file gets the mode a plain ``open(path, "wb")`` would give it (0666 minus the
+    umask): ``mkstemp`` creates 0600 files, which would hide a run from a group that
+    shares the run directory.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -74,11 +102,15 @@ def atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise
     except OSError as err:
         raise CorruptRunLogError(f"cannot read {path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise CorruptRunLogError(
+            f"{path} is not valid JSON (binary data, not text: overwritten or damaged)"
+        ) from err
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as err:

@@ -66,12 +66,22 @@ class Retention:
 
 @dataclass
 class VerifyReport:
-    """Outcome of ``RunLog.verify``: problems are corrupt files; leftovers are uncommitted."""
+    """Outcome of ``RunLog.verify``.
+
+    Attributes:
+        iterations, checkpoints: what is committed.
+        problems: corrupt or missing files, and gaps; any problem makes ``ok`` false.
+        leftovers: uncommitted files (what an interrupted run leaves; ``resume`` discards them).
+        gaps: iterations the retention policy should have kept between the first and the
+            last committed one, but that are not committed (deleted, or never finished):
+            a kill cannot cause one, since iterations commit in order.
+    """
 
     iterations: list[int] = field(default_factory=list)
     checkpoints: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
+    gaps: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -111,6 +121,26 @@ class BackgroundWriter:
         self._pending = still_pending
 
 
+# What ``run.json`` must hold for a run to be read, replayed and scored.
+_REQUIRED_META = {
+    "policy": ("class", "kwargs", "observation_space", "action_space"),
+    "algorithm": ("gamma", "gae_lambda"),
+}
+
+
+def _check_run_meta(run_json: Path, meta: dict[str, Any]) -> None:
+    """Refuse a ``run.json`` that lacks what replay and scoring read, naming what is missing."""
+    missing = [key for key in _REQUIRED_META if not isinstance(meta.get(key), dict)]
+    for key, inner in _REQUIRED_META.items():
+        if key not in missing:
+            missing += [f"{key}.{name}" for name in inner if name not in meta[key]]
+    if missing:
+        raise CorruptRunLogError(
+            f"{run_json} lacks {', '.join(missing)}: the file is damaged or was edited; "
+            "restore it from a copy of the run or train the run again"
+        )
+
+
 def _name(index: int) -> str:
     return f"{index:06d}"
 
@@ -132,8 +162,11 @@ class RunLog:
                 f"{self.path} uses run-log format version {version}; this rlattr reads "
                 f"version {FORMAT_VERSION}. Use the rlattr release that wrote it."
             )
-        retention = self.meta.get("retention", {})
-        self.retention = Retention(**retention)
+        _check_run_meta(run_json, self.meta)
+        try:
+            self.retention = Retention(**self.meta.get("retention", {}))
+        except (TypeError, ValueError) as err:
+            raise CorruptRunLogError(f"{run_json} holds an invalid retention: {err}") from err
 
     # ----------------------------------------------------------------- creation
     @classmethod
@@ -379,6 +412,14 @@ class RunLog:
                 report.problems.append(f"{tensor_path}: missing")
             elif sha256_file(tensor_path) != meta.get("sha256"):
                 report.problems.append(f"{tensor_path}: checksum mismatch (truncated or altered)")
+        report.gaps = self._gaps(report.iterations)
+        for k in report.gaps:
+            where = self.iteration_dir(k)
+            state = "holds no iteration.json" if where.exists() else "is missing"
+            report.problems.append(
+                f"{where}: iteration {k} is not committed ({state}) although later ones are: "
+                "deleted or damaged; replay, attribution and stage effects cannot use it"
+            )
         root = self.path / "iterations"
         if root.exists():
             for d in sorted(root.iterdir()):
@@ -388,6 +429,17 @@ class RunLog:
             if not p.with_suffix(".json").exists():
                 report.leftovers.append(str(p))
         return report
+
+    def _gaps(self, committed: list[int]) -> list[int]:
+        """Iterations between the first and last committed that retention should keep."""
+        if not committed:
+            return []
+        present = set(committed)
+        return [
+            k
+            for k in range(committed[0], committed[-1])
+            if self.retention.records(k) and k not in present
+        ]
 
     # ----------------------------------------------------------------- resume + retention
     def resume_point(self) -> int | None:

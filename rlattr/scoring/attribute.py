@@ -19,8 +19,15 @@ def target_context(log: RunLog, records: Records) -> TargetContext:
     return TargetContext(records, float(algorithm["gamma"]), float(algorithm["gae_lambda"]))
 
 
-def score_name(method: str, target: Target) -> str:
-    return f"{method}-{target.name}"
+def score_name(method: str, target: Target, params: str = "policy") -> str:
+    """The name scores are stored under: method, the target's identity, non-default params.
+
+    ``snapshot-return``, ``tracin-return-mc``, ``snapshot-action-1f2e3d4c``,
+    ``snapshot-return-params-all``: scores that differ never share a name (and overwrite
+    each other); the same computation run again replaces its own entry.
+    """
+    name = f"{method}-{target.identity}"
+    return name if params == "policy" else f"{name}-params-{params}"
 
 
 def _score(
@@ -70,7 +77,7 @@ def attribute(
             ``"metagrad"`` (exact derivative through the replayed update, SCIENCE.md §2).
         params, backend: see ``rlattr.scoring.grads``.
         device: where to compute.
-        store: also store the scores in the run log as ``<method>-<target.name>``.
+        store: also store the scores in the run log, named by ``score_name``.
 
     Returns:
         ``[N]`` float64 scores aligned with the iteration's record ids.
@@ -87,11 +94,12 @@ def attribute(
     if store:
         log.write_scores(
             iteration,
-            score_name(method, target),
+            score_name(method, target, params),
             scores.cpu(),
             {
                 "method": method,
                 "target": target.name,
+                "target_identity": target.identity,
                 "params": params,
                 "backend": backend,
                 "seconds": time.perf_counter() - start,

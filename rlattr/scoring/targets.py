@@ -8,6 +8,7 @@ mean log-probability (log-density) of analyst-given (state, action) pairs.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +36,34 @@ class TargetContext:
     gae_lambda: float
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """Eight hex digits of SHA-256 over the tensors' dtypes, shapes and values.
+
+    Names a target's data in a score name, so that two action files (or validation sets)
+    never share one stored score; the same values give the same digest whatever file
+    format carried them.
+    """
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        cpu = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{cpu.dtype}{tuple(cpu.shape)}".encode())
+        digest.update(cpu.view(torch.uint8).numpy().tobytes() if cpu.numel() else b"")
+    return digest.hexdigest()[:8]
+
+
 class Target(ABC):
-    """A differentiable scalar f(policy) to be explained."""
+    """A differentiable scalar f(policy) to be explained.
+
+    ``name`` is the kind of target (shown to people); ``identity`` tells apart targets of
+    one kind that score differently (advantage estimator, data), and names stored scores.
+    """
 
     name: str = "target"
+
+    @property
+    def identity(self) -> str:
+        """A file-name-safe string that differs whenever the target's value would."""
+        return self.name
 
     @abstractmethod
     def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
@@ -94,6 +119,15 @@ class ReturnTarget(Target):
         self.validation = validation
         self.advantage = advantage
 
+    @property
+    def identity(self) -> str:
+        """``return`` (GAE, own buffer), ``return-mc``, plus ``-val<digest>`` for other data."""
+        parts = [self.name] if self.advantage == "gae" else [self.name, self.advantage]
+        if self.validation is not None:
+            data = self.validation
+            parts.append("val" + tensor_digest(data.observations, data.actions, data.advantages))
+        return "-".join(parts)
+
     def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
         records = self.validation if self.validation is not None else context.records
         device = next(policy.parameters()).device
@@ -124,6 +158,42 @@ class ActionTarget(Target):
             raise ValueError("ActionTarget needs as many actions as observations (at least one)")
         self.observations = observations
         self.actions = actions
+
+    @property
+    def identity(self) -> str:
+        """``action-<digest of the pairs>``: two sets of pairs never share stored scores."""
+        return f"{self.name}-{tensor_digest(self.observations, self.actions)}"
+
+    def check_spaces(self, observation_space: spaces.Space, action_space: spaces.Space) -> None:
+        """Raise ``ValueError`` naming the mismatch if the pairs do not fit the policy's spaces.
+
+        Checked before any scoring so that a wrong file fails with its shapes named rather
+        than deep in a matrix product.
+        """
+        obs_shape = tuple(observation_space.shape or ())
+        if tuple(self.observations.shape[1:]) != obs_shape:
+            raise ValueError(
+                f"observations have shape {tuple(self.observations.shape)}; the run's policy "
+                f"takes [M, {', '.join(map(str, obs_shape))}] (observation space "
+                f"{observation_space})"
+            )
+        if isinstance(action_space, spaces.Discrete):
+            if not (self.actions.dim() == 1 or tuple(self.actions.shape[1:]) == (1,)):
+                raise ValueError(
+                    f"actions have shape {tuple(self.actions.shape)}; the run's action space "
+                    f"{action_space} needs [M] (one integer per observation)"
+                )
+            low, high = int(action_space.start), int(action_space.start + action_space.n)
+            values = self.actions.flatten().double()
+            if bool(((values < low) | (values >= high) | (values != values.round())).any()):
+                raise ValueError(f"actions must be integers in [{low}, {high}) for {action_space}")
+            return
+        expected = tuple(action_space.shape or ())
+        if tuple(self.actions.shape[1:]) != expected:
+            raise ValueError(
+                f"actions have shape {tuple(self.actions.shape)}; the run's action space "
+                f"{action_space} needs [M{''.join(f', {n}' for n in expected)}]"
+            )
 
     def value(self, policy: ActorCriticPolicy, context: TargetContext) -> torch.Tensor:
         device = next(policy.parameters()).device

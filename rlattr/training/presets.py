@@ -63,6 +63,107 @@ IIF_KEYS = (
     "seed",
 )
 _SCHEDULED = ("learning_rate", "clip_range", "clip_range_vf")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """What one numeric preset value may be; ``check`` names the key and the rule broken.
+
+    Attributes:
+        low, high: the interval's ends (None: unbounded).
+        low_open: exclude ``low`` itself (``> low`` instead of ``>= low``).
+        integer: a whole number (YAML ``64``, not ``64.0`` or ``"64"``).
+        nullable: ``null`` is allowed (SB3's "off").
+        schedule: ``lin_<number>`` is allowed, the number obeying the same bound.
+        infinite: ``.inf`` is allowed (e.g. ``max_grad_norm``: no clipping).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+    nullable: bool = False
+    schedule: bool = False
+    infinite: bool = False
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``a number in (0, 1]`` or ``a whole number >= 1``."""
+        kind = "a whole number" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            text = f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            text = kind
+        if self.schedule:
+            text += " or 'lin_<number>' with such a number"
+        if self.infinite:
+            text += " or .inf"
+        return text + (" or null" if self.nullable else "")
+
+    def check(self, value: Any, where: str) -> None:
+        """Raise ``PresetError`` if ``value`` breaks the rule."""
+        if value is None and self.nullable:
+            return
+        number = value
+        if self.schedule and isinstance(value, str) and value.startswith("lin_"):
+            number = _schedule(value, where).initial
+        if not _is_number(number, self.integer) or (math.isinf(number) and not self.infinite):
+            hint = ""
+            if isinstance(value, str) and _parses_as_float(value):
+                hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-3)"
+            raise PresetError(f"{where} must be {self.describe()}, got {value!r}{hint}")
+        too_low = self.low is not None and (
+            number <= self.low if self.low_open else number < self.low
+        )
+        too_high = self.high is not None and number > self.high
+        if too_low or too_high:
+            raise PresetError(f"{where} must be {self.describe()}, got {value!r}")
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    """A real number (an int where ``integer``); bools are not numbers here, NaN is not."""
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, int | float) and not math.isnan(value)
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+_POSITIVE = Bound(0, low_open=True)
+_AT_LEAST_ONE = Bound(1, integer=True)
+_NON_NEGATIVE = Bound(0)
+# The bounds of every numeric PPO key (SB3's meaning); normalize_advantage is a bool.
+PPO_BOUNDS = {
+    "learning_rate": Bound(0, low_open=True, schedule=True),
+    "n_steps": _AT_LEAST_ONE,
+    "batch_size": _AT_LEAST_ONE,
+    "n_epochs": _AT_LEAST_ONE,
+    "gamma": Bound(0, 1, low_open=True),
+    # lambda = 0 is legitimate: one-step TD advantages.
+    "gae_lambda": Bound(0, 1),
+    "clip_range": Bound(0, low_open=True, schedule=True),
+    "clip_range_vf": Bound(0, low_open=True, schedule=True, nullable=True),
+    "ent_coef": _NON_NEGATIVE,
+    "vf_coef": _NON_NEGATIVE,
+    "max_grad_norm": Bound(0, low_open=True, infinite=True),
+    "target_kl": Bound(0, low_open=True, nullable=True),
+}
+RECORDING_BOUNDS = {
+    "record_every": _AT_LEAST_ONE,
+    "keep_last": Bound(1, integer=True, nullable=True),
+}
+_BOOLEAN_POLICY_KWARGS = ("ortho_init", "full_std", "share_features_extractor", "normalize_images")
+_MAPPING_POLICY_KWARGS = ("features_extractor_kwargs", "optimizer_kwargs")
+_CLASS_POLICY_KWARGS = ("activation_fn", "optimizer_class", "features_extractor_class")
 _SHORT_NAMES = {
     "activation_fn": "torch.nn",
     "optimizer_class": "torch.optim",
@@ -107,22 +208,53 @@ class Preset:
     extra: str | None = None
 
     def __post_init__(self) -> None:
-        _check_keys(self.ppo, PPO_KEYS, f"preset {self.name!r} ppo")
-        _check_keys(self.policy_kwargs, POLICY_KWARG_KEYS, f"preset {self.name!r} policy_kwargs")
-        _check_keys(self.recording, RECORDING_KEYS, f"preset {self.name!r} recording")
-        _check_keys(self.iif, IIF_KEYS, f"preset {self.name!r} iif")
+        where = f"preset {self.name!r}"
+        self._check_top_level(where)
+        _check_keys(self.ppo, PPO_KEYS, f"{where} ppo")
+        _check_keys(self.policy_kwargs, POLICY_KWARG_KEYS, f"{where} policy_kwargs")
+        _check_keys(self.recording, RECORDING_KEYS, f"{where} recording")
+        _check_keys(self.iif, IIF_KEYS, f"{where} iif")
+        self._check_ppo(where)
+        _check_policy_kwargs(self.policy_kwargs, f"{where} policy_kwargs")
+        for key, value in self.recording.items():
+            RECORDING_BOUNDS[key].check(value, f"{where} recording.{key}")
         try:
             self.iif_config()
         except ValueError as err:
-            raise PresetError(f"preset {self.name!r} iif: {err}") from err
+            raise PresetError(f"{where} iif: {err}") from err
+
+    def _check_top_level(self, where: str) -> None:
+        """Types of the keys outside the sections (YAML gives whatever was written)."""
+        for key in ("name", "env_id", "description"):
+            if not isinstance(getattr(self, key), str):
+                raise PresetError(f"{where}: {key} must be text, got {getattr(self, key)!r}")
         if self.policy not in ("MlpPolicy", "CnnPolicy"):
-            raise PresetError(f"preset {self.name!r}: policy must be MlpPolicy or CnnPolicy")
-        if self.total_timesteps <= 0 or self.n_envs <= 0:
-            raise PresetError(f"preset {self.name!r}: total_timesteps and n_envs must be > 0")
-        for key in _SCHEDULED:
-            if key in self.ppo:
-                _schedule(self.ppo[key], f"preset {self.name!r} ppo.{key}")  # validates
-        Retention(**self.recording)
+            raise PresetError(f"{where}: policy must be MlpPolicy or CnnPolicy")
+        Bound(1, integer=True).check(self.total_timesteps, f"{where} total_timesteps")
+        Bound(1, integer=True).check(self.n_envs, f"{where} n_envs")
+        for key in ("env_kwargs", "sources"):
+            if not isinstance(getattr(self, key), dict):
+                raise PresetError(f"{where}: {key} must be a mapping")
+        if not isinstance(self.wrappers, list) or not all(
+            isinstance(w, str) for w in self.wrappers
+        ):
+            raise PresetError(f"{where}: wrappers must be a list of dotted class paths")
+        if self.extra is not None and not isinstance(self.extra, str):
+            raise PresetError(f"{where}: extra must be the name of a pip extra")
+
+    def _check_ppo(self, where: str) -> None:
+        """Every PPO value within SB3's meaning (a gamma of 1.7 would train, wrongly)."""
+        for key, value in self.ppo.items():
+            if key == "normalize_advantage":
+                if not isinstance(value, bool):
+                    raise PresetError(f"{where} ppo.{key} must be true or false, got {value!r}")
+            else:
+                PPO_BOUNDS[key].check(value, f"{where} ppo.{key}")
+        if self.ppo.get("normalize_advantage", True) and self.ppo.get("batch_size", 64) < 2:
+            raise PresetError(
+                f"{where} ppo.batch_size must be >= 2 with normalize_advantage (the advantages "
+                "of one record cannot be normalised); raise it or set normalize_advantage: false"
+            )
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any], name: str | None = None) -> Preset:
@@ -138,7 +270,7 @@ class Preset:
         missing = [key for key in ("env_id", "total_timesteps") if key not in values]
         if missing:
             raise PresetError(f"preset {values['name']!r} lacks required key(s) {missing}")
-        values["total_timesteps"] = int(float(values["total_timesteps"]))
+        values["total_timesteps"] = _whole_budget(values["total_timesteps"], values["name"])
         try:
             return cls(**values)
         except TypeError as err:
@@ -267,6 +399,52 @@ def resolve_preset_path(path: str | Path) -> Path:
     if name in shipped:
         return shipped[name]
     raise PresetError(f"no preset {str(path)!r}: not a file, and not one of {sorted(shipped)}")
+
+
+def _whole_budget(value: Any, name: str) -> Any:
+    """``total_timesteps`` as an int; YAML's ``1e6`` (text) and ``1.0e6`` (float) allowed."""
+    if isinstance(value, bool):
+        return value  # refused by the bound check, with the key named
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value  # refused by the bound check, with the key named
+    if not math.isfinite(number) or number != int(number):
+        raise PresetError(f"preset {name!r} total_timesteps must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _check_policy_kwargs(kwargs: dict[str, Any], where: str) -> None:
+    """Types of the policy arguments (class names are checked on import, at build)."""
+    for key in _BOOLEAN_POLICY_KWARGS:
+        if key in kwargs and not isinstance(kwargs[key], bool):
+            raise PresetError(f"{where}.{key} must be true or false, got {kwargs[key]!r}")
+    for key in _MAPPING_POLICY_KWARGS:
+        if key in kwargs and not isinstance(kwargs[key], dict):
+            raise PresetError(f"{where}.{key} must be a mapping, got {kwargs[key]!r}")
+    for key in _CLASS_POLICY_KWARGS:
+        if key in kwargs and not isinstance(kwargs[key], str):
+            raise PresetError(f"{where}.{key} must be a class name, got {kwargs[key]!r}")
+    if "log_std_init" in kwargs:
+        Bound().check(kwargs["log_std_init"], f"{where}.log_std_init")
+    if "net_arch" in kwargs:
+        _check_net_arch(kwargs["net_arch"], f"{where}.net_arch")
+
+
+def _check_net_arch(net_arch: Any, where: str) -> None:
+    """``[64, 64]`` or ``{pi: [64, 64], vf: [64, 64]}``: positive layer widths."""
+    layers = net_arch
+    if isinstance(net_arch, dict):
+        unknown = sorted(set(net_arch) - {"pi", "vf"})
+        if unknown:
+            raise PresetError(f"{where} may hold pi and vf only, got {unknown}")
+        if not all(isinstance(part, list) for part in net_arch.values()):
+            raise PresetError(f"{where}.pi and .vf must be lists of layer widths")
+        layers = [width for part in net_arch.values() for width in part]
+    if not isinstance(layers, list):
+        raise PresetError(f"{where} must be a list of layer widths or a pi/vf mapping")
+    for width in layers:
+        Bound(1, integer=True).check(width, f"{where} layer width")
 
 
 def _check_keys(values: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
