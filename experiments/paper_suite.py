@@ -210,7 +210,8 @@ def run_trial(
         write_atomic(path, payload)
         print(
             f"{task_name} {arm} s{seed} round {point.round}: {point.return_mean:.3f} "
-            f"(train {point.train_seconds:.0f}s, eval {point.eval_seconds:.1f}s)",
+            f"(train {point.train_seconds:.0f}s wall, {point.train_cpu_seconds:.0f}s cpu; "
+            f"eval {point.eval_seconds:.1f}s)",
             flush=True,
         )
 

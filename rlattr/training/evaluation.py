@@ -41,6 +41,8 @@ class EvalPoint:
         eval_seconds: wall-clock time the evaluation took.
         train_seconds: wall-clock time spent outside evaluations since training began
             (rollouts, scoring, updates): the clock RT_peak reads.
+        train_cpu_seconds: the same span in CPU time of this process (all its threads);
+            on a shared machine a steadier clock than the wall, which other jobs slow.
         fraction_dropped: the IIF filter's dropped share in the update just before
             (``iif/fraction_dropped`` of the model's logger), None without a filter.
     """
@@ -52,6 +54,7 @@ class EvalPoint:
     episodes: int
     eval_seconds: float
     train_seconds: float
+    train_cpu_seconds: float
     fraction_dropped: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,12 +154,16 @@ class EvalEveryRound(BaseCallback):
         self.curve: list[EvalPoint] = []
         self._rounds = 0
         self._eval_seconds = 0.0
+        self._eval_cpu_seconds = 0.0
         self._started = 0.0
+        self._started_cpu = 0.0
         self._last_timesteps: int | None = None
 
     def _on_training_start(self) -> None:
         self._started = time.perf_counter()
+        self._started_cpu = time.process_time()
         self._eval_seconds = 0.0
+        self._eval_cpu_seconds = 0.0
 
     def _on_step(self) -> bool:
         return True
@@ -171,14 +178,16 @@ class EvalEveryRound(BaseCallback):
     def _evaluate(self) -> None:
         if self._last_timesteps == self.num_timesteps:  # already evaluated this policy
             return
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         train_seconds = start - self._started - self._eval_seconds
+        train_cpu_seconds = start_cpu - self._started_cpu - self._eval_cpu_seconds
         dropped = self.logger.name_to_value.get("iif/fraction_dropped")
         returns = evaluate_policy_batched(
             self.model.policy, self.make_env, self.episodes, self.seed, self.n_envs
         )
         seconds = time.perf_counter() - start
         self._eval_seconds += seconds
+        self._eval_cpu_seconds += time.process_time() - start_cpu
         point = EvalPoint(
             round=self._rounds,
             timesteps=int(self.num_timesteps),
@@ -187,6 +196,7 @@ class EvalEveryRound(BaseCallback):
             episodes=len(returns),
             eval_seconds=seconds,
             train_seconds=train_seconds,
+            train_cpu_seconds=train_cpu_seconds,
             fraction_dropped=None if dropped is None or self._rounds == 0 else float(dropped),
         )
         self.curve.append(point)

@@ -65,6 +65,7 @@ def test_training_is_identical_with_and_without_evaluation(env_id, iif, kwargs) 
     assert [p.timesteps for p in curve] == [0, 64, 128, 192]
     assert all(p.episodes == 3 for p in curve)
     assert curve[-1].train_seconds >= curve[1].train_seconds > 0
+    assert curve[-1].train_cpu_seconds >= curve[1].train_cpu_seconds > 0
     if iif is None:
         assert all(p.fraction_dropped is None for p in curve)
     else:
