@@ -233,8 +233,11 @@ def run_trial(
 
 
 def trials(tasks: list[str], arms: list[str], seeds: list[int]) -> list[tuple[str, str, int]]:
-    """Every (task, arm, seed), seed-major within a task so that seeds finish whole."""
-    return [(t, a, s) for t in tasks for s in seeds for a in arms]
+    """Every (task, arm, seed): per task first PPO and IIF on every seed (the main
+    comparison), then the ablations; within each group seed by seed."""
+    main = [a for a in arms if a in ("ppo", "iif")]
+    ablations = [a for a in arms if a not in main]
+    return [(t, a, s) for t in tasks for group in (main, ablations) for s in seeds for a in group]
 
 
 def summarize(task: str, arms: list[str]) -> None:

@@ -37,3 +37,35 @@ class SmallImageCNN(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.linear(self.cnn(observations))
+
+
+class PaperGridCNN(BaseFeaturesExtractor):
+    """The IIF paper's MiniGrid network: two 3×3 convolutions (16 and 32 filters, stride 1,
+    ReLU) and a linear layer of ``features_dim`` units (64 in the paper's runs).
+
+    Source: arXiv 2505.19281 (appendix) and its public code (LDAORL/LDA-ORL,
+    traditional-rl/minigrid: a custom extractor with these layers, features_dim 64).
+    On MiniGrid's 7×7 view the feature maps are 5×5 and 3×3 (288 inputs to the linear).
+
+    Args:
+        observation_space: channel-first image space (SB3 transposes channel-last images).
+        features_dim: size of the output feature vector.
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 64):
+        super().__init__(observation_space, features_dim)
+        n_channels = observation_space.shape[0]
+        self.cnn = torch.nn.Sequential(
+            torch.nn.Conv2d(n_channels, 16, kernel_size=3, stride=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, kernel_size=3, stride=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+        )
+        with torch.no_grad():
+            sample = torch.as_tensor(observation_space.sample()[None]).float()
+            n_flat = self.cnn(sample).shape[1]
+        self.linear = torch.nn.Sequential(torch.nn.Linear(n_flat, features_dim), torch.nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(observations))
