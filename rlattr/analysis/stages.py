@@ -31,12 +31,12 @@ from typing import Any, Literal, overload
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from rlattr.errors import UnsupportedError
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.loss import ppo_minibatch_loss
 from rlattr.record.replay import IterationData, build_policy, load_iteration, replay
 from rlattr.record.runlog import RunLog
 from rlattr.scoring.attribute import target_context
+from rlattr.scoring.optimizers import Tangent, check_supported, step_multipliers
 from rlattr.scoring.targets import Target, TargetContext
 
 OptimizerState = Literal["rollback", "carry"]
@@ -122,92 +122,15 @@ def _optimizer_slot(
 
 
 def _state_difference(
-    start_tensors, end_tensors, slot: str, names: list[str], policy, rollback: bool
+    start_tensors, end_tensors, slot: str | None, names: list[str], policy, rollback: bool
 ) -> dict[str, torch.Tensor]:
     """Actual minus counterfactual optimiser state ``slot`` at a stage's end: the stage's
     change with ``rollback`` (a missing state is zero), nothing with ``carry``."""
-    end = _optimizer_slot(end_tensors, names, slot, policy) if rollback else None
+    end = _optimizer_slot(end_tensors, names, slot, policy) if rollback and slot else None
     if end is None:
         return {n: torch.zeros_like(p) for n, p in policy.named_parameters() if n in names}
     start = _optimizer_slot(start_tensors, names, slot, policy)
     return {n: end[n] - (start[n] if start is not None else 0.0) for n in names}
-
-
-class _Propagator:
-    """The linearised update map e ← A_t e of one optimiser, applied step by step.
-
-    First order (``hessian_term`` None) is SCIENCE.md §4's recursion: only what does not
-    depend on the data, with Adam's v̂ taken from the run. Second order is the exact
-    tangent of the data-fixed update map: the loss Hessian enters through δg = H_t e,
-    and with it everything δg moves — the gradient-norm clip coefficient (a clipped
-    step's gradient keeps its norm, so its change along the gradient is projected out)
-    and Adam's second moment (δv = 2 g ⊙ δg, and √v̂ in the denominator).
-    """
-
-    def __init__(self, policy: ActorCriticPolicy, e: dict[str, torch.Tensor], e_slot, e_v=None):
-        optimizer = policy.optimizer
-        if len(optimizer.param_groups) != 1:
-            raise UnsupportedError("stage effects support one optimiser parameter group")
-        self.group = optimizer.param_groups[0]
-        if isinstance(optimizer, torch.optim.AdamW):
-            self.kind = "adamw"
-        elif isinstance(optimizer, torch.optim.Adam):
-            self.kind = "adam"
-        elif isinstance(optimizer, torch.optim.SGD):
-            self.kind = "sgd"
-        else:
-            raise UnsupportedError(
-                f"stage effects know SGD, Adam and AdamW, not {type(optimizer).__name__}"
-            )
-        if self.kind == "sgd" and self.group["momentum"] and self.group["dampening"]:
-            raise UnsupportedError("stage effects support SGD momentum without dampening only")
-        if self.group.get("amsgrad") or self.group.get("maximize"):
-            raise UnsupportedError("stage effects do not support amsgrad or maximize")
-        self.e = e
-        self.e_slot = e_slot  # momentum-buffer (SGD) or first-moment (Adam) difference
-        # Adam's second-moment difference (second order only).
-        self.e_v = e_v if e_v is not None else {n: torch.zeros_like(v) for n, v in e.items()}
-
-    def step(
-        self,
-        policy,
-        lr: float,
-        hessian_term: dict[str, torch.Tensor] | None,
-        decayed_grads: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        """One step. ``decayed_grads`` (second order, Adam): the gradient the optimiser
-        used at this step, weight decay included."""
-        group = self.group
-        decay = group.get("weight_decay", 0.0)
-        named = dict(policy.named_parameters())
-        for name, e in self.e.items():
-            d = hessian_term[name] if hessian_term is not None else torch.zeros_like(e)
-            if self.kind == "adamw":
-                e = e * (1 - lr * decay)
-            elif decay:
-                d = d + decay * e
-            if self.kind == "sgd":
-                momentum = group["momentum"]
-                if momentum:
-                    buffer = momentum * self.e_slot[name] + d
-                    self.e_slot[name] = buffer
-                    d = d + momentum * buffer if group["nesterov"] else buffer
-                self.e[name] = e - lr * d
-                continue
-            beta1, beta2 = group["betas"]
-            state = policy.optimizer.state[named[name]]
-            n = float(state["step"])
-            bias1, bias2 = 1 - beta1**n, 1 - beta2**n
-            root = state["exp_avg_sq"].sqrt() / bias2**0.5  # √v̂ after this step
-            denom = bias1 * (root + group["eps"])
-            self.e_slot[name] = beta1 * self.e_slot[name] + (1 - beta1) * d
-            step = self.e_slot[name] / denom
-            if decayed_grads is not None:
-                self.e_v[name] = beta2 * self.e_v[name] + (1 - beta2) * 2 * decayed_grads[name] * d
-                # δ√v̂ = δv / (2 √v̂ · bias2); where v̂ = 0 its gradient was 0, and so is δv.
-                d_root = self.e_v[name] / (2 * bias2 * root.clamp_min(torch.finfo(root.dtype).tiny))
-                step = step - state["exp_avg"] * d_root / (bias1 * (root + group["eps"]) ** 2)
-            self.e[name] = e - lr * step
 
 
 def _hessian_vector(policy, data: IterationData, indices, e: dict[str, torch.Tensor], clip: float):
@@ -239,43 +162,58 @@ def _through_clipping(
 def _propagate(
     policy, later: list[IterationData], e, e_slot, second_order: bool, e_v=None
 ) -> dict[str, torch.Tensor]:
-    propagator = _Propagator(policy, e, e_slot, e_v)
+    """Carry a parameter difference ``e`` (with first-slot difference ``e_slot`` and, at
+    second order, second-moment difference ``e_v``) through the replayed ``later``
+    iterations with the optimiser's linearised step (``OptimizerModel.linearised_step``).
+
+    First order takes nothing from the data. Second order is the exact tangent of the
+    data-fixed update map: the loss Hessian enters through δg = H_t e, and with it
+    everything δg moves — the gradient-norm clip coefficient (a clipped step's gradient
+    keeps its norm, so its change along the gradient is projected out) and Adam's second
+    moment. Returns the difference at the end (the same tensors' values are not changed).
+    """
+    model = check_supported(policy.optimizer, "stage effects")
     named = dict(policy.named_parameters())
-    adam_l2 = propagator.kind == "adam" and propagator.group.get("weight_decay", 0.0)
+    tangents = {
+        n: Tangent(e[n], e_slot[n], e_v[n] if e_v is not None else torch.zeros_like(e[n]))
+        for n in e
+    }
     pending: dict[int, tuple] = {}
     for data in later:
         clips = data.plan.clip_coefs.tolist()
 
         def before(step: int, indices: torch.Tensor, _data=data, _clips=clips) -> None:
             if not second_order:
-                pending[step] = (None, None)
                 return
-            hessian = _hessian_vector(policy, _data, indices, propagator.e, _clips[step])
-            # Adam with L2 decay adds λθ_t to the gradient: keep θ_t for after the step.
-            theta = {n: named[n].detach().clone() for n in propagator.e} if adam_l2 else None
+            theta_change = {n: t.theta for n, t in tangents.items()}
+            hessian = _hessian_vector(policy, _data, indices, theta_change, _clips[step])
+            # θ_t: Adam's second moment sees the gradient with L2 decay λθ_t added.
+            theta = {n: named[n].detach().clone() for n in tangents}
             pending[step] = (hessian, theta)
 
         def after(step: int, indices: torch.Tensor, _data=data, _clips=clips) -> None:
             lr = float(_data.plan.learning_rates[step])
-            hessian, theta = pending.pop(step)
-            decayed = None
+            hessian, theta = pending.pop(step, (None, None))
+            grads = None
             if hessian is not None:
                 grads = {
-                    n: named[n].grad if named[n].grad is not None else torch.zeros_like(e)
-                    for n, e in propagator.e.items()
+                    n: named[n].grad if named[n].grad is not None else torch.zeros_like(t.theta)
+                    for n, t in tangents.items()
                 }
                 if _clips[step] < 1.0:
                     hessian = _through_clipping(hessian, grads, _clips[step])
-                if propagator.kind != "sgd":
-                    decay = propagator.group.get("weight_decay", 0.0)
-                    decayed = {
-                        n: g + decay * theta[n] if theta is not None else g
-                        for n, g in grads.items()
-                    }
-            propagator.step(policy, lr, hessian, decayed)
+            for n, tangent in tangents.items():
+                tangents[n] = model.linearised_step(
+                    tangent,
+                    lr,
+                    policy.optimizer.state[named[n]],
+                    gradient_change=hessian[n] if hessian is not None else None,
+                    gradient=grads[n] if grads is not None else None,
+                    param=theta[n] if theta is not None else None,
+                )
 
         replay(data, policy, before_step=before, after_step=after)
-    return propagator.e
+    return {n: t.theta for n, t in tangents.items()}
 
 
 @overload
@@ -343,7 +281,10 @@ def estimate_stage_effects(
     if optimizer_state not in ("rollback", "carry"):
         raise ValueError("optimizer_state must be 'rollback' or 'carry'")
     names = _names(policy)
-    slot = "momentum_buffer" if isinstance(policy.optimizer, torch.optim.SGD) else "exp_avg"
+    # The ground truth replays with torch's optimiser; only the estimates need its model.
+    model = check_supported(policy.optimizer, "stage effects") if estimates else None
+    first_slot = model.first_slot if model is not None else None
+    second_slot = model.second_slot if model is not None else None
 
     def state_at(k: int) -> tuple[dict[str, torch.Tensor], dict]:
         if k < len(iterations):
@@ -395,10 +336,12 @@ def estimate_stage_effects(
         effects = {key: StageEffect(stage) for key in behaviors}
         orders = (("fo", "so") if second_order else ("fo",)) if estimates else ()
         for order in orders:
-            e_slot = _state_difference(start_tensors, end_tensors, slot, names, policy, rollback)
+            e_slot = _state_difference(
+                start_tensors, end_tensors, first_slot, names, policy, rollback
+            )
             # The exact tangent (SO) also follows Adam's second moment; FO takes v̂ as given.
             e_v = (
-                _state_difference(start_tensors, end_tensors, "exp_avg_sq", names, policy, rollback)
+                _state_difference(start_tensors, end_tensors, second_slot, names, policy, rollback)
                 if order == "so"
                 else None
             )
@@ -452,20 +395,9 @@ class StageRecordScores:
 def _step_coefficients(policy, stage_data: list[IterationData]) -> list[tuple[object, object]]:
     """Per step of the stage: (u_θ, u_slot) mapping the step's gradient to the stage's
     displacement δ and to its momentum/first-moment change (scalars or per-parameter)."""
-    from rlattr.scoring.influence import step_multipliers
-
+    model = check_supported(policy.optimizer, "stage scores")
     u_theta = step_multipliers(stage_data, policy, _names(policy))
-    optimizer = policy.optimizer
-    group = optimizer.param_groups[0]
-    total = len(u_theta)
-    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-        beta1 = group["betas"][0]
-        # m_T gains (1−β₁) g_t at step t and decays by β₁ per later step.
-        u_slot = [(1 - beta1) * beta1 ** (total - 1 - t) for t in range(total)]
-    elif group["momentum"]:
-        u_slot = [group["momentum"] ** (total - 1 - t) for t in range(total)]
-    else:
-        u_slot = [0.0] * total
+    u_slot = model.slot_multipliers(len(u_theta))
     return list(zip(u_theta, u_slot, strict=True))
 
 
@@ -493,7 +425,7 @@ def estimate_stage_record_scores(
     from rlattr.scoring.influence import _loss_fn
 
     names = _names(policy)
-    slot_name = "momentum_buffer" if isinstance(policy.optimizer, torch.optim.SGD) else "exp_avg"
+    slot_name = check_supported(policy.optimizer, "stage scores").first_slot
     start_tensors = iterations[stage.start].start_tensors
     end_tensors = (
         iterations[stage.end].start_tensors if stage.end < len(iterations) else final_state

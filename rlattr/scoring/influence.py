@@ -8,18 +8,18 @@ minus sign.
 - ``tracin_scores``: the same product summed over the steps that actually used the record,
   at the parameters θ_t of each step, weighted by c_t / |b_t| and by the optimiser's map
   from a step's gradient to the parameter change it causes over the rest of the update
-  (η_t for SGD; momentum and Adam spread it over later steps).
+  (η_t for SGD; momentum and Adam spread it over later steps: the multipliers of
+  ``rlattr.scoring.optimizers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from rlattr.errors import UnsupportedError
 from rlattr.record.loss import (
     PolicyOutputs,
     PPOLossConfig,
@@ -36,6 +36,7 @@ from rlattr.scoring.grads import (
     per_record_dots,
     policy_actions,
 )
+from rlattr.scoring.optimizers import step_multipliers
 from rlattr.scoring.targets import Target, TargetContext
 
 Method = Literal["snapshot", "tracin", "metagrad"]
@@ -120,86 +121,6 @@ def snapshot_scores(
 
 
 # --------------------------------------------------------------------------- TracIn
-StepMultiplier = Callable[[int], "dict[str, torch.Tensor] | float"]
-
-
-def _sgd_multipliers(group: dict, learning_rates: list[float]) -> list[float]:
-    """u_t for SGD: how much a unit gradient at step t moves θ by the end of the update."""
-    momentum, dampening, nesterov = group["momentum"], group["dampening"], group["nesterov"]
-    if momentum == 0:
-        return list(learning_rates)
-    if dampening != 0:
-        raise UnsupportedError("SGD momentum is supported without dampening only")
-    # g_t enters the buffer at step t and decays by μ per step: Σ_{s≥t} η_s μ^{s−t}.
-    tail = 0.0
-    spread = [0.0] * len(learning_rates)
-    for t in reversed(range(len(learning_rates))):
-        tail = learning_rates[t] + momentum * tail
-        spread[t] = tail
-    if nesterov:  # θ -= η (g + μ b): the step itself adds η_t, the buffer μ Σ η_s μ^{s−t}
-        return [lr + momentum * s for lr, s in zip(learning_rates, spread, strict=True)]
-    return spread
-
-
-def _adam_multipliers(
-    span: list[IterationData], policy: ActorCriticPolicy, names: list[str]
-) -> list[dict[str, torch.Tensor]]:
-    """u_t for Adam/AdamW over consecutive iterations, from one replay that records each
-    step's denominator.
-
-    The step-t gradient moves θ by Σ_{s≥t} η_s (1−β₁) β₁^{s−t} / ((1−β₁^{n_s}) (√v̂_s + ε))
-    by the end of the span (element-wise; v̂_s from the replay, held fixed; n_s is Adam's
-    step count).
-    """
-    group = policy.optimizer.param_groups[0]
-    if group.get("amsgrad") or group.get("maximize"):
-        raise UnsupportedError("Adam with amsgrad or maximize is not supported")
-    beta1, beta2 = group["betas"]
-    eps = group["eps"]
-    named = dict(policy.named_parameters())
-    per_step: list[dict[str, torch.Tensor]] = []
-
-    def record(step: int, indices: torch.Tensor) -> None:
-        lr = policy.optimizer.param_groups[0]["lr"]
-        coefficients = {}
-        for name in names:
-            state = policy.optimizer.state[named[name]]
-            n = float(state["step"])
-            bias1 = 1 - beta1**n
-            bias2 = 1 - beta2**n
-            denom = bias1 * (state["exp_avg_sq"].sqrt() / bias2**0.5 + eps)
-            coefficients[name] = lr * (1 - beta1) / denom
-        per_step.append(coefficients)
-
-    for data in span:
-        replay(data, policy, after_step=record)
-    # Backward recursion u_t = c_t + β₁ u_{t+1}, in place.
-    for t in reversed(range(len(per_step) - 1)):
-        for name in names:
-            per_step[t][name] = per_step[t][name] + beta1 * per_step[t + 1][name]
-    return per_step
-
-
-def step_multipliers(
-    data: IterationData | Sequence[IterationData], policy: ActorCriticPolicy, names: list[str]
-) -> list[dict[str, torch.Tensor] | float]:
-    """The optimiser's per-step map u_t from a gradient to the parameter change it causes
-    by the end of the iteration (or of a span of consecutive iterations: a stage)."""
-    span = [data] if isinstance(data, IterationData) else list(data)
-    optimizer = policy.optimizer
-    if len(optimizer.param_groups) != 1:
-        raise UnsupportedError("only optimisers with a single parameter group are supported")
-    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-        return list(_adam_multipliers(span, policy, names))
-    if isinstance(optimizer, torch.optim.SGD):
-        rates = [lr for d in span for lr in d.plan.learning_rates.tolist()]
-        return list(_sgd_multipliers(optimizer.param_groups[0], rates))
-    raise UnsupportedError(
-        f"TracIn and stage scores know SGD, Adam and AdamW, not {type(optimizer).__name__}; "
-        "use method='snapshot'"
-    )
-
-
 def tracin_scores(
     data: IterationData,
     policy: ActorCriticPolicy,

@@ -7,9 +7,9 @@ and the score is +∂f(θ_{k+1}(w))/∂w_i at w = 1, obtained here by reverse-mo
 differentiation through the replayed optimiser steps: gradient-norm clipping, Adam's
 moments, bias correction and ε (or SGD momentum), ratio clipping and value loss included.
 
-The replay is functional (parameters are graph tensors, the optimiser is re-implemented
-with torch's formulas), so it reproduces the logged θ_{k+1} to float rounding, not bit
-for bit; ``metagradient_scores`` reports that difference.
+The replay is functional (parameters are graph tensors, the optimiser is torch's formulas
+as tensor arithmetic: ``rlattr.scoring.optimizers``), so it reproduces the logged θ_{k+1}
+to float rounding, not bit for bit; ``metagradient_scores`` reports that difference.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from rlattr.errors import UnsupportedError
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.loss import weighted_minibatch_loss
 from rlattr.record.replay import IterationData
 from rlattr.scoring.grads import _substituted
+from rlattr.scoring.optimizers import check_supported
 from rlattr.scoring.targets import Target, TargetContext
 
 
@@ -49,62 +49,20 @@ FLAT = "θ"  # the key of the flat parameter vector in the functional replay
 
 
 class _FunctionalOptimizer:
-    """torch's Adam/AdamW/SGD update as differentiable tensor arithmetic."""
+    """The run's optimiser as differentiable arithmetic over one flat parameter vector.
+
+    The arithmetic is ``OptimizerModel.step`` (``rlattr.scoring.optimizers``); this class
+    holds the state between steps and lets segments of the replay be recomputed.
+    """
 
     def __init__(self, policy: ActorCriticPolicy, names: list[str]):
-        optimizer = policy.optimizer
-        if len(optimizer.param_groups) != 1:
-            raise UnsupportedError("metagradients support one optimiser parameter group")
-        self.group = optimizer.param_groups[0]
-        self.kind = (
-            "adamw"
-            if isinstance(optimizer, torch.optim.AdamW)
-            else "adam"
-            if isinstance(optimizer, torch.optim.Adam)
-            else "sgd"
-            if isinstance(optimizer, torch.optim.SGD)
-            else None
-        )
-        if self.kind is None:
-            raise UnsupportedError(
-                f"metagradients know SGD, Adam and AdamW, not {type(optimizer).__name__}"
-            )
-        if self.group.get("amsgrad") or self.group.get("maximize"):
-            raise UnsupportedError("metagradients do not support amsgrad or maximize")
-        if self.kind == "sgd" and self.group["momentum"] and self.group["dampening"]:
-            raise UnsupportedError("metagradients support SGD momentum without dampening only")
+        self.model = check_supported(policy.optimizer, "metagradients")
         # One flat vector for all parameters: the optimiser's arithmetic then costs a
         # handful of tensor operations per step instead of a handful per parameter,
         # which dominates the functional replay of small networks.
         named = dict(policy.named_parameters())
-        stored = [optimizer.state.get(named[name], {}) for name in names]
-
-        def flat(slot: str) -> torch.Tensor:
-            return torch.cat(
-                [
-                    (state[slot] if state.get(slot) is not None else torch.zeros_like(named[n]))
-                    .detach()
-                    .reshape(-1)
-                    for n, state in zip(names, stored, strict=True)
-                ]
-            )
-
-        if self.kind in ("adam", "adamw"):
-            steps = {float(state.get("step", 0.0)) for state in stored}
-            if len(steps) != 1:
-                raise UnsupportedError(
-                    f"metagradients need every parameter at the same Adam step, got {steps}"
-                )
-            self.state = {
-                FLAT: {
-                    "step": steps.pop(),
-                    "exp_avg": flat("exp_avg"),
-                    "exp_avg_sq": flat("exp_avg_sq"),
-                }
-            }
-        else:
-            # Without dampening, a missing momentum buffer acts as a zero one.
-            self.state = {FLAT: {"momentum_buffer": flat("momentum_buffer")}}
+        params = [named[name] for name in names]
+        self.state = {FLAT: self.model.flat_state(policy.optimizer, params)}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The state tensors that carry information between steps, keyed name/slot."""
@@ -140,41 +98,12 @@ class _FunctionalOptimizer:
     def step(
         self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float
     ) -> dict[str, torch.Tensor]:
-        group = self.group
-        weight_decay = group.get("weight_decay", 0.0)
+        """One step of every parameter vector; the state moves on with it."""
         updated = {}
         for name, param in params.items():
-            grad = grads[name]
-            state = self.state[name]
-            if self.kind == "sgd":
-                if weight_decay:
-                    grad = grad + weight_decay * param
-                momentum = group["momentum"]
-                if momentum:
-                    buffer = momentum * state["momentum_buffer"] + grad
-                    state["momentum_buffer"] = buffer
-                    grad = grad + momentum * buffer if group["nesterov"] else buffer
-                updated[name] = param - lr * grad
-                continue
-            beta1, beta2 = group["betas"]
-            if self.kind == "adamw":
-                param = param * (1 - lr * weight_decay)
-            elif weight_decay:
-                grad = grad + weight_decay * param
-            state["step"] = step = float(state["step"]) + 1
-            exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
-            exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
-            state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
-            bias1 = 1 - beta1**step
-            bias2 = 1 - beta2**step
-            # sqrt has an infinite derivative at 0: a parameter that never had a gradient
-            # (a dead ReLU unit, an unused head) has v = 0 exactly, and 0 × inf is NaN in
-            # the backward pass. The smallest normal number of the dtype keeps the chain
-            # rule finite and changes no value that is not already 0.
-            tiny = torch.finfo(exp_avg_sq.dtype).tiny
-            denom = torch.sqrt(exp_avg_sq + tiny * (exp_avg_sq == 0)) / math.sqrt(bias2)
-            denom = denom + group["eps"]
-            updated[name] = param - (lr / bias1) * exp_avg / denom
+            updated[name], self.state[name] = self.model.step(
+                param, grads[name], self.state[name], lr
+            )
         return updated
 
 
