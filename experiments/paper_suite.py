@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, provenance
@@ -244,8 +246,182 @@ def trials(tasks: list[str], arms: list[str], seeds: list[int]) -> list[tuple[st
     return [(t, a, s) for t in tasks for group in (main, ablations) for s in seeds for a in group]
 
 
+def load_trials(task: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """Finished trials of ``task``: arm → seed → the trial's JSON."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted((OUT / task).glob("*-s*.json")):
+        payload = json.loads(path.read_text())
+        if payload.get("status") == "done":
+            runs.setdefault(payload["arm"], {})[int(payload["seed"])] = payload
+    return runs
+
+
+def _series(trial: dict[str, Any], key: str) -> list[float]:
+    return [float(point[key]) for point in trial["curve"]]
+
+
+def trial_metrics(ppo: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """The paper's metrics of one arm against PPO on the same seed, and both curves' AUC
+    and final return. RT_peak on two clocks: the process's CPU time (steady on a shared
+    machine) and the wall clock (the paper's; here slowed by other jobs)."""
+    from rlattr.analysis.efficiency import auc, efficiency, final_return
+
+    ppo_curve, curve = _series(ppo, "return_mean"), _series(other, "return_mean")
+    cpu = efficiency(
+        ppo_curve, curve, _series(ppo, "train_cpu_seconds"), _series(other, "train_cpu_seconds")
+    )
+    wall = efficiency(
+        ppo_curve, curve, _series(ppo, "train_seconds"), _series(other, "train_seconds")
+    )
+    dropped = [p["fraction_dropped"] for p in other["curve"] if p["fraction_dropped"] is not None]
+    return {
+        "SE_ave": 100 * cpu.se_ave,
+        "SE_peak": 100 * cpu.se_peak,
+        "RT_peak": 100 * cpu.rt_peak,
+        "RT_peak_wall": 100 * wall.rt_peak,
+        "levels": len(cpu.levels),
+        "censored_levels": cpu.censored_levels,
+        "peak_reached": float(cpu.peak_reached),
+        "AUC": auc(curve),
+        "final": final_return(curve),
+        "fraction_dropped": float(np.mean(dropped)) if dropped else 0.0,
+        "cpu_seconds_per_round": _series(other, "train_cpu_seconds")[-1] / (len(curve) - 1),
+    }
+
+
 def summarize(task: str, arms: list[str]) -> None:
-    raise NotImplementedError
+    """Table (Markdown + CSV) and plot of a task over the seeds PPO and each arm finished."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlattr.analysis.efficiency import iqm, probability_of_improvement
+
+    runs = load_trials(task)
+    if "ppo" not in runs:
+        print(f"{task}: no finished PPO trial yet")
+        return
+    spec = TASKS[task]
+    arms = [a for a in arms if a in runs]
+    rows: list[dict[str, Any]] = []
+    per_arm: dict[str, dict[str, list[float]]] = {}
+    for arm in arms:
+        seeds = sorted(set(runs[arm]) & set(runs["ppo"]))
+        for seed in seeds:
+            row = {"arm": arm, "seed": seed, **trial_metrics(runs["ppo"][seed], runs[arm][seed])}
+            rows.append(row)
+            for key, value in row.items():
+                if key not in ("arm", "seed"):
+                    per_arm.setdefault(arm, {}).setdefault(key, []).append(float(value))
+            per_arm[arm].setdefault("seeds", []).append(seed)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / f"{task}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(values: list[float], digits: int) -> str:
+        finite = [v for v in values if np.isfinite(v)]
+        if not finite:
+            return "n/a"
+        if len(finite) < 3:
+            return " / ".join(f"{v:.{digits}f}" for v in finite) + " (too few seeds for a CI)"
+        est = iqm({"x": finite})["x"]
+        return f"{est.estimate:.{digits}f} [{est.low:.{digits}f}, {est.high:.{digits}f}]"
+
+    d = 3 if max(abs(v) for a in per_arm.values() for v in a["final"]) < 10 else 1
+    commits = sorted({t["git_commit"] for arm in runs.values() for t in arm.values()})
+    versions = next(iter(runs["ppo"].values()))["versions"]
+    episodes = sorted({t["evaluation"]["episodes"] for arm in runs.values() for t in arm.values()})
+    rounds = sorted({t["rounds"] for arm in runs.values() for t in arm.values()})
+    lines = [
+        f"# {task}: IIF paper suite ({spec.preset}, {rounds} rounds of 2048 steps)",
+        "",
+        f"Trials: `python experiments/paper_suite.py --tasks {task} --seeds 0 1 2 3 4` "
+        f"(two processes: `--shard 0/2` and `--shard 1/2`); this table: "
+        f"`python experiments/paper_suite.py --tasks {task} --summarize`.  ",
+        f"Code: git commit(s) {', '.join(commits)}.  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
+        f"Evaluation: stochastic policy after every round, {episodes} episodes (the paper: "
+        f"{spec.paper_episodes}), episode j on seed {EVAL_SEED} + j for every arm, seed and "
+        "round.",
+        "",
+        "Metrics (SCIENCE.md §6, `rlattr.analysis.efficiency`), per seed against PPO on the "
+        "same seed, in percent: SE_ave over PPO's successive running maxima (the paper does "
+        "not list its levels), SE_peak at PPO's peak, RT_peak on the process's CPU clock "
+        "(the wall clock of a shared machine measures the neighbours; `RT_peak wall` "
+        "beside it). A level an arm never reaches counts as reached right after the budget "
+        "(an upper bound on its gain; `censored` counts them). Cells: IQM over seeds with "
+        "a stratified-bootstrap 95 % CI (rliable, 2000 resamples). The `ppo` row is PPO "
+        "against itself: its SE values are 0 by construction, and its RT_peak says how early "
+        "PPO itself reaches its own peak (RT_peak divides by PPO's *whole* run, so an arm "
+        "needs more than PPO's own value to be faster).",
+        "",
+        "| arm | seeds | SE_ave % | SE_peak % | RT_peak % (CPU) | RT_peak % (wall) | "
+        "censored levels / levels | PPO's peak reached | AUC | final return | "
+        "fraction dropped | CPU s / round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in arms:
+        v = per_arm[arm]
+        lines.append(
+            f"| {arm} | {len(v['seeds'])} | {cell(v['SE_ave'], 1)} | {cell(v['SE_peak'], 1)} | "
+            f"{cell(v['RT_peak'], 1)} | {cell(v['RT_peak_wall'], 1)} | "
+            f"{int(sum(v['censored_levels']))} / {int(sum(v['levels']))} | "
+            f"{int(sum(v['peak_reached']))}/{len(v['seeds'])} | {cell(v['AUC'], d)} | "
+            f"{cell(v['final'], d)} | {np.mean(v['fraction_dropped']):.3f} | "
+            f"{np.mean(v['cpu_seconds_per_round']):.2f} |"
+        )
+    paper = spec.paper
+    lines += [
+        f"| **paper, IIF** (Fig. 6(b), 3 seeds, {spec.paper_episodes} episodes) | 3 | "
+        f"{paper['SE_ave']} | {paper['SE_peak']} | | {paper['RT_peak']} | | | | | | |",
+        "",
+        "Probability that an arm's run beats PPO's run (rliable, ties count half; 95 % CI):",
+        "",
+        "| arm | P(AUC > PPO's) | P(final return > PPO's) |",
+        "|---|---|---|",
+    ]
+    for arm in arms:
+        if arm == "ppo" or len(per_arm[arm]["seeds"]) < 2:
+            continue
+        ppo_auc = per_arm["ppo"]["AUC"]
+        ppo_final = per_arm["ppo"]["final"]
+        cells = []
+        for key, reference in (("AUC", ppo_auc), ("final", ppo_final)):
+            p = probability_of_improvement(per_arm[arm][key], reference)
+            cells.append(f"{p.estimate:.2f} [{p.low:.2f}, {p.high:.2f}]")
+        lines.append(f"| {arm} | {cells[0]} | {cells[1]} |")
+    (OUT / f"{task}.md").write_text("\n".join(lines) + "\n")
+
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for arm in arms:
+        seeds = per_arm[arm]["seeds"]
+        curves = np.array([_series(runs[arm][s], "return_mean") for s in seeds])
+        x = np.arange(curves.shape[1])
+        mean, std = curves.mean(0), curves.std(0)
+        top.plot(x, mean, label=f"{arm} (n={len(seeds)})")
+        top.fill_between(x, mean - std, mean + std, alpha=0.15)
+        if arm != "ppo":
+            dropped = np.array(
+                [[p["fraction_dropped"] or 0.0 for p in runs[arm][s]["curve"]] for s in seeds]
+            )
+            bottom.plot(x[1:], dropped.mean(0)[1:], label=arm)
+    top.set_ylabel(f"eval return ({episodes} stochastic episodes)\nmean ± std over seeds")
+    top.set_title(f"{task} ({spec.preset})")
+    top.legend()
+    bottom.set_xlabel("round (2048 steps each)")
+    bottom.set_ylabel("fraction dropped")
+    fig.tight_layout()
+    fig.savefig(OUT / f"{task}.png", dpi=110)
+    plt.close(fig)
+    print("\n".join(lines))
 
 
 def main() -> None:
