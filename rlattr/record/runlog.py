@@ -166,7 +166,10 @@ class RunLog:
         try:
             self.retention = Retention(**self.meta.get("retention", {}))
         except (TypeError, ValueError) as err:
-            raise CorruptRunLogError(f"{run_json} holds an invalid retention: {err}") from err
+            raise CorruptRunLogError(
+                f"{run_json} holds an invalid retention ({err}): the file is damaged or was "
+                "edited; restore it from a copy of the run"
+            ) from err
 
     # ----------------------------------------------------------------- creation
     @classmethod

@@ -155,7 +155,10 @@ class ActionTarget(Target):
 
     def __init__(self, observations: torch.Tensor, actions: torch.Tensor):
         if len(observations) != len(actions) or len(observations) == 0:
-            raise ValueError("ActionTarget needs as many actions as observations (at least one)")
+            raise ValueError(
+                f"{len(actions)} actions for {len(observations)} observations: an action "
+                "target needs one action per observation (and at least one pair)"
+            )
         self.observations = observations
         self.actions = actions
 
@@ -173,9 +176,9 @@ class ActionTarget(Target):
         obs_shape = tuple(observation_space.shape or ())
         if tuple(self.observations.shape[1:]) != obs_shape:
             raise ValueError(
-                f"observations have shape {tuple(self.observations.shape)}; the run's policy "
-                f"takes [M, {', '.join(map(str, obs_shape))}] (observation space "
-                f"{observation_space})"
+                f"observations have shape {tuple(self.observations.shape)}; the run's "
+                f"observations have shape {obs_shape}, so they must be "
+                f"[M{''.join(f', {n}' for n in obs_shape)}]"
             )
         if isinstance(action_space, spaces.Discrete):
             if not (self.actions.dim() == 1 or tuple(self.actions.shape[1:]) == (1,)):

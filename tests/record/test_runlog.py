@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,66 @@ def test_resume_point_skips_unfinished_iteration(run_dir: Path) -> None:
     assert log.iterations() == [0, 1, 2]
     assert log.checkpoints() == [0, 1, 2, 3]
     assert log.verify().ok and not log.verify().leftovers
+
+
+def test_a_gap_in_the_middle_is_a_problem(run_dir: Path) -> None:
+    log = _train(run_dir)
+    (log.iteration_dir(1) / "iteration.json").unlink()
+    report = log.verify()
+    assert not report.ok
+    assert report.gaps == [1]
+    assert any("iteration 1 is not committed" in p for p in report.problems)
+
+
+def test_an_interrupted_end_is_not_a_gap(run_dir: Path) -> None:
+    log = _train(run_dir)
+    (log.iteration_dir(3) / "iteration.json").unlink()  # what a kill mid-commit leaves
+    report = log.verify()
+    assert report.ok and report.gaps == []
+    assert report.leftovers == [str(log.iteration_dir(3))]
+
+
+def test_gaps_follow_record_every(run_dir: Path) -> None:
+    log = _train(run_dir, timesteps=32 * 7, retention=Retention(record_every=2))
+    assert log.iterations() == [0, 2, 4, 6]
+    assert log.verify().gaps == []  # odd iterations are not recorded, by design
+    shutil.rmtree(log.iteration_dir(2))
+    assert log.verify().gaps == [2]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_run_files_honour_the_umask(run_dir: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        _train(run_dir, timesteps=32)
+    finally:
+        os.umask(previous)
+    files = [p for p in run_dir.rglob("*") if p.is_file() and "tb" not in p.parts]
+    assert files
+    modes = {oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert modes == {oct(0o666 & ~umask)}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda meta: meta.pop("algorithm"), "lacks algorithm"),
+        (lambda meta: meta["policy"].pop("action_space"), "lacks policy.action_space"),
+        (lambda meta: meta.update(retention={"every": 2}), "invalid retention"),
+    ],
+    ids=["algorithm", "action-space", "retention"],
+)
+def test_damaged_run_json_is_named(run_dir: Path, change, message: str) -> None:
+    _train(run_dir, timesteps=32)
+    meta = json.loads((run_dir / "run.json").read_text())
+    change(meta)
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptRunLogError, match=message):
+        RunLog(run_dir)
+
+
+def test_binary_run_json_is_named(run_dir: Path) -> None:
+    _train(run_dir, timesteps=32)
+    (run_dir / "run.json").write_bytes(b"\xb7\x00\xff" * 50)
+    with pytest.raises(CorruptRunLogError, match="not valid JSON"):
+        RunLog(run_dir)

@@ -99,3 +99,79 @@ def test_iif_section_is_validated() -> None:
         Preset.from_dict({**base, "iif": {"p": 0.2}})
     with pytest.raises(PresetError, match="rule must be one of"):
         Preset.from_dict({**base, "iif": {"rule": "nope"}})
+
+
+def _with_ppo(**ppo: object) -> dict:
+    base = yaml.safe_load((AGENTS / "cartpole.yaml").read_text())
+    return {**base, "ppo": {**base["ppo"], **ppo}}
+
+
+@pytest.mark.parametrize(
+    ("ppo", "message"),
+    [
+        ({"gamma": 1.7}, r"ppo.gamma must be a number in \(0, 1\], got 1.7"),
+        ({"gamma": 0}, r"ppo.gamma must be a number in \(0, 1\]"),
+        ({"gae_lambda": -0.1}, r"ppo.gae_lambda must be a number in \[0, 1\]"),
+        ({"batch_size": "big"}, "ppo.batch_size must be a whole number >= 1, got 'big'"),
+        ({"batch_size": 0}, "ppo.batch_size must be a whole number >= 1"),
+        ({"batch_size": 64.0}, "ppo.batch_size must be a whole number"),
+        ({"n_steps": -8}, "ppo.n_steps must be a whole number >= 1"),
+        ({"n_epochs": 0}, "ppo.n_epochs must be a whole number >= 1"),
+        ({"learning_rate": 0}, "ppo.learning_rate must be a number > 0"),
+        ({"learning_rate": "lin_-0.001"}, "ppo.learning_rate must be a number > 0"),
+        ({"learning_rate": "3e-4"}, "YAML reads 3e-4 as text: write it with a dot"),
+        ({"clip_range": -0.2}, "ppo.clip_range must be a number > 0"),
+        ({"clip_range_vf": 0}, "ppo.clip_range_vf must be a number > 0"),
+        ({"ent_coef": -0.01}, "ppo.ent_coef must be a number >= 0"),
+        ({"vf_coef": float("nan")}, "ppo.vf_coef must be a number >= 0"),
+        ({"max_grad_norm": 0}, "ppo.max_grad_norm must be a number > 0"),
+        ({"target_kl": -1}, "ppo.target_kl must be a number > 0"),
+        ({"normalize_advantage": "yes"}, "ppo.normalize_advantage must be true or false"),
+        ({"batch_size": 1}, "batch_size must be >= 2 with normalize_advantage"),
+    ],
+)
+def test_ppo_values_are_range_checked(ppo: dict, message: str) -> None:
+    with pytest.raises(PresetError, match=message):
+        Preset.from_dict(_with_ppo(**ppo))
+
+
+@pytest.mark.parametrize(
+    "ppo",
+    [
+        {"gamma": 1.0, "gae_lambda": 0.0},  # undiscounted, one-step TD advantages
+        {"max_grad_norm": float("inf")},  # no clipping
+        {"clip_range_vf": None, "target_kl": None},  # SB3's "off"
+        {"batch_size": 1, "normalize_advantage": False},
+        {"learning_rate": "lin_0.0003", "clip_range": "lin_0.1"},
+    ],
+)
+def test_legitimate_edges_are_accepted(ppo: dict) -> None:
+    Preset.from_dict(_with_ppo(**ppo))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_envs": 0}, "n_envs must be a whole number >= 1"),
+        ({"total_timesteps": "big"}, "total_timesteps must be a whole number >= 1, got 'big'"),
+        ({"total_timesteps": 0.5}, "total_timesteps must be a whole number"),
+        ({"recording": {"record_every": 0}}, "recording.record_every must be a whole number >= 1"),
+        ({"recording": {"keep_last": "all"}}, "recording.keep_last must be a whole number"),
+        ({"policy_kwargs": {"net_arch": [64, 0]}}, "net_arch layer width must be a whole"),
+        ({"policy_kwargs": {"net_arch": {"pi": 64}}}, "pi and .vf must be lists"),
+        ({"policy_kwargs": {"ortho_init": "no"}}, "ortho_init must be true or false"),
+        ({"wrappers": "minigrid.wrappers.ImgObsWrapper"}, "wrappers must be a list"),
+        ({"iif": {"fraction": "much"}}, "IIF fraction must be a number"),
+        ({"iif": {"fraction": 1.0}}, r"fraction must be in \[0, 1\)"),
+        ({"iif": {"min_kept": 0}}, "min_kept must be >= 1"),
+        ({"iif": {"warmup_iterations": 1.5}}, "warmup_iterations must be a whole number"),
+    ],
+)
+def test_other_sections_are_checked(change: dict, message: str) -> None:
+    with pytest.raises(PresetError, match=message):
+        Preset.from_dict({**_with_ppo(), **change})
+
+
+def test_total_timesteps_in_yaml_exponent_notation() -> None:
+    # YAML 1.1 reads 1e6 (no dot) as text; a budget written that way still means 1e6.
+    assert Preset.from_dict({**_with_ppo(), "total_timesteps": "1e6"}).total_timesteps == 10**6

@@ -1,0 +1,363 @@
+"""Bad input at the command line: one ``error: ...`` line saying what to do, exit status 2.
+
+Each case goes through ``rlattr.cli.main.main`` as a person would type it, and checks the
+message, the exit status and that nothing was started or written that should not be.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from rich.console import Console
+from safetensors.torch import save_file
+
+import rlattr
+from rlattr import RunLog
+from rlattr.cli.main import main
+from rlattr.training.filters import RULES
+
+# The module (``rlattr.cli.main`` the attribute is the function ``main``).
+cli = importlib.import_module("rlattr.cli.main")
+
+AGENTS = Path(__file__).resolve().parents[2] / "agents"
+QUIET = ["--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 4-iteration CartPole run (read-only: copy it to change it)."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "cartpole", "--timesteps", "1024", "--run-dir", str(run), *QUIET]) == 0
+    return run
+
+
+@pytest.fixture
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained, tmp_path / "copy"))
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``rlattr argv``; assert exit status 2 and a single ``error:`` line; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------- targets and stages
+def test_bad_target_spec(trained: Path, capsys) -> None:
+    line = _error(capsys, ["attribute", str(trained), "--iteration", "1", "--target", "return:xyz"])
+    assert "unknown advantage 'xyz'" in line and "return:mc" in line
+    line = _error(capsys, ["attribute", str(trained), "--iteration", "1", "--target", "value"])
+    assert "unknown target 'value'" in line
+
+
+@pytest.fixture
+def nothing_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any iteration or checkpoint is read (the expensive part)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loaded the run before checking the input")
+
+    monkeypatch.setattr(RunLog, "load_records", refuse)
+    monkeypatch.setattr(RunLog, "load_checkpoint", refuse)
+
+
+@pytest.mark.usefixtures("nothing_loaded")
+def test_reversed_stages(trained: Path, capsys) -> None:
+    line = _error(capsys, ["stages", str(trained), "--stages", "5:2"])
+    assert "stage 5:2 is reversed or empty" in line and "a < b" in line
+    line = _error(capsys, ["stages", str(trained), "--records", "3:3"])
+    assert "stage 3:3 is reversed or empty" in line
+    line = _error(capsys, ["stages", str(trained), "--stages", "0:2,two"])
+    assert "'two' is not a stage" in line
+
+
+@pytest.mark.usefixtures("nothing_loaded")
+def test_out_of_range_stages_fail_before_loading(trained: Path, capsys) -> None:
+    line = _error(capsys, ["stages", str(trained), "--stages", "99:100"])
+    assert "ends after the run's 4 iterations" in line and "0..3" in line
+    assert "99💯" not in line  # rich must not read ":100:" as an emoji code
+    line = _error(capsys, ["stages", str(trained), "--stages", "9"])
+    assert "cannot cut 4 iterations into 9 stages" in line
+
+
+def test_unknown_device(trained: Path, tmp_path: Path, capsys) -> None:
+    line = _error(capsys, ["attribute", str(trained), "--iteration", "1", "--device", "tpu"])
+    assert "unknown device 'tpu'" in line and "cpu" in line
+    run = tmp_path / "never"
+    line = _error(capsys, ["train", "cartpole", "--run-dir", str(run), "--device", "tpu"])
+    assert "unknown device 'tpu'" in line
+    assert not run.exists()
+
+
+def test_cuda_without_cuda_is_an_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    # SB3 alone would train on the CPU without a word.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "never"
+    line = _error(capsys, ["train", "cartpole", "--run-dir", str(run), "--device", "cuda"])
+    assert "CUDA is not available here" in line and "--device cpu" in line
+    assert not run.exists()
+
+
+# ---------------------------------------------------------------------- IIF options
+def test_iif_fraction_out_of_range(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "never"
+    argv = ["train", "cartpole", "--run-dir", str(run), "--iif", "--iif-fraction", "1.5"]
+    line = _error(capsys, argv)
+    assert "--iif-fraction" in line and "[0, 1)" in line and "1.5" in line
+    assert not run.exists()
+
+
+def test_iif_option_without_iif(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "never"
+    for option, value in (("--iif-fraction", "0.5"), ("--iif-rule", "bottom")):
+        line = _error(capsys, ["train", "cartpole", "--run-dir", str(run), option, value])
+        assert f"{option} only applies with --iif" in line and "add --iif" in line
+    assert not run.exists()
+
+
+def test_iif_combination_is_checked_before_training(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "never"
+    argv = ["train", "cartpole", "--run-dir", str(run), "--iif", "--iif-rule", "random_like"]
+    line = _error(capsys, argv)
+    assert "random_like needs like=" in line
+    assert not run.exists()
+
+
+# ---------------------------------------------------------------------- run.json
+def test_binary_garbage_in_run_json(copy_of: Path, capsys) -> None:
+    (copy_of / "run.json").write_bytes(bytes(range(256)) * 4)
+    for argv in (["inspect", str(copy_of)], ["attribute", str(copy_of), "--iteration", "1"]):
+        line = _error(capsys, argv)
+        assert "run.json is not valid JSON" in line
+
+
+@pytest.mark.parametrize("key", ["algorithm", "policy"])
+def test_missing_keys_in_run_json(copy_of: Path, capsys, key: str) -> None:
+    meta = json.loads((copy_of / "run.json").read_text())
+    del meta[key]
+    (copy_of / "run.json").write_text(json.dumps(meta))
+    line = _error(capsys, ["attribute", str(copy_of), "--iteration", "1"])
+    assert f"run.json lacks {key}" in line and "restore it" in line
+
+
+def test_missing_inner_key_in_run_json(copy_of: Path, capsys) -> None:
+    meta = json.loads((copy_of / "run.json").read_text())
+    del meta["algorithm"]["gamma"]
+    (copy_of / "run.json").write_text(json.dumps(meta))
+    assert "run.json lacks algorithm.gamma" in _error(capsys, ["inspect", str(copy_of)])
+
+
+# ---------------------------------------------------------------------- presets
+def _preset_file(tmp_path: Path, **ppo: object) -> Path:
+    payload = yaml.safe_load((AGENTS / "cartpole.yaml").read_text())
+    payload["ppo"].update(ppo)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def test_preset_with_a_word_for_a_number(tmp_path: Path, capsys) -> None:
+    preset = _preset_file(tmp_path, batch_size="big")
+    line = _error(capsys, ["train", str(preset), "--run-dir", str(tmp_path / "never")])
+    assert "ppo.batch_size must be a whole number >= 1, got 'big'" in line
+
+
+def test_preset_with_gamma_above_one_does_not_train(tmp_path: Path, capsys) -> None:
+    preset = _preset_file(tmp_path, gamma=1.7)
+    run = tmp_path / "never"
+    line = _error(capsys, ["train", str(preset), "--run-dir", str(run)])
+    assert "ppo.gamma must be a number in (0, 1], got 1.7" in line
+    assert not run.exists()
+
+
+# ---------------------------------------------------------------------- action files
+@pytest.mark.parametrize(
+    ("observations", "actions", "message"),
+    [
+        (np.zeros((5, 3), np.float32), np.zeros(5), "observations have shape (5, 3)"),
+        (np.zeros((5, 4), np.float32), np.zeros(4), "4 actions for 5 observations"),
+        (np.zeros((5, 4), np.float32), np.full(5, 7), "actions must be integers in [0, 2)"),
+        (np.zeros((5, 4), np.float32), np.zeros((5, 3)), "actions have shape (5, 3)"),
+    ],
+    ids=["observation-shape", "count", "out-of-space", "action-shape"],
+)
+def test_wrong_action_file(trained: Path, tmp_path: Path, capsys, observations, actions, message):
+    path = tmp_path / "pairs.npz"
+    np.savez(path, observations=observations, actions=actions)
+    target = f"action:{path}"
+    line = _error(capsys, ["attribute", str(trained), "--iteration", "1", "--target", target])
+    assert message in line, line
+    assert not (trained / "iterations" / "000001" / "scores").exists()
+
+
+def test_unreadable_or_incomplete_action_file(trained: Path, tmp_path: Path, capsys) -> None:
+    argv = ["attribute", str(trained), "--iteration", "1", "--target"]
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    assert "is not a readable safetensors file" in _error(capsys, [*argv, f"action:{junk}"])
+    half = tmp_path / "half.safetensors"
+    save_file({"observations": torch.zeros(3, 4)}, half)
+    assert "lacks ['actions']" in _error(capsys, [*argv, f"action:{half}"])
+    missing = tmp_path / "missing.npz"
+    assert "does not exist" in _error(capsys, [*argv, f"action:{missing}"])
+
+
+# ---------------------------------------------------------------------- Ctrl-C
+def test_ctrl_c_during_train_prints_how_to_resume(tmp_path: Path, capsys, monkeypatch) -> None:
+    from rlattr.training.ppo import AttributedPPO
+
+    collect = AttributedPPO.collect_rollouts
+    calls = []
+
+    def interrupted_third_rollout(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttributedPPO, "collect_rollouts", interrupted_third_rollout)
+    run = tmp_path / "run"
+    argv = ["train", "cartpole", "--timesteps", "1024", "--run-dir", str(run), *QUIET]
+    assert main(argv) == cli.EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "interrupted: iteration 1 is the last committed (512 steps)" in err
+    [command] = [line for line in err.splitlines() if line.startswith("resume with: ")]
+    words = shlex.split(command.removeprefix("resume with: "))
+    assert words[1:] == [
+        "train", "cartpole", "--run-dir", str(run), "--seed", "0", "--timesteps", "1024",
+        "--resume",
+    ]  # fmt: skip
+    # The printed command continues the run to its end.
+    monkeypatch.setattr(AttributedPPO, "collect_rollouts", collect)
+    assert main([*words[1:], *QUIET]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert RunLog(run).iterations() == [0, 1, 2, 3]
+
+
+def test_resume_command_spells_out_iif_options(tmp_path: Path, capsys, monkeypatch) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "cartpole", "--timesteps", "256", "--run-dir", str(run), *QUIET]
+    iif = ["--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]
+    assert main([*argv, *iif]) == 0
+    command = cli.resume_command(RunLog(run))
+    assert "--iif --iif-rule bottom --iif-fraction 0.25" in command
+    assert "--iif-minibatching" not in command  # the preset's own value needs no option
+
+
+# ---------------------------------------------------------------------- inspect
+def test_inspect_reports_a_gap(copy_of: Path, capsys) -> None:
+    (copy_of / "iterations" / "000002" / "iteration.json").unlink()
+    assert main(["inspect", str(copy_of)]) == 1
+    out = capsys.readouterr().out
+    assert "all checksums match" not in out
+    assert "iteration 2 is not committed" in out and "although later ones are" in out
+
+
+def test_inspect_reports_an_interrupted_run(copy_of: Path, capsys) -> None:
+    # What a kill leaves: the newest iteration written but not committed.
+    (copy_of / "iterations" / "000003" / "iteration.json").unlink()
+    assert main(["inspect", str(copy_of)]) == 0  # nothing is damaged
+    out = capsys.readouterr().out
+    assert "interrupted" in out and "1 uncommitted" in out
+    assert "--resume" in out and "all checksums match" in out
+
+
+def test_inspect_shows_iif_and_stored_scores(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "cartpole", "--timesteps", "512", "--run-dir", str(run), *QUIET]
+    assert main([*argv, "--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "rule bottom, fraction 0.25" in out
+    assert "snapshot-return: 2 iteration(s) (0..1)" in out
+    assert "complete" in out
+
+
+# ---------------------------------------------------------------------- stored scores
+def test_score_names_carry_the_target(copy_of: Path, tmp_path: Path, capsys) -> None:
+    base = ["attribute", str(copy_of), "--iteration", "1", "--top", "1"]
+    assert main([*base, "--target", "return"]) == 0
+    assert main([*base, "--target", "return:mc"]) == 0
+    records = RunLog(copy_of).load_records(1)
+    for name, rows in (("a.npz", slice(0, 3)), ("b.npz", slice(3, 6))):
+        np.savez(
+            tmp_path / name,
+            observations=records.observations[rows].numpy(),
+            actions=records.actions[rows, 0].numpy(),
+        )
+        assert main([*base, "--target", f"action:{tmp_path / name}"]) == 0
+    out = capsys.readouterr().out
+    names = RunLog(copy_of).score_names(1)
+    assert "snapshot-return" in names and "snapshot-return-mc" in names
+    actions = [n for n in names if n.startswith("snapshot-action-")]
+    assert len(actions) == 2, names  # two files, two entries: neither overwrote the other
+    where = copy_of / "iterations" / "000001" / "scores"
+    assert f"stored as 'snapshot-return-mc' in {where}" in out
+
+
+def test_no_store(copy_of: Path, capsys) -> None:
+    argv = ["attribute", str(copy_of), "--iteration", "1", "--top", "1", "--no-store"]
+    assert main(argv) == 0
+    assert "not stored (--no-store)" in capsys.readouterr().out
+    assert RunLog(copy_of).score_names(1) == []
+
+
+# ---------------------------------------------------------------------- help
+def _subparsers():
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return parser, sub.choices
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    _, commands = _subparsers()
+    for name, command in commands.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"rlattr {name} {action.option_strings or action.dest}: no help"
+            # None and False mean "the preset's" / "off", which the help text says in words.
+            switch = action.default is None or isinstance(action.default, bool)
+            if action.option_strings and not switch:
+                shown = f"(default: {action.default})"
+                assert "default" in action.help or shown in text, (name, action.option_strings)
+
+
+def test_iif_options_come_from_the_config_dataclass(capsys) -> None:
+    _, commands = _subparsers()
+    options = {a.dest: a for a in commands["train"]._actions}
+    assert tuple(options["iif_rule"].choices) == RULES
+    assert "which records to drop" in options["iif_rule"].help  # IIF's field metadata
+    assert "else 0.125" in options["iif_fraction"].help
+    assert main(["train", "--help"]) == 0
+    assert "--iif-minibatching {recut,as_drawn}" in capsys.readouterr().out
+
+
+def test_version(capsys) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rlattr {rlattr.__version__}"
+
+
+def test_fidelity_shows_progress_on_stderr(trained: Path, capsys, monkeypatch) -> None:
+    terminal = io.StringIO()
+    monkeypatch.setattr(cli, "error_console", Console(file=terminal, force_terminal=True))
+    argv = ["fidelity", str(trained), "--iteration", "1", "--method", "snapshot"]
+    assert main([*argv, "--subsets", "2", "--orders", "1"]) == 0
+    assert "snapshot: scoring, then 2 leave-subset-out replays" in terminal.getvalue()
+    assert "LDS" in capsys.readouterr().out
