@@ -1,0 +1,47 @@
+"""Iterative influence-based filtering for language-model RL inside TRL (optional extra).
+
+Install with ``pip install 'rlattr[llm]'`` (transformers, trl, peft). Entry points:
+
+- ``IIFGRPOTrainer``: TRL's ``GRPOTrainer`` with IIF (``LLMIIF``) and an exact run log;
+- ``snapshot_scores`` / ``sequence_dots``: per-sequence influence scores through ghost
+  products (no per-sequence gradients);
+- ``LLMRunLog`` and ``replay_round``: record rounds and replay an update bit for bit.
+"""
+
+try:
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+except ImportError as err:  # pragma: no cover - the message is the point
+    raise ImportError(
+        f"rlattr.llm needs the 'llm' extra ({err}); install it with: pip install 'rlattr[llm]'"
+    ) from err
+
+from rlattr.llm.batch import SequenceBatch, completion_logps
+from rlattr.llm.config import LLMIIF
+from rlattr.llm.ghost import score_parameters, sequence_dots
+from rlattr.llm.loss import LossSpec, sequence_losses, sequence_weights
+from rlattr.llm.replay import replay_round
+from rlattr.llm.rules import RULES, keep_mask
+from rlattr.llm.runlog import FORMAT_VERSION, LLMRunLog
+from rlattr.llm.scores import snapshot_scores, target_gradient
+from rlattr.llm.trainer import IIFGRPOTrainer, RoundStats
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LLMIIF",
+    "RULES",
+    "IIFGRPOTrainer",
+    "LLMRunLog",
+    "LossSpec",
+    "RoundStats",
+    "SequenceBatch",
+    "completion_logps",
+    "keep_mask",
+    "replay_round",
+    "score_parameters",
+    "sequence_dots",
+    "sequence_losses",
+    "sequence_weights",
+    "snapshot_scores",
+    "target_gradient",
+]

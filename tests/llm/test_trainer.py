@@ -1,0 +1,135 @@
+"""GRPO+IIF inside TRL end to end: filtering, the run log, exact replay, no perturbation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOTrainer
+
+from rlattr.errors import CorruptRunLogError, RunLogError
+from rlattr.llm import LLMIIF, IIFGRPOTrainer, LLMRunLog, replay_round
+from tests.llm.conftest import grpo_config
+
+
+def _dataset(task):
+    return Dataset.from_dict({"prompt": task.prompts(32)})
+
+
+def _validation(task):
+    return [{"prompt": p} for p in task.prompts(4, offset=3)]
+
+
+def _trainer(model, tokenizer, task, out, **kwargs):
+    return IIFGRPOTrainer(
+        model=model,
+        reward_funcs=task.reward,
+        args=grpo_config(out),
+        train_dataset=_dataset(task),
+        processing_class=tokenizer,
+        **kwargs,
+    )
+
+
+def test_without_iif_it_trains_exactly_like_grpo(
+    pretrained_model, tokenizer, task, pretrained_state, tmp_path
+) -> None:
+    from rlattr.llm.toy import tiny_causal_lm
+
+    ours = _trainer(pretrained_model, tokenizer, task, tmp_path / "a", run_dir=tmp_path / "run")
+    ours.train()
+    plain_model = tiny_causal_lm(tokenizer, seed=0)
+    plain_model.load_state_dict(pretrained_state)
+    plain = GRPOTrainer(
+        model=plain_model,
+        reward_funcs=task.reward,
+        args=grpo_config(tmp_path / "b"),
+        train_dataset=_dataset(task),
+        processing_class=tokenizer,
+    )
+    plain.train()
+    for (name, a), (_, b) in zip(
+        ours.model.named_parameters(), plain.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert [s.round for s in ours.round_stats] == [0, 1]
+
+
+def test_grpo_iif_end_to_end_and_exact_replay(
+    pretrained_model, tokenizer, task, pretrained_state, tmp_path
+) -> None:
+    from rlattr.llm.toy import tiny_causal_lm
+
+    run = tmp_path / "run"
+    iif = LLMIIF(rule="drop_negative", target="validation")
+    trainer = _trainer(
+        pretrained_model,
+        tokenizer,
+        task,
+        tmp_path / "out",
+        iif=iif,
+        validation_dataset=_validation(task),
+        run_dir=run,
+    )
+    trainer.train()
+    stats = trainer.round_stats
+    assert len(stats) == 2
+    assert sum(s.fraction_dropped for s in stats) > 0  # something was filtered
+    for s in stats:
+        assert s.fraction_dropped == pytest.approx(s.fraction_negative)
+        assert s.update_s > 0 and s.scoring_s > 0 and s.target_s > 0
+    # Training logs show training completions only (validation ones are put back).
+    assert len(trainer._logs["prompt"]) == 16
+
+    log = LLMRunLog(run)
+    assert log.rounds() == [0, 1]
+    record = log.read_round(0)
+    assert {"prompt_ids", "completion_ids", "completion_mask", "advantages"} <= set(record.inputs)
+    assert {"rewards", "start_logps", "scores", "keep"} <= set(record.extras)
+    assert torch.equal(record.extras["keep"], record.extras["scores"] >= 0)
+    assert "old_per_token_logps" in record.inputs  # num_iterations = 2 keeps them
+
+    # Replay every round on a fresh trainer: bit-identical parameters.
+    model = tiny_causal_lm(tokenizer, seed=0)
+    model.load_state_dict(pretrained_state)
+    replayer = _trainer(
+        model, tokenizer, task, tmp_path / "re", iif=iif, validation_dataset=_validation(task)
+    )
+    replayer.create_optimizer_and_scheduler(num_training_steps=8)
+    for index in log.rounds():
+        replayed = replay_round(replayer, run, index)
+        expected = log.end_parameters(index)
+        different = [n for n in expected if not torch.equal(replayed[n], expected[n])]
+        assert not different, f"round {index}: {different}"
+
+    # A counterfactual keep-mask changes the outcome (the replay is not a lookup).
+    everything = torch.ones_like(record.extras["keep"])
+    if not bool(record.extras["keep"].all()):
+        replayed = replay_round(replayer, run, 0, keep=everything)
+        expected = log.end_parameters(0)
+        assert any(not torch.equal(replayed[n], expected[n]) for n in expected)
+
+
+def test_bad_setups_fail_clearly(pretrained_model, tokenizer, task, tmp_path) -> None:
+    with pytest.raises(ValueError, match="validation_dataset"):
+        _trainer(pretrained_model, tokenizer, task, tmp_path / "a", iif=LLMIIF())
+    run = tmp_path / "run"
+    _trainer(pretrained_model, tokenizer, task, tmp_path / "b", run_dir=run)
+    with pytest.raises(RunLogError, match="already holds a run"):
+        _trainer(pretrained_model, tokenizer, task, tmp_path / "c", run_dir=run)
+
+
+def test_run_log_detects_corruption(pretrained_model, tokenizer, task, tmp_path) -> None:
+    run = tmp_path / "run"
+    trainer = _trainer(
+        pretrained_model, tokenizer, task, tmp_path / "out", iif=LLMIIF(target="batch"), run_dir=run
+    )
+    trainer.train()
+    path = run / "rounds" / "000000" / "batch.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptRunLogError, match="checksum"):
+        LLMRunLog(run).read_round(0)
+    with pytest.raises(RunLogError, match="not committed"):
+        LLMRunLog(run).read_round(5)
