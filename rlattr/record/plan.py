@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -47,8 +47,14 @@ class UpdatePlan:
     early_stopped: bool
 
     @property
-    def n_steps(self) -> int:
+    def n_optimizer_steps(self) -> int:
+        """T, the optimiser steps the update takes (not the rollout length ``Records.n_steps``)."""
         return int(self.minibatch_sizes.numel())
+
+    @property
+    def n_steps(self) -> int:
+        """Deprecated alias of ``n_optimizer_steps`` (it read like the rollout length)."""
+        return self.n_optimizer_steps
 
     @property
     def n_records(self) -> int:
@@ -65,6 +71,22 @@ class UpdatePlan:
         offsets = torch.cumsum(self.minibatch_sizes, 0)
         start = 0 if step == 0 else int(offsets[step - 1])
         return self.minibatch_indices[start : int(offsets[step])]
+
+    def epochs(
+        self, keep_mask: torch.Tensor | None = None
+    ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """(epoch, minibatches) of the executed steps, each minibatch restricted to
+        ``keep_mask`` by ``mask_minibatches`` (None keeps every record)."""
+        epochs = self.step_epochs.tolist()
+        minibatches = list(self.minibatches())
+        for epoch in sorted(set(epochs)):
+            batches = [mb for e, mb in zip(epochs, minibatches, strict=True) if e == epoch]
+            yield epoch, mask_minibatches(batches, keep_mask)
+
+    def to(self, device: torch.device | str) -> UpdatePlan:
+        """The same plan with its tensors on ``device``."""
+        moved = {name: getattr(self, name).to(device) for name in self.tensor_names()}
+        return replace(self, **moved)
 
     def tensor_dict(self) -> dict[str, torch.Tensor]:
         return {
@@ -83,7 +105,7 @@ class UpdatePlan:
             "loss_config": self.loss_config.to_json(),
             "n_epochs": self.n_epochs,
             "batch_size": self.batch_size,
-            "n_steps": self.n_steps,
+            "n_optimizer_steps": self.n_optimizer_steps,
             "early_stopped": self.early_stopped,
         }
 
@@ -146,6 +168,44 @@ Minibatching = Literal["recut", "as_drawn"]
 MINIBATCHING = ("recut", "as_drawn")
 
 
+def stored_optimizer_steps(plan_meta: dict[str, Any]) -> int:
+    """T from an ``iteration.json``'s plan metadata (runs written before the rename stored it
+    as ``n_steps``)."""
+    return int(plan_meta.get("n_optimizer_steps", plan_meta.get("n_steps", 0)))
+
+
+def mask_minibatches(
+    minibatches: Iterable[torch.Tensor], keep_mask: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """Remove the records outside ``keep_mask`` from each minibatch (order kept).
+
+    A minibatch left empty is dropped: an empty mean is NaN, and no data means no step
+    (so an optimiser's step count can then differ from the unmasked plan's). With
+    ``keep_mask`` None the minibatches are returned as they are. Training, replay and
+    filters all form masked minibatches through this one function.
+    """
+    if keep_mask is None:
+        return list(minibatches)
+    masked = [batch[keep_mask[batch]] for batch in minibatches]
+    return [batch for batch in masked if batch.numel() > 0]
+
+
+def cut_minibatches(
+    order: torch.Tensor,
+    batch_size: int,
+    keep_mask: torch.Tensor | None = None,
+    minibatching: Minibatching = "as_drawn",
+) -> list[torch.Tensor]:
+    """Cut one epoch's record order into minibatches of ``batch_size``, as SB3's
+    ``RolloutBuffer.get`` does (the last one keeps the remainder), around ``keep_mask``
+    (see ``sample_epoch_minibatches`` for what ``minibatching`` means)."""
+    if minibatching not in MINIBATCHING:
+        raise ValueError(f"minibatching must be one of {MINIBATCHING}, got {minibatching!r}")
+    if keep_mask is not None and minibatching == "recut":
+        return list(torch.split(order[keep_mask[order]], batch_size))
+    return mask_minibatches(torch.split(order, batch_size), keep_mask)
+
+
 def sample_epoch_minibatches(
     n_records: int,
     batch_size: int,
@@ -177,9 +237,4 @@ def sample_epoch_minibatches(
     permutation = np.random.permutation(n_records)
     permutations.append(permutation)
     order = torch.as_tensor(permutation, device=device)
-    if keep_mask is None:
-        return list(torch.split(order, batch_size))
-    if minibatching == "recut":
-        return list(torch.split(order[keep_mask[order]], batch_size))
-    batches = [batch[keep_mask[batch]] for batch in torch.split(order, batch_size)]
-    return [batch for batch in batches if batch.numel() > 0]
+    return cut_minibatches(order, batch_size, keep_mask, minibatching)

@@ -9,7 +9,6 @@ the plan, which otherwise stays as logged (same order, same learning rates).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,21 +64,6 @@ def load_iteration(
     return IterationData(iteration, records, plan, tensors, meta)
 
 
-def _logged_epochs(
-    plan: UpdatePlan, keep_mask: torch.Tensor | None
-) -> Iterator[tuple[int, list[torch.Tensor]]]:
-    epochs = plan.step_epochs.tolist()
-    minibatches = list(plan.minibatches())
-    for epoch in sorted(set(epochs)):
-        batches = [mb for e, mb in zip(epochs, minibatches, strict=True) if e == epoch]
-        if keep_mask is not None:
-            batches = [mb[keep_mask[mb]] for mb in batches]
-            # A minibatch whose records were all removed is skipped: an empty mean is NaN,
-            # and no data means no step (Adam's step count then differs from the plan).
-            batches = [mb for mb in batches if mb.numel() > 0]
-        yield epoch, batches
-
-
 def replay(
     data: IterationData,
     policy: ActorCriticPolicy,
@@ -127,7 +111,7 @@ def replay(
         policy,
         data.records.to(device),
         data.plan.loss_config,
-        _logged_epochs(data.plan, keep_mask),
+        data.plan.epochs(keep_mask),
         check_target_kl=False,
         before_step=before_step,
         after_step=after_step,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlattr.record.records import Records
 from rlattr.record.replay import IterationData, build_policy, load_iteration
@@ -30,19 +33,41 @@ def score_name(method: str, target: Target, params: str = "policy") -> str:
     return name if params == "policy" else f"{name}-params-{params}"
 
 
-def _score(
-    log: RunLog,
+@runtime_checkable
+class IterationSource(Protocol):
+    """An in-memory source of a trained iteration (``AttributedPPO`` keeps its last one).
+
+    Attributes:
+        gamma, gae_lambda: the discount and GAE λ the iteration's advantages used.
+    """
+
+    gamma: float
+    gae_lambda: float
+
+    def iteration_data(self, iteration: int, device: torch.device | str | None) -> IterationData:
+        """Records, executed plan and start state of ``iteration``, on ``device``."""
+        ...
+
+    def workspace_policy(self, device: torch.device | str | None) -> ActorCriticPolicy:
+        """A policy of the run's architecture (with optimiser) that scorers may overwrite."""
+        ...
+
+
+def score_iteration(
     data: IterationData,
+    policy: ActorCriticPolicy,
     target: Target,
-    method: Method,
-    params: ParamSelection,
-    backend: Backend,
-    device: str,
+    context: TargetContext,
+    method: Method = "snapshot",
+    params: ParamSelection = "policy",
+    backend: Backend = "auto",
 ) -> torch.Tensor:
+    """Score the records of one iteration, wherever it came from (run log or memory).
+
+    ``policy`` is a workspace of the run's architecture: its state is overwritten.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    policy = build_policy(log, device)
-    context = target_context(log, data.records)
     if method == "snapshot":
         from rlattr.record.checkpoint import restore_checkpoint
 
@@ -57,8 +82,23 @@ def _score(
     return tracin_scores(data, policy, target, context, params, backend)
 
 
+def _score(
+    log: RunLog,
+    data: IterationData,
+    target: Target,
+    method: Method,
+    params: ParamSelection,
+    backend: Backend,
+    device: str,
+) -> torch.Tensor:
+    """``score_iteration`` on a logged iteration, with a policy built from ``run.json``."""
+    policy = build_policy(log, device)
+    context = target_context(log, data.records)
+    return score_iteration(data, policy, target, context, method, params, backend)
+
+
 def attribute(
-    log: RunLog | str,
+    log: RunLog | str | Path | IterationSource,
     iteration: int,
     target: Target,
     method: Method = "snapshot",
@@ -70,28 +110,40 @@ def attribute(
     """Score every record of a logged iteration on ``target`` (positive = helpful).
 
     Args:
-        log: the run (a ``RunLog`` or its directory).
+        log: the run (a ``RunLog`` or its directory), or a model that holds the iteration
+            in memory (``AttributedPPO``: the iteration it trained last, no run directory
+            needed).
         iteration: a recorded iteration.
         target: the behaviour to explain (``ReturnTarget()``, ``ActionTarget(...)``, ...).
         method: ``"snapshot"`` (θ_k only), ``"tracin"`` (replayed over the update) or
             ``"metagrad"`` (exact derivative through the replayed update, SCIENCE.md §2).
         params, backend: see ``rlattr.scoring.grads``.
         device: where to compute.
-        store: also store the scores in the run log, named by ``score_name``.
+        store: also store the scores in the run log, named by ``score_name`` (run logs
+            only: scores of an in-memory iteration are returned, not stored).
 
     Returns:
         ``[N]`` float64 scores aligned with the iteration's record ids.
     """
-    log = log if isinstance(log, RunLog) else RunLog(log)
-    data = load_iteration(log, iteration, device)
     start = time.perf_counter()
-    scores = _score(log, data, target, method, params, backend, device)
+    if isinstance(log, IterationSource):
+        data = log.iteration_data(iteration, device)
+        policy = log.workspace_policy(device)
+        context = TargetContext(data.records, float(log.gamma), float(log.gae_lambda))
+        store = False
+    else:
+        log = log if isinstance(log, RunLog) else RunLog(log)
+        data = load_iteration(log, iteration, device)
+        policy = build_policy(log, device)
+        context = target_context(log, data.records)
+    scores = score_iteration(data, policy, target, context, method, params, backend)
     if not torch.isfinite(scores).all():
         raise ValueError(
             f"{method} scores of iteration {iteration} contain NaN or inf "
             f"({int((~torch.isfinite(scores)).sum())} of {len(scores)})"
         )
     if store:
+        assert isinstance(log, RunLog)
         log.write_scores(
             iteration,
             score_name(method, target, params),

@@ -21,34 +21,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from rlattr.record.plan import MINIBATCHING, Minibatching
 from rlattr.record.records import Records
+from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import ParamSelection
 from rlattr.scoring.influence import snapshot_scores
-from rlattr.scoring.targets import ReturnTarget, Target, TargetContext, monte_carlo_advantages
-from rlattr.training.hooks import log_score_diagnostics
+from rlattr.scoring.targets import ReturnTarget, Target, monte_carlo_advantages
+from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
 
 Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like"]
 RULES = ("neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like")
 _MATCHED = ("random_like", "advantage_like")  # drop as many as ``like`` would
 _NEEDS_FRACTION = ("neg_bottom", "bottom", "random")
-
-
-def _check_iif_types(config: Any) -> None:
-    """Numbers where numbers belong (a YAML typo would otherwise fail in a comparison)."""
-    for name in ("fraction", "like_fraction"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise ValueError(f"IIF {name} must be a number in [0, 1), got {value!r}")
-    for name in ("greedy_blocks", "warmup_iterations", "min_kept", "seed"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | None):
-            raise ValueError(f"IIF {name} must be a whole number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -80,50 +69,25 @@ class IIF:
         params: which parameters the scores use (see ``rlattr.scoring.grads``).
         warmup_iterations: iterations trained unfiltered before filtering starts.
         min_kept: never keep fewer records than this (at least 1: an update needs data).
-        seed: seed of the random rules' own generator (the global RNGs are not touched).
+        seed: seed of the random rules' own generator (the global RNGs are not touched);
+            None (default) derives it from the model's seed, so random drops differ across
+            training seeds (``rlattr.training.seams.filter_seed``).
     """
 
-    # metadata["help"]: the one-line help of ``rlattr train --iif-<field>``.
-    rule: Rule = field(
-        default="neg_bottom", metadata={"help": "which records to drop each iteration"}
-    )
-    fraction: float = field(
-        default=0.125,
-        metadata={"help": "p of neg_bottom (share of the negatives), q of bottom/random"},
-    )
-    like: Rule | None = field(
-        default=None,
-        metadata={"help": "random_like/advantage_like: the rule whose drop count is matched"},
-    )
-    like_fraction: float = field(
-        default=0.125, metadata={"help": "the matched rule's fraction, in [0, 1)"}
-    )
+    rule: Rule = "neg_bottom"
+    fraction: float = 0.125
+    like: Rule | None = None
+    like_fraction: float = 0.125
     target: Target | None = None
-    scorer: Literal["snapshot", "metagrad"] = field(
-        default="snapshot",
-        metadata={"help": "snapshot (the paper's) or metagrad (exact, of the coming update)"},
-    )
-    greedy_blocks: int = field(
-        default=1, metadata={"help": "metagrad: drop in this many blocks, re-scoring after each"}
-    )
-    minibatching: Minibatching = field(
-        default="as_drawn",
-        metadata={
-            "help": "as_drawn: PPO's minibatches minus the dropped records; recut: the kept "
-            "records cut anew (the last minibatch may be tiny)"
-        },
-    )
-    params: ParamSelection = field(
-        default="policy", metadata={"help": "the parameters whose gradients score records"}
-    )
-    warmup_iterations: int = field(
-        default=0, metadata={"help": "iterations trained unfiltered before filtering starts"}
-    )
-    min_kept: int = field(default=1, metadata={"help": "never keep fewer records than this"})
-    seed: int = 0
+    scorer: Literal["snapshot", "metagrad"] = "snapshot"
+    greedy_blocks: int = 1
+    minibatching: Minibatching = "as_drawn"
+    params: ParamSelection = "policy"
+    warmup_iterations: int = 0
+    min_kept: int = 1
+    seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_iif_types(self)
         if self.rule not in RULES:
             raise ValueError(f"IIF rule must be one of {RULES}, got {self.rule!r}")
         if self.rule in _NEEDS_FRACTION and not 0 <= self.fraction < 1:
@@ -225,86 +189,102 @@ def episode_ends_in_buffer(records: Records) -> torch.Tensor:
     return ends.reshape(-1)
 
 
-@dataclass
-class IIFFilter:
-    """The ``keep_mask_fn`` AttributedPPO calls each iteration when ``iif`` is set."""
+class IIFFilter(KeepMaskFilter):
+    """The keep-mask filter AttributedPPO installs when ``iif`` is set.
 
-    config: IIF
-    generator: torch.Generator = field(init=False)
-    last_scores: torch.Tensor | None = field(default=None, init=False)
+    Each iteration it scores the records (snapshot, or metagradient of the drafted plan),
+    applies ``config.rule`` and returns the keep mask, the scores to store and the
+    TensorBoard scalars; the random rules draw from ``context.generator`` (seeded from
+    ``config.seed``, or from the model's seed when that is None).
+    """
 
-    def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.config.seed)
+    uses_generator = True
+
+    def __init__(self, config: IIF):
+        self.config = config
 
     @property
-    def needs_plan(self) -> bool:
-        """AttributedPPO draws the update plan before calling us (metagradient scores)."""
+    def needs_plan(self) -> bool:  # type: ignore[override]
+        """Metagradient scores price the update about to run: its plan is drawn first."""
         return self.config.scorer == "metagrad"
 
     @property
-    def minibatching(self) -> Minibatching:
-        """How AttributedPPO forms minibatches around the dropped records."""
+    def minibatching(self) -> Minibatching:  # type: ignore[override]
         return self.config.minibatching
 
-    def _metagrad(self, model: Any, records: Records, target: Target, at=None) -> torch.Tensor:
+    @property
+    def seed(self) -> int | None:  # type: ignore[override]
+        return self.config.seed
+
+    def _metagrad(
+        self, context: IterationContext, target: Target, at: torch.Tensor | None = None
+    ) -> torch.Tensor:
         from rlattr.record.checkpoint import capture_checkpoint
         from rlattr.record.replay import IterationData
         from rlattr.scoring.metagrad import metagradient_scores
 
-        tensors, meta = capture_checkpoint(model.policy)
-        data = IterationData(records.iteration, records, model.draft_plan, tensors, meta)
-        context = TargetContext(records, model.gamma, model.gae_lambda)
-        return metagradient_scores(data, model.policy, target, context, at=at).scores
+        if context.plan is None:
+            raise ValueError("metagradient IIF needs the drafted plan (needs_plan)")
+        tensors, meta = capture_checkpoint(context.policy)
+        records = context.records
+        data = IterationData(records.iteration, records, context.plan, tensors, meta)
+        return metagradient_scores(
+            data, context.policy, target, context.target_context(), at=at
+        ).scores
 
-    def __call__(self, model: Any, records: Records) -> torch.Tensor | None:
+    def __call__(self, context: IterationContext) -> FilterDecision:
         config = self.config
+        records = context.records
         n = len(records)
         target = config.target or ReturnTarget()
+        warming_up = context.iteration < config.warmup_iterations
+        unfiltered = {"iif/fraction_dropped": 0.0}
         if config.scorer == "metagrad":
-            if model.iteration < config.warmup_iterations:
-                model.logger.record("iif/fraction_dropped", 0.0)
-                return None
-            scores = self._metagrad(model, records, target).detach()
+            if warming_up:
+                return FilterDecision(None, scalars=unfiltered)
+            scores = self._metagrad(context, target).detach()
         else:
             # Scores are computed and logged for every rule (random included).
-            context = TargetContext(records, model.gamma, model.gae_lambda)
             scores = snapshot_scores(
-                model.policy, records, target, model.loss_config(), context, config.params
+                context.policy,
+                records,
+                target,
+                context.loss_config,
+                context.target_context(),
+                config.params,
             ).detach()
-        self.last_scores = scores
-        model.pending_scores[f"{config.scorer}-{target.name}"] = (
-            scores.cpu(),
-            {"method": config.scorer, "target": target.name, "during": "iif"},
-        )
-        log_score_diagnostics(model.logger, scores, records)
-        if model.iteration < config.warmup_iterations:
-            model.logger.record("iif/fraction_dropped", 0.0)
-            return None
+        stored = {
+            score_name(config.scorer, target, config.params): StoredScores(
+                scores.cpu(), {"method": config.scorer, "target": target.name, "during": "iif"}
+            )
+        }
+        if warming_up:
+            return FilterDecision(None, stored, unfiltered)
         if not bool(torch.isfinite(scores).all()):
             bad = int((~torch.isfinite(scores)).sum())
             warnings.warn(
-                f"IIF: {bad} of {n} scores of iteration {model.iteration} are NaN or inf; "
+                f"IIF: {bad} of {n} scores of iteration {context.iteration} are NaN or inf; "
                 "this iteration trains on every record",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            model.logger.record("iif/nonfinite_scores", bad)
-            model.logger.record("iif/fraction_dropped", 0.0)
-            return None
+            return FilterDecision(None, stored, {**unfiltered, "iif/nonfinite_scores": bad})
+        if context.generator is None:
+            raise ValueError("IIFFilter needs its generator (uses_generator)")
         mask = keep_mask(
-            scores, n, config, self.generator, min(config.min_kept, n), records.advantages
+            scores, n, config, context.generator, min(config.min_kept, n), records.advantages
         )
         if config.greedy_blocks > 1 and config.rule in ("neg_bottom", "drop_negative", "bottom"):
-            mask = self._greedy(model, records, target, scores, int((~mask).sum()))
-        self._log(model, records, scores, mask)
-        return mask.to(records.device)
+            mask = self._greedy(context, target, scores, int((~mask).sum()))
+        scalars = filter_scalars(records, scores, mask, context.gamma)
+        return FilterDecision(mask.to(records.device), stored, scalars)
 
     def _greedy(
-        self, model: Any, records: Records, target: Target, scores: torch.Tensor, n_drop: int
+        self, context: IterationContext, target: Target, scores: torch.Tensor, n_drop: int
     ) -> torch.Tensor:
         """Drop ``n_drop`` records in blocks, re-scoring the rest after each block (the
         scores at weights with the dropped records at 0 are exact for that counterfactual)."""
-        mask = torch.ones(len(records), dtype=torch.bool)
+        mask = torch.ones(len(context.records), dtype=torch.bool)
         blocks = self.config.greedy_blocks
         current = scores.detach().cpu()
         for block in range(blocks):
@@ -315,28 +295,31 @@ class IIFFilter:
             mask[torch.sort(candidates, stable=True).indices[:size]] = False
             if block < blocks - 1:
                 weights = mask.to(torch.float64)
-                current = self._metagrad(model, records, target, at=weights).detach().cpu()
+                current = self._metagrad(context, target, at=weights).detach().cpu()
         return mask
 
-    def _log(
-        self, model: Any, records: Records, scores: torch.Tensor | None, mask: torch.Tensor
-    ) -> None:
-        logger = model.logger
-        dropped = ~mask
-        logger.record("iif/fraction_dropped", float(dropped.float().mean()))
-        if scores is not None:
-            logger.record("iif/fraction_negative", float((scores < 0).float().mean()))
-        advantages = records.advantages.cpu()
-        if bool(dropped.any()):
-            logger.record("iif/dropped_mean_advantage", float(advantages[dropped].mean()))
-        # Advantage error: GAE against the Monte-Carlo advantage, where the episode ends.
-        exact = episode_ends_in_buffer(records)
-        error = (advantages - monte_carlo_advantages(records, model.gamma).cpu()).abs()
-        for name, selection in (("dropped", dropped & exact), ("kept", mask & exact)):
-            if bool(selection.any()):
-                logger.record(
-                    f"iif/{name}_mean_abs_advantage_error", float(error[selection].mean())
-                )
-        if scores is not None and int(exact.sum()) > 2:
-            pair = torch.stack([scores.cpu()[exact].double(), error[exact].double()])
-            logger.record("iif/score_advantage_error_corr", float(torch.corrcoef(pair)[0, 1]))
+
+def filter_scalars(
+    records: Records, scores: torch.Tensor | None, mask: torch.Tensor, gamma: float
+) -> dict[str, float]:
+    """The ``iif/`` TensorBoard scalars of one filtered iteration: fraction dropped and
+    negative, the dropped records' mean advantage, and the advantage error (GAE against
+    the Monte-Carlo advantage, where the episode ends in the buffer) of dropped and kept
+    records, and its correlation with the score."""
+    mask = mask.cpu()
+    dropped = ~mask
+    scalars = {"iif/fraction_dropped": float(dropped.float().mean())}
+    if scores is not None:
+        scalars["iif/fraction_negative"] = float((scores < 0).float().mean())
+    advantages = records.advantages.cpu()
+    if bool(dropped.any()):
+        scalars["iif/dropped_mean_advantage"] = float(advantages[dropped].mean())
+    exact = episode_ends_in_buffer(records)
+    error = (advantages - monte_carlo_advantages(records, gamma).cpu()).abs()
+    for name, selection in (("dropped", dropped & exact), ("kept", mask & exact)):
+        if bool(selection.any()):
+            scalars[f"iif/{name}_mean_abs_advantage_error"] = float(error[selection].mean())
+    if scores is not None and int(exact.sum()) > 2:
+        pair = torch.stack([scores.cpu()[exact].double(), error[exact].double()])
+        scalars["iif/score_advantage_error_corr"] = float(torch.corrcoef(pair)[0, 1])
+    return scalars

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,45 +19,68 @@ from stable_baselines3.common.utils import explained_variance
 from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.record.loss import PPOLossConfig
-from rlattr.record.plan import UpdatePlan, sample_epoch_minibatches
+from rlattr.record.plan import UpdatePlan, mask_minibatches, sample_epoch_minibatches
 from rlattr.record.records import RecordingRolloutBuffer, Records
+from rlattr.record.replay import IterationData
 from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
-from rlattr.record.serialize import class_path, encode, space_to_json
 from rlattr.record.update import run_update, trace_to_plan
+from rlattr.training.hooks import log_score_diagnostics
+from rlattr.training.rundir import (
+    check_policy_argument,
+    check_policy_class,
+    check_spaces,
+    describe_iif,
+    run_json,
+    write_iteration_files,
+)
+from rlattr.training.seams import (
+    IterationContext,
+    KeepMaskFilter,
+    RecordHook,
+    StoredScores,
+    as_keep_mask_filter,
+    call_record_hook,
+    filter_seed,
+)
 from rlattr.training.tb import IterationTiming, record_iteration
-from rlattr.versions import package_versions
 
-RecordHook = Callable[["AttributedPPO", Records], None]
-KeepMaskFn = Callable[["AttributedPPO", Records], "torch.Tensor | None"]
-
-_SUPPORTED_POLICIES = ("MlpPolicy", "CnnPolicy")
-_SUPPORTED_ACTIONS = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-_RNG_FILTER = "rng.filter"  # checkpoint key of a keep-mask function's own generator
+_RNG_FILTER = "rng.filter"  # checkpoint key of a keep-mask filter's own generator
 
 
 class AttributedPPO(PPO):
     """SB3's ``PPO`` whose update is an explicit, logged and exactly replayable plan.
 
     With no record hook, no keep mask and recording on or off, it trains exactly like
-    ``stable_baselines3.PPO`` (same seed ⇒ bit-identical parameters on CPU).
+    ``stable_baselines3.PPO`` (same seed ⇒ bit-identical parameters on CPU). ``save`` and
+    ``load`` work as for any SB3 model (``stable_baselines3.PPO.load`` reads the file too);
+    a loaded model records nothing until given a ``RunLog`` again (``resume=True``).
 
     Args:
         policy, env: as for ``PPO``; the policy must be a feed-forward actor-critic
             (``"MlpPolicy"``, ``"CnnPolicy"`` or an ``ActorCriticPolicy`` subclass).
-        run_dir: directory of the ``RunLog`` (records, plans, checkpoints, TensorBoard);
-            None records nothing to disk.
+        run_dir: directory of the ``RunLog`` (records, plans, checkpoints, TensorBoard
+            under ``run_dir/tb`` unless ``tensorboard_log`` says otherwise); None records
+            nothing to disk.
         retention: which iterations to keep on disk (default: all).
         resume: continue the run already in ``run_dir`` from its last finished iteration.
         run_metadata: extra JSON stored in ``run.json`` (e.g. the resolved preset).
-        record_hooks: callables ``hook(model, records)`` run before every update (scoring).
-        keep_mask_fn: ``fn(model, records) -> BoolTensor[N] | None`` restricting each
-            update to the kept records (filtering); None trains on every record. Its
-            optional attribute ``minibatching`` (``"as_drawn"``, the default, or
-            ``"recut"``) says how minibatches are formed around dropped records
-            (``rlattr.record.plan.sample_epoch_minibatches``).
+        record_hooks: ``hook(context) -> {name: StoredScores} | None``, run before every
+            update (``rlattr.training.seams.RecordHook``); the scores they return are
+            stored with the iteration. Old-style ``hook(model, records)`` still works.
+        keep_mask_fn: a ``rlattr.training.seams.KeepMaskFilter`` (or a plain
+            ``fn(context)`` returning a ``FilterDecision``, a bool mask or None)
+            restricting each update to the kept records; None trains on every record.
+            Old-style ``fn(model, records) -> BoolTensor | None`` still works (its
+            optional ``minibatching`` attribute is honoured).
         iif: an ``rlattr.training.filters.IIF`` config: iterative influence-based filtering (it
             installs the keep mask); None is plain PPO.
         **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts.
+
+    Attributes:
+        iteration: the next iteration to train (iterations count from 0).
+        last_records, last_plan, last_keep_mask: the last trained iteration's buffer,
+            executed plan and keep mask (None when unfiltered); with its start state they
+            are what ``attribute`` scores in memory.
     """
 
     def __init__(
@@ -67,12 +92,12 @@ class AttributedPPO(PPO):
         retention: Retention | None = None,
         resume: bool = False,
         run_metadata: dict[str, Any] | None = None,
-        record_hooks: tuple[RecordHook, ...] | list[RecordHook] = (),
-        keep_mask_fn: KeepMaskFn | None = None,
+        record_hooks: Sequence[RecordHook | Any] = (),
+        keep_mask_fn: KeepMaskFilter | Any | None = None,
         iif: Any = None,
         **ppo_kwargs: Any,
     ):
-        _check_policy_argument(policy)
+        check_policy_argument(policy)
         self._run_metadata = dict(run_metadata or {})
         if ppo_kwargs.get("use_sde"):
             raise UnsupportedError(
@@ -91,32 +116,26 @@ class AttributedPPO(PPO):
             ppo_kwargs["tensorboard_log"] = str(Path(run_dir) / "tb")
         if hasattr(env, "observation_space"):
             # Before SB3 sees the env, so the user gets rlattr's message, not SB3's.
-            _check_spaces(env.observation_space, env.action_space)
+            check_spaces(env.observation_space, env.action_space)
         super().__init__(policy, env, _init_setup_model=False, **ppo_kwargs)
-        _check_spaces(self.observation_space, self.action_space)
-        _check_policy_class(self.policy_class)
 
-        self.record_hooks: list[RecordHook] = list(record_hooks)
+        self.record_hooks: list[RecordHook | Any] = list(record_hooks)
         if iif is not None:
-            from rlattr.training.filters import IIFFilter
-
             if keep_mask_fn is not None:
                 raise ValueError("pass either iif or keep_mask_fn, not both")
-            keep_mask_fn = IIFFilter(iif)
-            self._run_metadata.setdefault("iif", _describe(iif))
+            self._run_metadata.setdefault("iif", describe_iif(iif))
         self.iif = iif
         self.keep_mask_fn = keep_mask_fn
         self.retention = retention or Retention()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run_log: RunLog | None = None
         self._writer = BackgroundWriter()
+        self._filter_generator: torch.Generator | None = None
         self.iteration = 0
         self.last_records: Records | None = None
         self.last_plan: UpdatePlan | None = None
         self.last_keep_mask: torch.Tensor | None = None
-        self.draft_plan: UpdatePlan | None = None
-        # Scores that record hooks computed for the current iteration; stored with it.
-        self.pending_scores: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
+        self._last_start: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
         self._resume = resume
         self._phase_start = time.perf_counter()
         if init_setup_model:
@@ -124,50 +143,34 @@ class AttributedPPO(PPO):
 
     # ------------------------------------------------------------------ set-up
     def _setup_model(self) -> None:
+        # Here, not in __init__: SB3's load() builds the model without an env, then sets
+        # the spaces and calls this.
+        check_spaces(self.observation_space, self.action_space)
+        check_policy_class(self.policy_class)
         super()._setup_model()
+        if self.iif is not None and self.keep_mask_fn is None:
+            from rlattr.training.filters import IIFFilter
+
+            self.keep_mask_fn = IIFFilter(self.iif)
+        self._install_filter_generator()
         if self.run_dir is None:
             return
         if self._resume and (self.run_dir / "run.json").exists():
             self.run_log = RunLog(self.run_dir)
             self._restore_from_run_log()
         else:
-            self.run_log = RunLog.create(self.run_dir, self._run_json(), self.retention)
+            meta = run_json(self, self._run_metadata)
+            self.run_log = RunLog.create(self.run_dir, meta, self.retention)
         self.retention = self.run_log.retention
 
-    def _run_json(self) -> dict[str, Any]:
-        try:
-            policy_kwargs = encode(self.policy_kwargs)
-        except TypeError as err:
-            raise UnsupportedError(
-                f"policy_kwargs cannot be stored in the run log ({err}); pass classes, "
-                "numbers, strings and lists only"
-            ) from err
-        return {
-            "config": self._run_metadata,
-            "seed": self.seed,
-            "versions": package_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "policy": {
-                "class": class_path(self.policy_class),
-                "kwargs": policy_kwargs,
-                "observation_space": space_to_json(self.observation_space),
-                "action_space": space_to_json(self.action_space),
-            },
-            "algorithm": {
-                "n_steps": self.n_steps,
-                "n_envs": self.n_envs,
-                "n_epochs": self.n_epochs,
-                "batch_size": self.batch_size,
-                "gamma": self.gamma,
-                "gae_lambda": self.gae_lambda,
-                "ent_coef": self.ent_coef,
-                "vf_coef": self.vf_coef,
-                "max_grad_norm": str(self.max_grad_norm),
-                "normalize_advantage": self.normalize_advantage,
-                "target_kl": self.target_kl,
-                "device": str(self.device),
-            },
-        }
+    def _install_filter_generator(self) -> None:
+        """The keep-mask filter's own generator, seeded once (restored by resume and load)."""
+        saved_state = self.__dict__.pop("_filter_rng_state", None)  # from a saved model
+        fn = self.keep_mask_fn
+        if isinstance(fn, KeepMaskFilter) and fn.uses_generator:
+            self._filter_generator = self._new_filter_generator(fn)
+            if saved_state is not None:
+                self._filter_generator.set_state(torch.tensor(saved_state, dtype=torch.uint8))
 
     def _restore_from_run_log(self) -> None:
         assert self.run_log is not None
@@ -179,9 +182,8 @@ class AttributedPPO(PPO):
         self.run_log.discard_after(start)
         tensors, meta = self.run_log.load_checkpoint(start, self.device)
         restore_checkpoint(self.policy, tensors, meta, restore_rng=True)
-        generator = self._filter_generator()
-        if generator is not None and _RNG_FILTER in tensors:
-            generator.set_state(tensors[_RNG_FILTER].to("cpu", torch.uint8))
+        if self._filter_generator is not None and _RNG_FILTER in tensors:
+            self._filter_generator.set_state(tensors[_RNG_FILTER].to("cpu", torch.uint8))
         counters = meta["counters"]
         self.iteration = int(counters["iteration"])
         self.num_timesteps = int(counters["num_timesteps"])
@@ -193,10 +195,13 @@ class AttributedPPO(PPO):
 
     def _check_same_filter(self, stored: dict[str, Any] | None) -> None:
         """A resumed run must filter as it did: the rest of its log would not be one run."""
+        wanted = self._run_metadata.get("iif")
         if stored is not None:
             # Runs written before the option existed re-cut their minibatches.
             stored = {"minibatching": "recut", **stored}
-        wanted = self._run_metadata.get("iif")
+            if wanted is not None and wanted.get("seed") is None:
+                # The filter's generator resumes from the checkpoint, whatever its seed was.
+                stored = {**stored, "seed": None}
         if stored != wanted:
             raise RunLogError(
                 f"{self.run_dir} was trained with iif={stored}, and is being resumed with "
@@ -228,15 +233,39 @@ class AttributedPPO(PPO):
             "n_updates": self._n_updates,
         }
         tensors, meta = capture_checkpoint(self.policy, counters, with_rng=True)
-        generator = self._filter_generator()
-        if generator is not None:
+        if self._filter_generator is not None:
             # A filter's own random draws (IIF's random rules) must resume where they were.
-            tensors[_RNG_FILTER] = generator.get_state()
+            tensors[_RNG_FILTER] = self._filter_generator.get_state()
         return tensors, meta
 
-    def _filter_generator(self) -> torch.Generator | None:
-        generator = getattr(self.keep_mask_fn, "generator", None)
-        return generator if isinstance(generator, torch.Generator) else None
+    # ------------------------------------------------------------------ save / load
+    def _excluded_save_params(self) -> list[str]:
+        # Threads, open run logs, user callables, generators and the last iteration's
+        # tensors are not part of a saved model; __init__ and _setup_model restore
+        # defaults on load (no run log, no hooks, the IIF filter rebuilt from ``iif``).
+        return [
+            *super()._excluded_save_params(),
+            "run_dir",
+            "run_log",
+            "_writer",
+            "record_hooks",
+            "keep_mask_fn",
+            "_filter_generator",
+            "last_records",
+            "last_plan",
+            "last_keep_mask",
+            "_last_start",
+        ]
+
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """``PPO.save``; the IIF filter's generator state goes along (as a list of bytes),
+        so a loaded model's random drops continue where they were."""
+        if self._filter_generator is not None:
+            self._filter_rng_state = self._filter_generator.get_state().tolist()
+        try:
+            super().save(path, exclude=exclude, include=include)
+        finally:
+            self.__dict__.pop("_filter_rng_state", None)
 
     # ------------------------------------------------------------------ update
     def loss_config(self) -> PPOLossConfig:
@@ -265,44 +294,31 @@ class AttributedPPO(PPO):
         loss_config = self.loss_config()
 
         records = Records.from_rollout_buffer(self.rollout_buffer, self.iteration)
-        self.last_records = records
-        self.pending_scores = {}
+        # θ_k and the optimiser state, kept so the iteration can be attributed in memory.
+        start = capture_checkpoint(self.policy)
+        context = IterationContext(
+            iteration=self.iteration,
+            records=records,
+            policy=self.policy,
+            loss_config=loss_config,
+            gamma=float(self.gamma),
+            gae_lambda=float(self.gae_lambda),
+        )
+        stored: dict[str, StoredScores] = {}
         for hook in self.record_hooks:
-            hook(self, records)
+            stored.update(call_record_hook(hook, context, self))
         n_records = len(records)
         permutations: list[np.ndarray] = []
-        # A keep-mask function that scores the update it filters (exact metagradient
-        # scores) needs the plan first: every epoch's permutation is drawn now, and the
-        # filtered records are then removed from their minibatches, which otherwise stay
-        # as drawn. (Drawing all permutations up front consumes NumPy's generator as SB3
-        # does unless target_kl stops early.)
-        self.draft_plan = None
-        if getattr(self.keep_mask_fn, "needs_plan", False):
-            drafted = [
-                sample_epoch_minibatches(
-                    n_records, self.batch_size, None, self.device, permutations
-                )
-                for _ in range(self.n_epochs)
-            ]
-            self.draft_plan = UpdatePlan.draft(
-                loss_config,
-                self.batch_size,
-                drafted,
-                permutations,
-                self.policy.optimizer.param_groups[0]["lr"],
-                n_records,
-            )
-        keep_mask = self._keep_mask(records)
-        # What the dropped records leave in their minibatches (see sample_epoch_minibatches).
-        minibatching = getattr(self.keep_mask_fn, "minibatching", "as_drawn")
+        drafted, keep_mask, minibatching = self._filter(context, stored, permutations)
+        for value in stored.values():
+            if value.log_as is not None:
+                log_score_diagnostics(self.logger, value.scores, records, value.log_as)
         scored = time.perf_counter()
 
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:
-            if self.draft_plan is not None:
+            if drafted is not None:
                 for epoch, batches in enumerate(drafted):
-                    if keep_mask is not None:
-                        batches = [b[keep_mask[b]] for b in batches]
-                    yield epoch, [b for b in batches if b.numel() > 0]
+                    yield epoch, mask_minibatches(batches, keep_mask)
                 return
             # A generator, so each epoch's permutation is drawn when the epoch starts (as SB3).
             for epoch in range(self.n_epochs):
@@ -332,13 +348,15 @@ class AttributedPPO(PPO):
         plan = trace_to_plan(
             trace, loss_config, self.n_epochs, self.batch_size, permutations, full_mask, stopped
         )
+        self.last_records = records
         self.last_plan = plan
         self.last_keep_mask = keep_mask
+        self._last_start = start
         updated = time.perf_counter()
 
         loss_means = stats.means()
         self._log_sb3_metrics(loss_means, records, loss_config)
-        self._write_iteration(records, plan, stats.n_epochs_run, loss_means)
+        self._write_iteration(records, plan, stats.n_epochs_run, loss_means, stored)
         done = time.perf_counter()
         timing = IterationTiming(
             rollout_s=rollout_s,
@@ -353,10 +371,63 @@ class AttributedPPO(PPO):
         self.iteration += 1
         self._phase_start = time.perf_counter()
 
-    def _keep_mask(self, records: Records) -> torch.Tensor | None:
+    def _filter(
+        self,
+        context: IterationContext,
+        stored: dict[str, StoredScores],
+        permutations: list[np.ndarray],
+    ) -> tuple[list[list[torch.Tensor]] | None, torch.Tensor | None, Any]:
+        """Ask the keep-mask filter (if any) for its decision.
+
+        Returns the drafted minibatches (when the filter needed the plan first), the keep
+        mask and the minibatching; adds the filter's scores to ``stored`` and records its
+        TensorBoard scalars.
+        """
         if self.keep_mask_fn is None:
-            return None
-        mask = self.keep_mask_fn(self, records)
+            return None, None, "as_drawn"
+        keep_filter = as_keep_mask_filter(self.keep_mask_fn, self)
+        drafted = None
+        if keep_filter.needs_plan:
+            if keep_filter.minibatching != "as_drawn":
+                raise ValueError("a filter that needs the plan must keep minibatches as drawn")
+            # A filter that scores the update it filters (exact metagradient scores) needs
+            # the plan first: every epoch's permutation is drawn now, and the filtered
+            # records are then removed from their minibatches, which otherwise stay as
+            # drawn. (Drawing all permutations up front consumes NumPy's generator as SB3
+            # does unless target_kl stops early.)
+            n_records = len(context.records)
+            drafted = [
+                sample_epoch_minibatches(
+                    n_records, self.batch_size, None, self.device, permutations
+                )
+                for _ in range(self.n_epochs)
+            ]
+            plan = UpdatePlan.draft(
+                context.loss_config,
+                self.batch_size,
+                drafted,
+                permutations,
+                self.policy.optimizer.param_groups[0]["lr"],
+                n_records,
+            )
+            context = replace(context, plan=plan)
+        if keep_filter.uses_generator:
+            if self._filter_generator is None:  # a filter installed after construction
+                self._filter_generator = self._new_filter_generator(keep_filter)
+            context = replace(context, generator=self._filter_generator)
+        decision = keep_filter(context)
+        stored.update(decision.scores)
+        for key, value in decision.scalars.items():
+            self.logger.record(key, value)
+        keep_mask = self._checked_keep_mask(decision.keep_mask, context.records)
+        return drafted, keep_mask, keep_filter.minibatching
+
+    def _new_filter_generator(self, keep_filter: KeepMaskFilter) -> torch.Generator:
+        return torch.Generator().manual_seed(filter_seed(keep_filter.seed, self.seed))
+
+    def _checked_keep_mask(
+        self, mask: torch.Tensor | None, records: Records
+    ) -> torch.Tensor | None:
         if mask is None:
             return None
         if mask.dtype != torch.bool or mask.shape != (len(records),):
@@ -386,7 +457,12 @@ class AttributedPPO(PPO):
             self.logger.record("train/clip_range_vf", loss_config.clip_range_vf)
 
     def _write_iteration(
-        self, records: Records, plan: UpdatePlan, n_epochs_run: int, loss_means: dict[str, float]
+        self,
+        records: Records,
+        plan: UpdatePlan,
+        n_epochs_run: int,
+        loss_means: dict[str, float],
+        scores: dict[str, StoredScores],
     ) -> None:
         if self.run_log is None:
             return
@@ -396,7 +472,7 @@ class AttributedPPO(PPO):
         next_checkpoint = self._checkpoint()
         self.iteration -= 1
         self._writer.submit(
-            _write_iteration_files,
+            write_iteration_files,
             self.run_log,
             records,
             plan,
@@ -407,85 +483,58 @@ class AttributedPPO(PPO):
             },
             self.observation_space,
             next_checkpoint,
-            dict(self.pending_scores),
+            dict(scores),
         )
 
+    # ------------------------------------------------------------------ attribution
+    def iteration_data(
+        self, iteration: int, device: torch.device | str | None = None
+    ) -> IterationData:
+        """The last trained iteration (records, executed plan, start state), from memory.
 
-def _write_iteration_files(
-    run_log: RunLog,
-    records: Records,
-    plan: UpdatePlan,
-    info: dict[str, Any],
-    observation_space: spaces.Space,
-    next_checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]],
-    scores: dict[str, tuple[torch.Tensor, dict[str, Any]]],
-) -> int:
-    """Write one iteration (or only its successor checkpoint) and apply retention."""
-    k = records.iteration
-    if run_log.retention.records(k):
-        written = run_log.write_iteration(
-            records, plan, info, observation_space, next_checkpoint, scores
-        )
-    else:
-        written = run_log.write_checkpoint(k + 1, *next_checkpoint)
-    run_log.apply_retention(newest_checkpoint=k + 1)
-    return written
-
-
-def _describe(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    values = asdict(config)
-    target = values.pop("target", None)
-    values["target"] = (
-        "return (same buffer)" if target is None else getattr(target, "name", "custom")
-    )
-    return values
-
-
-def _check_policy_argument(policy: Any) -> None:
-    if isinstance(policy, str) and policy not in _SUPPORTED_POLICIES:
-        hint = " (recurrent policies are not supported)" if "Lstm" in policy else ""
-        if policy == "MultiInputPolicy":
-            hint = " (Dict observations: flatten them, e.g. gymnasium FlattenObservation)"
-        raise UnsupportedError(
-            f"policy {policy!r} is not supported{hint}; use one of {_SUPPORTED_POLICIES} "
-            "or an ActorCriticPolicy subclass"
+        Only the iteration just trained (``self.iteration - 1``) is kept; older ones are
+        read from the run directory (``rlattr.load_iteration``).
+        """
+        last = self.iteration - 1
+        if self.last_plan is None or self.last_records is None or self._last_start is None:
+            raise RunLogError("no iteration trained in this process yet: call learn() first")
+        if iteration != last:
+            raise RunLogError(
+                f"iteration {iteration} is not in memory: only the last trained iteration "
+                f"({last}) is; read older ones from the run directory"
+            )
+        device = torch.device(device) if device is not None else self.device
+        tensors, meta = self._last_start
+        return IterationData(
+            iteration,
+            self.last_records.to(device),
+            self.last_plan.to(device),
+            {name: value.to(device) for name, value in tensors.items()},
+            meta,
         )
 
+    def workspace_policy(self, device: torch.device | str | None = None) -> ActorCriticPolicy:
+        """A copy of the policy (and optimiser) that scorers may overwrite."""
+        workspace = copy.deepcopy(self.policy)
+        return workspace.to(device) if device is not None else workspace
 
-def _check_policy_class(policy_class: type) -> None:
-    names = [cls.__name__ for cls in policy_class.__mro__]
-    if any("Recurrent" in name for name in names):
-        raise UnsupportedError(
-            f"{policy_class.__name__} is recurrent; rlattr replays feed-forward actor-critic "
-            "policies only (its per-record loss assumes records are independent given θ)"
-        )
-    if not issubclass(policy_class, ActorCriticPolicy):
-        raise UnsupportedError(
-            f"{policy_class.__name__} is not an ActorCriticPolicy; AttributedPPO needs one"
-        )
-    if "MultiInput" in policy_class.__name__:
-        raise UnsupportedError(
-            f"{policy_class.__name__} takes Dict observations, which rlattr does not support; "
-            "flatten them (gymnasium.wrappers.FlattenObservation) or select one key "
-            "(e.g. minigrid.wrappers.ImgObsWrapper)"
-        )
+    def attribute(
+        self,
+        target: Any,
+        method: str = "snapshot",
+        iteration: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Score the records of the iteration just trained, in memory (no run directory
+        needed): ``rlattr.attribute(self, iteration, target, method, **kwargs)``.
 
+        Args:
+            target: the behaviour to explain (``ReturnTarget()``, ``ActionTarget(...)``).
+            method: ``"snapshot"``, ``"tracin"`` or ``"metagrad"``.
+            iteration: must be the last trained one (the default).
+            **kwargs: ``params``, ``backend``, ``device`` of ``rlattr.attribute``.
+        """
+        from rlattr.scoring.attribute import attribute
 
-def _check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
-    if isinstance(observation_space, spaces.Dict | spaces.Tuple):
-        raise UnsupportedError(
-            f"{type(observation_space).__name__} observation spaces are not supported; wrap the "
-            "environment so it returns one array (gymnasium.wrappers.FlattenObservation, or "
-            "minigrid.wrappers.ImgObsWrapper for MiniGrid)"
-        )
-    if not isinstance(
-        observation_space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary
-    ):
-        raise UnsupportedError(f"observation space {observation_space} is not supported")
-    if not isinstance(action_space, _SUPPORTED_ACTIONS):
-        raise UnsupportedError(
-            f"action space {action_space} is not supported; rlattr supports "
-            "Box, Discrete, MultiDiscrete and MultiBinary"
-        )
+        k = self.iteration - 1 if iteration is None else iteration
+        return attribute(self, k, target, method, **kwargs)  # type: ignore[arg-type]

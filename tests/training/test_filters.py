@@ -14,14 +14,18 @@ from rlattr.errors import RunLogError
 from rlattr.record.records import Records
 from rlattr.record.replay import build_policy, state_matches
 from rlattr.training.filters import IIF, drop_count, episode_ends_in_buffer, keep_mask
+from rlattr.training.seams import filter_seed
 
 SCORES = torch.tensor([0.5, -3.0, -1.0, 2.0, -0.5, -2.0, 0.1, -4.0, 1.0, -0.25])
 # Negatives, most negative first: idx 7 (-4), 1 (-3), 5 (-2), 2 (-1), 4 (-0.5), 9 (-0.25).
 
 
-def _kept(rule: str, fraction: float = 0.5, **kwargs) -> list[int]:
+def _kept(rule: str, fraction: float = 0.5, model_seed: int = 0, **kwargs) -> list[int]:
+    """The records ``rule`` drops, drawing (random rules) from the generator AttributedPPO
+    gives the filter: seeded by ``IIF.seed``, or from the model's seed when that is None."""
     config = IIF(rule=rule, fraction=fraction, **kwargs)
-    mask = keep_mask(SCORES, len(SCORES), config, torch.Generator().manual_seed(0), min_kept=1)
+    generator = torch.Generator().manual_seed(filter_seed(config.seed, model_seed))
+    mask = keep_mask(SCORES, len(SCORES), config, generator, min_kept=1)
     return torch.nonzero(~mask).flatten().tolist()
 
 
@@ -45,11 +49,30 @@ def test_random_rules_drop_the_same_count_at_random() -> None:
     dropped = _kept("random_like", like="neg_bottom", like_fraction=0.5)
     assert len(dropped) == drop_count(SCORES, "neg_bottom", 0.5) == 3
     assert len(_kept("random_like", like="drop_negative")) == 6
-    # Reproducible from the IIF seed, and the global RNG is not touched.
+    # Reproducible from the IIF seed, different for another seed, and the global RNG is
+    # not touched. (4 and 5 draw different triples of 10 records; checked once.)
     torch.manual_seed(1)
     state = torch.get_rng_state()
-    assert _kept("random", 0.3, seed=4) == _kept("random", 0.3, seed=4)
+    assert _kept("random", 0.3, seed=4) == _kept("random", 0.3, seed=4, model_seed=9)
+    assert _kept("random", 0.3, seed=4) != _kept("random", 0.3, seed=5)
     assert torch.equal(state, torch.get_rng_state())
+    # Without an IIF seed, the model's seed decides.
+    assert _kept("random", 0.3, model_seed=0) == _kept("random", 0.3, model_seed=0)
+    assert _kept("random", 0.3, model_seed=0) != _kept("random", 0.3, model_seed=1)
+
+
+def _first_drop(iif: IIF, seed: int) -> list[int]:
+    model = AttributedPPO("MlpPolicy", "CartPole-v1", iif=iif, **{**SMALL, "seed": seed})
+    model.learn(64)
+    return torch.nonzero(~model.last_keep_mask).flatten().tolist()
+
+
+def test_random_drops_follow_the_training_seed_unless_iif_has_one() -> None:
+    by_model_seed = IIF(rule="random", fraction=0.25)  # seed None: from the model's seed
+    assert _first_drop(by_model_seed, 0) == _first_drop(by_model_seed, 0)
+    assert _first_drop(by_model_seed, 0) != _first_drop(by_model_seed, 1)
+    fixed = IIF(rule="random", fraction=0.25, seed=3)  # the same stream for every seed
+    assert _first_drop(fixed, 0) == _first_drop(fixed, 1)
 
 
 def test_advantage_like_drops_the_matched_count_of_worst_advantages() -> None:

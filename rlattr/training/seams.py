@@ -1,0 +1,229 @@
+"""The seams of AttributedPPO: record hooks and keep-mask filters receive an iteration
+context and *return* what they computed; nothing is written onto the model for another
+part to read.
+
+- A **record hook** is called with an ``IterationContext`` before every update and returns
+  the scores it wants stored with the iteration (``{name: StoredScores}``) or None.
+- A **keep-mask filter** subclasses ``KeepMaskFilter``: it declares what it needs as typed
+  attributes (``needs_plan``, ``minibatching``, ``uses_generator``, ``seed``) and returns a
+  ``FilterDecision`` (keep mask, scores to store, TensorBoard scalars).
+
+Old-style callables ``fn(model, records)`` are still accepted for both seams (see
+``call_record_hook`` and ``as_keep_mask_filter``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+
+from rlattr.record.loss import PPOLossConfig
+from rlattr.record.plan import MINIBATCHING, Minibatching, UpdatePlan
+from rlattr.record.records import Records
+from rlattr.scoring.targets import TargetContext
+
+
+@dataclass(frozen=True)
+class IterationContext:
+    """What a hook or filter may read about iteration k, just before its update.
+
+    Attributes:
+        iteration: k (0-based).
+        records: the buffer θ_k collected.
+        policy: the policy at θ_k, with its optimiser. Read it; do not step it (a scorer
+            that must move it, such as a replay, restores it before returning).
+        loss_config: the loss hyperparameters of this iteration (schedules evaluated).
+        gamma, gae_lambda: the discount and GAE λ the advantages were computed with.
+        plan: the update plan drawn before filtering, when the filter declared
+            ``needs_plan`` (its norms are NaN: no step has run); else None.
+        generator: the filter's own random generator, when it declared
+            ``uses_generator`` (seeded once, checkpointed with the run); else None.
+    """
+
+    iteration: int
+    records: Records
+    policy: ActorCriticPolicy
+    loss_config: PPOLossConfig
+    gamma: float
+    gae_lambda: float
+    plan: UpdatePlan | None = None
+    generator: torch.Generator | None = None
+
+    def target_context(self) -> TargetContext:
+        """The ``TargetContext`` targets are evaluated with."""
+        return TargetContext(self.records, self.gamma, self.gae_lambda)
+
+
+@dataclass(frozen=True)
+class StoredScores:
+    """Per-record scores a hook or filter hands back, stored with the iteration.
+
+    Attributes:
+        scores: ``[N]`` scores aligned with the iteration's records.
+        meta: JSON-serialisable metadata stored beside them (method, target, ...).
+        log_as: TensorBoard prefix under which AttributedPPO logs their diagnostics
+            (histogram, fraction negative, correlation with the advantage); None logs
+            nothing.
+    """
+
+    scores: torch.Tensor
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    log_as: str | None = "attribution"
+
+
+@dataclass(frozen=True)
+class FilterDecision:
+    """What a keep-mask filter decided for one iteration.
+
+    Attributes:
+        keep_mask: ``[N]`` bool, True = the update trains on the record; None trains on
+            every record.
+        scores: scores to store with the iteration, by name.
+        scalars: TensorBoard scalars (``"iif/fraction_dropped"``, ...) to record.
+    """
+
+    keep_mask: torch.Tensor | None
+    scores: Mapping[str, StoredScores] = field(default_factory=dict)
+    scalars: Mapping[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RecordHook(Protocol):
+    """``hook(context) -> {name: StoredScores} | None``, called before every update."""
+
+    def __call__(self, context: IterationContext) -> Mapping[str, StoredScores] | None: ...
+
+
+class KeepMaskFilter(ABC):
+    """Base class of keep-mask filters: declared needs, and a decision per iteration.
+
+    Subclasses override the class attributes they need (plain attributes or properties):
+
+    Attributes:
+        needs_plan: draw every epoch's permutation before calling the filter and pass the
+            drafted plan as ``context.plan``; the kept records are then taken out of those
+            minibatches (requires ``minibatching="as_drawn"``).
+        minibatching: ``"as_drawn"`` or ``"recut"``: how the update forms minibatches
+            around dropped records (``rlattr.record.plan.sample_epoch_minibatches``).
+        uses_generator: give the filter its own ``torch.Generator`` as
+            ``context.generator`` (checkpointed, so a resumed run draws on).
+        seed: that generator's seed; None derives it from the model's seed
+            (``filter_seed``), so random filters differ across training seeds.
+    """
+
+    needs_plan: bool = False
+    minibatching: Minibatching = "as_drawn"
+    uses_generator: bool = False
+    seed: int | None = None
+
+    @abstractmethod
+    def __call__(self, context: IterationContext) -> FilterDecision:
+        """The decision for iteration ``context.iteration``."""
+
+
+class _PlainFilter(KeepMaskFilter):
+    """Adapts ``fn(context) -> FilterDecision | BoolTensor | None``."""
+
+    def __init__(self, fn: Callable[[IterationContext], Any]):
+        self.fn = fn
+
+    def __call__(self, context: IterationContext) -> FilterDecision:
+        return _as_decision(self.fn(context))
+
+
+class _LegacyFilter(KeepMaskFilter):
+    """Adapts an old-style ``fn(model, records) -> BoolTensor | None``.
+
+    Its optional attribute ``minibatching`` is honoured (read once, when adapted).
+    """
+
+    def __init__(self, fn: Callable[[Any, Records], Any], model: Any):
+        self.fn = fn
+        self.model = model
+        minibatching = getattr(fn, "minibatching", "as_drawn")
+        if minibatching not in MINIBATCHING:
+            raise ValueError(f"minibatching must be one of {MINIBATCHING}, got {minibatching!r}")
+        self.minibatching = minibatching
+
+    def __call__(self, context: IterationContext) -> FilterDecision:
+        return _as_decision(self.fn(self.model, context.records))
+
+
+def _as_decision(result: Any) -> FilterDecision:
+    if isinstance(result, FilterDecision):
+        return result
+    if result is None or isinstance(result, torch.Tensor):
+        return FilterDecision(keep_mask=result)
+    raise TypeError(
+        "a keep-mask filter must return a FilterDecision, a bool tensor or None, "
+        f"got {type(result).__name__}"
+    )
+
+
+def _takes_model_and_records(fn: Callable[..., Any]) -> bool:
+    """Old-style seams take (model, records); new ones take one context."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: assume the new style
+        return False
+    try:
+        signature.bind(None)
+        return False
+    except TypeError:
+        pass
+    try:
+        signature.bind(None, None)
+        return True
+    except TypeError as err:
+        raise TypeError(
+            f"{fn!r} takes neither (context) nor the old (model, records) arguments"
+        ) from err
+
+
+def as_keep_mask_filter(fn: Any, model: Any) -> KeepMaskFilter:
+    """``fn`` as a ``KeepMaskFilter``: subclasses as they are; a plain ``fn(context)`` or an
+    old-style ``fn(model, records)`` wrapped (``model`` is what the old style receives)."""
+    if isinstance(fn, KeepMaskFilter):
+        return fn
+    if _takes_model_and_records(fn):
+        return _LegacyFilter(fn, model)
+    return _PlainFilter(fn)
+
+
+def call_record_hook(hook: Any, context: IterationContext, model: Any) -> dict[str, StoredScores]:
+    """Run one record hook and return the scores it asks to store.
+
+    A hook takes the context (new style) or ``(model, records)`` (old style, whose return
+    value is ignored unless it is a mapping of ``StoredScores``).
+    """
+    if _takes_model_and_records(hook):
+        result = hook(model, context.records)
+    else:
+        result = hook(context)
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping) or not all(
+        isinstance(value, StoredScores) for value in result.values()
+    ):
+        raise TypeError(
+            f"record hook {hook!r} must return None or {{name: StoredScores}}, "
+            f"got {type(result).__name__}"
+        )
+    return dict(result)
+
+
+def filter_seed(seed: int | None, model_seed: int | None) -> int:
+    """The seed of a filter's generator: ``seed`` if given, else one derived from the
+    model's seed (mixed, so the filter's stream is not torch's global stream of the same
+    seed), else a fresh random seed (an unseeded run is random anyway)."""
+    if seed is not None:
+        return int(seed)
+    entropy = None if model_seed is None else [int(model_seed), 0x11F]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)

@@ -1,0 +1,117 @@
+"""The seams return values: hooks return scores, filters return decisions; nothing is
+written onto the model for another part to read; old-style callables still work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rlattr import AttributedPPO, RunLog
+from rlattr.training.seams import (
+    FilterDecision,
+    IterationContext,
+    KeepMaskFilter,
+    StoredScores,
+    as_keep_mask_filter,
+)
+
+SMALL = {"n_steps": 64, "batch_size": 16, "n_epochs": 2, "device": "cpu", "seed": 0}
+
+
+def _tags(run_dir: Path) -> dict[str, list[str]]:
+    event_dir = next((run_dir / "tb").rglob("events.out.tfevents.*")).parent
+    accumulator = EventAccumulator(str(event_dir))
+    accumulator.Reload()
+    return accumulator.Tags()
+
+
+def test_a_hook_returns_scores_that_are_stored_and_logged(run_dir: Path) -> None:
+    seen: list[IterationContext] = []
+
+    def advantage_hook(context: IterationContext) -> dict[str, StoredScores]:
+        seen.append(context)
+        scores = context.records.advantages.double()
+        return {"advantage": StoredScores(scores, {"method": "advantage"}, log_as="mine")}
+
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, record_hooks=[advantage_hook], **SMALL
+    ).learn(128)
+    log = RunLog(run_dir)
+    assert [c.iteration for c in seen] == [0, 1]
+    context = seen[-1]
+    assert context.policy is model.policy and context.plan is None and context.generator is None
+    assert context.loss_config == model.loss_config()
+    assert (context.gamma, context.gae_lambda) == (model.gamma, model.gae_lambda)
+    for k in log.iterations():
+        scores, meta = log.load_scores(k, "advantage")
+        assert torch.equal(scores, log.load_records(k).advantages.double())
+        assert meta["method"] == "advantage"
+    tags = _tags(run_dir)
+    assert "mine/fraction_negative" in tags["scalars"] and "mine/scores" in tags["histograms"]
+    # Nothing was left on the model for another part to read.
+    for name in ("pending_scores", "draft_plan"):
+        assert not hasattr(model, name)
+
+
+class DropFirstQuarter(KeepMaskFilter):
+    """A filter that re-cuts minibatches, uses its generator and reports a scalar."""
+
+    minibatching = "recut"
+    uses_generator = True
+    seed = 11
+
+    def __init__(self) -> None:
+        self.generators: list[torch.Generator | None] = []
+
+    def __call__(self, context: IterationContext) -> FilterDecision:
+        self.generators.append(context.generator)
+        mask = torch.ones(len(context.records), dtype=torch.bool)
+        mask[: len(mask) // 4] = False
+        scores = {"index": StoredScores(torch.arange(len(mask), dtype=torch.float64), {})}
+        return FilterDecision(mask, scores, {"custom/dropped": float((~mask).sum())})
+
+
+def test_a_filter_returns_its_decision(run_dir: Path) -> None:
+    keep_filter = DropFirstQuarter()
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, keep_mask_fn=keep_filter, **SMALL
+    ).learn(128)
+    log = RunLog(run_dir)
+    for k in log.iterations():
+        plan = log.load_plan(k)
+        assert plan.keep_mask.tolist() == [False] * 16 + [True] * 48
+        assert plan.minibatch_sizes.tolist() == [16, 16, 16] * 2  # re-cut as declared
+        assert log.score_names(k) == ["index"]
+    generator = keep_filter.generators[0]
+    assert isinstance(generator, torch.Generator)
+    assert keep_filter.generators == [generator, generator]  # one generator, drawn on
+    assert "custom/dropped" in _tags(run_dir)["scalars"]
+
+
+def test_plain_context_functions_and_old_style_callables_are_adapted() -> None:
+    def new_style(context: IterationContext) -> torch.Tensor:
+        return torch.ones(len(context.records), dtype=torch.bool)
+
+    def old_style(model, records):
+        return None
+
+    old_style.minibatching = "recut"  # type: ignore[attr-defined]
+    assert isinstance(as_keep_mask_filter(new_style, None), KeepMaskFilter)
+    adapted = as_keep_mask_filter(old_style, None)
+    assert adapted.minibatching == "recut" and not adapted.needs_plan
+    model = AttributedPPO("MlpPolicy", "CartPole-v1", keep_mask_fn=new_style, **SMALL).learn(64)
+    assert bool(model.last_keep_mask.all())
+
+
+def test_bad_hook_results_are_refused() -> None:
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", record_hooks=[lambda context: torch.zeros(3)], **SMALL
+    )
+    with pytest.raises(TypeError, match="StoredScores"):
+        model.learn(64)
+    model = AttributedPPO("MlpPolicy", "CartPole-v1", keep_mask_fn=lambda c: "all", **SMALL)
+    with pytest.raises(TypeError, match="FilterDecision"):
+        model.learn(64)
