@@ -1,30 +1,248 @@
-"""``rlattr`` command line: train presets, inspect and replay run directories."""
+"""``rlattr`` command line: train presets, inspect, score and replay run directories.
+
+Exit status: 0 done; 1 a check failed (``inspect`` found problems, ``replay`` differed);
+2 bad input or an unusable run directory, reported as one ``error: ...`` line on stderr
+that says what to do (never a traceback); 130 interrupted by Ctrl-C (``train`` prints the
+last committed iteration and the command that resumes it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+import typing
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from safetensors import SafetensorError
 
+from rlattr import __version__
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
-from rlattr.training.presets import Preset
+from rlattr.training.presets import Preset, shipped_presets
 
 console = Console()
 error_console = Console(stderr=True)
 
+# The conventional status of a program stopped by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+# IIF settings offered as ``rlattr train --iif-<field>``; help and choices come from the
+# ``IIF`` dataclass (``target`` is Python-only; ``seed`` is the preset's to set).
+IIF_CLI_FIELDS = (
+    "rule",
+    "fraction",
+    "like",
+    "like_fraction",
+    "scorer",
+    "greedy_blocks",
+    "minibatching",
+    "params",
+    "warmup_iterations",
+    "min_kept",
+)
 
+
+class UsageError(RlattrError):
+    """Bad command-line input: printed as one ``error:`` line, exit status 2."""
+
+
+# ---------------------------------------------------------------------- argument types
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def _share(open_low: bool) -> Callable[[str], float]:
+    """An argparse type: a fraction in [0, 1), or (0, 1) with ``open_low``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above_low = value > 0 if open_low else value >= 0
+        if not (above_low and value < 1):  # NaN fails both
+            interval = "(0, 1)" if open_low else "[0, 1)"
+            raise argparse.ArgumentTypeError(f"must be a fraction in {interval}, got {value:g}")
+        return value
+
+    parse.__name__ = "fraction"
+    return parse
+
+
+def _device(text: str) -> str:
+    """An argparse type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, present here.
+
+    SB3 quietly falls back to the CPU when CUDA is asked for and missing; a person who
+    typed ``--device cuda`` wants to know instead.
+    """
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}: use cpu, cuda, cuda:N, mps or auto"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU"
+            raise argparse.ArgumentTypeError(
+                f"{text}: CUDA is not available here ({why}; torch {torch.__version__}); "
+                "use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(
+            f"unsupported device {text!r}: use cpu, cuda, cuda:N, mps or auto"
+        )
+    return text
+
+
+def _compute_device(text: str) -> str:
+    """``_device``, with ``auto`` resolved (post-hoc analyses hand it to torch as is)."""
+    text = _device(text)
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A parsed ``--target``/``--behavior``: ``return``, ``return:gae|mc`` or ``action:FILE``."""
+
+    text: str
+    kind: str
+    argument: str
+
+
+def _target_spec(text: str) -> TargetSpec:
+    """An argparse type: check a target's syntax (and that an action file exists)."""
+    kind, _, argument = text.partition(":")
+    if kind == "return":
+        if argument not in ("", "gae", "mc"):
+            raise argparse.ArgumentTypeError(
+                f"unknown advantage {argument!r} in {text!r}: use return (GAE advantages), "
+                "return:gae or return:mc (Monte-Carlo)"
+            )
+        return TargetSpec(text, kind, argument or "gae")
+    if kind == "action":
+        if not argument:
+            raise argparse.ArgumentTypeError(
+                "action needs a file: action:FILE (.safetensors or .npz holding "
+                "observations and actions)"
+            )
+        if not Path(argument).is_file():
+            raise argparse.ArgumentTypeError(f"action target file {argument} does not exist")
+        return TargetSpec(text, kind, argument)
+    raise argparse.ArgumentTypeError(
+        f"unknown target {text!r}: use return, return:mc or action:FILE"
+    )
+
+
+def _stage_span(text: str) -> str:
+    """An argparse type: one stage ``a:b`` (iterations a to b-1, a < b)."""
+    start, colon, end = text.partition(":")
+    if not (colon and start.isdigit() and end.isdigit()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a stage: write a:b for iterations a to b-1 (e.g. 0:4)"
+        )
+    if int(start) >= int(end):
+        raise argparse.ArgumentTypeError(
+            f"stage {text} is reversed or empty: a:b covers iterations a to b-1, so a < b"
+        )
+    return text
+
+
+def _stage_spec(text: str) -> str:
+    """An argparse type: ``K`` equal stages, or ``a:b,c:d`` (syntax and order only;
+    the run's length is checked once the run is open, before anything is loaded)."""
+    if text.isdigit():
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError("the number of stages must be >= 1")
+        return text
+    for part in text.split(","):
+        _stage_span(part)
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised as one-line ``UsageError``s."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a default worth showing.
+
+    Off switches (``False``) and ``None`` ("the preset's", explained in the help) would
+    only add noise.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        hidden = action.default is None or action.default is False  # 0 is shown
+        if "%(default)" in help_text or hidden or action.default == argparse.SUPPRESS:
+            return help_text
+        return super()._get_help_string(action) or help_text
+
+
+@contextlib.contextmanager
+def _user_input(what: str) -> Iterator[None]:
+    """Report a ``ValueError`` raised by a value the user gave as a ``UsageError``.
+
+    Only around code that validates user input: a ``ValueError`` elsewhere is a bug and
+    keeps its traceback.
+    """
+    try:
+        yield
+    except RlattrError:
+        raise
+    except ValueError as err:
+        raise UsageError(f"{what}: {err}") from err
+
+
+# ---------------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
+    given = [name for name in IIF_CLI_FIELDS if getattr(args, f"iif_{name}") is not None]
+    if given and not args.iif:
+        option = "--iif-" + given[0].replace("_", "-")
+        raise UsageError(f"{option} only applies with --iif: add --iif to filter, or drop {option}")
     preset = Preset.load(args.preset).with_overrides(total_timesteps=args.timesteps)
+    iif = _iif_config(preset, args) if args.iif else None
     rollout = preset.n_envs * int(preset.ppo.get("n_steps", 2048))
     whole = -(-preset.total_timesteps // rollout) * rollout
     if whole != preset.total_timesteps:
@@ -35,28 +253,11 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
     resuming = args.resume and (run_dir / "run.json").exists()
     if resuming:
-        stored_config = RunLog(run_dir).meta.get("config", {})
-        if ("iif" in stored_config) != bool(args.iif):
-            was = "with" if "iif" in stored_config else "without"
-            raise PresetError(f"{run_dir} was trained {was} --iif; resume it the same way")
-        stored = stored_config.get("preset", {})
-        stored_cmp = {**stored, "total_timesteps": preset.total_timesteps}
-        if stored_cmp != preset.to_dict():
-            raise PresetError(
-                f"{run_dir} was started with a different preset; resume it with the same "
-                "preset file (only --timesteps may change)"
-            )
+        _check_resumable(run_dir, preset, args)
     elif args.resume:
         console.print(f"[yellow]{run_dir} holds no run yet; starting a new one[/]")
     _import_project_envs()
-    iif = None
-    if args.iif:
-        iif = preset.iif_config(
-            rule=args.iif_rule,
-            fraction=args.iif_fraction,
-            scorer=args.iif_scorer,
-            minibatching=args.iif_minibatching,
-        )
+    if iif is not None:
         console.print(
             f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}, minibatches {iif.minibatching}"
         )
@@ -72,12 +273,15 @@ def _train(args: argparse.Namespace) -> int:
             f"resuming {run_dir} at iteration {model.iteration} "
             f"({model.num_timesteps} of {preset.total_timesteps} steps done)"
         )
-    model.learn(
-        remaining,
-        progress_bar=not args.no_progress,
-        reset_num_timesteps=not resuming,
-        tb_log_name="ppo",
-    )
+    try:
+        model.learn(
+            remaining,
+            progress_bar=not args.no_progress,
+            reset_num_timesteps=not resuming,
+            tb_log_name="ppo",
+        )
+    except KeyboardInterrupt:
+        return _interrupted(run_dir)
     log = RunLog(run_dir)
     console.print(
         f"[bold green]done[/]: {model.num_timesteps} steps, {len(log.iterations())} iterations "
@@ -88,6 +292,82 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _iif_config(preset: Preset, args: argparse.Namespace) -> Any:
+    """The preset's IIF settings with the ``--iif-*`` options on top, validated."""
+    overrides = {name: getattr(args, f"iif_{name}") for name in IIF_CLI_FIELDS}
+    with _user_input("IIF settings (the --iif-* options over the preset's iif section)"):
+        return preset.iif_config(**overrides)
+
+
+def _check_resumable(run_dir: Path, preset: Preset, args: argparse.Namespace) -> None:
+    """Refuse to resume a run with another preset or another filtering switch."""
+    stored_config = RunLog(run_dir).meta.get("config", {})
+    if ("iif" in stored_config) != bool(args.iif):
+        was = "with" if "iif" in stored_config else "without"
+        raise PresetError(f"{run_dir} was trained {was} --iif; resume it the same way")
+    stored = stored_config.get("preset", {})
+    stored_cmp = {**stored, "total_timesteps": preset.total_timesteps}
+    if stored_cmp != preset.to_dict():
+        raise PresetError(
+            f"{run_dir} was started with a different preset; resume it with the same "
+            "preset file (only --timesteps may change)"
+        )
+
+
+def _interrupted(run_dir: Path) -> int:
+    """After Ctrl-C: what is safe on disk and the exact command that continues."""
+    if not (run_dir / "run.json").exists():
+        error_console.print("interrupted before the run started; nothing to resume")
+        return EXIT_INTERRUPTED
+    log = RunLog(run_dir)
+    committed = log.iterations()
+    if committed:
+        steps = log.iteration_meta(committed[-1])["info"].get("num_timesteps")
+        done = f"iteration {committed[-1]} is the last committed ({steps} steps)"
+    else:
+        done = "no iteration was committed yet"
+    error_console.print(
+        f"interrupted: {done}; nothing committed is lost.\nresume with: {resume_command(log)}",
+        markup=False,
+        emoji=False,
+        soft_wrap=True,
+    )
+    return EXIT_INTERRUPTED
+
+
+def resume_command(log: RunLog) -> str:
+    """The ``rlattr train ... --resume`` command that continues the run in ``log``.
+
+    Built from ``run.json`` (preset, seed, budget, IIF settings), so it matches what the
+    resume check compares; IIF options are spelled out where they differ from the preset.
+    """
+    config = log.meta.get("config", {})
+    preset = config.get("preset", {})
+    name = preset.get("name", "PRESET")
+    if name not in shipped_presets():
+        name = f"{name}.yaml"  # a preset file: the run stores its contents, not its path
+    words = [_command("rlattr"), "train", name, "--run-dir", str(log.path)]
+    words += ["--seed", str(log.meta.get("seed", 0))]
+    if "total_timesteps" in preset:
+        words += ["--timesteps", str(preset["total_timesteps"])]
+    if "iif" in config:
+        words.append("--iif")
+        words += _iif_options(config["iif"], preset.get("iif", {}))
+    return shlex.join([*words, "--resume"])
+
+
+def _iif_options(stored: dict[str, Any], preset_iif: dict[str, Any]) -> list[str]:
+    """``--iif-*`` options for the stored IIF settings that differ from the preset's."""
+    from rlattr.training.filters import IIF
+
+    defaults = {f.name: f.default for f in dataclasses.fields(IIF)}
+    words = []
+    for name in IIF_CLI_FIELDS:
+        if name in stored and stored[name] != {**defaults, **preset_iif}.get(name):
+            words += ["--iif-" + name.replace("_", "-"), str(stored[name])]
+    return words
+
+
 def _command(name: str) -> str:
     """``name`` if it is on PATH, else its path beside this Python (an unactivated venv)."""
     if shutil.which(name):
@@ -96,8 +376,11 @@ def _command(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
+# ---------------------------------------------------------------------- inspect
 def _inspect(args: argparse.Namespace) -> int:
     log = RunLog(args.run)
+    config = log.meta.get("config", {})
+    preset = config.get("preset", {})
     report = log.verify()
     iterations = report.iterations
     table = Table(title=f"run {log.path}", show_header=False)
@@ -109,39 +392,103 @@ def _inspect(args: argparse.Namespace) -> int:
     table.add_row("format", f"{log.meta['format']} v{log.meta['format_version']}")
     versions = log.meta.get("versions", {})
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
+    table.add_row("IIF", _describe_iif(config.get("iif")))
     span = f"{iterations[0]}..{iterations[-1]}" if iterations else "none"
-    table.add_row("iterations recorded", f"{len(iterations)} ({span})")
+    table.add_row("iterations committed", f"{len(iterations)} ({span})")
+    if report.gaps:
+        table.add_row("gaps", f"[red]{', '.join(map(str, report.gaps))} not committed[/]")
     table.add_row("checkpoints", str(len(report.checkpoints)))
-    if iterations:
-        meta = log.iteration_meta(iterations[-1])
+    last_meta = _last_meta(log, iterations)
+    if last_meta is not None:
         table.add_row(
-            "records / iteration", f"{meta['n_envs'] * meta['n_steps']} ({meta['n_envs']} envs)"
+            "records / iteration",
+            f"{last_meta['n_envs'] * last_meta['n_steps']} ({last_meta['n_envs']} envs)",
         )
         from rlattr.record.plan import stored_optimizer_steps
 
-        table.add_row("optimiser steps (last)", str(stored_optimizer_steps(meta["plan"])))
-        table.add_row("timesteps (last)", str(meta["info"].get("num_timesteps")))
+        table.add_row("optimiser steps (last)", str(stored_optimizer_steps(last_meta["plan"])))
+        table.add_row("timesteps (last)", str(last_meta["info"].get("num_timesteps")))
+    table.add_row("stored scores", _describe_scores(log, iterations))
     size = sum(p.stat().st_size for p in log.path.rglob("*") if p.is_file())
     table.add_row("size on disk", f"{size / 2**20:.2f} MiB")
+    table.add_row("state", _run_state(log, report, preset, last_meta))
     status = (
         "[green]all checksums match[/]"
         if report.ok
         else f"[red]{len(report.problems)} problem(s)[/]"
     )
     table.add_row("verification", status)
-    if report.leftovers:
-        table.add_row("uncommitted", f"{len(report.leftovers)} leftover(s) from an interrupted run")
     console.print(table)
     for problem in report.problems:
-        console.print(f"[red]  {problem}[/]")
+        console.print(f"  {problem}", style="red", soft_wrap=True, markup=False, emoji=False)
+    if report.leftovers or not _finished(preset, last_meta):
+        console.print(
+            f"resume with: {resume_command(log)}", soft_wrap=True, markup=False, emoji=False
+        )
     return 0 if report.ok else 1
 
 
+def _last_meta(log: RunLog, iterations: list[int]) -> dict[str, Any] | None:
+    """The newest readable ``iteration.json`` (a damaged one is a verify problem)."""
+    for k in reversed(iterations):
+        with contextlib.suppress(RlattrError):
+            return log.iteration_meta(k)
+    return None
+
+
+def _finished(preset: dict[str, Any], last_meta: dict[str, Any] | None) -> bool:
+    """Whether the run reached its preset's budget (True when it has no preset budget)."""
+    total = preset.get("total_timesteps")
+    if total is None:
+        return True  # trained through the Python API: the budget is not recorded
+    done = (last_meta or {}).get("info", {}).get("num_timesteps", 0)
+    return done >= total
+
+
+def _run_state(
+    log: RunLog, report: Any, preset: dict[str, Any], last_meta: dict[str, Any] | None
+) -> str:
+    """``complete`` or why the run is not: interrupted mid-iteration, or short of budget."""
+    total = preset.get("total_timesteps")
+    done = (last_meta or {}).get("info", {}).get("num_timesteps", 0)
+    if report.leftovers:
+        return (
+            f"[yellow]interrupted[/]: {len(report.leftovers)} uncommitted leftover(s) "
+            f"({done} of {total or '?'} steps committed; resume discards them)"
+        )
+    if not _finished(preset, last_meta):
+        return f"[yellow]stopped early[/]: {done} of {total} steps"
+    return "complete" if total is not None else f"{done} steps (budget not recorded)"
+
+
+def _describe_iif(stored: dict[str, Any] | None) -> str:
+    if stored is None:
+        return "off (plain PPO updates)"
+    shown = ("rule", "fraction", "scorer", "minibatching", "params", "warmup_iterations")
+    return ", ".join(f"{key} {stored[key]}" for key in shown if key in stored)
+
+
+def _describe_scores(log: RunLog, iterations: list[int]) -> str:
+    """Each stored score name with the iterations it covers."""
+    by_name: dict[str, list[int]] = {}
+    for k in iterations:
+        for name in log.score_names(k):
+            by_name.setdefault(name, []).append(k)
+    if not by_name:
+        return "none (rlattr attribute stores them)"
+    return "\n".join(
+        f"{name}: {len(ks)} iteration(s) ({ks[0]}..{ks[-1]})" for name, ks in by_name.items()
+    )
+
+
+# ---------------------------------------------------------------------- replay
 def _replay(args: argparse.Namespace) -> int:
     from rlattr.record.replay import build_policy, load_iteration, replay, state_matches
 
     log = RunLog(args.run)
     iterations = args.iteration or log.iterations()
+    for k in iterations:
+        log.iteration_meta(k)  # every requested iteration exists, before any replay
     policy = build_policy(log, args.device)
     failures = 0
     for k in iterations:
@@ -160,47 +507,84 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _load_target(spec: str) -> Any:
-    """``return``, ``return:mc`` or ``action:FILE`` (safetensors or .npz with
-    ``observations`` and ``actions``)."""
+# ---------------------------------------------------------------------- targets
+def _load_target(spec: TargetSpec, log: RunLog) -> Any:
+    """The target of a parsed spec; an action file is read and checked against the run's
+    observation and action spaces before anything is scored."""
     from rlattr.scoring.targets import ActionTarget, ReturnTarget
 
-    kind, _, argument = spec.partition(":")
-    if kind == "return":
-        return ReturnTarget(advantage=argument or "gae")
-    if kind == "action" and argument:
-        path = Path(argument)
-        if not path.exists():
-            raise RlattrError(f"action target file {path} does not exist")
+    if spec.kind == "return":
+        return ReturnTarget(advantage=spec.argument)
+    path = Path(spec.argument)
+    tensors = _read_action_file(path)
+    missing = {"observations", "actions"} - tensors.keys()
+    if missing:
+        raise UsageError(
+            f"{path} lacks {sorted(missing)}: an action target file holds observations "
+            "[M, *obs_shape] and actions [M, ...]"
+        )
+    with _user_input(f"action target {path}"):
+        target = ActionTarget(tensors["observations"].float(), tensors["actions"])
+        target.check_spaces(*_run_spaces(log))
+    return target
+
+
+def _read_action_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.npz`` or safetensors file, or a ``UsageError`` saying why not."""
+    try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as arrays:
-                tensors = {k: torch.as_tensor(arrays[k]) for k in arrays.files}
-        else:
-            from safetensors.torch import load_file
+                return {k: torch.as_tensor(arrays[k]) for k in arrays.files}
+        from safetensors.torch import load_file
 
-            tensors = load_file(str(path))
-        missing = {"observations", "actions"} - tensors.keys()
-        if missing:
-            raise RlattrError(f"{path} lacks {sorted(missing)} (needs observations and actions)")
-        return ActionTarget(tensors["observations"].float(), tensors["actions"])
-    raise RlattrError(f"unknown target {spec!r}: use return, return:mc or action:FILE")
+        return load_file(str(path))
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        SafetensorError,
+    ) as err:
+        kind = ".npz" if path.suffix == ".npz" else "safetensors"
+        raise UsageError(
+            f"{path} is not a readable {kind} file ({err}); save the observations and "
+            "actions with numpy.savez (.npz) or safetensors.torch.save_file"
+        ) from err
 
 
+def _run_spaces(log: RunLog) -> tuple[Any, Any]:
+    from rlattr.record.serialize import space_from_json
+
+    spec = log.meta["policy"]
+    return space_from_json(spec["observation_space"]), space_from_json(spec["action_space"])
+
+
+# ---------------------------------------------------------------------- attribute
 def _attribute(args: argparse.Namespace) -> int:
     from rlattr.scoring.attribute import attribute, score_name
 
     log = RunLog(args.run)
-    target = _load_target(args.target)
+    log.iteration_meta(args.iteration)  # the iteration exists, before the target is read
+    target = _load_target(args.target, log)
     start = time.perf_counter()
     scores = attribute(
-        log, args.iteration, target, args.method, args.params, args.backend, args.device
-    )
+        log, args.iteration, target, args.method, args.params, args.backend, args.device,
+        store=not args.no_store,
+    )  # fmt: skip
     seconds = time.perf_counter() - start
     records = log.load_records(args.iteration)
+    name = score_name(args.method, target, args.params)
+    stored = (
+        "not stored (--no-store)"
+        if args.no_store
+        else f"stored as {name!r} in {log.iteration_dir(args.iteration) / 'scores'}"
+    )
     console.print(
         f"{args.method} scores of iteration {args.iteration} on the {target.name} target: "
         f"{len(scores)} records in {seconds:.2f} s, {float((scores < 0).float().mean()):.1%} "
-        f"negative; stored as {score_name(args.method, target)!r}"
+        f"negative; {stored}",
+        soft_wrap=True,
     )
     order = torch.argsort(scores, descending=True)
     for title, picks in (
@@ -234,46 +618,105 @@ def _print_records(title: str, rows: list[tuple[int, Any, int, float]]) -> None:
     console.print(table)
 
 
+# ---------------------------------------------------------------------- fidelity
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress display on stderr (stdout stays the report), or None."""
+    if not enabled:
+        yield None
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=error_console, transient=True) as progress:
+        yield progress
+
+
 def _fidelity(args: argparse.Namespace) -> int:
     from rlattr.analysis.fidelity import fidelity
 
     log = RunLog(args.run)
-    target = _load_target(args.target)
+    log.iteration_meta(args.iteration)
+    target = _load_target(args.target, log)
     methods = ["snapshot", "tracin", "metagrad"] if args.method == "all" else [args.method]
     table = Table(title=f"fidelity, iteration {args.iteration}, {target.name} target")
     for column in ("method", "subsets", "LDS", "Pearson", "sign", "ceiling", "LDS avg-order"):
         table.add_column(column, no_wrap=True)
-    for method in methods:
-        report = fidelity(
-            log, args.iteration, target, method, n_subsets=args.subsets,
-            fraction=args.fraction, orders=args.orders, seed=args.seed, device=args.device,
-        )  # fmt: skip
-        table.add_row(
-            method, f"{report.n_subsets} × {report.fraction:g}", f"{report.lds:.3f}",
-            f"{report.pearson:.3f}", f"{report.sign_agreement:.2f}", f"{report.ceiling:.3f}",
-            f"{report.lds_mean_order:.3f}",
-        )  # fmt: skip
+    with _progress(not args.no_progress) as progress:
+        task = progress.add_task("fidelity", total=len(methods)) if progress else None
+        for number, method in enumerate(methods, 1):
+            if progress is not None:
+                progress.update(
+                    task,
+                    description=f"[{number}/{len(methods)}] {method}: scoring, then "
+                    f"{args.subsets} leave-subset-out replays × {args.orders} order(s)",
+                )
+            report = fidelity(
+                log, args.iteration, target, method, n_subsets=args.subsets,
+                fraction=args.fraction, orders=args.orders, seed=args.seed, device=args.device,
+            )  # fmt: skip
+            table.add_row(
+                method, f"{report.n_subsets} × {report.fraction:g}", f"{report.lds:.3f}",
+                f"{report.pearson:.3f}", f"{report.sign_agreement:.2f}",
+                f"{report.ceiling:.3f}", f"{report.lds_mean_order:.3f}",
+            )  # fmt: skip
+            if progress is not None:
+                progress.advance(task)
     console.print(table)
     return 0
 
 
+# ---------------------------------------------------------------------- stages
 # Above this ‖e_T‖/‖δ‖ the CLI flags an SO estimate as unreliable.
 SO_GROWTH_WARNING = 100.0
+
+
+def _check_stages(log: RunLog, spec: str, option: str) -> None:
+    """The run records every iteration from 0 and the stages lie within it.
+
+    Listing the run's iterations is cheap; loading them (what ``stage_effects`` does
+    first) is not, so the spec is checked here.
+    """
+    from rlattr.analysis.stages import parse_stages
+
+    recorded = log.iterations()
+    if not recorded or recorded != list(range(len(recorded))):
+        raise UsageError(
+            f"stage effects need every iteration recorded from 0; {log.path} holds "
+            f"{len(recorded)} iteration(s) ({', '.join(map(str, recorded[:4]))}"
+            f"{'…' if len(recorded) > 4 else ''}): train with record_every=1 and no keep_last"
+        )
+    n = len(recorded)
+    try:
+        parse_stages(spec, n)
+    except ValueError as err:
+        raise UsageError(
+            f"{option} {spec}: {err}; this run has iterations 0..{n - 1}, so stages a:b "
+            f"need 0 <= a < b <= {n} (or give a count from 1 to {n})"
+        ) from err
 
 
 def _stages(args: argparse.Namespace) -> int:
     from rlattr.analysis.stages import stage_effects
 
     log = RunLog(args.run)
-    behavior = None if args.behavior == "return" else _load_target(args.behavior)
+    _check_stages(log, args.records or args.stages, "--records" if args.records else "--stages")
+    plain_return = args.behavior.text == "return"
+    behavior = None if plain_return else _load_target(args.behavior, log)
     start = time.perf_counter()
     if args.records:
         return _stage_records(log, args, behavior)
-    effects = stage_effects(
-        log, args.stages, behavior, second_order=not args.first_order_only,
-        ground_truth=args.ground_truth, optimizer_state=args.optimizer_state, device=args.device,
-    )  # fmt: skip
-    table = Table(title=f"stage effects on the {args.behavior} behaviour of the final policy")
+    with _progress(not args.no_progress) as progress:
+        if progress is not None:
+            progress.add_task(
+                f"stage effects over {len(log.iterations())} iterations"
+                + (" (with ground-truth replays)" if args.ground_truth else ""),
+                total=None,
+            )
+        effects = stage_effects(
+            log, args.stages, behavior, second_order=not args.first_order_only,
+            ground_truth=args.ground_truth, optimizer_state=args.optimizer_state,
+            device=args.device,
+        )  # fmt: skip
+    table = Table(title=f"stage effects on the {args.behavior.text} behaviour of the final policy")
     for column in ("stage", "FO", "SO", "SO ‖e_T‖/‖δ‖", "ground truth"):
         table.add_column(column, no_wrap=True)
     for effect in effects:
@@ -291,7 +734,7 @@ def _stages(args: argparse.Namespace) -> int:
     from rlattr.analysis.plots import save_figure, stage_effects_figure
 
     png = log.path / "reports" / "stage_effects.png"
-    figure = stage_effects_figure(effects, f"stage effects on the {args.behavior} behaviour")
+    figure = stage_effects_figure(effects, f"stage effects on the {args.behavior.text} behaviour")
     save_figure(figure, png, log.tb_dir / "reports", tag="stage_effects")
     console.print(f"{time.perf_counter() - start:.1f} s; chart: {png} (and in TensorBoard)")
     return 0
@@ -300,15 +743,19 @@ def _stages(args: argparse.Namespace) -> int:
 def _stage_records(log: RunLog, args: argparse.Namespace, behavior: Any) -> int:
     from rlattr.analysis.stages import stage_record_scores
 
-    split = stage_record_scores(
-        log, args.records, behavior, optimizer_state=args.optimizer_state, device=args.device
-    )
+    with _progress(not args.no_progress) as progress:
+        if progress is not None:
+            progress.add_task(f"splitting stage {args.records} over its records", total=None)
+        split = stage_record_scores(
+            log, args.records, behavior, optimizer_state=args.optimizer_state,
+            device=args.device,
+        )  # fmt: skip
     shares = [(k, i, float(v)) for k, values in split.scores.items() for i, v in enumerate(values)]
     total = sum(v for _, _, v in shares)
     console.print(
-        f"stage {split.stage}: FO effect {split.estimate:+.4e} on the {args.behavior} behaviour "
-        f"= {len(shares)} record shares (sum {total:+.4e}) + remainder {split.remainder:+.4e} "
-        "(weight decay, inherited momentum)"
+        f"stage {split.stage}: FO effect {split.estimate:+.4e} on the {args.behavior.text} "
+        f"behaviour = {len(shares)} record shares (sum {total:+.4e}) + remainder "
+        f"{split.remainder:+.4e} (weight decay, inherited momentum)"
     )
     records = {k: log.load_records(k) for k in split.scores}
     shares.sort(key=lambda row: row[2], reverse=True)
@@ -325,95 +772,239 @@ def _import_project_envs() -> None:
     import rlattr.envs  # noqa: F401
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlattr", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# ---------------------------------------------------------------------- parser
+def _literal_choices(hint: Any) -> tuple[str, ...] | None:
+    """The values of a ``Literal`` (or ``Literal | None``) annotation, else None."""
+    if typing.get_origin(hint) is typing.Literal:
+        return tuple(typing.get_args(hint))
+    members = [_literal_choices(arg) for arg in typing.get_args(hint) if arg is not type(None)]
+    if members and all(members):
+        return tuple(value for member in members for value in member or ())
+    return None
 
-    train = sub.add_parser("train", help="train a preset with recording on")
-    train.add_argument("preset", help="YAML file, or a name from agents/ (e.g. cartpole)")
-    train.add_argument("--timesteps", type=int, help="training budget (default: the preset's)")
-    train.add_argument("--seed", type=int, default=0)
+
+# Range checks of IIF options at parse time (IIF itself checks how they combine).
+_IIF_TYPES: dict[str, Callable[[str], Any]] = {
+    "fraction": _share(open_low=False),
+    "like_fraction": _share(open_low=False),
+    "greedy_blocks": _at_least(1),
+    "warmup_iterations": _at_least(0),
+    "min_kept": _at_least(1),
+}
+
+
+def _add_iif_options(train: argparse.ArgumentParser) -> None:
+    """``--iif-<field>`` for each of ``IIF_CLI_FIELDS``: help, default and choices come
+    from the ``IIF`` dataclass (its field metadata and ``Literal`` annotations)."""
+    from rlattr.training.filters import IIF
+
+    group = train.add_argument_group(
+        "iterative influence-based filtering",
+        "Filtering is on with --iif; each --iif-* option overrides the preset's iif "
+        "section, whose unset values take the default shown.",
+    )
+    group.add_argument("--iif", action="store_true", help="filter records before each update")
+    hints = typing.get_type_hints(IIF)
+    for field in dataclasses.fields(IIF):
+        if field.name not in IIF_CLI_FIELDS:
+            continue
+        choices = _literal_choices(hints[field.name])
+        kind = _IIF_TYPES.get(field.name, int if hints[field.name] is int else str)
+        shown = "none" if field.default is None else field.default
+        group.add_argument(
+            "--iif-" + field.name.replace("_", "-"),
+            type=None if choices else kind,
+            choices=[c for c in choices if c is not None] if choices else None,
+            help=f"{field.metadata['help']} (default: the preset's, else {shown})",
+        )
+
+
+def _add_train(sub: Any) -> None:
+    train = sub.add_parser(
+        "train", help="train a preset with recording on", formatter_class=_HelpFormatter
+    )
+    train.add_argument("preset", help=f"YAML file, or a shipped preset: {_preset_names()}")
+    train.add_argument(
+        "--timesteps", type=_at_least(1), help="training budget (default: the preset's)"
+    )
+    train.add_argument("--seed", type=_at_least(0), default=0, help="seed of the whole run")
     train.add_argument("--run-dir", help="run directory (default: runs/<preset>-s<seed>)")
-    train.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    train.add_argument("--device", type=_device, default="auto", help="cpu, cuda[:N], mps, auto")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--iif", action="store_true", help="iterative influence-based filtering")
-    train.add_argument("--iif-rule", choices=["neg_bottom", "drop_negative", "bottom", "random"])
-    train.add_argument("--iif-fraction", type=float, help="p of neg_bottom, q of bottom/random")
-    train.add_argument("--iif-scorer", choices=["snapshot", "metagrad"], help="default snapshot")
-    train.add_argument(
-        "--iif-minibatching",
-        choices=["recut", "as_drawn"],
-        help="minibatches around dropped records: PPO's minus the dropped (as_drawn, "
-        "default) or the kept records cut anew (recut; the last minibatch may be tiny)",
-    )
+    _add_iif_options(train)
     train.set_defaults(func=_train)
 
-    inspect_ = sub.add_parser("inspect", help="summarise and verify a run directory")
-    inspect_.add_argument("run")
+
+def _preset_names() -> str:
+    try:
+        return ", ".join(sorted(shipped_presets()))
+    except (ModuleNotFoundError, OSError):  # a source tree without the package data
+        return "see agents/"
+
+
+def _add_run_commands(sub: Any) -> None:
+    inspect_ = sub.add_parser(
+        "inspect",
+        help="summarise and verify a run directory (exit status 1 if a problem is found)",
+        formatter_class=_HelpFormatter,
+    )
+    inspect_.add_argument("run", help="run directory")
     inspect_.set_defaults(func=_inspect)
 
-    attribute = sub.add_parser("attribute", help="score the records of a logged iteration")
-    attribute.add_argument("run")
-    attribute.add_argument("--iteration", type=int, required=True)
-    attribute.add_argument("--target", default="return", help="return, return:mc or action:FILE")
+    replay = sub.add_parser(
+        "replay", help="replay logged iterations and check bit-exactness",
+        formatter_class=_HelpFormatter,
+    )  # fmt: skip
+    replay.add_argument("run", help="run directory")
+    replay.add_argument(
+        "--iteration", type=_at_least(0), action="append",
+        help="iteration to replay; repeatable (default: all)",
+    )  # fmt: skip
+    replay.add_argument("--device", type=_compute_device, default="cpu", help="where to replay")
+    replay.set_defaults(func=_replay)
+
+
+_TARGET_HELP = "return (GAE advantages), return:mc (Monte-Carlo) or action:FILE (.npz, safetensors)"
+
+
+def _add_attribute(sub: Any) -> None:
+    attribute = sub.add_parser(
+        "attribute", help="score the records of a logged iteration",
+        formatter_class=_HelpFormatter,
+    )  # fmt: skip
+    attribute.add_argument("run", help="run directory")
     attribute.add_argument(
-        "--method", default="snapshot", choices=["snapshot", "tracin", "metagrad"]
+        "--iteration", type=_at_least(0), required=True, help="a committed iteration"
     )
-    attribute.add_argument("--params", default="policy", choices=["policy", "value", "all"])
     attribute.add_argument(
-        "--backend", default="auto", choices=["auto", "hooks", "jvp", "vmap", "naive"]
+        "--target", type=_target_spec, default="return", help=f"what to explain: {_TARGET_HELP}"
     )
-    attribute.add_argument("--top", type=int, default=5, help="records shown at each end")
-    attribute.add_argument("--device", default="cpu")
+    attribute.add_argument(
+        "--method", default="snapshot", choices=["snapshot", "tracin", "metagrad"],
+        help="snapshot (θ_k only), tracin (over the replayed update), metagrad (exact)",
+    )  # fmt: skip
+    attribute.add_argument(
+        "--params", default="policy", choices=["policy", "value", "all"],
+        help="parameters whose gradients score the records",
+    )  # fmt: skip
+    attribute.add_argument(
+        "--backend", default="auto", choices=["auto", "hooks", "jvp", "vmap", "naive"],
+        help="how per-record gradient products are computed",
+    )  # fmt: skip
+    attribute.add_argument("--top", type=_at_least(0), default=5, help="records shown at each end")
+    attribute.add_argument(
+        "--no-store", action="store_true", help="do not store the scores in the run"
+    )
+    attribute.add_argument("--device", type=_compute_device, default="cpu", help="where to score")
     attribute.set_defaults(func=_attribute)
 
-    fidelity = sub.add_parser("fidelity", help="check scores against leave-subset-out replay")
-    fidelity.add_argument("run")
-    fidelity.add_argument("--iteration", type=int, required=True)
-    fidelity.add_argument("--target", default="return", help="return, return:mc or action:FILE")
+
+def _add_fidelity(sub: Any) -> None:
+    fidelity = sub.add_parser(
+        "fidelity", help="check scores against leave-subset-out replay",
+        formatter_class=_HelpFormatter,
+    )  # fmt: skip
+    fidelity.add_argument("run", help="run directory")
     fidelity.add_argument(
-        "--method", default="all", choices=["snapshot", "tracin", "metagrad", "all"]
+        "--iteration", type=_at_least(0), required=True, help="a committed iteration"
     )
-    fidelity.add_argument("--subsets", type=int, default=64)
-    fidelity.add_argument("--fraction", type=float, default=0.1)
-    fidelity.add_argument("--orders", type=int, default=2, help="≥ 2 also reports the ceiling")
-    fidelity.add_argument("--seed", type=int, default=0)
-    fidelity.add_argument("--device", default="cpu")
+    fidelity.add_argument(
+        "--target", type=_target_spec, default="return", help=f"what to explain: {_TARGET_HELP}"
+    )
+    fidelity.add_argument(
+        "--method", default="all", choices=["snapshot", "tracin", "metagrad", "all"],
+        help="which scores to check",
+    )  # fmt: skip
+    fidelity.add_argument(
+        "--subsets", type=_at_least(2), default=64, help="random subsets left out, one each"
+    )
+    fidelity.add_argument(
+        "--fraction", type=_share(open_low=True), default=0.1,
+        help="share of the records each subset leaves out",
+    )  # fmt: skip
+    fidelity.add_argument(
+        "--orders", type=_at_least(1), default=2,
+        help="minibatch orders replayed; >= 2 also reports the noise ceiling",
+    )  # fmt: skip
+    fidelity.add_argument("--seed", type=_at_least(0), default=0, help="seed of the subsets")
+    fidelity.add_argument("--device", type=_compute_device, default="cpu", help="where to replay")
+    fidelity.add_argument("--no-progress", action="store_true", help="no progress display")
     fidelity.set_defaults(func=_fidelity)
 
-    stages = sub.add_parser("stages", help="which training stages account for a behaviour")
-    stages.add_argument("run")
-    stages.add_argument("--stages", default="4", help="K equal spans, or a:b,c:d")
-    stages.add_argument("--behavior", default="return", help="return or action:FILE")
-    stages.add_argument("--first-order-only", action="store_true")
+
+def _add_stages(sub: Any) -> None:
+    stages = sub.add_parser(
+        "stages", help="which training stages account for a behaviour",
+        formatter_class=_HelpFormatter,
+    )  # fmt: skip
+    stages.add_argument("run", help="run directory (every iteration recorded)")
+    stages.add_argument(
+        "--stages", type=_stage_spec, default="4",
+        help="K equal spans, or a:b,c:d (iterations a to b-1)",
+    )  # fmt: skip
+    stages.add_argument(
+        "--behavior", type=_target_spec, default="return",
+        help="return (the return target on the last buffer), return:mc or action:FILE",
+    )  # fmt: skip
+    stages.add_argument(
+        "--first-order-only", action="store_true", help="skip the second-order estimate"
+    )
     stages.add_argument(
         "--ground-truth", action="store_true", help="also replay without each stage"
     )
-    stages.add_argument("--optimizer-state", default="rollback", choices=["rollback", "carry"])
     stages.add_argument(
-        "--records", metavar="A:B", help="split stage A:B's FO effect over its records instead"
-    )
-    stages.add_argument("--top", type=int, default=10, help="records shown with --records")
-    stages.add_argument("--device", default="cpu")
+        "--optimizer-state", default="rollback", choices=["rollback", "carry"],
+        help="optimiser state after a removed stage: rolled back, or carried on",
+    )  # fmt: skip
+    stages.add_argument(
+        "--records", type=_stage_span, metavar="A:B",
+        help="split stage A:B's first-order effect over its records instead",
+    )  # fmt: skip
+    stages.add_argument("--top", type=_at_least(0), default=10, help="records shown with --records")
+    stages.add_argument("--device", type=_compute_device, default="cpu", help="where to compute")
+    stages.add_argument("--no-progress", action="store_true", help="no progress display")
     stages.set_defaults(func=_stages)
 
-    replay = sub.add_parser("replay", help="replay logged iterations and check bit-exactness")
-    replay.add_argument("run")
-    replay.add_argument("--iteration", type=int, action="append", help="repeatable; default all")
-    replay.add_argument("--device", default="cpu")
-    replay.set_defaults(func=_replay)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rlattr`` argument parser (every option with help and its default)."""
+    parser = _Parser(
+        prog="rlattr",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Exit status: 0 done, 1 a check failed, 2 bad input, 130 interrupted.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rlattr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_run_commands(sub)
+    _add_attribute(sub)
+    _add_fidelity(sub)
+    _add_stages(sub)
     return parser
 
 
+def _report(message: str) -> None:
+    # No markup (messages hold brackets) and no wrapping (messages are grep-able).
+    error_console.print(
+        f"error: {message}", style="red", markup=False, emoji=False, highlight=False, soft_wrap=True
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the ``rlattr`` command; returns the exit status (see the module docstring)."""
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except RlattrError as err:
-        # No markup (messages hold brackets) and no wrapping (messages are grep-able).
-        error_console.print(f"error: {err}", style="red", markup=False, soft_wrap=True)
-        return 2
+        _report(str(err))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _report("interrupted")
+        return EXIT_INTERRUPTED
+    except SystemExit as exit_:  # --help and --version: printed, and done
+        return exit_.code if isinstance(exit_.code, int) else 0
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
@@ -38,6 +38,18 @@ Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like",
 RULES = ("neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like")
 _MATCHED = ("random_like", "advantage_like")  # drop as many as ``like`` would
 _NEEDS_FRACTION = ("neg_bottom", "bottom", "random")
+
+
+def _check_iif_types(config: Any) -> None:
+    """Numbers where numbers belong (a YAML typo would otherwise fail in a comparison)."""
+    for name in ("fraction", "like_fraction"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise ValueError(f"IIF {name} must be a number in [0, 1), got {value!r}")
+    for name in ("greedy_blocks", "warmup_iterations", "min_kept", "seed"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | None):
+            raise ValueError(f"IIF {name} must be a whole number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -74,20 +86,47 @@ class IIF:
             training seeds (``rlattr.training.seams.filter_seed``).
     """
 
-    rule: Rule = "neg_bottom"
-    fraction: float = 0.125
-    like: Rule | None = None
-    like_fraction: float = 0.125
+    # metadata["help"]: the one-line help of ``rlattr train --iif-<field>``.
+    rule: Rule = field(
+        default="neg_bottom", metadata={"help": "which records to drop each iteration"}
+    )
+    fraction: float = field(
+        default=0.125,
+        metadata={"help": "p of neg_bottom (share of the negatives), q of bottom/random"},
+    )
+    like: Rule | None = field(
+        default=None,
+        metadata={"help": "random_like/advantage_like: the rule whose drop count is matched"},
+    )
+    like_fraction: float = field(
+        default=0.125, metadata={"help": "the matched rule's fraction, in [0, 1)"}
+    )
     target: Target | None = None
-    scorer: Literal["snapshot", "metagrad"] = "snapshot"
-    greedy_blocks: int = 1
-    minibatching: Minibatching = "as_drawn"
-    params: ParamSelection = "policy"
-    warmup_iterations: int = 0
-    min_kept: int = 1
+    scorer: Literal["snapshot", "metagrad"] = field(
+        default="snapshot",
+        metadata={"help": "snapshot (the paper's) or metagrad (exact, of the coming update)"},
+    )
+    greedy_blocks: int = field(
+        default=1, metadata={"help": "metagrad: drop in this many blocks, re-scoring after each"}
+    )
+    minibatching: Minibatching = field(
+        default="as_drawn",
+        metadata={
+            "help": "as_drawn: PPO's minibatches minus the dropped records; recut: the kept "
+            "records cut anew (the last minibatch may be tiny)"
+        },
+    )
+    params: ParamSelection = field(
+        default="policy", metadata={"help": "the parameters whose gradients score records"}
+    )
+    warmup_iterations: int = field(
+        default=0, metadata={"help": "iterations trained unfiltered before filtering starts"}
+    )
+    min_kept: int = field(default=1, metadata={"help": "never keep fewer records than this"})
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        _check_iif_types(self)
         if self.rule not in RULES:
             raise ValueError(f"IIF rule must be one of {RULES}, got {self.rule!r}")
         if self.rule in _NEEDS_FRACTION and not 0 <= self.fraction < 1:
