@@ -243,6 +243,12 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"{option} only applies with --iif: add --iif to filter, or drop {option}")
     preset = Preset.load(args.preset).with_overrides(total_timesteps=args.timesteps)
     iif = _iif_config(preset, args) if args.iif else None
+    run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
+    if (run_dir / "run.json").exists() and not args.resume:
+        raise UsageError(
+            f"{run_dir} already holds a run: add --resume to continue it, or choose "
+            "another --run-dir"
+        )
     rollout = preset.n_envs * int(preset.ppo.get("n_steps", 2048))
     whole = -(-preset.total_timesteps // rollout) * rollout
     if whole != preset.total_timesteps:
@@ -250,7 +256,6 @@ def _train(args: argparse.Namespace) -> int:
         # linear schedules turn negative in an overshooting last iteration).
         console.print(f"budget rounded up to {whole} steps ({whole // rollout} rollouts)")
         preset = preset.with_overrides(total_timesteps=whole)
-    run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
     resuming = args.resume and (run_dir / "run.json").exists()
     if resuming:
         _check_resumable(run_dir, preset, args)
@@ -986,7 +991,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _report(message: str) -> None:
-    # No markup (messages hold brackets) and no wrapping (messages are grep-able).
+    # One line: no markup (messages hold brackets), no emoji codes (":100:" in a stage),
+    # no wrapping (messages are grep-able), and a stray newline from a library flattened.
+    message = " ".join(line.strip() for line in message.splitlines())
     error_console.print(
         f"error: {message}", style="red", markup=False, emoji=False, highlight=False, soft_wrap=True
     )

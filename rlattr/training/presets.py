@@ -281,9 +281,13 @@ class Preset:
         """Read a preset from a YAML file (or a bare name found in ``agents/``)."""
         resolved = resolve_preset_path(path)
         try:
-            payload = yaml.safe_load(resolved.read_text())
+            payload = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise PresetError(f"{resolved} is not a YAML preset (binary data, not text)") from err
+        except OSError as err:
+            raise PresetError(f"cannot read {resolved}: {err}") from err
         except yaml.YAMLError as err:
-            raise PresetError(f"{resolved} is not valid YAML: {err}") from err
+            raise PresetError(f"{resolved} is not valid YAML: {_yaml_problem(err)}") from err
         if not isinstance(payload, dict):
             raise PresetError(f"{resolved} should hold a mapping of preset keys")
         return cls.from_dict(payload, name=payload.get("name", resolved.stem))
@@ -399,6 +403,14 @@ def resolve_preset_path(path: str | Path) -> Path:
     if name in shipped:
         return shipped[name]
     raise PresetError(f"no preset {str(path)!r}: not a file, and not one of {sorted(shipped)}")
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _whole_budget(value: Any, name: str) -> Any:

@@ -183,6 +183,21 @@ def test_preset_with_gamma_above_one_does_not_train(tmp_path: Path, capsys) -> N
     assert not run.exists()
 
 
+def test_preset_that_is_not_yaml(tmp_path: Path, capsys) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    assert "binary data, not text" in _error(capsys, ["train", str(binary)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [cartpole\n")
+    line = _error(capsys, ["train", str(broken)])
+    assert "is not valid YAML: expected ',' or ']'" in line and "line 2" in line
+
+
+def test_existing_run_without_resume(trained: Path, capsys) -> None:
+    line = _error(capsys, ["train", "cartpole", "--run-dir", str(trained)])
+    assert "already holds a run: add --resume" in line
+
+
 # ---------------------------------------------------------------------- action files
 @pytest.mark.parametrize(
     ("observations", "actions", "message"),
