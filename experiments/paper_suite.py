@@ -289,6 +289,85 @@ def trial_metrics(ppo: dict[str, Any], other: dict[str, Any]) -> dict[str, float
     }
 
 
+def noise_study(task: str, arm: str = "iif", draws: int = 200, seed: int = 0) -> None:
+    """How much of the metrics' spread the evaluation's finite episode count causes.
+
+    For each seed with PPO and ``arm`` finished, both recorded curves are taken as the
+    truth and re-drawn ``draws`` times as if each round had been evaluated on K episodes
+    (normal noise with the round's recorded episode std / sqrt(K)); the spread of SE_ave
+    and SE_peak over the draws is the evaluation-noise part of their spread, to compare
+    with their spread over training seeds. (The recorded curves carry their own noise of
+    the recorded count: the numbers for K at or above it are a lower bound.)
+    """
+    from rlattr.analysis.efficiency import efficiency
+
+    runs = load_trials(task)
+    seeds = sorted(set(runs.get("ppo", {})) & set(runs.get(arm, {})))
+    if not seeds:
+        print(f"{task}: no seed with both ppo and {arm} finished")
+        return
+    rng = np.random.default_rng(seed)
+    counts = [10, 30, 100, 300, 1000]
+    recorded = runs["ppo"][seeds[0]]["evaluation"]["episodes"]
+    table: dict[int, dict[str, list[float]]] = {}
+    for k in counts:
+        for s in seeds:
+            curves = []
+            for name in ("ppo", arm):
+                mean = np.array(_series(runs[name][s], "return_mean"))
+                std = np.array(_series(runs[name][s], "return_std"))
+                curves.append(mean + rng.standard_normal((draws, len(mean))) * std / np.sqrt(k))
+            results = [efficiency(p, f) for p, f in zip(*curves, strict=True)]
+            for key in ("se_ave", "se_peak"):
+                values = 100 * np.array([getattr(r, key) for r in results])
+                table.setdefault(k, {}).setdefault(key, []).append(float(np.nanstd(values)))
+    across = {
+        key: float(
+            np.std(
+                [
+                    100
+                    * getattr(
+                        efficiency(
+                            _series(runs["ppo"][s], "return_mean"),
+                            _series(runs[arm][s], "return_mean"),
+                        ),
+                        key,
+                    )
+                    for s in seeds
+                ]
+            )
+        )
+        for key in ("se_ave", "se_peak")
+    }
+    lines = [
+        f"# {task}: evaluation noise in SE_ave and SE_peak ({arm} against PPO)",
+        "",
+        f"Command: `python experiments/paper_suite.py --tasks {task} --noise-study`; "
+        f"seeds {seeds}; {draws} draws per seed and count; recorded with {recorded} "
+        "episodes per round.",
+        "",
+        "Each recorded curve is re-drawn as if every round had been evaluated on K episodes "
+        "(normal noise, the round's episode std / √K, both arms independently); the cells "
+        "are the standard deviation of the metric over the draws (percentage points), "
+        "averaged over seeds. Counts at or above the recorded one are lower bounds (the "
+        "recorded curves carry their own noise).",
+        "",
+        "| episodes K | std of SE_ave (pp) | std of SE_peak (pp) |",
+        "|---|---|---|",
+    ]
+    for k in counts:
+        lines.append(
+            f"| {k} | {np.mean(table[k]['se_ave']):.1f} | {np.mean(table[k]['se_peak']):.1f} |"
+        )
+    lines += [
+        "",
+        f"For comparison, their standard deviation over the {len(seeds)} training seeds: "
+        f"SE_ave {across['se_ave']:.1f} pp, SE_peak {across['se_peak']:.1f} pp.",
+    ]
+    (OUT / f"{task}-eval-noise.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def summarize(task: str, arms: list[str]) -> None:
     """Table (Markdown + CSV) and plot of a task over the seeds PPO and each arm finished."""
     import csv
@@ -434,11 +513,18 @@ def main() -> None:
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th trial from I")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--summarize", action="store_true")
+    parser.add_argument(
+        "--noise-study", action="store_true", help="evaluation noise in SE_ave and SE_peak"
+    )
     parser.add_argument("--out", help="results folder (default experiments/results/suite)")
     args = parser.parse_args()
     if args.out:
         global OUT
         OUT = Path(args.out)
+    if args.noise_study:
+        for task in args.tasks:
+            noise_study(task)
+        return
     if args.summarize:
         for task in args.tasks:
             summarize(task, args.arms)
