@@ -59,7 +59,7 @@ Multiplier = float | dict[str, torch.Tensor]
 """A step's gradient → displacement map: a scalar (SGD) or per-parameter tensors (Adam)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tangent:
     """A perturbation of one parameter tensor's trajectory, carried from step to step.
 
