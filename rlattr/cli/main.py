@@ -19,6 +19,7 @@ import typing
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,6 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from safetensors import SafetensorError
 
-from rlattr import __version__
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
 from rlattr.training.presets import Preset, shipped_presets
@@ -972,6 +972,15 @@ def _add_stages(sub: Any) -> None:
     stages.set_defaults(func=_stages)
 
 
+def _version() -> str:
+    # The installed distribution's version (the facade's rlattr.__version__ is above the
+    # layers, so the CLI does not import it).
+    try:
+        return metadata.version("rlattr")
+    except metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rlattr`` argument parser (every option with help and its default)."""
     parser = _Parser(
@@ -980,7 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 done, 1 a check failed, 2 bad input, 130 interrupted.",
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"rlattr {__version__}")
+    parser.add_argument("--version", action="version", version=f"rlattr {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_run_commands(sub)

@@ -157,7 +157,7 @@ class ActionTarget(Target):
         if len(observations) != len(actions) or len(observations) == 0:
             raise ValueError(
                 f"{len(actions)} actions for {len(observations)} observations: an action "
-                "target needs one action per observation (and at least one pair)"
+                "target needs as many actions as observations (at least one pair)"
             )
         self.observations = observations
         self.actions = actions
