@@ -17,6 +17,7 @@ from rlattr.scoring.attribute import attribute
 from rlattr.scoring.influence import snapshot_scores, tracin_scores
 from rlattr.scoring.metagrad import metagradient_scores
 from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target, TargetContext
+from rlattr.training.callback import RecordRun
 from rlattr.training.filters import IIF
 from rlattr.training.hooks import ScoreHook
 from rlattr.training.ppo import AttributedPPO
@@ -33,6 +34,7 @@ __all__ = [
     "FormatVersionError",
     "Preset",
     "PresetError",
+    "RecordRun",
     "Records",
     "Retention",
     "ReturnTarget",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
@@ -30,6 +28,7 @@ from rlattr.training.rundir import (
     check_policy_class,
     check_spaces,
     describe_iif,
+    ppo_loss_config,
     run_json,
     write_iteration_files,
 )
@@ -270,20 +269,7 @@ class AttributedPPO(PPO):
     # ------------------------------------------------------------------ update
     def loss_config(self) -> PPOLossConfig:
         """The loss hyperparameters of the current iteration (schedules evaluated now)."""
-        progress = self._current_progress_remaining
-        clip_range_vf = None
-        if self.clip_range_vf is not None:
-            clip_range_vf = float(self.clip_range_vf(progress))  # type: ignore[operator]
-        return PPOLossConfig(
-            clip_range=float(self.clip_range(progress)),  # type: ignore[operator]
-            clip_range_vf=clip_range_vf,
-            normalize_advantage=bool(self.normalize_advantage),
-            ent_coef=float(self.ent_coef),
-            vf_coef=float(self.vf_coef),
-            max_grad_norm=float(self.max_grad_norm),
-            target_kl=None if self.target_kl is None else float(self.target_kl),
-            discrete_actions=isinstance(self.action_space, spaces.Discrete),
-        )
+        return ppo_loss_config(self)
 
     def train(self) -> None:
         """One PPO update on the current rollout buffer, through an explicit update plan."""
@@ -514,9 +500,18 @@ class AttributedPPO(PPO):
         )
 
     def workspace_policy(self, device: torch.device | str | None = None) -> ActorCriticPolicy:
-        """A copy of the policy (and optimiser) that scorers may overwrite."""
-        workspace = copy.deepcopy(self.policy)
-        return workspace.to(device) if device is not None else workspace
+        """A policy (and optimiser) of this model's architecture that scorers may overwrite;
+        its weights mean nothing until a checkpoint is restored into it (as
+        ``rlattr.build_policy`` from a run log). The torch RNG is left untouched."""
+        with torch.random.fork_rng(devices=[]):
+            workspace = self.policy_class(
+                self.observation_space,
+                self.action_space,
+                self.lr_schedule,
+                use_sde=False,
+                **self.policy_kwargs,
+            )
+        return workspace.to(device if device is not None else self.device)
 
     def attribute(
         self,

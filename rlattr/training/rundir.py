@@ -10,10 +10,12 @@ from typing import Any
 
 import torch
 from gymnasium import spaces
+from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlattr.errors import UnsupportedError
+from rlattr.record.loss import PPOLossConfig
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records
 from rlattr.record.runlog import RunLog
@@ -74,6 +76,25 @@ def run_json(model: BaseAlgorithm, config: dict[str, Any]) -> dict[str, Any]:
             "device": str(model.device),
         },
     }
+
+
+def ppo_loss_config(model: PPO) -> PPOLossConfig:
+    """The loss hyperparameters of a PPO model's current iteration (schedules evaluated at
+    its current progress, as ``PPO.train`` evaluates them)."""
+    progress = model._current_progress_remaining
+    clip_range_vf = None
+    if model.clip_range_vf is not None:
+        clip_range_vf = float(model.clip_range_vf(progress))  # type: ignore[operator]
+    return PPOLossConfig(
+        clip_range=float(model.clip_range(progress)),  # type: ignore[operator]
+        clip_range_vf=clip_range_vf,
+        normalize_advantage=bool(model.normalize_advantage),
+        ent_coef=float(model.ent_coef),
+        vf_coef=float(model.vf_coef),
+        max_grad_norm=float(model.max_grad_norm),
+        target_kl=None if model.target_kl is None else float(model.target_kl),
+        discrete_actions=isinstance(model.action_space, spaces.Discrete),
+    )
 
 
 def env_id(model: BaseAlgorithm) -> str | None:
