@@ -75,6 +75,8 @@ def replay_round(
             model.zero_grad()
             for step in group:
                 torch.set_rng_state(step.rng_state)
+                if step.cuda_rng_state is not None and device.type == "cuda":
+                    torch.cuda.set_rng_state(step.cuda_rng_state, device)
                 trainer.current_gradient_accumulation_steps = step.accumulation
                 micro = select_rows(per_pair, step.rows.to(device), n)
                 micro.update(scalars)

@@ -46,6 +46,8 @@ class MicroStep:
     learning_rates: tuple[float, ...]
     accumulation: int
     rng_state: torch.Tensor
+    cuda_rng_state: torch.Tensor | None = None
+    """The model's CUDA generator state (dropout draws there) when the model is on CUDA."""
 
 
 @dataclass
@@ -199,6 +201,8 @@ class LLMRunLog:
             if micro_steps
             else torch.zeros(0, dtype=torch.uint8),
         }
+        if micro_steps and all(s.cuda_rng_state is not None for s in micro_steps):
+            plan["cuda_rng_states"] = torch.stack([s.cuda_rng_state.cpu() for s in micro_steps])
         plan_sha, _ = atomic_write_tensors(directory / "plan.safetensors", plan)
         pending = getattr(self, "_pending", {})
         atomic_write_json(
@@ -251,6 +255,9 @@ class LLMRunLog:
                 learning_rates=tuple(m["learning_rates"]),
                 accumulation=m["accumulation"],
                 rng_state=plan["rng_states"][i].clone(),  # set_rng_state needs its own storage
+                cuda_rng_state=plan["cuda_rng_states"][i].clone()
+                if "cuda_rng_states" in plan
+                else None,
             )
             for i, (m, r) in enumerate(zip(meta["micro_steps"], rows, strict=True))
         ]

@@ -46,7 +46,8 @@ KEEP_KEY, ROW_KEY = "rlattr_keep", "rlattr_row"
 
 @dataclass
 class RoundStats:
-    """What one round cost and did (seconds are wall-clock on this process).
+    """What one round cost and did (``*_s``: wall-clock seconds; ``*_cpu_s``: this process's
+    CPU seconds, the steadier measure on a shared machine).
 
     Attributes:
         round: index of the round (one generation batch).
@@ -59,6 +60,7 @@ class RoundStats:
         scoring_s: scoring the pairs (target gradient and per-pair products).
         update_s: forward, backward and optimiser steps on the kept pairs.
         validation_reward_mean: mean reward of the validation completions (NaN if none).
+        generation_cpu_s, target_cpu_s, scoring_cpu_s, update_cpu_s: the same in CPU time.
     """
 
     round: int
@@ -71,9 +73,23 @@ class RoundStats:
     scoring_s: float = 0.0
     update_s: float = 0.0
     validation_reward_mean: float = float("nan")
+    generation_cpu_s: float = 0.0
+    target_cpu_s: float = 0.0
+    scoring_cpu_s: float = 0.0
+    update_cpu_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _now() -> tuple[float, float]:
+    """Wall-clock and process CPU time."""
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = _now()
+    return wall - start[0], cpu - start[1]
 
 
 def _blank_like(logs: Any) -> Any:
@@ -92,13 +108,13 @@ class _UpdateTimer(TrainerCallback):
 
     def __init__(self, trainer: IIFGRPOTrainer):
         self.trainer = trainer
-        self.started = 0.0
+        self.started = _now()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
+        self.started = _now()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._add_update_time(time.perf_counter() - self.started)
+        self.trainer._add_update_time(_since(self.started))
 
 
 class IIFGRPOTrainer(GRPOTrainer):
@@ -133,7 +149,7 @@ class IIFGRPOTrainer(GRPOTrainer):
         self._score_params: dict[str, torch.nn.Parameter] | None = None
         self._captured_rewards: torch.Tensor | None = None
         self._micro_steps: list[MicroStep] = []
-        self._overhead_s = 0.0
+        self._overhead = (0.0, 0.0)  # generation and scoring time inside training steps
         self._replaying = False
         self.runlog = None
         if run_dir is not None:
@@ -164,15 +180,15 @@ class IIFGRPOTrainer(GRPOTrainer):
         if not self.model.training or self._replaying:
             return super()._generate_and_score_completions(inputs)
         self._end_round()
-        started = time.perf_counter()
+        started = _now()
         output = super()._generate_and_score_completions(inputs)
-        generated = time.perf_counter()
+        generation = _since(started)
         self._round += 1
         batch = SequenceBatch.from_inputs(output)
         n = len(batch)
         rewards = self._local_rewards(n)
         stats = RoundStats(self._round, n, float(torch.nanmean(rewards.double())))
-        stats.generation_s = generated - started
+        stats.generation_s, stats.generation_cpu_s = generation
         scores = keep = None
         if self.iif is not None and (self.iif.needs_scores or self.runlog is not None):
             scores = self._score(batch, output, stats)
@@ -192,7 +208,8 @@ class IIFGRPOTrainer(GRPOTrainer):
             self._record_start(output, batch, rewards, scores, keep)
         self.last_scores = scores
         self.round_stats.append(stats)
-        self._overhead_s += time.perf_counter() - started
+        spent = _since(started)
+        self._overhead = (self._overhead[0] + spent[0], self._overhead[1] + spent[1])
         return output
 
     def _compute_loss(self, model, inputs):
@@ -210,6 +227,9 @@ class IIFGRPOTrainer(GRPOTrainer):
                     learning_rates=tuple(float(g["lr"]) for g in self.optimizer.param_groups),
                     accumulation=int(self.current_gradient_accumulation_steps),
                     rng_state=torch.get_rng_state(),
+                    cuda_rng_state=torch.cuda.get_rng_state(rows.device)
+                    if rows.device.type == "cuda"
+                    else None,
                 )
             )
         if keep is not None and not bool(keep.all()):
@@ -221,9 +241,13 @@ class IIFGRPOTrainer(GRPOTrainer):
         return super()._compute_loss(model, inputs)
 
     def training_step(self, model, inputs, num_items_in_batch):
-        started, overhead = time.perf_counter(), self._overhead_s
+        started, overhead = _now(), self._overhead
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._add_update_time(time.perf_counter() - started - (self._overhead_s - overhead))
+        wall, cpu = _since(started)
+        # Generation and scoring happen inside the first step of a round: not update time.
+        self._add_update_time(
+            (wall - (self._overhead[0] - overhead[0]), cpu - (self._overhead[1] - overhead[1]))
+        )
         return loss
 
     def train(self, *args: Any, **kwargs: Any):
@@ -235,9 +259,10 @@ class IIFGRPOTrainer(GRPOTrainer):
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _add_update_time(self, seconds: float) -> None:
+    def _add_update_time(self, seconds: tuple[float, float]) -> None:
         if self.round_stats and not self._replaying:
-            self.round_stats[-1].update_s += seconds
+            self.round_stats[-1].update_s += seconds[0]
+            self.round_stats[-1].update_cpu_s += seconds[1]
 
     def _trainable(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -283,10 +308,10 @@ class IIFGRPOTrainer(GRPOTrainer):
         assert self.iif is not None and self.loss_spec is not None
         target = None
         if self.iif.target == "validation":
-            started = time.perf_counter()
+            started = _now()
             target = self._validation_batch(stats)
-            stats.target_s = time.perf_counter() - started
-        started = time.perf_counter()
+            stats.target_s, stats.target_cpu_s = _since(started)
+        started = _now()
         model = self.model
         if self._score_params is None:
             self._score_params = score_parameters(model, self.iif.parameters)
@@ -302,7 +327,7 @@ class IIFGRPOTrainer(GRPOTrainer):
             )
         finally:
             model.train(was_training)
-        stats.scoring_s = time.perf_counter() - started
+        stats.scoring_s, stats.scoring_cpu_s = _since(started)
         return scores
 
     def _keep(self, scores: torch.Tensor | None, batch: SequenceBatch, stats: RoundStats):

@@ -133,3 +133,43 @@ def test_run_log_detects_corruption(pretrained_model, tokenizer, task, tmp_path)
         LLMRunLog(run).read_round(0)
     with pytest.raises(RunLogError, match="not committed"):
         LLMRunLog(run).read_round(5)
+
+
+def test_lora_with_kl_end_to_end_and_exact_replay(
+    pretrained_model, tokenizer, task, pretrained_state, tmp_path
+) -> None:
+    """PEFT adapters (the paper's RLHF setting) and a KL penalty (reference log-probs from
+    the disabled adapters) go through scoring, recording and replay."""
+    from peft import LoraConfig
+
+    from rlattr.llm.toy import tiny_causal_lm
+
+    def build(model, out, run_dir=None):
+        return IIFGRPOTrainer(
+            model=model,
+            reward_funcs=task.reward,
+            args=grpo_config(out, beta=0.04, max_steps=4, learning_rate=1e-2),
+            train_dataset=_dataset(task),
+            processing_class=tokenizer,
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+            iif=LLMIIF(rule="neg_bottom", fraction=0.5, target="batch"),
+            run_dir=run_dir,
+        )
+
+    run = tmp_path / "run"
+    trainer = build(pretrained_model, tmp_path / "out", run)
+    trainer.train()
+    assert trainer._score_params and all("lora_" in n for n in trainer._score_params)
+    assert trainer.last_scores is not None and bool((trainer.last_scores != 0).any())
+    log = LLMRunLog(run)
+    record = log.read_round(0)
+    assert "ref_per_token_logps" in record.inputs
+    assert all("lora_" in name for name in record.parameters)
+
+    model = tiny_causal_lm(tokenizer, seed=0)
+    model.load_state_dict(pretrained_state)
+    replayer = build(model, tmp_path / "re")
+    replayer.create_optimizer_and_scheduler(num_training_steps=4)
+    replayed = replay_round(replayer, run, 0)
+    expected = log.end_parameters(0)
+    assert all(torch.equal(replayed[n], expected[n]) for n in expected)

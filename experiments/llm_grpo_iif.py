@@ -1,0 +1,599 @@
+"""GRPO against GRPO+IIF (and the matched random drop) on a tiny offline language-model task.
+
+The task (``rlattr.llm.toy.SentimentTask``): a 2-layer, width-64 Qwen2 model with a
+character tokenizer, both built in code, is pretrained in process on sentences
+``"<subject> was <adjective> and <subject> was <adjective>."`` whose adjectives are mostly
+negative; RL continues prompts ``"<subject> was "`` and is rewarded by the lexicon
+sentiment of the continuation (a stand-in for the paper's detoxification run).
+
+Arms, each from the same pretrained weights and the same GRPO seed for a given seed:
+
+- ``grpo``: TRL's GRPO (through ``IIFGRPOTrainer`` with ``iif=None``, which trains bit for
+  bit like ``GRPOTrainer``; it only times the phases);
+- ``iif``: the paper's RLHF variant: drop every pair with a negative snapshot score on the
+  sequence target of validation prompts (sequence log-probability × group-normalised
+  advantage);
+- ``random``: drop as many pairs as ``iif`` would, at random (same scoring cost).
+
+After every round the policy is evaluated on fixed prompts with sampled completions (a
+fixed seed, outside the timed training; training RNG untouched). Per run, one CSV row per
+round goes to experiments/results/llm/runs/<arm>-s<seed>.csv (an interrupted study resumes
+with the runs still missing); ``--summarize`` writes summary.json, summary.md, rounds.csv
+and curves.png.
+
+    python experiments/llm_grpo_iif.py --seeds 5
+    python experiments/llm_grpo_iif.py --summarize
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import RESULTS, markdown_header, provenance
+
+OUT = RESULTS / "llm"
+ARMS = ("grpo", "iif", "random")
+SMOOTH = 3  # rounds in the running mean that levels are read from
+FIELDS = (
+    "arm",
+    "seed",
+    "round",
+    "eval_reward",
+    "train_reward",
+    "validation_reward",
+    "fraction_negative",
+    "fraction_dropped",
+    "generation_s",
+    "target_s",
+    "scoring_s",
+    "update_s",
+    "round_s",
+    "cumulative_s",
+    "generation_cpu_s",
+    "target_cpu_s",
+    "scoring_cpu_s",
+    "update_cpu_s",
+    "round_cpu_s",
+    "cumulative_cpu_s",
+)
+
+
+def git_commit() -> str:
+    """HEAD, marked ``-dirty`` when this script or rlattr/llm differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rlattr/llm", "experiments/llm_grpo_iif.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def llm_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "tokenizers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "rounds": args.rounds,
+        "prompts_per_round": args.prompts_per_round,
+        "num_generations": 4,
+        "steps_per_generation": 4,
+        "num_iterations": 2,
+        "max_completion_length": args.max_completion_length,
+        "learning_rate": args.lr,
+        "lr_scheduler_type": "constant",
+        "loss_type": "dapo",
+        "beta": 0.0,
+        "validation_prompts": 4,
+        "eval_prompts": 7,
+        "eval_samples_per_prompt": 16,
+        "pretrain_steps": args.pretrain_steps,
+        "pretrain_positive_share": 0.3,
+        "clauses": 2,
+    }
+
+
+class RoundEvaluator:
+    """Mean reward of sampled completions for fixed prompts, with a fixed seed.
+
+    The global RNG is forked, so training draws the same random numbers with or without
+    evaluation; the time spent here is outside every timed phase.
+    """
+
+    def __init__(self, tokenizer, task, prompts: list[str], samples: int, max_new_tokens: int):
+        self.tokenizer, self.task = tokenizer, task
+        encoded = tokenizer(
+            [p for p in prompts for _ in range(samples)], return_tensors="pt", padding=True
+        )
+        self.input_ids, self.attention_mask = encoded["input_ids"], encoded["attention_mask"]
+        self.max_new_tokens = max_new_tokens
+
+    @torch.no_grad()
+    def __call__(self, model) -> float:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)
+            out = model.generate(
+                input_ids=self.input_ids.to(device),
+                attention_mask=self.attention_mask.to(device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+            )
+        model.train(was_training)
+        texts = self.tokenizer.batch_decode(
+            out[:, self.input_ids.shape[1] :], skip_special_tokens=True
+        )
+        return statistics.fmean(self.task.score(t) for t in texts)
+
+
+def run_one(arm: str, seed: int, args: argparse.Namespace, pretrained: dict) -> list[dict]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig
+
+    from rlattr.llm import LLMIIF, IIFGRPOTrainer
+    from rlattr.llm.toy import SentimentTask, char_tokenizer, tiny_causal_lm
+
+    tokenizer = char_tokenizer()
+    tokenizer.padding_side = "left"
+    task = SentimentTask(positive_share=0.3, clauses=2, seed=seed)
+    model = tiny_causal_lm(tokenizer, seed=seed)
+    model.load_state_dict(pretrained)
+    steps_per_round = 4 * 2  # steps_per_generation × num_iterations
+    config = GRPOConfig(
+        output_dir=str(OUT / "tmp" / f"{arm}-s{seed}"),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        per_device_train_batch_size=args.prompts_per_round,  # 4 micro-batches per round
+        num_generations=4,
+        steps_per_generation=4,
+        num_iterations=2,
+        max_completion_length=args.max_completion_length,
+        max_steps=args.rounds * steps_per_round,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        beta=0.0,
+        seed=seed,
+    )
+    iif = {
+        "grpo": None,
+        "iif": LLMIIF(rule="drop_negative", target="validation", seed=seed),
+        "random": LLMIIF(rule="random_like", like="drop_negative", target="validation", seed=seed),
+    }[arm]
+    prompts = Dataset.from_dict({"prompt": task.prompts(70)})
+    validation = [{"prompt": p} for p in task.prompts(4, offset=2)]
+    evaluate = RoundEvaluator(tokenizer, task, task.prompts(7), 16, args.max_completion_length)
+    evals: list[float] = []
+
+    class EvalEveryRound(TrainerCallback):
+        def on_train_begin(self, a, state, control, model=None, **kwargs):
+            evals.append(evaluate(model))
+
+        def on_step_end(self, a, state, control, model=None, **kwargs):
+            if state.global_step % steps_per_round == 0:
+                evals.append(evaluate(model))
+
+    trainer = IIFGRPOTrainer(
+        model=model,
+        reward_funcs=task.reward,
+        args=config,
+        train_dataset=prompts,
+        processing_class=tokenizer,
+        iif=iif,
+        validation_dataset=validation if iif is not None else None,
+        callbacks=[EvalEveryRound()],
+    )
+    trainer.train()
+    rows, cumulative, cumulative_cpu = [], 0.0, 0.0
+    rows.append(
+        {
+            "arm": arm,
+            "seed": seed,
+            "round": 0,
+            "eval_reward": evals[0],
+            "cumulative_s": 0.0,
+            "cumulative_cpu_s": 0.0,
+        }
+    )
+    for stats, value in zip(trainer.round_stats, evals[1:], strict=True):
+        spent = stats.generation_s + stats.target_s + stats.scoring_s + stats.update_s
+        cumulative += spent
+        spent_cpu = (
+            stats.generation_cpu_s + stats.target_cpu_s + stats.scoring_cpu_s + stats.update_cpu_s
+        )
+        cumulative_cpu += spent_cpu
+        rows.append(
+            {
+                "arm": arm,
+                "seed": seed,
+                "round": stats.round + 1,  # evaluated after the round's updates
+                "eval_reward": value,
+                "train_reward": stats.reward_mean,
+                "validation_reward": stats.validation_reward_mean,
+                "fraction_negative": stats.fraction_negative,
+                "fraction_dropped": stats.fraction_dropped,
+                "generation_s": stats.generation_s,
+                "target_s": stats.target_s,
+                "scoring_s": stats.scoring_s,
+                "update_s": stats.update_s,
+                "round_s": spent,
+                "cumulative_s": cumulative,
+                "generation_cpu_s": stats.generation_cpu_s,
+                "target_cpu_s": stats.target_cpu_s,
+                "scoring_cpu_s": stats.scoring_cpu_s,
+                "update_cpu_s": stats.update_cpu_s,
+                "round_cpu_s": spent_cpu,
+                "cumulative_cpu_s": cumulative_cpu,
+            }
+        )
+    return rows
+
+
+def pretrained_weights(seed: int, steps: int) -> dict:
+    from rlattr.llm.toy import SentimentTask, char_tokenizer, pretrain, tiny_causal_lm
+
+    tokenizer = char_tokenizer()
+    model = tiny_causal_lm(tokenizer, seed=seed)
+    task = SentimentTask(positive_share=0.3, clauses=2, seed=seed)
+    pretrain(model, tokenizer, task.corpus(4000), steps=steps, batch_size=32, seed=seed)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, FIELDS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in FIELDS:
+            if key in ("arm",):
+                continue
+            value = row.get(key, "")
+            row[key] = float(value) if value not in ("", None) else float("nan")
+        row["seed"], row["round"] = int(row["seed"]), int(row["round"])
+    return rows
+
+
+# -- summary -------------------------------------------------------------------------------
+
+
+def smoothed(values: list[float], window: int = SMOOTH) -> list[float]:
+    """Trailing running mean (the first rounds average what there is)."""
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def first_reach(curve: list[float], level: float) -> int | None:
+    return next((i for i, v in enumerate(curve) if v >= level), None)
+
+
+def se_ave(curve: list[float], base_curve: list[float]) -> tuple[float | None, int, int]:
+    """Mean of 1 - m_arm(v) / m_grpo(v) over levels v = GRPO's successive running maxima.
+
+    The paper does not list its levels; these are the smoothed GRPO curve's new highs after
+    round 0. Returns (mean over the levels the arm reaches, levels, levels not reached).
+    """
+    levels, best = [], base_curve[0]
+    for value in base_curve[1:]:
+        if value > best:
+            levels.append(value)
+            best = value
+    reductions, missed = [], 0
+    for level in levels:
+        base_round, arm_round = first_reach(base_curve, level), first_reach(curve, level)
+        if arm_round is None:
+            missed += 1
+        elif base_round:
+            reductions.append(1 - arm_round / base_round)
+    return (statistics.fmean(reductions) if reductions else None), len(levels), missed
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    clean = [v for v in values if v == v]
+    if not clean:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {
+        "mean": statistics.fmean(clean),
+        "std": statistics.stdev(clean) if len(clean) > 1 else 0.0,
+        "min": min(clean),
+        "max": max(clean),
+        "n": len(clean),
+    }
+
+
+def summarize(args: argparse.Namespace) -> dict[str, Any]:
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for path in sorted((OUT / "runs").glob("*.csv")):
+        rows = read_rows(path)
+        runs[(rows[0]["arm"], rows[0]["seed"])] = rows
+    seeds = sorted({s for a, s in runs if a == "grpo"})
+    per_seed: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    for seed in seeds:
+        base = runs[("grpo", seed)]
+        base_curve = smoothed([r["eval_reward"] for r in base])
+        level = base_curve[-1]  # GRPO's final reward (running mean of the last rounds)
+        base_round = first_reach(base_curve, level)
+        base_time = base[-1]["cumulative_s"]
+        base_cpu = base[-1]["cumulative_cpu_s"]
+        for arm in ARMS:
+            if (arm, seed) not in runs:
+                continue
+            rows = runs[(arm, seed)]
+            curve = smoothed([r["eval_reward"] for r in rows])
+            reach = first_reach(curve, level)
+            trained = rows[1:]
+            se, n_levels, missed = se_ave(curve, base_curve)
+            per_seed[arm].append(
+                {
+                    "se_ave": se,
+                    "se_levels": n_levels,
+                    "se_levels_unreached": missed,
+                    "seed": seed,
+                    "grpo_final_reward": level,
+                    "final_reward": curve[-1],
+                    "rounds_to_grpo_final": reach,
+                    "grpo_rounds_to_own_final": base_round,
+                    "round_reduction": None
+                    if reach is None or not base_round
+                    else 1 - reach / base_round,
+                    "seconds_to_grpo_final": None if reach is None else rows[reach]["cumulative_s"],
+                    # RT_peak-like: 1 - (time to reach GRPO's final) / (GRPO's whole run).
+                    "time_reduction_vs_grpo_run": None
+                    if reach is None
+                    else 1 - rows[reach]["cumulative_s"] / base_time,
+                    "cpu_seconds_to_grpo_final": None
+                    if reach is None
+                    else rows[reach]["cumulative_cpu_s"],
+                    "cpu_time_reduction_vs_grpo_run": None
+                    if reach is None
+                    else 1 - rows[reach]["cumulative_cpu_s"] / base_cpu,
+                    "update_s_per_round": statistics.fmean(r["update_s"] for r in trained),
+                    "update_cpu_s_per_round": statistics.fmean(r["update_cpu_s"] for r in trained),
+                    "round_cpu_s": statistics.fmean(r["round_cpu_s"] for r in trained),
+                    "round_s": statistics.fmean(r["round_s"] for r in trained),
+                    "scoring_s_per_round": statistics.fmean(
+                        r["scoring_s"] + r["target_s"] for r in trained
+                    ),
+                    "fraction_dropped": statistics.fmean(r["fraction_dropped"] for r in trained)
+                    if arm != "grpo"
+                    else 0.0,
+                }
+            )
+    grpo_update = {r["seed"]: r["update_s_per_round"] for r in per_seed["grpo"]}
+    grpo_update_cpu = {r["seed"]: r["update_cpu_s_per_round"] for r in per_seed["grpo"]}
+    for arm in ARMS:
+        for r in per_seed[arm]:
+            r["update_time_saved"] = 1 - r["update_s_per_round"] / grpo_update[r["seed"]]
+            r["update_cpu_saved"] = 1 - r["update_cpu_s_per_round"] / grpo_update_cpu[r["seed"]]
+    table = {}
+    for arm in ARMS:
+        entries = per_seed[arm]
+        if not entries:
+            continue
+
+        def values(key: str, entries: list[dict] = entries) -> list[float]:
+            return [float("nan") if e[key] is None else float(e[key]) for e in entries]
+
+        table[arm] = {
+            "seeds": len(entries),
+            "reached_grpo_final": sum(e["rounds_to_grpo_final"] is not None for e in entries),
+            **{
+                key: spread(values(key))
+                for key in (
+                    "final_reward",
+                    "rounds_to_grpo_final",
+                    "round_reduction",
+                    "se_ave",
+                    "se_levels_unreached",
+                    "seconds_to_grpo_final",
+                    "time_reduction_vs_grpo_run",
+                    "update_s_per_round",
+                    "update_time_saved",
+                    "cpu_seconds_to_grpo_final",
+                    "cpu_time_reduction_vs_grpo_run",
+                    "update_cpu_s_per_round",
+                    "update_cpu_saved",
+                    "round_cpu_s",
+                    "scoring_s_per_round",
+                    "round_s",
+                    "fraction_dropped",
+                )
+            },
+        }
+    meta = provenance()
+    meta["versions"].update(llm_versions())
+    summary = {
+        "meta": {**meta, "git_commit": git_commit(), "settings": settings(args)},
+        "smoothing_rounds": SMOOTH,
+        "table": table,
+        "per_seed": per_seed,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_rows(OUT / "rounds.csv", [row for key in sorted(runs) for row in runs[key]])
+    plot(runs)
+    write_markdown(summary)
+    return summary
+
+
+def plot(runs: dict[tuple[str, int], list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"grpo": "tab:blue", "iif": "tab:red", "random": "tab:gray"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for arm in ARMS:
+        curves = [rows for (a, _), rows in sorted(runs.items()) if a == arm]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        rewards = torch.tensor([[r["eval_reward"] for r in c[:length]] for c in curves])
+        seconds = torch.tensor([[r["cumulative_s"] for r in c[:length]] for c in curves])
+        mean, low, high = rewards.mean(0), rewards.min(0).values, rewards.max(0).values
+        rounds = list(range(length))
+        axes[0].plot(rounds, mean, color=colors[arm], label=f"{arm} (mean, min-max of seeds)")
+        axes[0].fill_between(rounds, low, high, color=colors[arm], alpha=0.15)
+        axes[1].plot(seconds.mean(0), mean, color=colors[arm], label=arm)
+    axes[0].set_xlabel("round (64 pairs each)")
+    axes[1].set_xlabel("training wall-clock, s (mean over seeds)")
+    for ax in axes:
+        ax.set_ylabel("evaluation reward (112 sampled completions)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("GRPO vs GRPO+IIF (drop negative) vs matched random drop, tiny offline LM")
+    fig.tight_layout()
+    fig.savefig(OUT / "curves.png", dpi=120)
+    plt.close(fig)
+
+
+def write_markdown(summary: dict[str, Any]) -> None:
+    meta = summary["meta"]
+    lines = markdown_header("GRPO vs GRPO+IIF on a tiny offline language-model task", meta)
+    lines += [
+        f"Git commit: {meta['git_commit']}  ",
+        f"Settings: {json.dumps(meta['settings'], sort_keys=True)}",
+        "",
+        f"Levels are read from a {SMOOTH}-round trailing mean of the evaluation reward; "
+        "GRPO's final reward is that mean at its last round, per seed. Times are training "
+        "wall-clock (generation, validation target, scoring, update; evaluation excluded), "
+        "on a shared 2-core machine: compare arms, not absolute numbers.",
+        "",
+        "SE_ave: mean round reduction over the levels GRPO's smoothed curve sets as new "
+        "highs (the paper's SE_ave; it does not list its levels), over the levels the arm "
+        "reaches; 'levels missed' counts the others.",
+        "",
+        "| arm | seeds reaching GRPO's final | rounds to reach | round reduction | SE_ave | "
+        "levels missed | s to reach | time reduction vs GRPO run | update s/round | "
+        "update time saved | scoring s/round | fraction dropped | final reward |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(stat: dict[str, float], pct: bool = False) -> str:
+        if stat["mean"] != stat["mean"]:
+            return "n/a"
+        scale = 100 if pct else 1
+        unit = " %" if pct else ""
+        return f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f}{unit}"
+
+    for arm, row in summary["table"].items():
+        lines.append(
+            f"| {arm} | {row['reached_grpo_final']}/{row['seeds']} | "
+            f"{fmt(row['rounds_to_grpo_final'])} | {fmt(row['round_reduction'], True)} | "
+            f"{fmt(row['se_ave'], True)} | {fmt(row['se_levels_unreached'])} | "
+            f"{fmt(row['seconds_to_grpo_final'])} | "
+            f"{fmt(row['time_reduction_vs_grpo_run'], True)} | "
+            f"{fmt(row['update_s_per_round'])} | {fmt(row['update_time_saved'], True)} | "
+            f"{fmt(row['scoring_s_per_round'])} | {fmt(row['fraction_dropped'], True)} | "
+            f"{fmt(row['final_reward'])} |"
+        )
+    lines += [
+        "",
+        "The same in CPU seconds of the training process (steadier than wall-clock on a "
+        "shared machine):",
+        "",
+        "| arm | CPU s to reach | CPU time reduction vs GRPO run | update CPU s/round | "
+        "update CPU saved | CPU s/round |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, row in summary["table"].items():
+        lines.append(
+            f"| {arm} | {fmt(row['cpu_seconds_to_grpo_final'])} | "
+            f"{fmt(row['cpu_time_reduction_vs_grpo_run'], True)} | "
+            f"{fmt(row['update_cpu_s_per_round'])} | {fmt(row['update_cpu_saved'], True)} | "
+            f"{fmt(row['round_cpu_s'])} |"
+        )
+    lines += ["", "Mean ± standard deviation over seeds (means over the seeds that reach).", ""]
+    lines += ["![curves](curves.png)", ""]
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    global OUT
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--prompts-per-round", type=int, default=16)
+    parser.add_argument("--max-completion-length", type=int, default=24)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--pretrain-steps", type=int, default=150)
+    parser.add_argument("--summarize", action="store_true", help="only build the summary")
+    parser.add_argument("--out", type=Path, default=OUT, help="results folder")
+    args = parser.parse_args()
+    OUT = args.out
+    torch.set_num_threads(1)
+    if not args.summarize:
+        for seed in range(args.seeds):
+            missing = [a for a in args.arms if not (OUT / "runs" / f"{a}-s{seed}.csv").exists()]
+            if not missing:
+                continue
+            started = time.perf_counter()
+            weights = pretrained_weights(seed, args.pretrain_steps)
+            print(f"seed {seed}: pretrained in {time.perf_counter() - started:.1f}s", flush=True)
+            for arm in missing:
+                started = time.perf_counter()
+                rows = run_one(arm, seed, args, weights)
+                write_rows(OUT / "runs" / f"{arm}-s{seed}.csv", rows)
+                print(
+                    f"seed {seed} {arm}: final eval {rows[-1]['eval_reward']:.3f} "
+                    f"({time.perf_counter() - started:.1f}s)",
+                    flush=True,
+                )
+    summary = summarize(args)
+    print(json.dumps(summary["table"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
