@@ -1,0 +1,170 @@
+"""Where trials run: ``local`` (one after another in this process) or ``ray`` (Ray tasks).
+
+A backend takes trial jobs and yields one ``Outcome`` per job as each finishes, in the
+order they finish. Both retry a failed trial up to ``retries`` more times:
+
+- ``ray``: one core task per trial (``num_cpus=1``). ``max_retries`` re-runs a trial whose
+  worker died (killed, out of memory, ``os._exit``); ``retry_exceptions=True`` also re-runs
+  one that raised (Ray retries only crashes otherwise). Without ``address`` it starts a
+  local Ray instance on this machine's cores (no dashboard, no usage report); with one it
+  joins that cluster, whose workers must import the same rlattr.
+- ``local``: a loop in this process with the same retry count for exceptions. A crash of
+  the process ends the sweep; running it again resumes (finished trials are skipped).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rlattr.sweep.spec import SweepError
+from rlattr.sweep.trial import TrialJob
+
+TrialFn = Callable[[TrialJob], dict[str, Any]]
+# Ray's shared-memory object store holds only the trials' small result dicts: keep it
+# small on a shared machine (Ray's default takes 30 % of the memory).
+_OBJECT_STORE_BYTES = 200 * 1024**2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one trial ended: its result (``status`` done) or the last attempt's error."""
+
+    job: TrialJob
+    payload: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def ray_available() -> bool:
+    """Whether Ray is installed (the optional extra ``sweep``)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+def init_ray(address: str | None = None, workers: int | None = None) -> None:
+    """Start a local Ray instance on ``workers`` cores, or join the cluster at ``address``.
+
+    Ray reports usage statistics over the network unless told not to: it is told not to
+    (set ``RAY_USAGE_STATS_ENABLED`` yourself to decide otherwise).
+    """
+    if not ray_available():
+        raise SweepError(
+            "the ray backend needs Ray: pip install 'rlattr[sweep]', or use --backend local"
+        )
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is not None:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as err:
+            raise SweepError(
+                f"no Ray cluster answers at {address!r} ({err}); start one with "
+                "`ray start --head` or leave --address out to run on this machine"
+            ) from err
+        return
+    ray.init(
+        num_cpus=workers or os.cpu_count() or 1,
+        include_dashboard=False,
+        object_store_memory=_OBJECT_STORE_BYTES,
+        logging_level=logging.WARNING,
+        # Trials print nothing; Ray's own worker notices would break the progress display
+        # (a failure reaches the driver as the task's exception, with its traceback).
+        log_to_driver=False,
+    )
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` that nothing answers at: ``ray.init`` would retry for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", "ray://...": Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise SweepError(
+            f"no Ray cluster answers at {address} ({err.strerror or err}); start one there "
+            "with `ray start --head --port PORT`, or leave --address out to run on this machine"
+        ) from err
+
+
+def run_local(
+    jobs: Sequence[TrialJob], trial_fn: TrialFn, retries: int, poll: Callable[[], None]
+) -> Iterator[Outcome]:
+    """Run the jobs one after another here; an exception is retried ``retries`` times."""
+    del poll  # the engine's watcher thread reads progress from the result files
+    for job in jobs:
+        error = None
+        for _attempt in range(retries + 1):
+            try:
+                payload = trial_fn(job)
+            except Exception as err:  # any trial failure is reported and retried, not fatal
+                error = f"{type(err).__name__}: {err}"
+                continue
+            yield Outcome(job, payload)
+            break
+        else:
+            yield Outcome(job, None, error)
+
+
+def _call(trial_fn: TrialFn, job: TrialJob) -> dict[str, Any]:
+    return trial_fn(job)
+
+
+def run_ray(
+    jobs: Sequence[TrialJob],
+    trial_fn: TrialFn,
+    retries: int,
+    poll: Callable[[], None],
+    address: str | None = None,
+    workers: int | None = None,
+) -> Iterator[Outcome]:
+    """Run every job as a Ray task; yield each outcome as it finishes.
+
+    A Ray instance already initialised in this process (e.g. by a test) is used as it is
+    and left running; one started here is shut down at the end (its workers with it).
+    """
+    if not ray_available():
+        raise SweepError(
+            "the ray backend needs Ray: pip install 'rlattr[sweep]', or use --backend local"
+        )
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        init_ray(address, workers)
+    try:
+        task = ray.remote(_call).options(
+            num_cpus=1, max_retries=retries, retry_exceptions=True, name="rlattr-trial"
+        )
+        pending = {task.remote(trial_fn, job): job for job in jobs}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            poll()
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    yield Outcome(job, ray.get(ref))
+                except ray.exceptions.RayError as err:
+                    yield Outcome(job, None, _last_line(err))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _last_line(err: BaseException) -> str:
+    """The exception's own message (a RayTaskError's text is the worker's traceback)."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".strip()
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}".strip()

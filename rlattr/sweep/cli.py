@@ -1,0 +1,225 @@
+"""``rlattr sweep SPEC.yaml`` and ``rlattr compare PRESET``: the sweep engine's commands.
+
+``rlattr.cli.main`` registers them with ``add_sweep_parser`` and ``add_compare_parser``;
+each handler returns the exit status (0 every trial finished, 1 a trial failed on every
+attempt) and raises ``RlattrError`` subclasses for bad input, which the command line
+prints as one ``error:`` line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from rlattr.sweep.engine import SweepOutcome, run_sweep
+from rlattr.sweep.report import load_results, trial_rows
+from rlattr.sweep.spec import ARMS, SweepError, SweepSpec, TaskSpec
+
+EXIT_OK = 0
+EXIT_TRIAL_FAILED = 1
+
+
+def _count(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where trials run")
+    group.add_argument(
+        "--backend",
+        choices=["auto", "ray", "local"],
+        default="auto",
+        help="ray: Ray tasks side by side; local: one after another here; auto: ray if installed",
+    )
+    group.add_argument(
+        "--address", help="join the Ray cluster at this address (default: start one here)"
+    )
+    group.add_argument(
+        "--workers", type=_count(1), help="trials side by side on a local Ray (default: cores)"
+    )
+    group.add_argument(
+        "--retries", type=_count(0), help="runs again of a failed trial (default: the spec's, 2)"
+    )
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_sweep_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """Add ``sweep SPEC.yaml`` to ``subparsers`` (``parser_kwargs`` go to ``add_parser``)."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train tasks × arms × seeds, evaluated every round; resumable; one table",
+        description="Run a sweep spec (YAML: tasks, arms, seeds, rounds, eval_episodes, out, "
+        "retries, device). A killed sweep resumes when run again.",
+        **parser_kwargs,
+    )
+    parser.add_argument("spec", help="sweep spec (YAML file)")
+    parser.add_argument("--out", help="results folder (default: the spec's out)")
+    _add_backend_options(parser)
+    parser.set_defaults(func=sweep_command)
+    return parser
+
+
+def add_compare_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """Add ``compare PRESET --arms ... --seeds N`` to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "compare",
+        help="train arms of one preset on N seeds and compare their evaluation curves",
+        description="Train each arm of one preset on seeds 0..N-1 (the sweep engine), then "
+        "print rounds to PPO's peak, AUC, final return and seconds per round (mean ± sd "
+        "over seeds) and the TensorBoard command.",
+        **parser_kwargs,
+    )
+    parser.add_argument("preset", help="a shipped preset's name or a preset YAML file")
+    parser.add_argument(
+        "--arms", nargs="+", choices=ARMS, default=["ppo", "iif"], help="arms to train"
+    )
+    parser.add_argument("--seeds", type=_count(1), default=3, help="seeds 0..N-1")
+    parser.add_argument(
+        "--rounds", type=_count(1), help="rounds per run (default: the preset's budget)"
+    )
+    parser.add_argument(
+        "--episodes", type=_count(1), default=100, help="evaluation episodes after every round"
+    )
+    parser.add_argument("--out", default="runs/compare", help="results folder")
+    parser.add_argument("--device", default="cpu", help="torch device of every run")
+    _add_backend_options(parser)
+    parser.set_defaults(func=compare_command)
+    return parser
+
+
+def _run(spec: SweepSpec, args: argparse.Namespace, console: Console) -> SweepOutcome:
+    if args.retries is not None:
+        spec = spec.with_overrides(retries=args.retries)
+    return run_sweep(
+        spec,
+        args.backend,
+        address=args.address,
+        workers=args.workers,
+        show_progress=not args.no_progress,
+        console=console,
+    )
+
+
+def _finish(outcome: SweepOutcome, console: Console) -> int:
+    for key, error in outcome.failed.items():
+        console.print(f"{key} failed on every attempt: {error}", markup=False, style="red")
+    if outcome.failed:
+        console.print(
+            f"{len(outcome.failed)} trial(s) failed; their result files say why. Run the "
+            "same command again to retry them (finished trials are skipped)."
+        )
+        return EXIT_TRIAL_FAILED
+    return EXIT_OK
+
+
+def sweep_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """``rlattr sweep``: run the spec, print where the table and TensorBoard logs are."""
+    console = console or Console()
+    spec = SweepSpec.load(args.spec)
+    if args.out:
+        spec = spec.with_overrides(out=args.out)
+    outcome = _run(spec, args, console)
+    # soft_wrap: paths and commands stay on one line, to be copied whole.
+    console.print(
+        f"table: {outcome.report['markdown']} (per trial: {outcome.report['csv']})",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(
+        f"curves: tensorboard --logdir {shlex.quote(spec.out)}", soft_wrap=True, highlight=False
+    )
+    return _finish(outcome, console)
+
+
+def compare_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """``rlattr compare``: one preset, several arms, N seeds; a comparison table."""
+    console = console or Console()
+    if "ppo" not in args.arms:
+        raise SweepError("compare measures every arm against PPO: add ppo to --arms")
+    spec = SweepSpec(
+        tasks=(TaskSpec(preset=args.preset),),
+        arms=tuple(args.arms),
+        seeds=args.seeds,
+        rounds=args.rounds,
+        eval_episodes=args.episodes,
+        out=args.out,
+        device=args.device,
+    )
+    outcome = _run(spec, args, console)
+    task = spec.tasks[0].name
+    console.print(comparison_table(spec, task))
+    console.print(f"table: {outcome.report['markdown']}", soft_wrap=True, highlight=False)
+    logdir = shlex.quote(str(Path(spec.out) / task))
+    console.print(
+        f"curves (eval/return_mean per arm and seed): tensorboard --logdir {logdir}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return _finish(outcome, console)
+
+
+def _cell(values: list[float], digits: int) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    if len(finite) == 1:
+        return f"{finite[0]:.{digits}f}"
+    return f"{np.mean(finite):.{digits}f} ± {np.std(finite, ddof=1):.{digits}f}"
+
+
+def comparison_table(spec: SweepSpec, task: str) -> Table:
+    """Per arm over its finished seeds: rounds until it first reaches PPO's peak (on the
+    same seed; a peak never reached counts as round R + 1), AUC, final return, seconds per
+    round (wall and CPU), mean ± sample sd."""
+    rows = [r for r in trial_rows(load_results(spec)) if r["task"] == task]
+    finals = [abs(r["final_return"]) for r in rows] or [0.0]
+    digits = 3 if max(finals) < 10 else 1
+    table = Table(title=f"{task}: evaluation return per round, mean ± sd over seeds")
+    for column in (
+        "arm",
+        "seeds",
+        "rounds to PPO's peak",
+        "AUC",
+        "final return",
+        "s / round",
+        "CPU s / round",
+    ):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    peaks = [r["ppo_peak"] for r in rows if r["arm"] == "ppo"]
+    if peaks:
+        table.caption = f"PPO's peak evaluation return: {_cell(peaks, digits)}"
+    for arm in spec.arms:
+        group = [r for r in rows if r["arm"] == arm]
+        if not group:
+            table.add_row(arm, "0", "", "", "", "", "")
+            continue
+        reached = [r["ppo_peak_reached"] for r in group if r["ppo_peak_reached"] != ""]
+        to_peak = _cell([r["rounds_to_ppo_peak"] for r in group], 1)
+        if reached and not all(reached):
+            to_peak += f" ({sum(reached)}/{len(reached)} reached)"
+        table.add_row(
+            arm,
+            str(len(group)),
+            to_peak,
+            _cell([r["auc"] for r in group], digits),
+            _cell([r["final_return"] for r in group], digits),
+            _cell([r["seconds_per_round"] for r in group], 2),
+            _cell([r["cpu_seconds_per_round"] for r in group], 2),
+        )
+    return table

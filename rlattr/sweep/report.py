@@ -1,0 +1,336 @@
+"""A sweep's results as one table: per trial (CSV) and per task × arm (Markdown), plots.
+
+Every arm's trial is measured against PPO's trial on the same seed (the paper's pairing,
+``rlattr.analysis.efficiency``, SCIENCE.md §6): rounds until it first reaches PPO's peak
+evaluation return, SE_ave, SE_peak and RT_peak (on the process's CPU clock: on a shared
+machine the wall clock measures the neighbours), beside the arm's own AUC (mean return over
+the rounds), final return and seconds per round. Cells are mean ± sample standard
+deviation over seeds; with three seeds or more and rliable installed the final report adds
+IQM with 95 % bootstrap CIs and the probability of improvement over PPO.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlattr.analysis.efficiency import auc, efficiency, final_return, first_reach
+from rlattr.sweep.spec import SweepSpec
+from rlattr.sweep.trial import read_result
+
+# Columns of the per-trial CSV, in order.
+TRIAL_COLUMNS = (
+    "task",
+    "arm",
+    "seed",
+    "rounds",
+    "final_return",
+    "auc",
+    "peak_return",
+    "ppo_peak",
+    "rounds_to_ppo_peak",
+    "ppo_peak_reached",
+    "se_ave",
+    "se_peak",
+    "rt_peak",
+    "seconds_per_round",
+    "cpu_seconds_per_round",
+    "fraction_dropped",
+)
+# Per task × arm: (column title, trial column, digits); percentages carry "%" in the title.
+SUMMARY_COLUMNS = (
+    ("final return", "final_return", None),
+    ("AUC", "auc", None),
+    ("rounds to PPO's peak", "rounds_to_ppo_peak", 1),
+    ("SE_ave %", "se_ave", 1),
+    ("SE_peak %", "se_peak", 1),
+    ("RT_peak % (CPU)", "rt_peak", 1),
+    ("s / round", "seconds_per_round", 2),
+    ("CPU s / round", "cpu_seconds_per_round", 2),
+)
+
+
+def result_path(out: Path, task: str, arm: str, seed: int) -> Path:
+    """``<out>/<task>/<arm>-s<seed>.json`` (the layout of experiments/paper_suite.py)."""
+    return out / task / f"{arm}-s{seed}.json"
+
+
+def load_results(spec: SweepSpec) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """The finished results of ``spec``'s trials: task → arm → seed → result."""
+    out = Path(spec.out)
+    results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for task in spec.tasks:
+        for arm in spec.arms:
+            for seed in spec.seeds:
+                payload = read_result(result_path(out, task.name, arm, seed))
+                if payload is not None and payload.get("status") == "done":
+                    results.setdefault(task.name, {}).setdefault(arm, {})[seed] = payload
+    return results
+
+
+def _series(payload: Mapping[str, Any], key: str) -> np.ndarray:
+    return np.array([float(point[key]) for point in payload["curve"]])
+
+
+def _per_round(payload: Mapping[str, Any], clock: str) -> float:
+    """Training seconds per round on ``clock`` (evaluations excluded)."""
+    seconds = _series(payload, clock)
+    return float(seconds[-1]) / max(len(seconds) - 1, 1)
+
+
+def trial_row(payload: Mapping[str, Any], ppo: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One trial's metrics; those against PPO are NaN without PPO's trial on its seed."""
+    curve = _series(payload, "return_mean")
+    rounds = len(curve) - 1
+    dropped = [p["fraction_dropped"] for p in payload["curve"] if p["fraction_dropped"] is not None]
+    row: dict[str, Any] = {
+        "task": payload["task"],
+        "arm": payload["arm"],
+        "seed": int(payload["seed"]),
+        "rounds": rounds,
+        "final_return": final_return(curve),
+        "auc": auc(curve),
+        "peak_return": float(curve.max()),
+        "ppo_peak": math.nan,
+        "rounds_to_ppo_peak": math.nan,
+        "ppo_peak_reached": "",
+        "se_ave": math.nan,
+        "se_peak": math.nan,
+        "rt_peak": math.nan,
+        "seconds_per_round": _per_round(payload, "train_seconds"),
+        "cpu_seconds_per_round": _per_round(payload, "train_cpu_seconds"),
+        "fraction_dropped": float(np.mean(dropped)) if dropped else 0.0,
+    }
+    if ppo is None:
+        return row
+    ppo_curve = _series(ppo, "return_mean")
+    peak = float(ppo_curve.max())
+    reached = first_reach(curve, peak)
+    # Never reached: counted right after the budget (R + 1), as the efficiency metrics do.
+    row.update(
+        ppo_peak=peak,
+        rounds_to_ppo_peak=float(len(curve) if reached is None else reached),
+        ppo_peak_reached=reached is not None,
+    )
+    if payload["arm"] != "ppo":
+        metrics = efficiency(
+            ppo_curve,
+            curve,
+            _series(ppo, "train_cpu_seconds"),
+            _series(payload, "train_cpu_seconds"),
+        )
+        # RT_peak, like SE_peak, has no meaning when PPO peaks with its initial policy.
+        rt_peak = metrics.rt_peak if metrics.m_ppo_peak > 0 else math.nan
+        row.update(
+            se_ave=100 * metrics.se_ave, se_peak=100 * metrics.se_peak, rt_peak=100 * rt_peak
+        )
+    return row
+
+
+def trial_rows(results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, Any]]]]) -> list[dict]:
+    """``trial_row`` of every finished trial, task by task, arm by arm, seed by seed."""
+    rows = []
+    for arms in results.values():
+        ppo = arms.get("ppo", {})
+        for trials in arms.values():
+            for seed in sorted(trials):
+                rows.append(trial_row(trials[seed], ppo.get(seed)))
+    return rows
+
+
+def mean_spread(values: Iterable[float], digits: int | None = None) -> str:
+    """``mean ± sd`` over the finite values (sample sd; none for one value), or ``n/a``."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return "n/a"
+    if digits is None:
+        digits = 3 if max(abs(v) for v in finite) < 10 else 1
+    mean = float(np.mean(finite))
+    if len(finite) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {float(np.std(finite, ddof=1)):.{digits}f}"
+
+
+def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """One row per task × arm: seeds and every ``SUMMARY_COLUMNS`` cell as text."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["task"], row["arm"]), []).append(row)
+    summary = []
+    for (task, arm), group in groups.items():
+        cells = {"task": task, "arm": arm, "seeds": str(len(group))}
+        for title, key, digits in SUMMARY_COLUMNS:
+            cells[title] = mean_spread((r[key] for r in group), digits)
+        reached = [r["ppo_peak_reached"] for r in group if r["ppo_peak_reached"] != ""]
+        if reached and not all(reached):
+            cells["rounds to PPO's peak"] += f" ({sum(reached)}/{len(reached)} reached)"
+        summary.append(cells)
+    return summary
+
+
+def write_trials_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """The per-trial rows as CSV (written to a temp file, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(TRIAL_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(row[k]) for k in TRIAL_COLUMNS})
+    tmp.replace(path)
+    return path
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return value
+
+
+def markdown(
+    spec: SweepSpec,
+    rows: Sequence[Mapping[str, Any]],
+    results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, Any]]]],
+    statistics: bool = False,
+) -> str:
+    """The sweep's Markdown report: settings, then one table per task."""
+    lines = [
+        "# Sweep results",
+        "",
+        f"Arms {', '.join(spec.arms)}; seeds {', '.join(map(str, spec.seeds))}; "
+        f"stochastic evaluation after every round. Metrics against PPO on the same seed "
+        "(rlattr.analysis.efficiency; SE_ave over PPO's successive running maxima, RT_peak "
+        "on the CPU clock; a level never reached counts at round R + 1). Cells: mean ± "
+        "sample standard deviation over the finished seeds.",
+        "",
+    ]
+    commits = sorted(
+        {t["git_commit"] for arms in results.values() for s in arms.values() for t in s.values()}
+    )
+    if commits:
+        lines += [f"Code: git commit(s) {', '.join(commits)}.", ""]
+    titles = [title for title, _, _ in SUMMARY_COLUMNS]
+    by_task: dict[str, list[dict[str, str]]] = {}
+    for cells in summary_rows(rows):
+        by_task.setdefault(cells["task"], []).append(cells)
+    for task, group in by_task.items():
+        trials = [t for s in results[task].values() for t in s.values()]
+        rounds = _listed(int(t["rounds"]) for t in trials)
+        episodes = _listed(int(t["evaluation"]["episodes"]) for t in trials)
+        steps = _listed(int(t["steps_per_round"]) for t in trials)
+        lines += [
+            f"## {task} ({trials[0]['preset']['name']}: {rounds} rounds of {steps} steps, "
+            f"{episodes} evaluation episodes)",
+            "",
+            "| arm | seeds | " + " | ".join(titles) + " |",
+            "|---" * (len(titles) + 2) + "|",
+        ]
+        for cells in group:
+            lines.append(
+                f"| {cells['arm']} | {cells['seeds']} | "
+                + " | ".join(cells[t] for t in titles)
+                + " |"
+            )
+        lines.append("")
+        if statistics:
+            lines += _statistics(rows, task)
+    return "\n".join(lines) + "\n"
+
+
+def _listed(values: Iterable[int]) -> str:
+    return " / ".join(str(v) for v in sorted(set(values)))
+
+
+def _statistics(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
+    """IQM [95 % CI] of the final return and AUC, and P(arm > PPO), where seeds allow."""
+    try:
+        import rliable  # noqa: F401  (probe: the functions import it lazily)
+
+        from rlattr.analysis.efficiency import iqm, probability_of_improvement
+    except ImportError:
+        return ["(IQM and confidence intervals need rliable: pip install 'rlattr[stats]')", ""]
+    per_arm: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["task"] == task:
+            per_arm.setdefault(row["arm"], {})[int(row["seed"])] = row
+    if min(len(seeds) for seeds in per_arm.values()) < 3:
+        return []
+    lines = [
+        "IQM over seeds [stratified-bootstrap 95 % CI] (rliable); P(run beats PPO's run on "
+        "the same measure), ties counting half:",
+        "",
+        "| arm | IQM final return | IQM AUC | P(final > PPO) | P(AUC > PPO) |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, seeds in per_arm.items():
+        cells = []
+        for key in ("final_return", "auc"):
+            est = iqm({arm: [seeds[s][key] for s in sorted(seeds)]})[arm]
+            cells.append(f"{est.estimate:.3g} [{est.low:.3g}, {est.high:.3g}]")
+        for key in ("final_return", "auc"):
+            if arm == "ppo" or "ppo" not in per_arm:
+                cells.append("")
+                continue
+            p = probability_of_improvement(
+                [seeds[s][key] for s in sorted(seeds)],
+                [per_arm["ppo"][s][key] for s in sorted(per_arm["ppo"])],
+            )
+            cells.append(f"{p.estimate:.2f} [{p.low:.2f}, {p.high:.2f}]")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def plot_task(
+    task: str, arms: Mapping[str, Mapping[int, Mapping[str, Any]]], path: Path
+) -> Path | None:
+    """Evaluation return per round, mean ± sd over seeds per arm (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for arm, seeds in arms.items():
+        curves = [_series(seeds[s], "return_mean") for s in sorted(seeds)]
+        length = min(len(c) for c in curves)
+        matrix = np.array([c[:length] for c in curves])
+        mean, sd = matrix.mean(0), matrix.std(0)
+        x = np.arange(length)
+        ax.plot(x, mean, label=f"{arm} (n={len(curves)})")
+        ax.fill_between(x, mean - sd, mean + sd, alpha=0.15)
+    ax.set_xlabel("round")
+    ax.set_ylabel("evaluation return (mean ± sd over seeds)")
+    ax.set_title(task)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(spec: SweepSpec, final: bool = False) -> dict[str, Path]:
+    """Rewrite ``summary.csv`` and ``summary.md`` in ``spec.out`` from the finished trials;
+    ``final`` adds the rliable statistics and one plot per task (``<task>.png``)."""
+    out = Path(spec.out)
+    results = load_results(spec)
+    rows = trial_rows(results)
+    paths = {"csv": write_trials_csv(rows, out / "summary.csv")}
+    md = out / "summary.md"
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(markdown(spec, rows, results, statistics=final))
+    tmp.replace(md)
+    paths["markdown"] = md
+    if final:
+        for task, arms in results.items():
+            plot = plot_task(task, arms, out / f"{task}.png")
+            if plot is not None:
+                paths[f"plot:{task}"] = plot
+    return paths

@@ -1,0 +1,264 @@
+"""What a sweep runs: a validated spec (tasks × arms × seeds) read from YAML, and its trials.
+
+A spec file (``rlattr sweep SPEC.yaml``)::
+
+    # Every key but tasks is optional; values shown are the defaults.
+    tasks:                      # preset names (agents/) or YAML paths, or mappings:
+      - cartpole
+      - {preset: acrobot_paper, name: acrobot, rounds: 50, eval_episodes: 200}
+    arms: [ppo, iif]            # ppo, iif, random_like, advantage_like, iif_metagrad
+    seeds: [0, 1, 2]            # or a count: 3 (seeds 0, 1, 2)
+    rounds: null                # rounds per trial; null: the preset's total_timesteps
+    eval_episodes: 100          # stochastic evaluation episodes after every round
+    out: runs/sweep             # results: <out>/<task>/<arm>-s<seed>.json and run dirs
+    retries: 2                  # a failed or killed trial is run again up to this often
+    device: cpu
+
+Relative paths in the file (``out``, preset files) are read from the spec file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlattr.errors import RlattrError
+
+ARMS = ("ppo", "iif", "random_like", "advantage_like", "iif_metagrad")
+# Evaluation episode j resets with seed EVAL_SEED + j for every arm, seed and round (common
+# random numbers: a difference between arms is not a difference between evaluation draws).
+EVAL_SEED = 10_000
+EVAL_ENVS = 64
+
+
+class SweepError(RlattrError):
+    """A sweep that cannot run as asked (bad spec, results made by another spec, no Ray)."""
+
+
+class SweepSpecError(SweepError, ValueError):
+    """A sweep spec that cannot be used as written (unknown key, bad value)."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a sweep: a preset and what may differ from the sweep's settings."""
+
+    preset: str = field(metadata=_help("a shipped preset's name or a preset YAML file"))
+    name: str = field(
+        default="", metadata=_help("label of its results folder (default: the preset's stem)")
+    )
+    rounds: int | None = field(
+        default=None, metadata=_help("rounds for this task (default: the sweep's)")
+    )
+    eval_episodes: int | None = field(
+        default=None, metadata=_help("evaluation episodes for this task (default: the sweep's)")
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.preset, str) or not self.preset:
+            raise SweepSpecError(f"task preset must be a preset name or file, got {self.preset!r}")
+        if not self.name:
+            stem = Path(self.preset).name.removesuffix(".yaml").removesuffix(".yml")
+            object.__setattr__(self, "name", stem)
+        if not isinstance(self.name, str) or "/" in self.name or self.name.startswith("."):
+            raise SweepSpecError(f"task name {self.name!r} must be a plain folder name")
+        _check_count(self.rounds, f"task {self.name!r} rounds", nullable=True)
+        _check_count(self.eval_episodes, f"task {self.name!r} eval_episodes", nullable=True)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: every task × arm × seed is one trial, trained and evaluated every round."""
+
+    tasks: tuple[TaskSpec, ...] = field(
+        metadata=_help("presets to train (names, files, or mappings with per-task settings)")
+    )
+    arms: tuple[str, ...] = field(
+        default=("ppo", "iif"), metadata=_help(f"training arms, of {', '.join(ARMS)}")
+    )
+    seeds: tuple[int, ...] = field(
+        default=(0, 1, 2), metadata=_help("training seeds (a list, or a count N for 0..N-1)")
+    )
+    rounds: int | None = field(
+        default=None,
+        metadata=_help("rounds (rollout + update) per trial; None: the preset's budget"),
+    )
+    eval_episodes: int = field(
+        default=100, metadata=_help("stochastic evaluation episodes after every round")
+    )
+    out: str = field(default="runs/sweep", metadata=_help("results folder"))
+    retries: int = field(default=2, metadata=_help("times a failed or killed trial is run again"))
+    device: str = field(default="cpu", metadata=_help("torch device of every trial"))
+
+    def __post_init__(self) -> None:
+        tasks = tuple(_task(entry) for entry in _as_list(self.tasks, "tasks"))
+        if not tasks:
+            raise SweepSpecError("tasks is empty: name at least one preset, e.g. tasks: [cartpole]")
+        names = [task.name for task in tasks]
+        if len(set(names)) != len(names):
+            raise SweepSpecError(f"task names repeat in {names}: give each a distinct name")
+        arms = tuple(_as_list(self.arms, "arms"))
+        unknown = [arm for arm in arms if arm not in ARMS]
+        if unknown or not arms or len(set(arms)) != len(arms):
+            raise SweepSpecError(f"arms must be distinct names of {list(ARMS)}, got {list(arms)}")
+        seeds = self.seeds
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            _check_count(seeds, "seeds")
+            seeds = tuple(range(seeds))
+        seeds = tuple(_as_list(seeds, "seeds"))
+        for seed in seeds:
+            _check_count(seed, "every seed", low=0)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise SweepSpecError(f"seeds must be distinct whole numbers >= 0, got {list(seeds)}")
+        _check_count(self.rounds, "rounds", nullable=True)
+        _check_count(self.eval_episodes, "eval_episodes")
+        _check_count(self.retries, "retries", low=0)
+        for key in ("out", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise SweepSpecError(f"{key} must be text, got {getattr(self, key)!r}")
+        object.__setattr__(self, "tasks", tasks)
+        object.__setattr__(self, "arms", arms)
+        object.__setattr__(self, "seeds", seeds)
+
+    @classmethod
+    def from_dict(cls, payload: Any, base: Path | None = None) -> SweepSpec:
+        """A spec from a parsed YAML mapping; relative paths are read from ``base``."""
+        if not isinstance(payload, dict):
+            raise SweepSpecError("a sweep spec is a mapping with at least 'tasks'")
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(payload) - set(allowed))
+        if unknown:
+            raise SweepSpecError(f"unknown key(s) {unknown} in the sweep spec; allowed: {allowed}")
+        if "tasks" not in payload:
+            raise SweepSpecError("the sweep spec lacks 'tasks' (the presets to train)")
+        values = dict(payload)
+        if base is not None:
+            values["tasks"] = [_rebased_task(t, base) for t in _as_list(values["tasks"], "tasks")]
+            if isinstance(values.get("out"), str) and not Path(values["out"]).is_absolute():
+                values["out"] = str(base / values["out"])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SweepSpec:
+        """Read a spec from a YAML file (see the module docstring for the format)."""
+        path = Path(path)
+        try:
+            payload = yaml.safe_load(path.read_text())
+        except OSError as err:
+            raise SweepSpecError(f"cannot read the sweep spec {path}: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise SweepSpecError(f"{path} is not valid YAML: {err}") from err
+        return cls.from_dict(payload, base=path.resolve().parent)
+
+    def with_overrides(self, **changes: Any) -> SweepSpec:
+        """A copy with the given fields replaced (None leaves a field as it is)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One arm of one task on one seed: what ``rlattr.sweep.trial.run_trial`` trains.
+
+    Attributes:
+        task: label of the task (its results folder).
+        preset: the preset's name or an absolute path to its file.
+        arm: one of ``ARMS``.
+        seed: environment and initialisation seed (the same for every arm).
+        rounds: rounds of ``n_steps × n_envs`` steps.
+        episodes: evaluation episodes after every round.
+        device: torch device.
+        eval_seed: episode j of every evaluation resets with ``eval_seed + j``.
+        eval_envs: evaluation environments stepped side by side.
+    """
+
+    task: str
+    preset: str
+    arm: str
+    seed: int
+    rounds: int
+    episodes: int
+    device: str = "cpu"
+    eval_seed: int = EVAL_SEED
+    eval_envs: int = EVAL_ENVS
+
+    @property
+    def key(self) -> str:
+        """``<task>/<arm>-s<seed>``: the trial's name in paths, tables and TensorBoard."""
+        return f"{self.task}/{self.arm}-s{self.seed}"
+
+
+def preset_rounds(preset_name: str) -> int:
+    """The preset's budget in rounds: ``total_timesteps / (n_steps × n_envs)``, rounded up."""
+    from rlattr.training.presets import Preset
+
+    preset = Preset.load(preset_name)
+    steps = int(preset.ppo.get("n_steps", 2048)) * preset.n_envs
+    return max(1, math.ceil(preset.total_timesteps / steps))
+
+
+def plan_trials(spec: SweepSpec) -> list[Trial]:
+    """Every trial of ``spec``: per task PPO and IIF first on every seed (the main
+    comparison, so a partial sweep already answers it), then the other arms."""
+    trials = []
+    main = [arm for arm in spec.arms if arm in ("ppo", "iif")]
+    others = [arm for arm in spec.arms if arm not in main]
+    for task in spec.tasks:
+        rounds = task.rounds or spec.rounds or preset_rounds(task.preset)
+        episodes = task.eval_episodes or spec.eval_episodes
+        for group in (main, others):
+            for seed in spec.seeds:
+                for arm in group:
+                    trials.append(
+                        Trial(task.name, task.preset, arm, seed, rounds, episodes, spec.device)
+                    )
+    return trials
+
+
+def _task(entry: Any) -> TaskSpec:
+    if isinstance(entry, TaskSpec):
+        return entry
+    if isinstance(entry, str):
+        return TaskSpec(preset=entry)
+    if isinstance(entry, dict):
+        allowed = [f.name for f in dataclasses.fields(TaskSpec)]
+        unknown = sorted(set(entry) - set(allowed))
+        if unknown or "preset" not in entry:
+            raise SweepSpecError(
+                f"a task mapping needs 'preset' and may hold {allowed}; got {sorted(entry)}"
+            )
+        return TaskSpec(**entry)
+    raise SweepSpecError(f"a task is a preset name or a mapping with 'preset', got {entry!r}")
+
+
+def _rebased_task(entry: Any, base: Path) -> Any:
+    """A task whose preset is a relative file path, made absolute against ``base``."""
+    preset = entry.get("preset") if isinstance(entry, dict) else entry
+    if isinstance(preset, str) and preset.endswith((".yaml", ".yml")):
+        candidate = base / preset
+        if not Path(preset).is_absolute() and candidate.is_file():
+            if isinstance(entry, dict):
+                return {**entry, "preset": str(candidate)}
+            return str(candidate)
+    return entry
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise SweepSpecError(f"{name} must be a list, got {value!r}")
+
+
+def _check_count(value: Any, name: str, low: int = 1, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SweepSpecError(f"{name} must be a whole number >= {low}, got {value!r}")

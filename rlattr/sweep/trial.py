@@ -1,0 +1,286 @@
+"""One trial: train a preset's arm on one seed, evaluating the policy after every round.
+
+The trial writes its result JSON after every round, atomically (temp file + rename), with
+the command, versions, git commit and settings; ``status`` is ``running`` until the
+budget is spent, then ``done``. A trial has no checkpoint: one that was killed starts anew.
+Its run directory, if given, receives the TensorBoard events of the run (``eval/*`` after
+every round, SB3's ``train/*`` and rlattr's ``iif/*``), named by the directory.
+
+The result format is the one ``experiments/paper_suite.py`` has always written (its
+``--summarize`` and committed results read it); the sweep adds keys, never renames them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlattr.sweep.spec import ARMS, Trial
+from rlattr.versions import package_versions
+
+# Keys whose values must agree for a finished result to count as this trial's.
+_IDENTITY = ("task", "arm", "seed", "rounds")
+
+
+def arm_iif(preset: Any, arm: str, seed: int) -> Any:
+    """The filter of an arm: None for PPO, the preset's rule, or its matched ablations.
+
+    ``random_like`` and ``advantage_like`` drop as many records as the preset's rule would
+    (at random; those with the most negative advantages); ``iif_metagrad`` is the preset's
+    rule on exact metagradient scores of the coming update instead of snapshot scores.
+    """
+    from rlattr.training.filters import IIF
+
+    if arm == "ppo":
+        return None
+    base = preset.iif_config(seed=seed)
+    if arm == "iif":
+        return base
+    if arm == "iif_metagrad":
+        return preset.iif_config(seed=seed, scorer="metagrad")
+    if arm in ("random_like", "advantage_like"):
+        return IIF(
+            rule=arm,
+            like=base.rule,
+            like_fraction=base.fraction,
+            warmup_iterations=base.warmup_iterations,
+            minibatching=base.minibatching,
+            seed=seed,
+        )
+    raise ValueError(f"unknown arm {arm!r}; arms: {ARMS}")
+
+
+def make_eval_env_factory(preset: Any) -> Callable[[], Any]:
+    """One evaluation environment of the preset (gym.make + the preset's wrappers)."""
+    import gymnasium as gym
+
+    from rlattr.training.presets import _import_env_module, _import_wrapper
+
+    _import_env_module(preset.env_id)
+    wrappers = [_import_wrapper(path) for path in preset.wrappers]
+
+    def make() -> Any:
+        env = gym.make(preset.env_id, **preset.env_kwargs)
+        for wrapper in wrappers:
+            env = wrapper(env)
+        return env
+
+    return make
+
+
+def write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` through a temp file and a rename: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The result JSON at ``path``; None if it is missing or unreadable (a torn write)."""
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def is_done(path: Path) -> bool:
+    """Whether ``path`` holds a finished trial."""
+    payload = read_result(path)
+    return payload is not None and payload.get("status") == "done"
+
+
+def git_commit(paths: Sequence[str] = ("rlattr", "agents")) -> str:
+    """HEAD of the repository rlattr is imported from, marked if ``paths`` are modified;
+    ``unknown`` outside a git checkout (an installed wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """The command, versions and machine a result came from (as experiments/common.py)."""
+    return {
+        "command": command or " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "versions": package_versions(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            # Timings taken beside other jobs are slower and noisier: say how busy it was.
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """A trial with where it writes and what it records: what a backend ships to a worker.
+
+    Attributes:
+        trial: what to train.
+        result_path: the result JSON.
+        run_dir: the trial's run directory (TensorBoard events); None writes none.
+        provenance: the sweep's command, versions and machine (taken by the driver: a
+            worker's own ``sys.argv`` is Ray's).
+        git_commit: the code's commit, taken by the driver.
+        extra: keys added to the result (e.g. ``{"evaluation": {"paper_episodes": 1000}}``;
+            a mapping is merged into the mapping of the same key).
+    """
+
+    trial: Trial
+    result_path: str
+    run_dir: str | None = None
+    provenance: dict[str, Any] | None = None
+    git_commit: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+def run_job(job: TrialJob) -> dict[str, Any]:
+    """``run_trial`` for a job (the function backends call in their workers)."""
+    return run_trial(
+        job.trial,
+        Path(job.result_path),
+        None if job.run_dir is None else Path(job.run_dir),
+        origin=job.provenance,
+        commit=job.git_commit,
+        extra=job.extra,
+    )
+
+
+def run_trial(
+    trial: Trial,
+    result_path: Path,
+    run_dir: Path | None = None,
+    *,
+    origin: dict[str, Any] | None = None,
+    commit: str | None = None,
+    extra: dict[str, Any] | None = None,
+    on_point: Callable[[Trial, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``trial`` for its rounds, evaluating after every round; returns the result.
+
+    Args:
+        trial: what to train.
+        result_path: the result JSON, rewritten (atomically) after every round.
+        run_dir: the trial's run directory for TensorBoard events; emptied first (a retried
+            trial starts anew and must not leave the killed attempt's curve beside its own).
+        origin: command, versions and machine (default: this process's).
+        commit: the code's git commit (default: ``git_commit()``).
+        extra: keys added to the result; a mapping merges into the mapping of its key.
+        on_point: called with (trial, ``EvalPoint``) after every evaluation.
+
+    Returns:
+        The result as written, ``status`` ``done``.
+    """
+    import torch
+
+    from rlattr.training.evaluation import EvalEveryRound
+    from rlattr.training.presets import Preset
+
+    # One thread per trial: trials run side by side, and one thread is deterministic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        preset = Preset.load(trial.preset)
+        iif = arm_iif(preset, trial.arm, trial.seed)
+        model = preset.build(seed=trial.seed, device=trial.device, iif=iif)
+        if run_dir is not None:
+            from stable_baselines3.common.logger import configure
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+            model.set_logger(configure(str(run_dir), ["tensorboard"]))
+        steps_per_round = model.n_steps * model.n_envs
+        payload: dict[str, Any] = {
+            **(origin if origin is not None else provenance()),
+            "git_commit": commit if commit is not None else git_commit(),
+            "status": "running",
+            "task": trial.task,
+            "arm": trial.arm,
+            "seed": trial.seed,
+            "rounds": trial.rounds,
+            "steps_per_round": steps_per_round,
+            "preset": preset.to_dict(),
+            "iif": None if iif is None else {k: str(v) for k, v in vars(iif).items()},
+            "evaluation": {
+                "episodes": trial.episodes,
+                "policy": "stochastic",
+                "episode_seeds": f"{trial.eval_seed} + j",
+                "sampling_seed": trial.eval_seed,
+                "n_envs": trial.eval_envs,
+            },
+            "torch_threads": torch.get_num_threads(),
+            "curve": [],
+        }
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict) and isinstance(payload.get(key), dict):
+                payload[key] = {**payload[key], **value}
+            else:
+                payload[key] = value
+        if run_dir is not None:
+            payload["run_dir"] = str(run_dir)
+
+        def record(point: Any) -> None:
+            payload["curve"].append(point.to_dict())
+            write_atomic(result_path, payload)
+            if on_point is not None:
+                on_point(trial, point)
+
+        callback = EvalEveryRound(
+            make_eval_env_factory(preset),
+            episodes=trial.episodes,
+            seed=trial.eval_seed,
+            n_envs=trial.eval_envs,
+            on_point=record,
+        )
+        start = time.perf_counter()
+        model.learn(trial.rounds * steps_per_round, callback=callback)
+        payload["status"] = "done"
+        payload["wall_seconds"] = time.perf_counter() - start
+        payload["date_finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        write_atomic(result_path, payload)
+        model.env.close()
+        model.logger.close()
+        return payload
+    finally:
+        torch.set_num_threads(threads)
+
+
+def same_trial(payload: dict[str, Any], trial: Trial) -> bool:
+    """Whether a stored result was made for ``trial`` (task, arm, seed, rounds, episodes)."""
+    ours = asdict(trial)
+    if any(payload.get(key) != ours[key] for key in _IDENTITY):
+        return False
+    return payload.get("evaluation", {}).get("episodes") == trial.episodes
+
+
+def curve_key(payload: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """What a rerun of a trial must reproduce exactly: per round, the timesteps, the
+    evaluation return's mean and spread, and the dropped share (clocks excluded)."""
+    return [
+        (p["round"], p["timesteps"], p["return_mean"], p["return_std"], p["fraction_dropped"])
+        for p in payload["curve"]
+    ]

@@ -1,0 +1,58 @@
+"""``rlattr compare`` and ``rlattr sweep`` on a tiny budget, through the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from rlattr.errors import RlattrError
+from rlattr.sweep.backends import ray_available
+from rlattr.sweep.cli import add_compare_parser, add_sweep_parser
+
+
+def rlattr(argv: list[str]) -> int:
+    """Parse and run like the ``rlattr`` command (errors: RlattrError)."""
+    parser = argparse.ArgumentParser(prog="rlattr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_sweep_parser(sub)
+    add_compare_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_compare_prints_the_table_and_the_tensorboard_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps the table's titles on a narrow console
+    out = tmp_path / "compare"
+    argv = ["compare", "cartpole", "--arms", "ppo", "iif", "random_like", "--seeds", "1"]
+    argv += ["--rounds", "1", "--episodes", "4", "--out", str(out)]
+    assert rlattr([*argv, "--backend", "local", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for text in ("rounds to PPO's peak", "AUC", "final return", "s / round", "random_like"):
+        assert text in printed
+    assert f"tensorboard --logdir {out / 'cartpole'}" in printed
+    # One TensorBoard run per arm and seed, each with the evaluation curve.
+    runs = sorted(p.name for p in (out / "cartpole").iterdir() if p.is_dir())
+    assert runs == ["iif-s0", "ppo-s0", "random_like-s0"]
+    for run in runs:
+        assert list((out / "cartpole" / run).glob("events.out.tfevents.*"))
+    # Run again: everything is finished, nothing is trained.
+    assert rlattr([*argv, "--backend", "local", "--no-progress"]) == 0
+    assert "3 trial(s) already finished" in capsys.readouterr().out
+
+
+def test_sweep_and_compare_errors_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(RlattrError, match="cannot read the sweep spec"):
+        rlattr(["sweep", str(tmp_path / "nope.yaml"), "--backend", "local"])
+    with pytest.raises(RlattrError, match="add ppo to --arms"):
+        rlattr(["compare", "cartpole", "--arms", "iif", "--backend", "local"])
+    spec = tmp_path / "s.yaml"
+    spec.write_text("tasks: [cartpole]\n")
+    with pytest.raises(RlattrError, match="use it with --backend ray"):
+        rlattr(["sweep", str(spec), "--backend", "local", "--address", "auto"])
+    if ray_available():  # a closed port: refused at once, not after Ray's minutes of retries
+        with pytest.raises(RlattrError, match=r"no Ray cluster answers at 127\.0\.0\.1:1"):
+            rlattr(["sweep", str(spec), "--backend", "ray", "--address", "127.0.0.1:1"])

@@ -1,0 +1,139 @@
+"""Sweep specs (validation, YAML, planning) and the results table, on hand-made inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlattr.errors import RlattrError
+from rlattr.sweep.engine import plan_jobs
+from rlattr.sweep.report import mean_spread, result_path, trial_row
+from rlattr.sweep.spec import SweepError, SweepSpec, SweepSpecError, TaskSpec, plan_trials
+from rlattr.training.presets import resolve_preset_path
+
+EXAMPLE = """
+tasks:
+  - cartpole
+  - {preset: acrobot_paper, name: acrobot, rounds: 5, eval_episodes: 20}
+  - my_preset.yaml
+arms: [ppo, iif, random_like]
+seeds: 2
+rounds: 3
+eval_episodes: 10
+out: results
+retries: 1
+"""
+
+
+def test_a_yaml_spec_is_read_with_paths_from_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "my_preset.yaml").write_text(resolve_preset_path("cartpole").read_text())
+    (tmp_path / "sweep.yaml").write_text(EXAMPLE)
+    spec = SweepSpec.load(tmp_path / "sweep.yaml")
+    assert [t.name for t in spec.tasks] == ["cartpole", "acrobot", "my_preset"]
+    assert spec.tasks[2].preset == str(tmp_path / "my_preset.yaml")
+    assert spec.seeds == (0, 1) and spec.out == str(tmp_path / "results")
+    trials = plan_trials(spec)
+    assert len(trials) == 3 * 3 * 2
+    # Per task: PPO and IIF on every seed first, then the ablation.
+    assert [(t.arm, t.seed) for t in trials[:6]] == [
+        ("ppo", 0), ("iif", 0), ("ppo", 1), ("iif", 1), ("random_like", 0), ("random_like", 1),
+    ]  # fmt: skip
+    acrobot = [t for t in trials if t.task == "acrobot"]
+    assert {(t.rounds, t.episodes) for t in acrobot} == {(5, 20)}
+    assert {(t.rounds, t.episodes) for t in trials if t.task == "cartpole"} == {(3, 10)}
+
+
+def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
+    (trial,) = plan_trials(SweepSpec(tasks=("frozenlake",), arms=("ppo",), seeds=(0,)))
+    assert trial.rounds == 50  # 102400 steps in rounds of 2048
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arms": ["ppo", "dqn"]}, "arms must be distinct names of"),
+        ({"seeds": [0, 0]}, "seeds must be distinct"),
+        ({"seeds": -1}, "seeds must be a whole number >= 1"),
+        ({"rounds": 0}, "rounds must be a whole number >= 1"),
+        ({"eval_episodes": 2.5}, "eval_episodes must be a whole number"),
+        ({"retries": -1}, "retries must be a whole number >= 0"),
+        ({"tasks": []}, "tasks is empty"),
+        ({"tasks": ["cartpole", "cartpole"]}, "task names repeat"),
+        ({"tasks": [{"name": "x"}]}, "a task mapping needs 'preset'"),
+        ({"epochs": 3}, "unknown key(s) ['epochs']"),
+    ],
+)
+def test_bad_specs_name_the_key_and_the_rule(changes: dict[str, Any], message: str) -> None:
+    payload = {"tasks": ["cartpole"], **changes}
+    with pytest.raises(SweepSpecError) as err:
+        SweepSpec.from_dict(payload)
+    assert message in str(err.value)
+    assert isinstance(err.value, RlattrError)
+
+
+def test_an_unreadable_spec_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(SweepSpecError, match="cannot read the sweep spec"):
+        SweepSpec.load(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("tasks: [cartpole\n")
+    with pytest.raises(SweepSpecError, match="not valid YAML"):
+        SweepSpec.load(tmp_path / "bad.yaml")
+
+
+def test_a_finished_result_of_other_settings_stops_the_sweep(tmp_path: Path) -> None:
+    spec = SweepSpec(
+        tasks=(TaskSpec("cartpole"),), arms=("ppo",), seeds=(0,), rounds=2, out=str(tmp_path)
+    )
+    path = result_path(tmp_path, "cartpole", "ppo", 0)
+    path.parent.mkdir(parents=True)
+    stored = {"status": "done", "task": "cartpole", "arm": "ppo", "seed": 0, "rounds": 2}
+    path.write_text(json.dumps({**stored, "evaluation": {"episodes": 100}}))
+    jobs, skipped = plan_jobs(spec)
+    assert (jobs, skipped) == ([], ["cartpole/ppo-s0"])
+    path.write_text(json.dumps({**stored, "rounds": 7, "evaluation": {"episodes": 100}}))
+    with pytest.raises(SweepError, match="choose another out folder"):
+        plan_jobs(spec)
+
+
+def _payload(arm: str, returns: list[float], seconds: list[float]) -> dict[str, Any]:
+    curve = [
+        {
+            "round": r,
+            "return_mean": value,
+            "train_seconds": seconds[r],
+            "train_cpu_seconds": seconds[r],
+            "fraction_dropped": None if arm == "ppo" or r == 0 else 0.25,
+        }
+        for r, value in enumerate(returns)
+    ]
+    return {"task": "t", "arm": arm, "seed": 0, "curve": curve}
+
+
+def test_trial_metrics_against_ppo_by_hand() -> None:
+    ppo = _payload("ppo", [0.0, 1.0, 3.0, 2.0], [0.0, 1.0, 2.0, 3.0])
+    iif = _payload("iif", [0.0, 3.0, 3.0, 3.0], [0.0, 2.0, 4.0, 6.0])
+    row = trial_row(iif, ppo)
+    # PPO's levels: 1 (round 1) and 3 (round 2); IIF reaches both at round 1.
+    assert row["rounds_to_ppo_peak"] == 1 and row["ppo_peak"] == 3.0
+    assert row["se_peak"] == pytest.approx(50.0)  # 1 - 1/2
+    assert row["se_ave"] == pytest.approx(25.0)  # mean of 1 - 1/1 and 1 - 1/2
+    assert row["rt_peak"] == pytest.approx(100 * (1 - 2.0 / 3.0))  # IIF at 2 s, PPO's run 3 s
+    assert row["auc"] == pytest.approx(9 / 4) and row["final_return"] == 3.0
+    assert row["seconds_per_round"] == pytest.approx(2.0)
+    assert row["fraction_dropped"] == pytest.approx(0.25)
+    ppo_row = trial_row(ppo, ppo)
+    assert ppo_row["rounds_to_ppo_peak"] == 2 and math.isnan(ppo_row["se_ave"])
+    # A peak never reached counts right after the budget (round R + 1 = 4).
+    never = trial_row(_payload("iif", [0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 2.0, 3.0]), ppo)
+    assert never["rounds_to_ppo_peak"] == 4 and never["ppo_peak_reached"] is False
+    alone = trial_row(iif, None)
+    assert math.isnan(alone["rounds_to_ppo_peak"]) and alone["final_return"] == 3.0
+
+
+def test_cells_are_mean_and_sample_sd() -> None:
+    assert mean_spread([1.0, 2.0, 3.0], 2) == "2.00 ± 1.00"
+    assert mean_spread([5.0], 1) == "5.0"
+    assert mean_spread([math.nan], 1) == "n/a"

@@ -1,0 +1,144 @@
+"""The sweep engine end to end on tiny trials (CartPole, 2 rounds of 256 steps, 8 evaluation
+episodes; 2 arms × 2 seeds): the local backend, Ray with two workers and a worker killed
+mid-trial, resume, retries, and the TensorBoard run directories."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rlattr.sweep import SweepSpec, run_sweep
+from rlattr.sweep.report import result_path
+from rlattr.sweep.trial import curve_key, read_result
+from tests.sweep import faults
+
+TRIALS = ["cartpole/ppo-s0", "cartpole/iif-s0", "cartpole/ppo-s1", "cartpole/iif-s1"]
+
+
+def tiny_spec(out: Path, **changes: Any) -> SweepSpec:
+    values: dict[str, Any] = {
+        "tasks": ["cartpole"],
+        "arms": ["ppo", "iif"],
+        "seeds": 2,
+        "rounds": 2,
+        "eval_episodes": 8,
+        "out": str(out),
+        "retries": 1,
+        **changes,
+    }
+    return SweepSpec(**values)
+
+
+def curves(out: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Trial key → what a rerun must reproduce (returns per round; clocks excluded)."""
+    found = {}
+    for key in TRIALS:
+        payload = read_result(out / f"{key}.json")
+        assert payload is not None and payload["status"] == "done", key
+        found[key] = curve_key(payload)
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    outcome = run_sweep(tiny_spec(out), "local", show_progress=False)
+    assert sorted(outcome.finished) == sorted(TRIALS)
+    assert outcome.failed == {} and outcome.skipped == []
+    return out
+
+
+def test_local_sweep_writes_results_run_dirs_and_table(local_out: Path) -> None:
+    for key in TRIALS:
+        payload = json.loads((local_out / f"{key}.json").read_text())
+        assert payload["status"] == "done"
+        assert [p["round"] for p in payload["curve"]] == [0, 1, 2]
+        assert payload["evaluation"]["episodes"] == 8
+        assert payload["steps_per_round"] == 256  # the preset's 8 envs × 32 steps
+        # The run directory holds the evaluation curve as TensorBoard scalars.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(local_out / key))
+        events.Reload()
+        scalars = events.Scalars("eval/return_mean")
+        assert [s.step for s in scalars] == [0, 256, 512]
+        assert [s.value for s in scalars] == pytest.approx(
+            [p["return_mean"] for p in payload["curve"]], rel=1e-6
+        )
+    rows = (local_out / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("task,arm,seed,rounds,final_return,auc")
+    assert len(rows) == 1 + len(TRIALS)
+    table = (local_out / "summary.md").read_text()
+    assert "| ppo | 2 |" in table and "| iif | 2 |" in table
+
+
+def test_resume_skips_finished_trials_and_reruns_the_rest(local_out: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "resume"
+    shutil.copytree(local_out, out)
+    expected = curves(local_out)
+    # A sweep killed mid-trial leaves that trial "running" (its first round written).
+    killed = out / "cartpole/iif-s1.json"
+    payload = json.loads(killed.read_text())
+    payload.update(status="running", curve=payload["curve"][:2])
+    killed.write_text(json.dumps(payload))
+    outcome = run_sweep(tiny_spec(out), "local", show_progress=False)
+    assert outcome.finished == ["cartpole/iif-s1"]
+    assert sorted(outcome.skipped) == sorted(set(TRIALS) - {"cartpole/iif-s1"})
+    assert curves(out) == expected
+
+
+def test_failed_trials_are_retried_then_recorded(tmp_path: Path) -> None:
+    attempts = tmp_path / "attempts"
+
+    def always_fails(job: Any) -> dict[str, Any]:
+        with open(attempts, "a") as handle:
+            handle.write(job.trial.key + "\n")
+        raise RuntimeError("planted failure")
+
+    spec = tiny_spec(tmp_path / "out", arms=["ppo"], seeds=[0], retries=2)
+    outcome = run_sweep(spec, "local", show_progress=False, trial_fn=always_fails)
+    assert outcome.failed == {"cartpole/ppo-s0": "RuntimeError: planted failure"}
+    assert attempts.read_text().splitlines() == ["cartpole/ppo-s0"] * 3  # 1 + 2 retries
+    stored = json.loads(result_path(tmp_path / "out", "cartpole", "ppo", 0).read_text())
+    assert stored["status"] == "failed" and stored["attempts"] == 3
+    assert "planted failure" in stored["error"]
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Any:
+    ray = pytest.importorskip("ray")
+    from rlattr.sweep.backends import init_ray
+
+    init_ray(workers=2)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_sweep_with_a_killed_worker_matches_the_local_sweep(
+    ray_session: Any, local_out: Path, tmp_path: Path
+) -> None:
+    import cloudpickle
+
+    # Ray's workers do not import tests/: ship the fault's code with the task.
+    cloudpickle.register_pickle_by_value(sys.modules[faults.__name__])
+    victim = "cartpole/iif-s1"
+    out = tmp_path / "ray"
+    outcome = run_sweep(
+        tiny_spec(out),
+        "ray",
+        show_progress=False,
+        trial_fn=functools.partial(faults.killed_once_after_round_1, victim=victim),
+    )
+    assert outcome.failed == {}
+    assert sorted(outcome.finished) == sorted(TRIALS)
+    assert (out / f"{victim}.json.killed").exists()  # the worker did die mid-trial
+    # Ray retried it from scratch, and every trial equals its local twin.
+    assert curves(out) == curves(local_out)
+    assert read_result(out / f"{victim}.json")["curve"][0]["round"] == 0
