@@ -23,6 +23,11 @@ episode, which bootstraps at its end, truncates the credit the same way.
 learning-speed one (the value function must learn to carry the credit back) instead of a
 permanent one.
 
+Measured (SB3 PPO, defaults with 4 envs × 128 steps, batch 64, 4 epochs, γ 0.99, seeds 0
+and 1, 20 480 steps): the probability of investing ends at 0.01-0.014 with λ = 0 and
+0.001-0.005 with λ = 0.5 (short-horizon GAE learns to cash in), but at 0.997-0.999 with
+λ = 0.95 or 1, although investing is worth 0.99^10 ≈ 0.90 against 0.1.
+
 Exactness (tests/envs/test_delayed_credit.py): with the best value function of the
 observation and λ = 0, the GAE advantage differs from the true advantage on exactly the
 steps ``info["rlattr_fault"]`` flags.
