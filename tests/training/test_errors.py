@@ -9,12 +9,47 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from rlattr import AttributedPPO, UnsupportedError
 
 
-class RecurrentActorCriticPolicy(ActorCriticPolicy):
-    """Stands in for sb3_contrib's recurrent policy (same name, same base class)."""
+class LstmFeatures(BaseFeaturesExtractor):
+    """An LSTM over the sequence of calls: each call's output depends on every earlier
+    observation through a hidden state carried from call to call (as a recurrent policy's
+    does across the steps of a rollout). Records are then not independent given θ."""
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 16):
+        super().__init__(observation_space, features_dim)
+        self.lstm = torch.nn.LSTM(int(np.prod(observation_space.shape)), features_dim)
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        batch = observations.flatten(1).unsqueeze(0)  # one time step, a batch of envs
+        if self.state is None or self.state[0].shape[1] != batch.shape[1]:
+            self.state = (batch.new_zeros(1, batch.shape[1], self.features_dim),) * 2
+        output, state = self.lstm(batch, self.state)
+        self.state = (state[0].detach(), state[1].detach())
+        return output.squeeze(0)
+
+
+class LstmPolicy(ActorCriticPolicy):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs, features_extractor_class=LstmFeatures)
+
+
+class RecurrentActorCriticPolicy(LstmPolicy):
+    """Named as sb3_contrib's recurrent policy (sb3_contrib is not a dependency)."""
+
+
+def _assert_carries_state(policy_class: type) -> None:
+    """The stand-in really is recurrent: the same observation twice, two different values."""
+    env = gym.make("CartPole-v1")
+    policy = policy_class(env.observation_space, env.action_space, lambda _: 1e-3)
+    observation = torch.as_tensor(env.reset(seed=0)[0]).unsqueeze(0)
+    with torch.no_grad():
+        first, second = policy.predict_values(observation), policy.predict_values(observation)
+    assert not torch.equal(first, second)
 
 
 def test_recurrent_policy_name() -> None:
@@ -22,9 +57,32 @@ def test_recurrent_policy_name() -> None:
         AttributedPPO("MlpLstmPolicy", "CartPole-v1")
 
 
-def test_recurrent_policy_class() -> None:
+def test_recurrent_policy_class(tmp_path) -> None:
+    _assert_carries_state(RecurrentActorCriticPolicy)
     with pytest.raises(UnsupportedError, match="is recurrent"):
-        AttributedPPO(RecurrentActorCriticPolicy, "CartPole-v1", device="cpu")
+        AttributedPPO(
+            RecurrentActorCriticPolicy, "CartPole-v1", device="cpu", run_dir=tmp_path / "run"
+        )
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="rlattr recognises recurrent policies by class name only ('Recurrent' in the "
+    "MRO, 'Lstm' in a policy string); an LSTM policy under another name trains",
+)
+def test_a_policy_that_carries_state_is_refused_whatever_its_name(tmp_path) -> None:
+    _assert_carries_state(LstmPolicy)
+    try:
+        model = AttributedPPO(
+            LstmPolicy, "CartPole-v1", device="cpu", n_steps=32, batch_size=16, n_epochs=1
+        )
+        model.learn(32)
+    except UnsupportedError as error:
+        assert "recurrent" in str(error) or "state" in str(error)
+    else:
+        raise AssertionError("a policy whose outputs depend on earlier calls was accepted")
 
 
 def test_dict_observations_need_a_wrapper() -> None:
