@@ -22,6 +22,7 @@ from rlattr.training.filters import IIF
 from rlattr.training.hooks import ScoreHook
 from rlattr.training.ppo import AttributedPPO
 from rlattr.training.presets import Preset
+from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,10 @@ __all__ = [
     "AttributedPPO",
     "CallableTarget",
     "CorruptRunLogError",
+    "FilterDecision",
     "FormatVersionError",
+    "IterationContext",
+    "KeepMaskFilter",
     "Preset",
     "PresetError",
     "RecordRun",
@@ -42,6 +46,7 @@ __all__ = [
     "RunLog",
     "RunLogError",
     "ScoreHook",
+    "StoredScores",
     "Target",
     "TargetContext",
     "UnsupportedError",

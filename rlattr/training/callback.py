@@ -30,7 +30,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import configure_logger
 
-from rlattr.errors import UnsupportedError
+from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.record.plan import cut_minibatches
 from rlattr.record.records import Records
@@ -97,6 +97,12 @@ class RecordRun(BaseCallback):
         _check_recordable(model)
         if self.run_log is not None:
             return  # a later learn() with the same callback continues the run
+        if (self.run_dir / "run.json").exists():
+            raise RunLogError(
+                f"{self.run_dir} already holds a run; RecordRun starts new runs only "
+                "(a later learn() with the same RecordRun continues its run): choose "
+                "another run directory"
+            )
         self.run_log = RunLog.create(
             self.run_dir,
             run_json(model, {"recorder": "RecordRun", **self.run_metadata}),

@@ -154,6 +154,7 @@ class AttributedPPO(PPO):
         self._install_filter_generator()
         if self.run_dir is None:
             return
+        self.run_dir = Path(self.run_dir)  # load(path, run_dir="...") passes a string
         if self._resume and (self.run_dir / "run.json").exists():
             self.run_log = RunLog(self.run_dir)
             self._restore_from_run_log()

@@ -12,9 +12,17 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from rlattr import AttributedPPO, RecordRun, ReturnTarget, RunLog, attribute, replay_iteration
+from rlattr import (
+    AttributedPPO,
+    RecordRun,
+    Retention,
+    ReturnTarget,
+    RunLog,
+    attribute,
+    replay_iteration,
+)
 from rlattr.cli.main import main
-from rlattr.errors import UnsupportedError
+from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.extractors import SmallImageCNN
 from rlattr.record.replay import state_matches
 from tests.helpers import _minigrid
@@ -106,7 +114,19 @@ def test_unsupported_models_are_refused(tmp_path: Path) -> None:
         AttributedPPO("MlpPolicy", "CartPole-v1", **SMALL).learn(
             64, callback=RecordRun(tmp_path / "a")
         )
+    PPO("MlpPolicy", "CartPole-v1", **SMALL).learn(64, callback=RecordRun(tmp_path / "c"))
+    with pytest.raises(RunLogError, match="already holds a run"):
+        PPO("MlpPolicy", "CartPole-v1", **SMALL).learn(64, callback=RecordRun(tmp_path / "c"))
     with pytest.raises(UnsupportedError, match="use_sde"):
         PPO("MlpPolicy", "Pendulum-v1", use_sde=True, **SMALL).learn(
             64, callback=RecordRun(tmp_path / "b")
         )
+
+
+def test_retention_applies_to_recorded_runs(tmp_path: Path) -> None:
+    callback = RecordRun(tmp_path / "run", retention=Retention(record_every=2))
+    PPO("MlpPolicy", "CartPole-v1", seed=1, **SMALL).learn(4 * 64, callback=callback)
+    log = RunLog(tmp_path / "run")
+    assert log.iterations() == [0, 2] and log.verify().ok
+    for k in log.iterations():
+        assert state_matches(replay_iteration(log, k), log.load_checkpoint(k + 1)[0]) == []
