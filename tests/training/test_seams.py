@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from stable_baselines3 import PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from rlattr import AttributedPPO, RunLog
+from rlattr import IIF, AttributedPPO, RunLog, ScoreHook
 from rlattr.training.seams import (
     FilterDecision,
     IterationContext,
@@ -17,6 +18,7 @@ from rlattr.training.seams import (
     StoredScores,
     as_keep_mask_filter,
 )
+from tests.conftest import assert_same_parameters
 
 SMALL = {"n_steps": 64, "batch_size": 16, "n_epochs": 2, "device": "cpu", "seed": 0}
 
@@ -115,3 +117,27 @@ def test_bad_hook_results_are_refused() -> None:
     model = AttributedPPO("MlpPolicy", "CartPole-v1", keep_mask_fn=lambda c: "all", **SMALL)
     with pytest.raises(TypeError, match="FilterDecision"):
         model.learn(64)
+
+
+class KeepAll(KeepMaskFilter):
+    def __call__(self, context: IterationContext) -> FilterDecision:
+        return FilterDecision(torch.ones(len(context.records), dtype=torch.bool))
+
+
+def test_new_style_seams_that_keep_everything_do_not_perturb_training() -> None:
+    reference = PPO("MlpPolicy", "CartPole-v1", **SMALL).learn(192)
+    seamed = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", record_hooks=[ScoreHook()], keep_mask_fn=KeepAll(), **SMALL
+    ).learn(192)
+    assert_same_parameters(reference.policy, seamed.policy)
+
+
+def test_a_run_with_an_explicit_iif_seed_resumes_with_the_default(run_dir: Path) -> None:
+    # The generator resumes from the checkpoint, so seed=None accepts what the run used
+    # (runs written before the default changed stored seed 0).
+    kwargs = {"run_dir": run_dir, **SMALL}
+    AttributedPPO("MlpPolicy", "CartPole-v1", iif=IIF(rule="random", seed=0), **kwargs).learn(64)
+    resumed = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", iif=IIF(rule="random"), resume=True, **kwargs
+    ).learn(64, reset_num_timesteps=False)
+    assert resumed.iteration == 2
