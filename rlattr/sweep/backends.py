@@ -7,7 +7,10 @@ order they finish. Both retry a failed trial up to ``retries`` more times:
   worker died (killed, out of memory, ``os._exit``); ``retry_exceptions=True`` also re-runs
   one that raised (Ray retries only crashes otherwise). Without ``address`` it starts a
   local Ray instance on this machine's cores (no dashboard, no usage report); with one it
-  joins that cluster, whose workers must import the same rlattr.
+  joins that cluster, whose workers must import the same rlattr and find preset files at
+  the same paths (shipped presets by name need nothing). Without a shared filesystem the
+  driver writes each result file from the result the task returns; the run directories
+  (TensorBoard events) then stay on the node that ran the trial.
 - ``local``: a loop in this process with the same retry count for exceptions. A crash of
   the process ends the sweep; running it again resumes (finished trials are skipped).
 """

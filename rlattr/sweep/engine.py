@@ -180,6 +180,14 @@ class _Display:
             self.progress.console.print(f"{key}: failed: {outcome.error}", markup=False)
 
 
+def _keep_result(outcome: Outcome) -> None:
+    """Write the returned result where the worker could not (a cluster node's own disk)."""
+    path = Path(outcome.job.result_path)
+    stored = read_result(path)
+    if outcome.payload is not None and (stored is None or stored.get("status") != "done"):
+        write_atomic(path, outcome.payload)
+
+
 def _record_failure(job: TrialJob, error: str | None, attempts: int) -> None:
     """Mark the trial's result file failed (keeping the curve it reached) for the record."""
     path = Path(job.result_path)
@@ -244,6 +252,7 @@ def run_sweep(
                 key = outcome.job.trial.key
                 if outcome.ok:
                     result.finished.append(key)
+                    _keep_result(outcome)
                 else:
                     result.failed[key] = outcome.error or "unknown error"
                     _record_failure(outcome.job, outcome.error, spec.retries + 1)

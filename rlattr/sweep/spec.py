@@ -208,6 +208,10 @@ def preset_rounds(preset_name: str) -> int:
 def plan_trials(spec: SweepSpec) -> list[Trial]:
     """Every trial of ``spec``: per task PPO and IIF first on every seed (the main
     comparison, so a partial sweep already answers it), then the other arms."""
+    from rlattr.training.presets import Preset
+
+    for task in spec.tasks:  # a missing or invalid preset stops the sweep before it starts
+        Preset.load(task.preset)
     trials = []
     main = [arm for arm in spec.arms if arm in ("ppo", "iif")]
     others = [arm for arm in spec.arms if arm not in main]

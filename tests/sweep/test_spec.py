@@ -137,3 +137,9 @@ def test_cells_are_mean_and_sample_sd() -> None:
     assert mean_spread([1.0, 2.0, 3.0], 2) == "2.00 ± 1.00"
     assert mean_spread([5.0], 1) == "5.0"
     assert mean_spread([math.nan], 1) == "n/a"
+
+
+def test_a_missing_preset_stops_the_sweep_before_it_starts(tmp_path: Path) -> None:
+    spec = SweepSpec(tasks=("no_such_preset",), rounds=1, out=str(tmp_path))
+    with pytest.raises(RlattrError, match="no preset 'no_such_preset'"):
+        plan_trials(spec)
