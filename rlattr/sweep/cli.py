@@ -9,6 +9,7 @@ prints as one ``error:`` line (exit status 2).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shlex
 from pathlib import Path
@@ -64,15 +65,24 @@ def add_sweep_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.Argument
     parser = subparsers.add_parser(
         "sweep",
         help="train tasks × arms × seeds, evaluated every round; resumable; one table",
-        description="Run a sweep spec (YAML: tasks, arms, seeds, rounds, eval_episodes, out, "
-        "retries, device). A killed sweep resumes when run again.",
+        description="Run every trial of a sweep spec: each arm of each task on each seed, "
+        "evaluated after every round. A killed sweep resumes when run again.",
+        epilog=_spec_keys(),
         **parser_kwargs,
     )
     parser.add_argument("spec", help="sweep spec (YAML file)")
-    parser.add_argument("--out", help="results folder (default: the spec's out)")
+    parser.add_argument(
+        "--out", help="results folder, from the current folder (default: the spec's out)"
+    )
     _add_backend_options(parser)
     parser.set_defaults(func=sweep_command)
     return parser
+
+
+def _spec_keys() -> str:
+    """The spec's keys with their help (from the dataclass fields' metadata)."""
+    keys = "; ".join(f"{f.name}: {f.metadata['help']}" for f in dataclasses.fields(SweepSpec))
+    return f"Spec keys (YAML mapping; only tasks is required) - {keys}."
 
 
 def add_compare_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
@@ -135,6 +145,8 @@ def sweep_command(args: argparse.Namespace, console: Console | None = None) -> i
     if args.out:
         spec = spec.with_overrides(out=args.out)
     outcome = _run(spec, args, console)
+    for task in spec.tasks:
+        console.print(comparison_table(spec, task.name))
     # soft_wrap: paths and commands stay on one line, to be copied whole.
     console.print(
         f"table: {outcome.report['markdown']} (per trial: {outcome.report['csv']})",
