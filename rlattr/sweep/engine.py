@@ -144,6 +144,7 @@ class _Display:
         )
         self.task_id = self.progress.add_task(self._description(), total=total)
         self._lock = threading.Lock()
+        self._seen: dict[str, int] = {}  # trial key → mtime of its result when last read
 
     def _description(self) -> str:
         failed = f", {self.failed} failed" if self.failed else ""
@@ -154,6 +155,14 @@ class _Display:
             for key, job in self.jobs.items():
                 if self.done_rounds[key] > job.trial.rounds:
                     continue
+                # Re-read a result only when it changed (a long sweep has many, and long).
+                try:
+                    mtime = Path(job.result_path).stat().st_mtime_ns
+                except OSError:
+                    continue
+                if self._seen.get(key) == mtime:
+                    continue
+                self._seen[key] = mtime
                 payload = read_result(Path(job.result_path))
                 if payload is not None and payload.get("status") == "running":
                     self.done_rounds[key] = len(payload.get("curve", []))

@@ -29,8 +29,9 @@ def test_compare_prints_the_table_and_the_tensorboard_command(
     out = tmp_path / "compare"
     argv = ["compare", "cartpole", "--arms", "ppo", "iif", "random_like", "--seeds", "1"]
     argv += ["--rounds", "1", "--episodes", "4", "--out", str(out)]
-    assert rlattr([*argv, "--backend", "local", "--no-progress"]) == 0
+    assert rlattr([*argv, "--backend", "local"]) == 0  # with the progress display
     printed = capsys.readouterr().out
+    assert "trials 3/3 done" in printed
     for text in ("rounds to PPO's peak", "AUC", "final return", "s / round", "random_like"):
         assert text in printed
     assert f"tensorboard --logdir {out / 'cartpole'}" in printed
