@@ -45,6 +45,23 @@ def test_compare_prints_the_table_and_the_tensorboard_command(
     assert "3 trial(s) already finished" in capsys.readouterr().out
 
 
+def test_sweep_runs_a_spec_file_and_prints_its_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        "tasks: [{preset: cartpole, name: pole}]\narms: [ppo]\nseeds: [3]\nrounds: 1\n"
+        "eval_episodes: 4\nout: results\n"
+    )
+    assert rlattr(["sweep", str(spec), "--backend", "local", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "pole/ppo-s3: done" in printed and "rounds to PPO's peak" in printed
+    assert f"tensorboard --logdir {tmp_path / 'results'}" in printed
+    assert (tmp_path / "results" / "pole" / "ppo-s3.json").exists()
+    assert (tmp_path / "results" / "summary.md").exists()
+
+
 def test_sweep_and_compare_errors_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(RlattrError, match="cannot read the sweep spec"):
         rlattr(["sweep", str(tmp_path / "nope.yaml"), "--backend", "local"])
