@@ -1,0 +1,514 @@
+"""Every figure the README's results quote, recomputed from the committed result files.
+
+    python experiments/readme_figures.py
+
+prints one table per README bullet ("What we measured", and the segmented-metagradient
+line of the tour) and writes it to experiments/results/readme_figures.md. Each row names
+the file the number comes from; nothing here runs an experiment. A README number that is
+not in this output has no committed source.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import RESULTS, markdown_header, provenance
+
+Row = tuple[str, str, str]  # figure, value, source (relative to experiments/results)
+
+METHODS = ("snapshot", "tracin", "metagrad")
+
+
+def _json(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _csv(name: str) -> list[dict[str, str]]:
+    with open(RESULTS / name) as handle:
+        return list(csv.DictReader(handle))
+
+
+def _slash(values: Iterable[float], digits: int = 2) -> str:
+    return " / ".join(f"{v:.{digits}f}" for v in values)
+
+
+def _span(values: Iterable[float], fmt: str = ".2f") -> str:
+    values = list(values)
+    return f"{min(values):{fmt}} … {max(values):{fmt}}"
+
+
+def _paired(gap: np.ndarray, digits: int) -> str:
+    """mean ± standard error (ddof 1), and the seeds where the first arm is higher."""
+    error = float(np.std(gap, ddof=1) / math.sqrt(len(gap))) if len(gap) > 1 else 0.0
+    return f"{gap.mean():+.{digits}f} ± {error:.{digits}f} ({int((gap > 0).sum())}/{len(gap)})"
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+FIDELITY_PRESETS = {
+    "minigrid_empty": "MiniGrid",
+    "lunarlander_sgd": "LunarLander-SGD",
+    "lunarlander": "LunarLander (Adam)",
+    "hopper": "Hopper (Adam)",
+    "cartpole": "CartPole",
+}
+
+
+def fidelity() -> list[Row]:
+    rows: list[Row] = []
+    cells: dict[tuple, dict[str, dict[str, str]]] = {}
+    for preset in FIDELITY_PRESETS:
+        for r in _csv(f"fidelity/{preset}.csv"):
+            key = (preset, int(r["iteration"]), r["target"], float(r["fraction"]))
+            cells.setdefault(key, {})[r["method"]] = r
+    subsets = sorted({int(r["subsets"]) for c in cells.values() for r in c.values()})
+    seeds = sorted({int(r["seed"]) for c in cells.values() for r in c.values()})
+    rows.append(("random subsets per cell", f"{subsets[0]}–{subsets[-1]}", "fidelity/*.csv"))
+    rows.append(("seeds", ", ".join(map(str, seeds)), "fidelity/*.csv"))
+    for preset, label in FIDELITY_PRESETS.items():
+        mine = {k: v for k, v in cells.items() if k[0] == preset}
+        medians = [statistics.median(float(v[m]["lds"]) for v in mine.values()) for m in METHODS]
+        ceiling = statistics.median(float(v["snapshot"]["ceiling"]) for v in mine.values())
+        iterations = sorted({k[1] for k in mine})
+        rows.append(
+            (
+                f"{label}: median LDS snapshot / TracIn / metagrad over {len(mine)} cells "
+                f"(iterations {', '.join(map(str, iterations))})",
+                _slash(medians),
+                f"fidelity/{preset}.csv",
+            )
+        )
+        rows.append((f"{label}: median ceiling", f"{ceiling:.3f}", f"fidelity/{preset}.csv"))
+    tracin_wins = sum(
+        float(v["tracin"]["lds"]) > float(v["snapshot"]["lds"]) for v in cells.values()
+    )
+    metagrad_best = sum(
+        float(v["metagrad"]["lds"]) > max(float(v["tracin"]["lds"]), float(v["snapshot"]["lds"]))
+        for v in cells.values()
+    )
+    rows.append(
+        ("cells where TracIn > snapshot", f"{tracin_wins} of {len(cells)}", "fidelity/*.csv")
+    )
+    rows.append(
+        (
+            "cells where metagrad is the best of three",
+            f"{metagrad_best} of {len(cells)}",
+            "fidelity/*.csv",
+        )
+    )
+
+    def lds_range(preset: str, iteration: int, target: str) -> tuple[list[float], list[float]]:
+        chosen = [v for k, v in cells.items() if k[:3] == (preset, iteration, target)]
+        return (
+            [float(v[m]["lds"]) for v in chosen for m in METHODS],
+            [float(v["snapshot"]["ceiling"]) for v in chosen],
+        )
+
+    lds, ceilings = lds_range("minigrid_empty", 43, "return")
+    rows.append(
+        (
+            "MiniGrid iteration 43, return target: LDS, all methods and drops",
+            _span(lds),
+            "fidelity/minigrid_empty.csv",
+        )
+    )
+    rows.append(
+        (
+            "MiniGrid iteration 43, return target: ceilings",
+            _span(ceilings),
+            "fidelity/minigrid_empty.csv",
+        )
+    )
+    lds, ceilings = lds_range("cartpole", 195, "return")
+    rows.append(
+        (
+            "CartPole iteration 195, return target: LDS, all methods and drops",
+            _span(lds),
+            "fidelity/cartpole.csv",
+        )
+    )
+    cartpole_ceilings = [
+        float(v["snapshot"]["ceiling"]) for k, v in cells.items() if k[0] == "cartpole"
+    ]
+    rows.append(
+        (
+            "CartPole: ceilings (one minibatch per epoch)",
+            _span(cartpole_ceilings, ".3f"),
+            "fidelity/cartpole.csv",
+        )
+    )
+    return rows
+
+
+def smoothness() -> list[Row]:
+    source = "smoothness-lunarlander-s0-it2.json"
+    data = _json(source)
+    rows: list[Row] = []
+    for loss in ("logged PPO loss", "ratio clipping off"):
+        chosen = [r for r in data["rows"] if r["loss"] == loss]
+        for h in ("h=1", "h=0.1", "h=0.01", "h=0.001"):
+            errors = [abs(r[h] - r["metagradient"]) / abs(r["metagradient"]) for r in chosen]
+            rows.append(
+                (
+                    f"{loss}: |secant({h}) − metagradient| / |metagradient|, {len(chosen)} subsets",
+                    _span((100 * e for e in errors), ".1f") + " %",
+                    source,
+                )
+            )
+    return rows
+
+
+def smoothed_metagrad() -> list[Row]:
+    source = "smoothed_metagrad-lunarlander.json"
+    data = _json(source)
+    lds = {(r["iteration"], r["fraction"], r["method"]): r["lds"] for r in data["rows"]}
+    order = ("metagrad", "removal-avg", "path-avg")
+    rows: list[Row] = []
+    for iteration in sorted({k[0] for k in lds}):
+        for fraction in sorted({k[1] for k in lds if k[0] == iteration}):
+            rows.append(
+                (
+                    f"iteration {iteration}, {fraction:.0%} drops: "
+                    "LDS exact / removal-avg / path-avg",
+                    _slash((lds[(iteration, fraction, m)] for m in order), 3),
+                    source,
+                )
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def cost() -> list[Row]:
+    source = "bench_attribution.json"
+    data = {r["preset"]: r for r in _json(source)["rows"]}
+    presets = ("lunarlander", "minigrid_empty", "hopper")
+    rows: list[Row] = [("presets", " / ".join(presets), source)]
+
+    def line(label: str, key: str, digits: int) -> None:
+        rows.append((label, _slash((data[p][key] for p in presets), digits), source))
+
+    line("metagrad ÷ SB3 train()", "metagrad_over_train", 2)
+    line("metagrad peak memory growth (MiB)", "metagrad_peak_rss_growth_mib", 0)
+    line("segmented metagrad peak memory growth (MiB)", "metagrad_segmented_peak_rss_growth_mib", 0)
+    line("segmented metagrad ÷ SB3 train()", "metagrad_segmented_over_train", 1)
+    rows.append(
+        (
+            "segment length S (steps)",
+            " / ".join(str(data[p]["metagrad_segment_steps"]) for p in presets),
+            source,
+        )
+    )
+    rows.append(
+        (
+            "segmented ÷ full metagrad time",
+            _slash((data[p]["metagrad_segmented_s"] / data[p]["metagrad_s"] for p in presets), 2),
+            source,
+        )
+    )
+    line("snapshot ÷ SB3 train()", "snapshot_over_train", 3)
+    line("TracIn ÷ SB3 train()", "tracin_over_train", 1)
+    line("TracIn with ∇f once per epoch ÷ SB3 train()", "tracin_target_per_epoch_over_train", 1)
+    rows.append(
+        ("load average when written", f"{_json(source)['machine']['load_average_1min']}", source)
+    )
+    bench = {r["preset"]: r for r in _json("bench_iif.json")["rows"]}
+    for preset, r in bench.items():
+        rows.append(
+            (
+                f"IIF ÷ PPO seconds per iteration, {preset} (per-seed mean ± std)",
+                f"{r['ratio']:.3f} "
+                f"({r['ratio_per_seed_mean']:.3f} ± {r['ratio_per_seed_std']:.2f})",
+                "bench_iif.json",
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stages() -> list[Row]:
+    rows: list[Row] = []
+    names = {"hopper": "Hopper", "lunarlander": "LunarLander", "cartpole": "CartPole"}
+    for preset, label in names.items():
+        table = _csv(f"stages/{preset}.csv")
+        spans = list(dict.fromkeys(r["stage"] for r in table))
+        end = int(spans[-1].split(":")[1])
+        rows.append(
+            (f"{label}: iterations, stages", f"{end}, {' '.join(spans)}", f"stages/{preset}.csv")
+        )
+    for behaviour in ("return", "action"):
+        ratios, spearmans = [], []
+        for preset in names:
+            fo = _json(f"stages/{preset}.json")["summary"][behaviour]["data_fixed"]["fo"]
+            ratios.append(fo["median_abs_ratio_before_last"])
+            spearmans.append(fo["spearman"])
+        rows.append(
+            (
+                f"{behaviour} behaviour, data-fixed: median |FO|/|truth|, first three stages "
+                "(Hopper / LunarLander / CartPole)",
+                " / ".join(f"{r:.3g}" for r in ratios),
+                "stages/{hopper,lunarlander,cartpole}.json",
+            )
+        )
+        rows.append(
+            (
+                f"{behaviour} behaviour, data-fixed: Spearman(FO, truth) over 4 stages",
+                _slash(spearmans, 1),
+                "stages/{hopper,lunarlander,cartpole}.json",
+            )
+        )
+    for preset, label in names.items():
+        growth = {}
+        for r in _csv(f"stages/{preset}.csv"):
+            growth[r["stage"]] = float(r["so_growth"])
+        later = {s: int(list(growth)[-1].split(":")[1]) - int(s.split(":")[1]) for s in growth}
+        rows.append(
+            (
+                f"{label}: SO growth ‖e_T‖/‖δ‖ per stage (later iterations)",
+                ", ".join(f"{s}: {g:.2g} ({later[s]})" for s, g in growth.items()),
+                f"stages/{preset}.csv",
+            )
+        )
+    horizon = {(int(r["horizon"]), r["behaviour"]): r for r in _csv("stages/cartpole-horizon.csv")}
+    source = "stages/cartpole-horizon.csv"
+    h0 = horizon[(0, "return")]
+    rows.append(
+        (
+            "horizon study, h = 0, return: difference estimate vs truth",
+            f"{float(h0['fo_difference']):.3g} vs {float(h0['ground_truth']):.3g}",
+            source,
+        )
+    )
+    h1 = horizon[(1, "return")]
+    rows.append(
+        (
+            "horizon study, h = 1, return: FO / SO / truth",
+            " / ".join(f"{float(h1[k]):.2g}" for k in ("fo", "so", "ground_truth")),
+            source,
+        )
+    )
+    rows.append(
+        (
+            "horizon study: SO growth at h = 32 / 64 / 128",
+            " / ".join(f"{float(horizon[(h, 'return')]['so_growth']):.3g}" for h in (32, 64, 128)),
+            source,
+        )
+    )
+    noclip = {
+        (int(r["horizon"]), r["behaviour"]): r for r in _csv("stages/cartpole-horizon-noclip.csv")
+    }
+    rows.append(
+        (
+            "no ratio clipping: |data-fixed action effect| at h = 0 → h = 16",
+            f"{abs(float(noclip[(0, 'action')]['ground_truth'])):.2g} → "
+            f"{abs(float(noclip[(16, 'action')]['ground_truth'])):.2g}",
+            "stages/cartpole-horizon-noclip.csv",
+        )
+    )
+    on_policy = _json("stages/cartpole.json")["summary"]
+    for behaviour in ("action", "return"):
+        s = on_policy[behaviour]["on_policy"]
+        rows.append(
+            (
+                f"CartPole on-policy, {behaviour}: Spearman FO / difference estimate; "
+                "median |FO|/|truth|, |difference|/|truth|",
+                f"{s['fo']['spearman']:.1f} / {s['fo_difference']['spearman']:.1f}; "
+                f"{s['fo']['median_abs_ratio_before_last']:.2f}, "
+                f"{s['fo_difference']['median_abs_ratio_before_last']:.2f}",
+                "stages/cartpole.json",
+            )
+        )
+        rows.append(
+            (
+                f"CartPole, {behaviour}: on-policy truth ÷ data-fixed truth "
+                "(median, first three stages)",
+                f"{1 / s['ground_truth']['median_abs_ratio_before_last']:.0f}",
+                "stages/cartpole.json",
+            )
+        )
+    costs = [_json(f"stages/{p}.json")["cost"] for p in names]
+    for key, label in (
+        ("fo_over_replay", "FO"),
+        ("so_over_replay", "SO"),
+        ("ground_truth_over_replay", "data-fixed truth"),
+    ):
+        rows.append(
+            (
+                f"cost of all 4 stages ÷ one replay: {label}",
+                _span((c[key] for c in costs), ".1f"),
+                "stages/*.json",
+            )
+        )
+    peak = max(max(c["fo_peak_mib"], c["so_peak_mib"]) for c in costs)
+    rows.append(("largest peak memory growth (MiB)", f"{peak:.2f}", "stages/*.json"))
+    return rows
+
+
+# --------------------------------------------------------------------------- IIF
+
+
+def _per_seed(preset: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    """AUC (mean of the evaluation curve) and final return of each seed of ``arm``."""
+    aucs, finals = [], []
+    for path in sorted((RESULTS / "iif" / preset).glob(f"{arm}-s*.csv")):
+        with open(path) as handle:
+            table = list(csv.DictReader(handle))
+        curve = [float(r["eval_return"]) for r in table if r["eval_return"] != "nan"]
+        aucs.append(float(np.mean(curve)))
+        finals.append(float(table[0]["final_return"]))
+    return np.array(aucs), np.array(finals)
+
+
+IIF_FILES = {
+    "cartpole": "cartpole",
+    "lunarlander": "lunarlander-iif_recut-random_recut-iif_metagrad",
+    "hopper": "hopper-iif_recut-random_recut-iif_metagrad",
+    "minigrid_empty": "minigrid_empty",
+    "lunarlander_sgd": "lunarlander_sgd",
+}
+
+
+def iif() -> list[Row]:
+    rows: list[Row] = []
+    for preset, stem in IIF_FILES.items():
+        source = f"iif/{stem}.json"
+        data = _json(source)
+        summary = data["summary"]
+        digits = 3 if max(abs(v["final_mean"]) for v in summary.values()) < 10 else 1
+        for arm, v in summary.items():
+            reached = v["steps_to_ppo_final"]
+            reached = "not reached" if reached is None or math.isnan(reached) else f"{reached:.0f}"
+            rows.append(
+                (
+                    f"{preset} {arm}: final return; AUC (mean ± std over seeds); "
+                    "steps to PPO's final",
+                    f"{v['final_mean']:.{digits}f} ± {v['final_std']:.{digits}f}; "
+                    f"{v['auc']:.{digits}f} ± {float(np.std(v['auc_per_seed'])):.{digits}f}; "
+                    f"{reached}",
+                    source,
+                )
+            )
+        for name, gaps in data["paired_differences"].items():
+            first, second = name.split("-")
+            rows.append(
+                (
+                    f"{preset} {first} − {second}: AUC; final (mean ± s.e., seeds above)",
+                    f"{_paired(np.array(gaps['auc']), digits)}; "
+                    f"{_paired(np.array(gaps['final']), digits)}",
+                    source,
+                )
+            )
+    # A pair the summary table does not list, from the per-seed curves (which must give
+    # the summary's own per-seed AUCs first).
+    summary = _json(f"iif/{IIF_FILES['lunarlander']}.json")["summary"]
+    auc_a, final_a = _per_seed("lunarlander", "iif_metagrad")
+    auc_b, final_b = _per_seed("lunarlander", "random_recut")
+    for arm, aucs in (("iif_metagrad", auc_a), ("random_recut", auc_b)):
+        np.testing.assert_allclose(aucs, summary[arm]["auc_per_seed"], rtol=1e-12)
+    rows.append(
+        (
+            "lunarlander iif_metagrad − random_recut: AUC; final (mean ± s.e., seeds above)",
+            f"{_paired(auc_a - auc_b, 1)}; {_paired(final_a - final_b, 1)}",
+            "iif/lunarlander/{iif_metagrad,random_recut}-s*.csv",
+        )
+    )
+    remainder = _json("iif/recut_remainder-hopper-s0.json")
+    sizes = [r["last_minibatch"] for r in remainder["iterations"]]
+    rows.append(
+        (
+            "Hopper re-cut: iterations whose last minibatch holds 1–4 records",
+            f"{sum(1 <= s <= 4 for s in sizes)} of {len(sizes)}",
+            "iif/recut_remainder-hopper-s0.json",
+        )
+    )
+    for preset in ("cartpole", "lunarlander"):
+        source = f"iif/diagnostics-{preset}-s0.json"
+        quarters = _json(source)["summary"]
+        rows.append(
+            (
+                "fraction dropped, by quarter: " + preset,
+                _slash((q["fraction_dropped"] for q in quarters), 3),
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{preset}: |Â| dropped ÷ |Â| kept, by quarter",
+                _slash(
+                    (
+                        q["dropped_mean_abs_advantage"] / q["kept_mean_abs_advantage"]
+                        for q in quarters
+                    ),
+                    1,
+                ),
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{preset}: advantage error dropped / kept, by quarter",
+                ", ".join(
+                    f"{q['dropped_advantage_error']:.3g} / {q['kept_advantage_error']:.3g}"
+                    for q in quarters
+                ),
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{preset}: corr(score, advantage error), by quarter",
+                _slash((q["score_advantage_error_corr"] for q in quarters), 3),
+                source,
+            )
+        )
+    return rows
+
+
+SECTIONS = {
+    "Fidelity": fidelity,
+    "Smoothness of the update map (ratio clipping)": smoothness,
+    "Averaging the metagradient": smoothed_metagrad,
+    "Cost": cost,
+    "Stage effects": stages,
+    "IIF": iif,
+}
+
+
+def main() -> None:
+    lines = markdown_header(
+        "Figures quoted in the README, from the committed result files", provenance()
+    )
+    lines += [
+        "Every number in the README's results (and the segmented-metagradient line of its "
+        "tour) is in this file; the source column is relative to experiments/results/.",
+        "",
+    ]
+    for title, section in SECTIONS.items():
+        lines += [f"## {title}", "", "| figure | value | source |", "|---|---|---|"]
+        lines += [
+            "| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in section()
+        ]
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    (RESULTS / "readme_figures.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
