@@ -425,8 +425,9 @@ class RunLog:
             )
         root = self.path / "iterations"
         if root.exists():
+            gaps = {self.iteration_dir(k) for k in report.gaps}  # reported as problems
             for d in sorted(root.iterdir()):
-                if not (d / "iteration.json").exists():
+                if not (d / "iteration.json").exists() and d not in gaps:
                     report.leftovers.append(str(d))
         for p in sorted((self.path / "checkpoints").glob("*.safetensors")):
             if not p.with_suffix(".json").exists():

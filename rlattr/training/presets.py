@@ -290,7 +290,10 @@ class Preset:
             raise PresetError(f"{resolved} is not valid YAML: {_yaml_problem(err)}") from err
         if not isinstance(payload, dict):
             raise PresetError(f"{resolved} should hold a mapping of preset keys")
-        return cls.from_dict(payload, name=payload.get("name", resolved.stem))
+        try:
+            return cls.from_dict(payload, name=payload.get("name", resolved.stem))
+        except PresetError as err:
+            raise PresetError(f"{resolved}: {err}") from err  # which file to correct
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(asdict(self))

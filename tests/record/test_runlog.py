@@ -144,6 +144,7 @@ def test_a_gap_in_the_middle_is_a_problem(run_dir: Path) -> None:
     assert not report.ok
     assert report.gaps == [1]
     assert any("iteration 1 is not committed" in p for p in report.problems)
+    assert report.leftovers == []  # not what an interruption leaves: resuming cannot fix it
 
 
 def test_an_interrupted_end_is_not_a_gap(run_dir: Path) -> None:
