@@ -13,7 +13,8 @@ Arms, each from the same pretrained weights and the same GRPO seed for a given s
 - ``iif``: the paper's RLHF variant: drop every pair with a negative snapshot score on the
   sequence target of validation prompts (sequence log-probability × group-normalised
   advantage);
-- ``random``: drop as many pairs as ``iif`` would, at random (same scoring cost).
+- ``random``: drop as many pairs as ``iif`` would, at random (same scoring cost);
+- ``iif_batch``: ``iif`` with the same-batch surrogate target (no validation sampling).
 
 After every round the policy is evaluated on fixed prompts with sampled completions (a
 fixed seed, outside the timed training; training RNG untouched). Per run, one CSV row per
@@ -51,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.common import RESULTS, markdown_header, provenance
 
 OUT = RESULTS / "llm"
-ARMS = ("grpo", "iif", "random")
+ARMS = ("grpo", "iif", "random", "iif_batch")
+LEVELS = (0.5, 0.8)  # fixed reward levels whose first round is reported too
 SMOOTH = 3  # rounds in the running mean that levels are read from
 FIELDS = (
     "arm",
@@ -202,6 +204,7 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, pretrained: dict) -> 
         "grpo": None,
         "iif": LLMIIF(rule="drop_negative", target="validation", seed=seed),
         "random": LLMIIF(rule="random_like", like="drop_negative", target="validation", seed=seed),
+        "iif_batch": LLMIIF(rule="drop_negative", target="batch", seed=seed),
     }[arm]
     prompts = Dataset.from_dict({"prompt": task.prompts(70)})
     validation = [{"prompt": p} for p in task.prompts(4, offset=2)]
@@ -373,8 +376,16 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             reach = first_reach(curve, level)
             trained = rows[1:]
             se, n_levels, missed = se_ave(curve, base_curve)
+            rewards = [r["eval_reward"] for r in trained]
+            base_rewards = [r["eval_reward"] for r in base[1:]]
+            fixed = {f"rounds_to_{level}": first_reach(curve, level) for level in LEVELS}
             per_seed[arm].append(
                 {
+                    **fixed,
+                    # Mean evaluation reward over the rounds (area under the curve), and
+                    # its difference from GRPO's on the same seed.
+                    "auc": statistics.fmean(rewards),
+                    "auc_minus_grpo": statistics.fmean(rewards) - statistics.fmean(base_rewards),
                     "se_ave": se,
                     "se_levels": n_levels,
                     "se_levels_unreached": missed,
@@ -430,6 +441,9 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             **{
                 key: spread(values(key))
                 for key in (
+                    *(f"rounds_to_{level}" for level in LEVELS),
+                    "auc",
+                    "auc_minus_grpo",
                     "final_reward",
                     "rounds_to_grpo_final",
                     "round_reduction",
@@ -472,8 +486,8 @@ def plot(runs: dict[tuple[str, int], list[dict]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"grpo": "tab:blue", "iif": "tab:red", "random": "tab:gray"}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"grpo": "tab:blue", "iif": "tab:red", "random": "tab:gray", "iif_batch": "tab:orange"}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for arm in ARMS:
         curves = [rows for (a, _), rows in sorted(runs.items()) if a == arm]
         if not curves:
@@ -481,13 +495,16 @@ def plot(runs: dict[tuple[str, int], list[dict]]) -> None:
         length = min(len(c) for c in curves)
         rewards = torch.tensor([[r["eval_reward"] for r in c[:length]] for c in curves])
         seconds = torch.tensor([[r["cumulative_s"] for r in c[:length]] for c in curves])
+        cpu = torch.tensor([[r["cumulative_cpu_s"] for r in c[:length]] for c in curves])
         mean, low, high = rewards.mean(0), rewards.min(0).values, rewards.max(0).values
         rounds = list(range(length))
         axes[0].plot(rounds, mean, color=colors[arm], label=f"{arm} (mean, min-max of seeds)")
         axes[0].fill_between(rounds, low, high, color=colors[arm], alpha=0.15)
         axes[1].plot(seconds.mean(0), mean, color=colors[arm], label=arm)
+        axes[2].plot(cpu.mean(0), mean, color=colors[arm], label=arm)
     axes[0].set_xlabel("round (64 pairs each)")
-    axes[1].set_xlabel("training wall-clock, s (mean over seeds)")
+    axes[1].set_xlabel("training wall-clock, s (mean over seeds; shared machine)")
+    axes[2].set_xlabel("training CPU time, s (mean over seeds)")
     for ax in axes:
         ax.set_ylabel("evaluation reward (112 sampled completions)")
         ax.grid(alpha=0.3)
@@ -553,6 +570,26 @@ def write_markdown(summary: dict[str, Any]) -> None:
             f"{fmt(row['cpu_time_reduction_vs_grpo_run'], True)} | "
             f"{fmt(row['update_cpu_s_per_round'])} | {fmt(row['update_cpu_saved'], True)} | "
             f"{fmt(row['round_cpu_s'])} |"
+        )
+    lines += [
+        "",
+        "Fixed levels and area under the curve (mean evaluation reward over the rounds; "
+        "paired difference from GRPO on the same seed):",
+        "",
+        "| arm | "
+        + " | ".join(f"rounds to {level} (seeds)" for level in LEVELS)
+        + " | mean reward over rounds | minus GRPO's (paired) |",
+        "|---|" + "---|" * (len(LEVELS) + 2),
+    ]
+    for arm, row in summary["table"].items():
+        cells = [
+            f"{fmt(row[f'rounds_to_{level}'])} ({row[f'rounds_to_{level}'].get('n', 0)})"
+            for level in LEVELS
+        ]
+        lines.append(
+            f"| {arm} | "
+            + " | ".join(cells)
+            + f" | {fmt(row['auc'])} | {fmt(row['auc_minus_grpo'])} |"
         )
     lines += ["", "Mean ± standard deviation over seeds (means over the seeds that reach).", ""]
     lines += ["![curves](curves.png)", ""]
