@@ -23,6 +23,8 @@ from rlattr.analysis.efficiency import auc, efficiency, final_return, first_reac
 from rlattr.sweep.spec import SweepSpec
 from rlattr.sweep.trial import read_result
 
+# Bootstrap resamples of the CIs (rliable's usual count; ~1 s per interval on one core).
+BOOTSTRAP_REPS = 2000
 # Columns of the per-trial CSV, in order.
 TRIAL_COLUMNS = (
     "task",
@@ -261,8 +263,8 @@ def _statistics(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
     if min(len(seeds) for seeds in per_arm.values()) < 3:
         return []
     lines = [
-        "IQM over seeds [stratified-bootstrap 95 % CI] (rliable); P(run beats PPO's run on "
-        "the same measure), ties counting half:",
+        f"IQM over seeds [stratified-bootstrap 95 % CI, {BOOTSTRAP_REPS} resamples] (rliable); "
+        "P(run beats PPO's run on the same measure), ties counting half:",
         "",
         "| arm | IQM final return | IQM AUC | P(final > PPO) | P(AUC > PPO) |",
         "|---|---|---|---|---|",
@@ -270,7 +272,7 @@ def _statistics(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
     for arm, seeds in per_arm.items():
         cells = []
         for key in ("final_return", "auc"):
-            est = iqm({arm: [seeds[s][key] for s in sorted(seeds)]})[arm]
+            est = iqm({arm: [seeds[s][key] for s in sorted(seeds)]}, reps=BOOTSTRAP_REPS)[arm]
             cells.append(f"{est.estimate:.3g} [{est.low:.3g}, {est.high:.3g}]")
         for key in ("final_return", "auc"):
             if arm == "ppo" or "ppo" not in per_arm:
@@ -279,6 +281,7 @@ def _statistics(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
             p = probability_of_improvement(
                 [seeds[s][key] for s in sorted(seeds)],
                 [per_arm["ppo"][s][key] for s in sorted(per_arm["ppo"])],
+                reps=BOOTSTRAP_REPS,
             )
             cells.append(f"{p.estimate:.2f} [{p.low:.2f}, {p.high:.2f}]")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")

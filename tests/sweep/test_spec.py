@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from rlattr.errors import RlattrError
+from rlattr.sweep import report
 from rlattr.sweep.engine import plan_jobs
-from rlattr.sweep.report import mean_spread, result_path, trial_row
+from rlattr.sweep.report import mean_spread, result_path, trial_row, write_report
 from rlattr.sweep.spec import SweepError, SweepSpec, SweepSpecError, TaskSpec, plan_trials
 from rlattr.training.presets import resolve_preset_path
 
@@ -143,3 +144,32 @@ def test_a_missing_preset_stops_the_sweep_before_it_starts(tmp_path: Path) -> No
     spec = SweepSpec(tasks=("no_such_preset",), rounds=1, out=str(tmp_path))
     with pytest.raises(RlattrError, match="no preset 'no_such_preset'"):
         plan_trials(spec)
+
+
+# rliable's bootstrap (arch) warns that its random_state argument is deprecated.
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_final_report_adds_iqm_and_a_plot_from_three_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("rliable")
+    monkeypatch.setattr(report, "BOOTSTRAP_REPS", 100)  # the test checks the table, not CIs
+    spec = SweepSpec(tasks=("cartpole",), seeds=3, rounds=3, out=str(tmp_path))
+    for arm, gain in (("ppo", 0.0), ("iif", 5.0)):
+        for seed in spec.seeds:
+            payload = _payload(
+                arm, [10.0 + seed, 12.0 + gain, 11.0 + gain, 13.0 + gain], [0, 1, 2, 3]
+            )
+            payload.update(
+                status="done", seed=seed, task="cartpole", rounds=3, steps_per_round=256,
+                preset={"name": "cartpole"}, evaluation={"episodes": 8}, git_commit="abc",
+            )  # fmt: skip
+            path = result_path(tmp_path, "cartpole", arm, seed)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(payload))
+    paths = write_report(spec, final=True)
+    table = paths["markdown"].read_text()
+    assert "| iif | 3 | 18.0 ± 0.0 |" in table  # final return 13 + 5 on every seed
+    assert "| iif | 18 [18, 18] |" in table  # IQM [CI] of identical finals
+    assert "1.00 [1.00, 1.00]" in table  # IIF's final return beats PPO's on every pair
+    if "plot:cartpole" in paths:  # matplotlib installed
+        assert paths["plot:cartpole"].stat().st_size > 0
