@@ -36,6 +36,8 @@ TAGS: dict[str, str] = {
     "(scale-free: readable when early scores are orders of magnitude larger)",
     "scores/fraction_negative": "share of records whose score is negative (harmful)",
     "scores/nonfinite": "records whose score is NaN or inf (that iteration trains unfiltered)",
+    "scores/normalized": "histogram of the scores divided by their standard deviation "
+    "(every details_every iterations)",
     "scores/spearman_vs_advantage": "Spearman correlation of score with the advantage Â",
     "diagnosis/known_fraction": "share of records with a Monte-Carlo advantage Ā "
     "(their episode ends in the buffer)",
@@ -53,6 +55,8 @@ TAGS: dict[str, str] = {
     "time/run_log_mib": "MiB of run log on disk so far",
 }
 GROUPS = ("bottom", "top", "dropped", "kept")
+#: The prefix of the score set that gets the advantage diagnosis (the return target's).
+PRIMARY = "scores"
 
 
 def tensorboard_writer(logger: Logger) -> SummaryWriter | None:
@@ -139,12 +143,22 @@ class Board:
         step: int,
         iteration: int,
         records: Records,
-        scores: torch.Tensor | None,
+        scores: Mapping[str, torch.Tensor],
         keep_mask: torch.Tensor | None,
+        filtering: bool,
         timing: IterationTiming,
         run_log_bytes: int,
+        extra: Mapping[str, float] | None = None,
     ) -> None:
-        """Scalars of one iteration at ``step`` (the rollout's ``num_timesteps``)."""
+        """One iteration at ``step`` (the ``num_timesteps`` of its rollout).
+
+        Args:
+            scores: score sets by TensorBoard prefix; the set under ``scores`` (the return
+                target) also gets the advantage diagnosis, images and tables.
+            keep_mask: what the update trained on (None: every record).
+            filtering: a filter is installed (so "dropped nothing" is worth a point).
+            extra: scalars a filter reported, written as given.
+        """
         scalars: dict[str, float] = {
             "time/rollout_s": timing.rollout_s,
             "time/scoring_s": timing.scoring_s,
@@ -152,32 +166,39 @@ class Board:
             "time/logging_s": timing.logging_s,
             "time/run_log_mib": run_log_bytes / 2**20,
         }
-        if keep_mask is not None:
-            dropped = ~keep_mask.cpu()
-            scalars["filter/fraction_dropped"] = float(dropped.double().mean())
-        if scores is not None:
-            scalars.update(self._score_scalars(records, scores, keep_mask))
+        if filtering:
+            dropped = 0.0 if keep_mask is None else float((~keep_mask.cpu()).double().mean())
+            scalars["filter/fraction_dropped"] = dropped
+        details = bool(self.config.details_every) and iteration % self.config.details_every == 0
+        for prefix, values in scores.items():
+            values = values.detach().cpu().double()
+            scalars.update(self._score_scalars(prefix, records, values, keep_mask))
+            finite = values[torch.isfinite(values)]
+            if details and finite.numel() > 1 and float(finite.std()) > 0:
+                # Scale-free, and only every few iterations: TensorBoard keeps at most 50
+                # histograms per tag by default, so a histogram per iteration gets thinned.
+                self.writer.add_histogram(f"{prefix}/normalized", finite / finite.std(), step)
+        scalars.update(extra or {})
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
-        if (
-            scores is not None
-            and self.config.details_every
-            and iteration % self.config.details_every == 0
-        ):
-            self._write_details(step, records, scores, keep_mask)
+        if details and PRIMARY in scores:
+            self._write_details(step, records, scores[PRIMARY], keep_mask)
         self.writer.flush()
 
     def _score_scalars(
-        self, records: Records, scores: torch.Tensor, keep_mask: torch.Tensor | None
+        self, prefix: str, records: Records, scores: torch.Tensor, keep_mask: torch.Tensor | None
     ) -> dict[str, float]:
-        scores = scores.detach().cpu().double()
         finite = torch.isfinite(scores)
-        out = {f"scores/{k}": v for k, v in score_quantiles(scores).items()}
-        out["scores/nonfinite"] = float((~finite).sum())
+        out = {f"{prefix}/{k}": v for k, v in score_quantiles(scores).items()}
+        out[f"{prefix}/nonfinite"] = float((~finite).sum())
         negative = int((scores[finite] < 0).sum())
-        out["scores/fraction_negative"] = negative / max(int(finite.sum()), 1)
+        out[f"{prefix}/fraction_negative"] = negative / max(int(finite.sum()), 1)
         advantages = records.advantages.cpu()
-        out["scores/spearman_vs_advantage"] = spearman(scores[finite], advantages[finite])
+        correlation = spearman(scores[finite], advantages[finite])
+        if np.isfinite(correlation):
+            out[f"{prefix}/spearman_vs_advantage"] = correlation
+        if prefix != PRIMARY:
+            return out
         if keep_mask is not None and negative:
             out["filter/dropped_of_negative"] = float((~keep_mask.cpu()).sum()) / negative
         reference = reference_advantages(records, self.gamma, self.discrete_observations).best

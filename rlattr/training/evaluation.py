@@ -44,7 +44,7 @@ class EvalPoint:
         train_cpu_seconds: the same span in CPU time of this process (all its threads);
             on a shared machine a steadier clock than the wall, which other jobs slow.
         fraction_dropped: the IIF filter's dropped share in the update just before
-            (``iif/fraction_dropped`` of the model's logger), None without a filter.
+            (from ``AttributedPPO.last_keep_mask``), None without a filter.
     """
 
     round: int
@@ -181,7 +181,7 @@ class EvalEveryRound(BaseCallback):
         start, start_cpu = time.perf_counter(), time.process_time()
         train_seconds = start - self._started - self._eval_seconds
         train_cpu_seconds = start_cpu - self._started_cpu - self._eval_cpu_seconds
-        dropped = self.logger.name_to_value.get("iif/fraction_dropped")
+        dropped = _fraction_dropped(self.model)
         returns = evaluate_policy_batched(
             self.model.policy, self.make_env, self.episodes, self.seed, self.n_envs
         )
@@ -212,3 +212,14 @@ class EvalEveryRound(BaseCallback):
     def result(self) -> list[EvalPoint]:
         """The curve so far (one point per evaluated round)."""
         return list(self.curve)
+
+
+def _fraction_dropped(model: Any) -> float | None:
+    """The share of the last update's buffer a filter dropped; None without a filter (or
+    for a model that is not an AttributedPPO)."""
+    from rlattr.training.ppo import AttributedPPO  # late: ppo does not need evaluation
+
+    if not isinstance(model, AttributedPPO) or model.keep_mask_fn is None:
+        return None
+    mask = model.last_keep_mask
+    return 0.0 if mask is None else float((~mask).double().mean())

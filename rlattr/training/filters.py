@@ -27,11 +27,10 @@ from typing import Any, Literal
 import torch
 
 from rlattr.record.plan import MINIBATCHING, Minibatching
-from rlattr.record.records import Records
 from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import ParamSelection
 from rlattr.scoring.influence import snapshot_scores
-from rlattr.scoring.targets import ReturnTarget, Target, monte_carlo_advantages
+from rlattr.scoring.targets import ReturnTarget, Target
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
 
 Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like"]
@@ -215,19 +214,6 @@ def keep_mask(
     return mask
 
 
-def episode_ends_in_buffer(records: Records) -> torch.Tensor:
-    """Records whose episode ends inside the buffer (their Monte-Carlo return is exact)."""
-    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
-    ends = torch.zeros_like(starts, dtype=torch.bool)
-    for env in range(records.n_envs):
-        later_start = torch.nonzero(starts[env, 1:]).flatten()
-        if later_start.numel():
-            ends[env, : int(later_start.max()) + 1] = True
-        if float(records.last_dones[env]) == 1.0:
-            ends[env, :] = True
-    return ends.reshape(-1)
-
-
 class IIFFilter(KeepMaskFilter):
     """The keep-mask filter AttributedPPO installs when ``iif`` is set.
 
@@ -277,10 +263,9 @@ class IIFFilter(KeepMaskFilter):
         n = len(records)
         target = config.target or ReturnTarget()
         warming_up = context.iteration < config.warmup_iterations
-        unfiltered = {"iif/fraction_dropped": 0.0}
         if config.scorer == "metagrad":
             if warming_up:
-                return FilterDecision(None, scalars=unfiltered)
+                return FilterDecision(None)
             scores = self._metagrad(context, target).detach()
         else:
             # Scores are computed and logged for every rule (random included).
@@ -298,7 +283,7 @@ class IIFFilter(KeepMaskFilter):
             )
         }
         if warming_up:
-            return FilterDecision(None, stored, unfiltered)
+            return FilterDecision(None, stored)
         if not bool(torch.isfinite(scores).all()):
             bad = int((~torch.isfinite(scores)).sum())
             warnings.warn(
@@ -307,7 +292,7 @@ class IIFFilter(KeepMaskFilter):
                 RuntimeWarning,
                 stacklevel=2,
             )
-            return FilterDecision(None, stored, {**unfiltered, "iif/nonfinite_scores": bad})
+            return FilterDecision(None, stored)
         if context.generator is None:
             raise ValueError("IIFFilter needs its generator (uses_generator)")
         mask = keep_mask(
@@ -315,8 +300,7 @@ class IIFFilter(KeepMaskFilter):
         )
         if config.greedy_blocks > 1 and config.rule in ("neg_bottom", "drop_negative", "bottom"):
             mask = self._greedy(context, target, scores, int((~mask).sum()))
-        scalars = filter_scalars(records, scores, mask, context.gamma)
-        return FilterDecision(mask.to(records.device), stored, scalars)
+        return FilterDecision(mask.to(records.device), stored)
 
     def _greedy(
         self, context: IterationContext, target: Target, scores: torch.Tensor, n_drop: int
@@ -336,29 +320,3 @@ class IIFFilter(KeepMaskFilter):
                 weights = mask.to(torch.float64)
                 current = self._metagrad(context, target, at=weights).detach().cpu()
         return mask
-
-
-def filter_scalars(
-    records: Records, scores: torch.Tensor | None, mask: torch.Tensor, gamma: float
-) -> dict[str, float]:
-    """The ``iif/`` TensorBoard scalars of one filtered iteration: fraction dropped and
-    negative, the dropped records' mean advantage, and the advantage error (GAE against
-    the Monte-Carlo advantage, where the episode ends in the buffer) of dropped and kept
-    records, and its correlation with the score."""
-    mask = mask.cpu()
-    dropped = ~mask
-    scalars = {"iif/fraction_dropped": float(dropped.float().mean())}
-    if scores is not None:
-        scalars["iif/fraction_negative"] = float((scores < 0).float().mean())
-    advantages = records.advantages.cpu()
-    if bool(dropped.any()):
-        scalars["iif/dropped_mean_advantage"] = float(advantages[dropped].mean())
-    exact = episode_ends_in_buffer(records)
-    error = (advantages - monte_carlo_advantages(records, gamma).cpu()).abs()
-    for name, selection in (("dropped", dropped & exact), ("kept", mask & exact)):
-        if bool(selection.any()):
-            scalars[f"iif/{name}_mean_abs_advantage_error"] = float(error[selection].mean())
-    if scores is not None and int(exact.sum()) > 2:
-        pair = torch.stack([scores.cpu()[exact].double(), error[exact].double()])
-        scalars["iif/score_advantage_error_corr"] = float(torch.corrcoef(pair)[0, 1])
-    return scalars

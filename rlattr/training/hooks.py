@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from rlattr.record.records import Records
 from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import Backend, ParamSelection
 from rlattr.scoring.influence import snapshot_scores
@@ -20,8 +18,7 @@ class ScoreHook:
     """Score each iteration's records during training (a record hook for AttributedPPO).
 
     Scores are computed at θ_k before the update and returned to AttributedPPO, which
-    stores them with the iteration and logs their diagnostics to TensorBoard (histogram,
-    fraction negative, correlation with the advantage).
+    stores them with the iteration and shows them in TensorBoard (``rlattr.training.board``).
 
     Attributes:
         target: what to score against (default: the return target on the same buffer).
@@ -52,23 +49,9 @@ class ScoreHook:
             "params": self.params,
             "during": "training",
         }
-        return {score_name("snapshot", target, self.params): StoredScores(scores.cpu(), meta)}
-
-
-def log_score_diagnostics(
-    logger: Any, scores: torch.Tensor, records: Records, prefix: str = "attribution"
-) -> None:
-    """Histogram, fraction negative and score–advantage correlation, to TensorBoard."""
-    scores = scores.to(records.device)
-    finite = torch.isfinite(scores)
-    logger.record(f"{prefix}/fraction_negative", float((scores[finite] < 0).float().mean()))
-    logger.record(f"{prefix}/nonfinite", int((~finite).sum()))
-    if bool(finite.any()):
-        logger.record(
-            f"{prefix}/scores",
-            scores[finite].detach().cpu(),
-            exclude=("stdout", "log", "json", "csv"),
-        )
-        pair = torch.stack([scores[finite].double(), records.advantages[finite].double()])
-        corr = torch.corrcoef(pair)[0, 1]
-        logger.record(f"{prefix}/score_advantage_corr", float(corr))
+        # The return target's scores get the full diagnosis under "scores"; others keep
+        # their own prefix so the two never mix in one curve.
+        prefix = "scores" if isinstance(target, ReturnTarget) else f"scores_{target.name}"
+        return {
+            score_name("snapshot", target, self.params): StoredScores(scores.cpu(), meta, prefix)
+        }

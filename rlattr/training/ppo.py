@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
@@ -22,7 +23,7 @@ from rlattr.record.records import RecordingRolloutBuffer, Records
 from rlattr.record.replay import IterationData
 from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
-from rlattr.training.hooks import log_score_diagnostics
+from rlattr.training.board import Board, BoardConfig, IterationTiming, tensorboard_writer
 from rlattr.training.rundir import (
     check_policy_argument,
     check_policy_class,
@@ -41,7 +42,6 @@ from rlattr.training.seams import (
     call_record_hook,
     filter_seed,
 )
-from rlattr.training.tb import IterationTiming, record_iteration
 
 _RNG_FILTER = "rng.filter"  # checkpoint key of a keep-mask filter's own generator
 
@@ -73,6 +73,9 @@ class AttributedPPO(PPO):
             optional ``minibatching`` attribute is honoured).
         iif: an ``rlattr.training.filters.IIF`` config: iterative influence-based filtering (it
             installs the keep mask); None is plain PPO.
+        board: what the TensorBoard diagnostics show and how often
+            (``rlattr.training.board.BoardConfig``); they are written wherever SB3 writes
+            TensorBoard (``run_dir/tb`` by default, or ``tensorboard_log``).
         **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts.
 
     Attributes:
@@ -94,6 +97,7 @@ class AttributedPPO(PPO):
         record_hooks: Sequence[RecordHook | Any] = (),
         keep_mask_fn: KeepMaskFilter | Any | None = None,
         iif: Any = None,
+        board: BoardConfig | None = None,
         **ppo_kwargs: Any,
     ):
         check_policy_argument(policy)
@@ -125,6 +129,8 @@ class AttributedPPO(PPO):
             self._run_metadata.setdefault("iif", describe_iif(iif))
         self.iif = iif
         self.keep_mask_fn = keep_mask_fn
+        self.board_config = board or BoardConfig()
+        self._board: Board | None = None
         self.retention = retention or Retention()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run_log: RunLog | None = None
@@ -212,8 +218,28 @@ class AttributedPPO(PPO):
         result = super()._setup_learn(total_timesteps, *args, **kwargs)
         if self.run_log is not None and not self.run_log.has_checkpoint(self.iteration):
             self.run_log.write_checkpoint(self.iteration, *self._checkpoint())
+        self._open_board()
         self._phase_start = time.perf_counter()
         return result
+
+    def _open_board(self) -> None:
+        # SB3 (re)configures its logger in _setup_learn; the board writes through the
+        # same SummaryWriter, so both land in one TensorBoard run.
+        writer = tensorboard_writer(self.logger)
+        if writer is None:
+            self._board = None
+            return
+        if self._board is not None and self._board.writer is writer:
+            return
+        self._board = Board(
+            writer,
+            float(self.gamma),
+            discrete_observations=isinstance(self.observation_space, spaces.Discrete),
+            config=self.board_config,
+        )
+        self._board.write_configuration(
+            {"seed": self.seed, **self._run_metadata}, ("rollout/ep_rew_mean",)
+        )
 
     def learn(self, *args: Any, **kwargs: Any) -> AttributedPPO:
         """``PPO.learn``; returns once every iteration is on disk (or raises the write error)."""
@@ -255,6 +281,7 @@ class AttributedPPO(PPO):
             "last_plan",
             "last_keep_mask",
             "_last_start",
+            "_board",
         ]
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
@@ -296,10 +323,9 @@ class AttributedPPO(PPO):
             stored.update(call_record_hook(hook, context, self))
         n_records = len(records)
         permutations: list[np.ndarray] = []
-        drafted, keep_mask, minibatching = self._filter(context, stored, permutations)
-        for value in stored.values():
-            if value.log_as is not None:
-                log_score_diagnostics(self.logger, value.scores, records, value.log_as)
+        drafted, keep_mask, minibatching, filter_scalars = self._filter(
+            context, stored, permutations
+        )
         scored = time.perf_counter()
 
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:
@@ -351,10 +377,18 @@ class AttributedPPO(PPO):
             update_s=updated - scored,
             logging_s=done - updated,
         )
-        n_kept = n_records if keep_mask is None else int(keep_mask.sum())
-        record_iteration(
-            self.logger, self.iteration, n_records, n_kept, timing, self._writer.bytes_written
-        )
+        if self._board is not None:
+            self._board.write_iteration(
+                step=self.num_timesteps,  # the x of this rollout's rollout/ep_rew_mean
+                iteration=self.iteration,
+                records=records,
+                scores={v.log_as: v.scores for v in stored.values() if v.log_as is not None},
+                keep_mask=keep_mask,
+                filtering=self.keep_mask_fn is not None,
+                timing=timing,
+                run_log_bytes=self._writer.bytes_written,
+                extra=filter_scalars,
+            )
         self.iteration += 1
         self._phase_start = time.perf_counter()
 
@@ -363,15 +397,15 @@ class AttributedPPO(PPO):
         context: IterationContext,
         stored: dict[str, StoredScores],
         permutations: list[np.ndarray],
-    ) -> tuple[list[list[torch.Tensor]] | None, torch.Tensor | None, Any]:
+    ) -> tuple[list[list[torch.Tensor]] | None, torch.Tensor | None, Any, dict[str, float]]:
         """Ask the keep-mask filter (if any) for its decision.
 
         Returns the drafted minibatches (when the filter needed the plan first), the keep
-        mask and the minibatching; adds the filter's scores to ``stored`` and records its
-        TensorBoard scalars.
+        mask, the minibatching and the filter's TensorBoard scalars; adds the filter's
+        scores to ``stored``.
         """
         if self.keep_mask_fn is None:
-            return None, None, "as_drawn"
+            return None, None, "as_drawn", {}
         keep_filter = as_keep_mask_filter(self.keep_mask_fn, self)
         drafted = None
         if keep_filter.needs_plan:
@@ -404,10 +438,8 @@ class AttributedPPO(PPO):
             context = replace(context, generator=self._filter_generator)
         decision = keep_filter(context)
         stored.update(decision.scores)
-        for key, value in decision.scalars.items():
-            self.logger.record(key, value)
         keep_mask = self._checked_keep_mask(decision.keep_mask, context.records)
-        return drafted, keep_mask, keep_filter.minibatching
+        return drafted, keep_mask, keep_filter.minibatching, dict(decision.scalars)
 
     def _new_filter_generator(self, keep_filter: KeepMaskFilter) -> torch.Generator:
         return torch.Generator().manual_seed(filter_seed(keep_filter.seed, self.seed))

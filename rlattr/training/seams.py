@@ -68,14 +68,15 @@ class StoredScores:
     Attributes:
         scores: ``[N]`` scores aligned with the iteration's records.
         meta: JSON-serialisable metadata stored beside them (method, target, ...).
-        log_as: TensorBoard prefix under which AttributedPPO logs their diagnostics
-            (histogram, fraction negative, correlation with the advantage); None logs
-            nothing.
+        log_as: TensorBoard prefix under which AttributedPPO logs them (quantiles, share
+            negative, correlation with the advantage, a normalised histogram; under
+            ``scores`` — the return target's — also the advantage diagnosis, images and
+            record tables: ``rlattr.training.board``); None logs nothing.
     """
 
     scores: torch.Tensor
     meta: Mapping[str, Any] = field(default_factory=dict)
-    log_as: str | None = "attribution"
+    log_as: str | None = "scores"
 
 
 @dataclass(frozen=True)

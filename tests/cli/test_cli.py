@@ -33,15 +33,15 @@ def test_train_inspect_replay(run_dir: Path, capsys) -> None:
     for tag in (
         "train/value_loss",
         "train/approx_kl",
-        "rlattr/records_kept",
-        "rlattr/run_log_bytes",
+        "time/run_log_mib",
         "time/rollout_s",
         "time/scoring_s",
         "time/update_s",
     ):
         assert tag in tags, tag
-    kept = accumulator.Scalars("rlattr/records_kept")
-    assert {event.value for event in kept} == {256.0}
+    # Each iteration at the num_timesteps of its own rollout, the last one included.
+    steps = [event.step for event in accumulator.Scalars("time/update_s")]
+    assert steps == [256, 512, 768, 1024]
 
 
 def test_resume_of_a_finished_run_is_a_no_op(run_dir: Path, capsys) -> None:

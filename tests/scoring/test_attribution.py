@@ -54,9 +54,10 @@ def test_training_scores_reach_tensorboard(scored_run) -> None:
     event_dir = next((run_dir / "tb").rglob("events.out.tfevents.*")).parent
     accumulator = EventAccumulator(str(event_dir))
     accumulator.Reload()
-    assert "attribution/fraction_negative" in accumulator.Tags()["scalars"]
-    assert "attribution/score_advantage_corr" in accumulator.Tags()["scalars"]
-    assert "attribution/scores" in accumulator.Tags()["histograms"]
+    assert "scores/fraction_negative" in accumulator.Tags()["scalars"]
+    assert "scores/spearman_vs_advantage" in accumulator.Tags()["scalars"]
+    assert "diagnosis/known_fraction" in accumulator.Tags()["scalars"]
+    assert "scores/normalized" in accumulator.Tags()["histograms"]
 
 
 def test_attribute_stores_scores_and_verify_checks_them(scored_run) -> None:

@@ -39,8 +39,12 @@ def _board_events(tmp_path: Path, details_every: int) -> EventAccumulator:
     with SummaryWriter(str(tmp_path)) as writer:
         board = Board(writer, gamma=0.9, config=BoardConfig(details_every=details_every, top_k=2))
         board.write_configuration({"preset": "toy", "iif": {"rule": "neg_bottom"}}, ("m",))
-        board.write_iteration(4096, 3, records, scores, keep, timing, run_log_bytes=2**20)
-        board.write_iteration(6144, 4, records, scores, None, timing, run_log_bytes=2**21)
+        board.write_iteration(
+            4096, 3, records, {"scores": scores}, keep, True, timing, run_log_bytes=2**20
+        )
+        board.write_iteration(
+            6144, 4, records, {"scores": scores}, None, False, timing, run_log_bytes=2**21
+        )
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "tensors": 0})
     events.Reload()
     return events
@@ -65,6 +69,8 @@ def test_details_every_n_iterations(tmp_path: Path) -> None:
     # Iteration 4 is a multiple of 2, iteration 3 is not.
     [image] = events.Images("records/score_vs_advantage")
     assert image.step == 6144
+    [histogram] = events.Histograms("scores/normalized")
+    assert histogram.step == 6144
     [text] = [t for t in events.Tensors("records/most_harmful_and_helpful/text_summary")]
     table = text.tensor_proto.string_val[0].decode()
     # Most harmful first (score −6, env 0 step 5), most helpful first on its side (5, step 4).

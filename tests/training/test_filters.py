@@ -13,7 +13,8 @@ from rlattr import AttributedPPO, CallableTarget, RunLog, load_iteration, replay
 from rlattr.errors import RunLogError
 from rlattr.record.records import Records
 from rlattr.record.replay import build_policy, state_matches
-from rlattr.training.filters import IIF, drop_count, episode_ends_in_buffer, keep_mask
+from rlattr.scoring.diagnosis import episode_ends_in_buffer
+from rlattr.training.filters import IIF, drop_count, keep_mask
 from rlattr.training.seams import filter_seed
 
 SCORES = torch.tensor([0.5, -3.0, -1.0, 2.0, -0.5, -2.0, 0.1, -4.0, 1.0, -0.25])

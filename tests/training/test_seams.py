@@ -52,7 +52,9 @@ def test_a_hook_returns_scores_that_are_stored_and_logged(run_dir: Path) -> None
         assert torch.equal(scores, log.load_records(k).advantages.double())
         assert meta["method"] == "advantage"
     tags = _tags(run_dir)
-    assert "mine/fraction_negative" in tags["scalars"] and "mine/scores" in tags["histograms"]
+    assert "mine/fraction_negative" in tags["scalars"] and "mine/normalized" in tags["histograms"]
+    # Only the return target's set ("scores") gets the advantage diagnosis.
+    assert not any(tag.startswith("diagnosis/") for tag in tags["scalars"])
     # Nothing was left on the model for another part to read.
     for name in ("pending_scores", "draft_plan"):
         assert not hasattr(model, name)
