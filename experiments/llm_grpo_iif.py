@@ -467,6 +467,12 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         }
     meta = provenance()
     meta["versions"].update(llm_versions())
+    made_by: dict[str, list[str]] = {}
+    for path in sorted((OUT / "runs").glob("*.json")):
+        run_meta = json.loads(path.read_text())
+        key = f"{run_meta['command']} at {run_meta['git_commit']}"
+        made_by.setdefault(key, []).append(path.stem)
+    meta["runs_made_by"] = made_by
     summary = {
         "meta": {**meta, "git_commit": git_commit(), "settings": settings(args)},
         "smoothing_rounds": SMOOTH,
@@ -524,6 +530,10 @@ def write_markdown(summary: dict[str, Any]) -> None:
     lines = markdown_header("GRPO vs GRPO+IIF on a tiny offline language-model task", meta)
     lines += [
         f"Git commit: {meta['git_commit']}  ",
+        *(
+            f"Runs {', '.join(names)}: `{key}`  "
+            for key, names in meta.get("runs_made_by", {}).items()
+        ),
         f"Settings: {json.dumps(meta['settings'], sort_keys=True)}",
         "",
         f"Levels are read from a {SMOOTH}-round trailing mean of the evaluation reward; "
@@ -633,6 +643,18 @@ def main() -> None:
                 started = time.perf_counter()
                 rows = run_one(arm, seed, args, weights)
                 write_rows(OUT / "runs" / f"{arm}-s{seed}.csv", rows)
+                # Which command and code made this run (the summary may be rebuilt later).
+                (OUT / "runs" / f"{arm}-s{seed}.json").write_text(
+                    json.dumps(
+                        {
+                            "command": provenance()["command"],
+                            "git_commit": git_commit(),
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
                 print(
                     f"seed {seed} {arm}: final eval {rows[-1]['eval_reward']:.3f} "
                     f"({time.perf_counter() - started:.1f}s)",
