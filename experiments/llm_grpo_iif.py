@@ -529,7 +529,6 @@ def write_markdown(summary: dict[str, Any]) -> None:
     meta = summary["meta"]
     lines = markdown_header("GRPO vs GRPO+IIF on a tiny offline language-model task", meta)
     lines += [
-        f"Git commit: {meta['git_commit']}  ",
         *(
             f"Runs {', '.join(names)}: `{key}`  "
             for key, names in meta.get("runs_made_by", {}).items()
