@@ -87,6 +87,8 @@ class BoardConfig:
         top_k: rows of each side of that table.
         bottom_fraction: the share of records that counts as bottom / top in the
             diagnosis scalars.
+        diagnostics: compute the score and diagnosis scalars, images and tables; False
+            keeps only the time and filter scalars (what the live-cost benchmark compares).
     """
 
     details_every: int = field(
@@ -95,6 +97,9 @@ class BoardConfig:
     top_k: int = field(default=8, metadata={"help": "rows per side of the record table"})
     bottom_fraction: float = field(
         default=0.1, metadata={"help": "share of records counted as bottom / top"}
+    )
+    diagnostics: bool = field(
+        default=True, metadata={"help": "score and advantage diagnostics in TensorBoard"}
     )
 
     def __post_init__(self) -> None:
@@ -170,6 +175,8 @@ class Board:
             dropped = 0.0 if keep_mask is None else float((~keep_mask.cpu()).double().mean())
             scalars["filter/fraction_dropped"] = dropped
         details = bool(self.config.details_every) and iteration % self.config.details_every == 0
+        if not self.config.diagnostics:
+            scores, details = {}, False
         for prefix, values in scores.items():
             values = values.detach().cpu().double()
             scalars.update(self._score_scalars(prefix, records, values, keep_mask))
