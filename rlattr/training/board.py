@@ -41,7 +41,7 @@ TAGS: dict[str, str] = {
     "scores/spearman_vs_advantage": "Spearman correlation of score with the advantage Â",
     "diagnosis/known_fraction": "share of records with a Monte-Carlo advantage Ā "
     "(their episode ends in the buffer)",
-    "diagnosis/abs_error_{group}": "mean absolute error abs(Ā − Â) of the bottom/top 10 % of records "
+    "diagnosis/abs_error_{group}": "mean abs(Ā − Â) of the bottom/top 10 % of records "
     "(dropped/kept under IIF)",
     "diagnosis/sign_mismatch_{group}": "share of records with sign(Ā) ≠ sign(Â) in that group",
     "diagnosis/spearman_score_vs_product": "Spearman(score, Ā·Â); the IIF paper found −0.67 "
