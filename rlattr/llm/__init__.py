@@ -6,6 +6,25 @@ Install with ``pip install 'rlattr[llm]'`` (transformers, trl, peft). Entry poin
 - ``snapshot_scores`` / ``sequence_dots``: per-sequence influence scores through ghost
   products (no per-sequence gradients);
 - ``LLMRunLog`` and ``replay_round``: record rounds and replay an update bit for bit.
+
+Example (any causal LM and tokenizer objects; ``rlattr.llm.toy`` builds a tiny offline one)::
+
+    from trl import GRPOConfig
+    from rlattr.llm import LLMIIF, IIFGRPOTrainer, LLMRunLog, replay_round
+
+    trainer = IIFGRPOTrainer(
+        model=model, processing_class=tokenizer, reward_funcs=reward, args=GRPOConfig(...),
+        train_dataset=prompts,                        # rows with a "prompt"
+        iif=LLMIIF(rule="drop_negative", target="validation"),   # None: plain GRPO
+        validation_dataset=validation_prompts,
+        run_dir="runs/grpo-iif",                      # optional: record every round
+    )
+    trainer.train()
+    trainer.round_stats[-1]        # reward, fraction dropped, generation/scoring/update time
+    replay_round(trainer, "runs/grpo-iif", 3)         # θ after round 3, bit for bit on CPU
+
+The rules (``rlattr.llm.rules``) decide exactly as ``rlattr.training.filters`` does; they
+are restated because the two packages are one layer (tests/llm/test_rules.py checks it).
 """
 
 try:

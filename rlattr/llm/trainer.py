@@ -1,6 +1,7 @@
 """IIF inside TRL's ``GRPOTrainer``: a subclass using the trainer's documented override points.
 
-Override points (TRL 1.16, see docs DEPENDENCIES.md):
+Override points (TRL 1.16; the ``llm`` extra pins the minor version, since TRL moves these
+methods between releases):
 
 - ``_generate_and_score_completions``: after TRL generates, rewards and normalises a round's
   generation batch, the pairs are scored at the round's starting parameters θ_k and a
@@ -194,7 +195,7 @@ class IIFGRPOTrainer(GRPOTrainer):
             scores = self._score(batch, output, stats)
             stats.fraction_negative = float((scores < 0).double().mean())
         if self.iif is not None:
-            keep = self._keep(scores, batch, stats)
+            keep = self._keep(scores, batch)
             stats.fraction_dropped = float((~keep).double().mean())
             if self.iif.renormalize and not bool(keep.all()):
                 kept_tokens = batch.loss_mask[keep.to(batch.loss_mask.device)].sum()
@@ -330,7 +331,8 @@ class IIFGRPOTrainer(GRPOTrainer):
         stats.scoring_s, stats.scoring_cpu_s = _since(started)
         return scores
 
-    def _keep(self, scores: torch.Tensor | None, batch: SequenceBatch, stats: RoundStats):
+    def _keep(self, scores: torch.Tensor | None, batch: SequenceBatch) -> torch.Tensor:
+        """The rule's keep-mask (everything during warm-up or when a score is not finite)."""
         assert self.iif is not None
         n = len(batch)
         everything = torch.ones(n, dtype=torch.bool)
