@@ -23,8 +23,7 @@ from rlattr.training.hooks import ScoreHook
 from rlattr.training.ppo import AttributedPPO
 from rlattr.training.presets import Preset
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
-
-__version__ = "0.1.0"
+from rlattr.versions import __version__ as __version__
 
 __all__ = [
     "IIF",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
+#: rlattr's own version (pyproject.toml reads it from here: one source of truth).
+__version__ = "0.1.0"
+
 _PACKAGES = ("rlattr", "torch", "stable-baselines3", "gymnasium", "numpy", "safetensors")
 
 

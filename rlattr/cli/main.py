@@ -19,7 +19,6 @@ import typing
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -973,12 +972,9 @@ def _add_stages(sub: Any) -> None:
 
 
 def _version() -> str:
-    # The installed distribution's version (the facade's rlattr.__version__ is above the
-    # layers, so the CLI does not import it).
-    try:
-        return metadata.version("rlattr")
-    except metadata.PackageNotFoundError:
-        return "(not installed: run from a source tree)"
+    from rlattr.versions import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
