@@ -29,6 +29,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from safetensors import SafetensorError
 
+from rlattr.cli.reports import add_diagnose, add_formation
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
 from rlattr.training.presets import Preset, shipped_presets
@@ -590,6 +591,12 @@ def _attribute(args: argparse.Namespace) -> int:
         f"negative; {stored}",
         soft_wrap=True,
     )
+    if args.out is not None:
+        from rlattr.analysis.tables import scores_table, write_table
+
+        table = scores_table(log, [args.iteration])
+        table[f"score:{name}"] = scores.cpu().numpy()  # also when --no-store
+        console.print(f"wrote {write_table(table, args.out)}", soft_wrap=True)
     order = torch.argsort(scores, descending=True)
     for title, picks in (
         ("most helpful", order[: args.top]),
@@ -901,6 +908,11 @@ def _add_attribute(sub: Any) -> None:
         "--no-store", action="store_true", help="do not store the scores in the run"
     )
     attribute.add_argument("--device", type=_compute_device, default="cpu", help="where to score")
+    attribute.add_argument(
+        "--out", type=Path, metavar="FILE.csv|FILE.parquet",
+        help="also write one row per record (env, step, episode, observation, action, reward, "
+        "advantages, scores, kept)",
+    )  # fmt: skip
     attribute.set_defaults(func=_attribute)
 
 
@@ -992,6 +1004,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attribute(sub)
     _add_fidelity(sub)
     _add_stages(sub)
+    add_diagnose(sub, _HelpFormatter, _at_least(1))
+    add_formation(sub, _HelpFormatter, _at_least(1), _target_spec, _load_target)
     return parser
 
 

@@ -1,0 +1,71 @@
+"""``rlattr diagnose``, ``rlattr formation`` and ``rlattr attribute --out`` end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas
+import pytest
+
+from rlattr import IIF, AttributedPPO, RunLog
+from rlattr.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reports") / "run"
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=128, batch_size=64, n_epochs=1,
+        seed=0, device="cpu", iif=IIF(fraction=0.5),
+    ).learn(384)  # fmt: skip
+    return run_dir
+
+
+def test_diagnose_writes_the_report(run: Path, capsys) -> None:
+    out = run / "diag.html"
+    args = ["diagnose", str(run), "--out", str(out), "--fidelity-subsets", "4", "--no-progress"]
+    assert main(args) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    printed = capsys.readouterr().out
+    assert "fidelity at iteration" in printed and f"report: {out}" in printed
+
+
+def test_formation_writes_csv_and_figures(run: Path, tmp_path: Path, capsys) -> None:
+    records = RunLog(run).load_records(0)
+    pairs = tmp_path / "pairs.npz"
+    np.savez(pairs, observations=records.observations[:4].numpy(), actions=np.zeros(4))
+    out = tmp_path / "formation"
+    args = ["formation", str(run), "--behavior", f"action:{pairs}", "--group-by",
+            "advantage_sign", "--neighbours", "5", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    table = pandas.read_csv(out / "formation.csv")
+    assert set(table["group"]) <= {"Â>0", "Â≤0"} and sorted(set(table["iteration"])) == [0, 1, 2]
+    assert (out / "formation_heatmap.png").stat().st_size > 1000
+    assert "Pearson" in capsys.readouterr().out
+
+
+def test_formation_refuses_an_unknown_grouping(run: Path, tmp_path: Path, capsys) -> None:
+    records = RunLog(run).load_records(0)
+    pairs = tmp_path / "pairs.npz"
+    np.savez(pairs, observations=records.observations[:2].numpy(), actions=np.zeros(2))
+    args = ["formation", str(run), "--behavior", f"action:{pairs}", "--group-by", "colour"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --group-by 'colour': use one of") and "\n" not in err
+
+
+def test_diagnose_refuses_too_few_subsets(run: Path, capsys) -> None:
+    assert main(["diagnose", str(run), "--fidelity-subsets", "2"]) == 2
+    assert "fidelity_subsets must be >= 4" in capsys.readouterr().err
+
+
+def test_attribute_writes_a_table(run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "scores.csv"
+    args = ["attribute", str(run), "--iteration", "1", "--no-store", "--out", str(out)]
+    assert main(args) == 0
+    table = pandas.read_csv(out)
+    assert len(table) == 128
+    assert table["kept"].sum() < 128  # IIF dropped some records of this iteration
+    assert "score:snapshot-return" in table.columns
+    assert f"wrote {out}" in capsys.readouterr().out
