@@ -123,7 +123,7 @@ def test_the_ceiling_is_below_one_when_the_order_matters() -> None:
     scores = tracin_scores(data, policy, target, context, params="all")
     report = check_scores(data, policy, scores, target, context, 32, 0.1, seed=1, orders=3)
     assert len(report.actual_by_order) == 2
-    assert report.ceiling < 0.99
+    assert report.ceiling < 0.99  # measured 0.950
     mean = np.mean([report.actual, *report.actual_by_order], axis=0)
     assert report.lds_mean_order == pytest.approx(spearman(report.predicted, mean), abs=1e-12)
     assert report.ceiling == pytest.approx(
