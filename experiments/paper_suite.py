@@ -294,7 +294,8 @@ def noise_study(task: str, arm: str = "iif", draws: int = 200, seed: int = 0) ->
 
     For each seed with PPO and ``arm`` finished, both recorded curves are taken as the
     truth and re-drawn ``draws`` times as if each round had been evaluated on K episodes
-    (normal noise with the round's recorded episode std / sqrt(K)); the spread of SE_ave
+    (binomial noise where every episode returns 0 or 1, else normal noise with the round's
+    recorded episode std / sqrt(K)); the spread of SE_ave
     and SE_peak over the draws is the evaluation-noise part of their spread, to compare
     with their spread over training seeds. (The recorded curves carry their own noise of
     the recorded count: the numbers for K at or above it are a lower bound.)
@@ -316,7 +317,12 @@ def noise_study(task: str, arm: str = "iif", draws: int = 200, seed: int = 0) ->
             for name in ("ppo", arm):
                 mean = np.array(_series(runs[name][s], "return_mean"))
                 std = np.array(_series(runs[name][s], "return_std"))
-                curves.append(mean + rng.standard_normal((draws, len(mean))) * std / np.sqrt(k))
+                if np.allclose(std**2, mean * (1 - mean), atol=1e-9):
+                    # Returns are 0 or 1 (FrozenLake): the mean of K episodes is binomial.
+                    curves.append(rng.binomial(k, np.clip(mean, 0, 1), (draws, len(mean))) / k)
+                else:
+                    noise = rng.standard_normal((draws, len(mean))) * std / np.sqrt(k)
+                    curves.append(mean + noise)
             results = [efficiency(p, f) for p, f in zip(*curves, strict=True)]
             for key in ("se_ave", "se_peak"):
                 values = 100 * np.array([getattr(r, key) for r in results])
@@ -347,7 +353,8 @@ def noise_study(task: str, arm: str = "iif", draws: int = 200, seed: int = 0) ->
         "episodes per round.",
         "",
         "Each recorded curve is re-drawn as if every round had been evaluated on K episodes "
-        "(normal noise, the round's episode std / √K, both arms independently); the cells "
+        "(both arms independently: binomial noise where every episode returns 0 or 1, as "
+        "on FrozenLake, else normal noise with the round's episode std / √K); the cells "
         "are the standard deviation of the metric over the draws (percentage points), "
         "averaged over seeds. Counts at or above the recorded one are lower bounds (the "
         "recorded curves carry their own noise).",
