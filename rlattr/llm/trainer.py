@@ -62,6 +62,8 @@ class RoundStats:
         update_s: forward, backward and optimiser steps on the kept pairs.
         validation_reward_mean: mean reward of the validation completions (NaN if none).
         generation_cpu_s, target_cpu_s, scoring_cpu_s, update_cpu_s: the same in CPU time.
+        score_quantiles: the scores' 10th, 50th and 90th percentiles (a compact histogram;
+            the run log keeps every score).
     """
 
     round: int
@@ -78,6 +80,7 @@ class RoundStats:
     target_cpu_s: float = 0.0
     scoring_cpu_s: float = 0.0
     update_cpu_s: float = 0.0
+    score_quantiles: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -194,6 +197,12 @@ class IIFGRPOTrainer(GRPOTrainer):
         if self.iif is not None and (self.iif.needs_scores or self.runlog is not None):
             scores = self._score(batch, output, stats)
             stats.fraction_negative = float((scores < 0).double().mean())
+            levels = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+            stats.score_quantiles = tuple(
+                torch.quantile(scores.detach().double().cpu(), levels).tolist()
+            )
+            for level, value in zip((10, 50, 90), stats.score_quantiles, strict=True):
+                self._metrics["train"][f"iif/score_p{level}"].append(value)
         if self.iif is not None:
             keep = self._keep(scores, batch)
             stats.fraction_dropped = float((~keep).double().mean())

@@ -31,28 +31,45 @@ def _trainer(model, tokenizer, task, out, **kwargs):
     )
 
 
-def test_without_iif_it_trains_exactly_like_grpo(
-    pretrained_model, tokenizer, task, pretrained_state, tmp_path
-) -> None:
+@pytest.fixture(scope="module")
+def plain_grpo_parameters(tokenizer, task, pretrained_state, tmp_path_factory):
+    """TRL's own GRPOTrainer, trained from the pretrained weights (the reference)."""
     from rlattr.llm.toy import tiny_causal_lm
 
-    ours = _trainer(pretrained_model, tokenizer, task, tmp_path / "a", run_dir=tmp_path / "run")
-    ours.train()
-    plain_model = tiny_causal_lm(tokenizer, seed=0)
-    plain_model.load_state_dict(pretrained_state)
+    model = tiny_causal_lm(tokenizer, seed=0)
+    model.load_state_dict(pretrained_state)
     plain = GRPOTrainer(
-        model=plain_model,
+        model=model,
         reward_funcs=task.reward,
-        args=grpo_config(tmp_path / "b"),
+        args=grpo_config(tmp_path_factory.mktemp("plain")),
         train_dataset=_dataset(task),
         processing_class=tokenizer,
     )
     plain.train()
-    for (name, a), (_, b) in zip(
-        ours.model.named_parameters(), plain.model.named_parameters(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    return {name: p.detach().clone() for name, p in plain.model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "iif",
+    [None, LLMIIF(rule="bottom", fraction=0.0, target="batch")],
+    ids=["no-iif", "iif-scoring-but-dropping-nothing"],
+)
+def test_observing_never_perturbs_grpo(
+    pretrained_model, tokenizer, task, plain_grpo_parameters, tmp_path, iif
+) -> None:
+    """Recording, timing and scoring leave training bit-identical to GRPOTrainer's (the
+    validation target would draw completions from the global RNG, so the batch target)."""
+    ours = _trainer(
+        pretrained_model, tokenizer, task, tmp_path / "a", iif=iif, run_dir=tmp_path / "run"
+    )
+    ours.train()
+    for name, param in ours.model.named_parameters():
+        assert torch.equal(param, plain_grpo_parameters[name]), name
     assert [s.round for s in ours.round_stats] == [0, 1]
+    if iif is not None:  # the pairs were really scored
+        log = LLMRunLog(tmp_path / "run")
+        scores = [log.read_round(k).extras["scores"] for k in log.rounds()]
+        assert any(bool((s != 0).any()) for s in scores)
 
 
 def test_grpo_iif_end_to_end_and_exact_replay(
@@ -78,6 +95,7 @@ def test_grpo_iif_end_to_end_and_exact_replay(
     for s in stats:
         assert s.fraction_dropped == pytest.approx(s.fraction_negative)
         assert s.update_s > 0 and s.scoring_s > 0 and s.target_s > 0
+        assert len(s.score_quantiles) == 3 and s.update_cpu_s > 0
     # Training logs show training completions only (validation ones are put back).
     assert len(trainer._logs["prompt"]) == 16
 
