@@ -55,6 +55,20 @@ class SequenceBatch:
             return self.completion_mask
         return self.completion_mask * self.tool_mask
 
+    def to_tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The batch's tensors by field name (None fields left out), for safetensors."""
+        return {
+            prefix + f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> SequenceBatch:
+        """Inverse of ``to_tensors``."""
+        names = [f.name for f in fields(cls)]
+        return cls(**{n: tensors[prefix + n] for n in names if prefix + n in tensors})
+
     def rows(self, index: torch.Tensor | slice) -> SequenceBatch:
         """The pairs at ``index`` (tensors are indexed, never re-padded)."""
         values = {}

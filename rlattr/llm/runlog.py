@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from rlattr.errors import FormatVersionError, RunLogError, UnsupportedError
+from rlattr.llm.batch import SequenceBatch
 from rlattr.record.io import atomic_write_json, atomic_write_tensors, read_json, read_tensors
 from rlattr.versions import package_versions
 
@@ -63,6 +64,16 @@ class RoundRecord:
     micro_steps: list[MicroStep]
     max_grad_norm: float
     stats: dict[str, Any] = field(default_factory=dict)
+
+    def batch(self) -> SequenceBatch:
+        """The round's pairs."""
+        return SequenceBatch.from_inputs(self.inputs)
+
+    def target_batch(self, prefix: str = "target.") -> SequenceBatch | None:
+        """The validation completions the round's scores explain (None: batch target)."""
+        if not any(name.startswith(prefix) for name in self.extras):
+            return None
+        return SequenceBatch.from_tensors(self.extras, prefix)
 
     def optimizer_steps(self) -> list[list[MicroStep]]:
         """Micro-steps grouped by the optimiser step they accumulate into, in order."""

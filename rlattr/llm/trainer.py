@@ -43,6 +43,7 @@ from rlattr.llm.runlog import LLMRunLog, MicroStep
 from rlattr.llm.scores import snapshot_scores
 
 KEEP_KEY, ROW_KEY = "rlattr_keep", "rlattr_row"
+TARGET_PREFIX = "target."  # run-log names of the validation target's tensors
 
 
 @dataclass
@@ -152,6 +153,7 @@ class IIFGRPOTrainer(GRPOTrainer):
         self._iif_generator = torch.Generator().manual_seed(iif.seed if iif else 0)
         self._score_params: dict[str, torch.nn.Parameter] | None = None
         self._captured_rewards: torch.Tensor | None = None
+        self._last_target: SequenceBatch | None = None
         self._micro_steps: list[MicroStep] = []
         self._overhead = (0.0, 0.0)  # generation and scoring time inside training steps
         self._replaying = False
@@ -184,6 +186,7 @@ class IIFGRPOTrainer(GRPOTrainer):
         if not self.model.training or self._replaying:
             return super()._generate_and_score_completions(inputs)
         self._end_round()
+        self._last_target = None
         started = _now()
         output = super()._generate_and_score_completions(inputs)
         generation = _since(started)
@@ -321,6 +324,7 @@ class IIFGRPOTrainer(GRPOTrainer):
             started = _now()
             target = self._validation_batch(stats)
             stats.target_s, stats.target_cpu_s = _since(started)
+            self._last_target = target
         started = _now()
         model = self.model
         if self._score_params is None:
@@ -383,6 +387,8 @@ class IIFGRPOTrainer(GRPOTrainer):
             extras["scores"] = scores
         if keep is not None:
             extras["keep"] = keep
+        if self._last_target is not None:  # the validation completions the scores explain
+            extras.update(self._last_target.to_tensors(prefix=TARGET_PREFIX))
         inputs = {k: v for k, v in output.items() if k not in (KEEP_KEY, ROW_KEY)}
         self.runlog.write_start(self._round, inputs, extras, self._trainable(), self.optimizer)
 

@@ -9,6 +9,7 @@ from trl import GRPOTrainer
 
 from rlattr.errors import CorruptRunLogError, RunLogError
 from rlattr.llm import LLMIIF, IIFGRPOTrainer, LLMRunLog, replay_round
+from rlattr.llm.fidelity import spearman, subset_effects
 from tests.llm.conftest import grpo_config
 
 
@@ -120,6 +121,17 @@ def test_grpo_iif_end_to_end_and_exact_replay(
         different = [n for n in expected if not torch.equal(replayed[n], expected[n])]
         assert not different, f"round {index}: {different}"
 
+    # Leave-subset-out ground truth: removing nothing changes nothing, exactly; removing
+    # pairs moves the target by a finite amount that the scores are judged against.
+    target = record.target_batch()
+    assert target is not None and len(target) == 16  # 4 validation prompts × 4 samples
+    n = len(record.extras["scores"])
+    some = torch.zeros(n, dtype=torch.bool)
+    some[: n // 2] = True
+    effects = subset_effects(replayer, run, 0, [torch.zeros(n, dtype=torch.bool), some])
+    assert effects.actual[0] == 0.0 and effects.predicted[0] == 0.0
+    assert bool(torch.isfinite(effects.actual).all())
+
     # A counterfactual keep-mask changes the outcome (the replay is not a lookup).
     everything = torch.ones_like(record.extras["keep"])
     if not bool(record.extras["keep"].all()):
@@ -191,3 +203,9 @@ def test_lora_with_kl_end_to_end_and_exact_replay(
     replayed = replay_round(replayer, run, 0)
     expected = log.end_parameters(0)
     assert all(torch.equal(replayed[n], expected[n]) for n in expected)
+
+
+def test_spearman() -> None:
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, a**3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
