@@ -20,6 +20,7 @@ from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, T
 from rlattr.training.callback import RecordRun
 from rlattr.training.filters import IIF
 from rlattr.training.hooks import ScoreHook
+from rlattr.training.intervention import Intervention
 from rlattr.training.ppo import AttributedPPO
 from rlattr.training.presets import Preset
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
@@ -33,6 +34,7 @@ __all__ = [
     "CorruptRunLogError",
     "FilterDecision",
     "FormatVersionError",
+    "Intervention",
     "IterationContext",
     "KeepMaskFilter",
     "Preset",

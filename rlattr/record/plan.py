@@ -31,6 +31,9 @@ class UpdatePlan:
         minibatch_sizes: ``[T]`` int64 sizes, so step t is a slice of ``minibatch_indices``.
         learning_rates, grad_norms, clip_coefs: ``[T]`` float64 per-step quantities.
         early_stopped: whether ``target_kl`` ended the update before all epochs ran.
+        record_weights: ``[N]`` float32 per-record loss weights the update trained with
+            (``rlattr.record.loss.weighted_minibatch_loss``), or None for PPO's own loss.
+            Optional in ``plan.safetensors``: plans written without it still load.
     """
 
     loss_config: PPOLossConfig
@@ -45,6 +48,7 @@ class UpdatePlan:
     grad_norms: torch.Tensor
     clip_coefs: torch.Tensor
     early_stopped: bool
+    record_weights: torch.Tensor | None = None
 
     @property
     def n_optimizer_steps(self) -> int:
@@ -86,10 +90,11 @@ class UpdatePlan:
     def to(self, device: torch.device | str) -> UpdatePlan:
         """The same plan with its tensors on ``device``."""
         moved = {name: getattr(self, name).to(device) for name in self.tensor_names()}
-        return replace(self, **moved)
+        weights = None if self.record_weights is None else self.record_weights.to(device)
+        return replace(self, **moved, record_weights=weights)
 
     def tensor_dict(self) -> dict[str, torch.Tensor]:
-        return {
+        tensors = {
             "epoch_permutations": self.epoch_permutations,
             "keep_mask": self.keep_mask,
             "step_epochs": self.step_epochs,
@@ -99,6 +104,9 @@ class UpdatePlan:
             "grad_norms": self.grad_norms,
             "clip_coefs": self.clip_coefs,
         }
+        if self.record_weights is not None:
+            tensors["record_weights"] = self.record_weights
+        return tensors
 
     def json_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +125,7 @@ class UpdatePlan:
             batch_size=int(meta["batch_size"]),
             early_stopped=bool(meta["early_stopped"]),
             **{name: tensors[name] for name in cls.tensor_names()},
+            record_weights=tensors.get("record_weights"),
         )
 
     @classmethod

@@ -83,6 +83,10 @@ def replay(
         before_step, after_step: callbacks around each optimiser step (see ``run_update``).
         record_weights, weight_normalization: per-record loss weights (see
             ``rlattr.record.loss.weighted_minibatch_loss``); the minibatches stay as logged.
+            A plan that trained with weights (``plan.record_weights``, e.g. an intervention
+            that down-weights records) replays with them; ``record_weights`` given here
+            then multiply them (1 = as trained, 0 = removed), with ``"weights"``
+            normalisation only (the one the run trained with).
         from_checkpoint: start from the logged start-of-iteration state (default), or
             from the policy's and optimiser's current state (counterfactual chains).
 
@@ -107,6 +111,7 @@ def replay(
     for group in policy.optimizer.param_groups:
         if learning_rates:
             group["lr"] = learning_rates[0]
+    record_weights = _effective_weights(data.plan, record_weights, weight_normalization, device)
     _, stats, _ = run_update(
         policy,
         data.records.to(device),
@@ -115,10 +120,33 @@ def replay(
         check_target_kl=False,
         before_step=before_step,
         after_step=after_step,
-        record_weights=None if record_weights is None else record_weights.to(device),
+        record_weights=record_weights,
         weight_normalization=weight_normalization,
     )
     return stats
+
+
+def _effective_weights(
+    plan: UpdatePlan,
+    record_weights: torch.Tensor | None,
+    weight_normalization: str,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The loss weights a replay runs with: the caller's, the plan's, or their product."""
+    logged = plan.record_weights
+    if logged is None:
+        return None if record_weights is None else record_weights.to(device)
+    logged = logged.to(device)
+    if record_weights is None:
+        return logged
+    if weight_normalization != "weights":
+        raise ValueError(
+            "this iteration trained with per-record weights (normalised by their sum); "
+            f"replaying it with weight_normalization={weight_normalization!r} would change "
+            "the update itself: use 'weights'"
+        )
+    # x · 1 is exact in any precision: weights of 1 replay the logged update bit for bit.
+    return logged * record_weights.to(device)
 
 
 def replay_iteration(

@@ -9,6 +9,7 @@ Layout (all tensors in safetensors, all metadata in JSON, every write atomic)::
     iterations/000012/plan.safetensors
     iterations/000012/iteration.json  checksums + plan metadata; written last (commit marker)
     iterations/000012/scores/<name>.safetensors + .json   scores of the records (any time)
+    iterations/000012/ground_truth.safetensors   per-record ``info["rlattr_*"]`` (optional)
     tb/                               TensorBoard event files
 
 Write order at the end of iteration k: records k, plan k, checkpoint k+1 (tensors, then
@@ -40,6 +41,7 @@ from rlattr.record.records import Records
 
 FORMAT_NAME = "rlattr-runlog"
 FORMAT_VERSION = 1
+GROUND_TRUTH_FILE = "ground_truth.safetensors"
 
 
 @dataclass(frozen=True)
@@ -246,10 +248,13 @@ class RunLog:
         observation_space: Any = None,
         next_checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
         scores: dict[str, tuple[torch.Tensor, dict[str, Any]]] | None = None,
+        ground_truth: dict[str, torch.Tensor] | None = None,
     ) -> int:
         """Write one finished iteration (and, first, the checkpoint that follows it).
 
-        ``scores`` (name → (scores, metadata)) computed during training are stored too.
+        ``scores`` (name → (scores, metadata)) computed during training are stored too, and
+        so is ``ground_truth`` (``info`` key → ``[N]`` tensor, what the environments said
+        about each record; ``load_ground_truth``), listed with its checksum.
 
         ``iteration.json`` is written last: its presence is what marks the iteration done.
         Returns the number of bytes written.
@@ -265,6 +270,16 @@ class RunLog:
             directory / "plan.safetensors", plan.tensor_dict()
         )
         written = rec_bytes + plan_bytes
+        files = {
+            "records.safetensors": {"sha256": rec_sha, "bytes": rec_bytes},
+            "plan.safetensors": {"sha256": plan_sha, "bytes": plan_bytes},
+        }
+        if ground_truth:
+            truth_sha, truth_bytes = atomic_write_tensors(
+                directory / GROUND_TRUTH_FILE, dict(ground_truth)
+            )
+            files[GROUND_TRUTH_FILE] = {"sha256": truth_sha, "bytes": truth_bytes}
+            written += truth_bytes
         for name, (values, meta) in (scores or {}).items():
             written += self.write_scores(k, name, values, meta)
         if next_checkpoint is not None:
@@ -273,10 +288,7 @@ class RunLog:
             "iteration": k,
             "n_envs": records.n_envs,
             "n_steps": records.n_steps,
-            "files": {
-                "records.safetensors": {"sha256": rec_sha, "bytes": rec_bytes},
-                "plan.safetensors": {"sha256": plan_sha, "bytes": plan_bytes},
-            },
+            "files": files,
             "plan": plan.json_dict(),
             "info": _json_safe(info),
         }
@@ -363,6 +375,16 @@ class RunLog:
             return UpdatePlan.from_stored(meta["plan"], tensors)
         except KeyError as err:
             raise CorruptRunLogError(f"plan of iteration {iteration} lacks {err}") from err
+
+    def load_ground_truth(
+        self, iteration: int, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
+        """Per-record ground truth of ``iteration``: ``info`` key (``rlattr_fault``, ...) →
+        ``[N]`` tensor aligned with its records (bool, or float64 with NaN where a step lacked
+        the key). Empty when the environments reported none (or the run predates it)."""
+        if GROUND_TRUTH_FILE not in self.iteration_meta(iteration)["files"]:
+            return {}
+        return self._read_iteration_file(iteration, GROUND_TRUTH_FILE, device)
 
     def load_checkpoint(
         self, iteration: int, device: torch.device | str = "cpu"

@@ -133,8 +133,10 @@ def trace_to_plan(
     permutations: list[np.ndarray],
     keep_mask: torch.Tensor,
     early_stopped: bool,
+    record_weights: torch.Tensor | None = None,
 ) -> UpdatePlan:
-    """Package an executed update as the ``UpdatePlan`` that replays it."""
+    """Package an executed update as the ``UpdatePlan`` that replays it (``record_weights``:
+    the per-record loss weights it trained with, if any)."""
     device = keep_mask.device
     if trace.grad_norms:
         grad_norms = torch.stack(trace.grad_norms).to(torch.float32)
@@ -165,4 +167,5 @@ def trace_to_plan(
         grad_norms=grad_norms.to(torch.float64),
         clip_coefs=clip_coefs.to(torch.float64),
         early_stopped=early_stopped,
+        record_weights=record_weights,
     )

@@ -48,6 +48,11 @@ TAGS: dict[str, str] = {
     "on FrozenLake: harmful records carry wrong advantages",
     "filter/fraction_dropped": "share of the buffer the filter dropped",
     "filter/dropped_of_negative": "dropped records ÷ negatively scored records (p of neg_bottom)",
+    "intervention/behavior_value": "the unwanted behaviour's target f(θ_k) before the update "
+    "(Intervention)",
+    "intervention/dropped": "records the intervention dropped or down-weighted",
+    "intervention/dropped_planted_overlap": "share of those that are planted faults "
+    "(info[planted_key], where the environment reports it)",
     "time/rollout_s": "seconds collecting the rollout",
     "time/scoring_s": "seconds scoring and filtering",
     "time/update_s": "seconds in the PPO update",

@@ -24,6 +24,7 @@ from rlattr.record.replay import IterationData
 from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
 from rlattr.training.board import Board, BoardConfig, IterationTiming, tensorboard_writer
+from rlattr.training.ground_truth import GroundTruthRecorder
 from rlattr.training.rundir import (
     check_policy_argument,
     check_policy_class,
@@ -34,6 +35,7 @@ from rlattr.training.rundir import (
     write_iteration_files,
 )
 from rlattr.training.seams import (
+    FilterDecision,
     IterationContext,
     KeepMaskFilter,
     RecordHook,
@@ -73,6 +75,9 @@ class AttributedPPO(PPO):
             optional ``minibatching`` attribute is honoured).
         iif: an ``rlattr.training.filters.IIF`` config: iterative influence-based filtering (it
             installs the keep mask); None is plain PPO.
+        intervention: an ``rlattr.training.intervention.Intervention`` config: drop or
+            down-weight the records that push towards an unwanted behaviour (it installs
+            the filter; combine it with IIF through ``Intervention(with_iif=...)``).
         board: what the TensorBoard diagnostics show and how often
             (``rlattr.training.board.BoardConfig``); they are written wherever SB3 writes
             TensorBoard (``run_dir/tb`` by default, or ``tensorboard_log``).
@@ -82,7 +87,10 @@ class AttributedPPO(PPO):
         iteration: the next iteration to train (iterations count from 0).
         last_records, last_plan, last_keep_mask: the last trained iteration's buffer,
             executed plan and keep mask (None when unfiltered); with its start state they
-            are what ``attribute`` scores in memory.
+            are what ``attribute`` scores in memory. Loss weights a filter set are in
+            ``last_plan.record_weights``.
+        last_ground_truth: the last rollout's per-record ``info["rlattr_*"]`` values
+            (``IterationContext.ground_truth``), or None.
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class AttributedPPO(PPO):
         record_hooks: Sequence[RecordHook | Any] = (),
         keep_mask_fn: KeepMaskFilter | Any | None = None,
         iif: Any = None,
+        intervention: Any = None,
         board: BoardConfig | None = None,
         **ppo_kwargs: Any,
     ):
@@ -127,7 +136,15 @@ class AttributedPPO(PPO):
             if keep_mask_fn is not None:
                 raise ValueError("pass either iif or keep_mask_fn, not both")
             self._run_metadata.setdefault("iif", describe_iif(iif))
+        if intervention is not None:
+            if keep_mask_fn is not None or iif is not None:
+                raise ValueError(
+                    "pass intervention alone: not with keep_mask_fn, and with IIF only as "
+                    "Intervention(with_iif=IIF(...))"
+                )
+            self._run_metadata.setdefault("intervention", intervention.describe())
         self.iif = iif
+        self.intervention = intervention
         self.keep_mask_fn = keep_mask_fn
         self.board_config = board or BoardConfig()
         self._board: Board | None = None
@@ -140,6 +157,9 @@ class AttributedPPO(PPO):
         self.last_records: Records | None = None
         self.last_plan: UpdatePlan | None = None
         self.last_keep_mask: torch.Tensor | None = None
+        self.last_ground_truth: dict[str, torch.Tensor] | None = None
+        # Reads the rollout's info["rlattr_*"] (per-record ground truth); changes nothing.
+        self._ground_truth = GroundTruthRecorder()
         self._last_start: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
         self._resume = resume
         self._phase_start = time.perf_counter()
@@ -157,6 +177,10 @@ class AttributedPPO(PPO):
             from rlattr.training.filters import IIFFilter
 
             self.keep_mask_fn = IIFFilter(self.iif)
+        if getattr(self, "intervention", None) is not None and self.keep_mask_fn is None:
+            from rlattr.training.intervention import InterventionFilter
+
+            self.keep_mask_fn = InterventionFilter(self.intervention)
         self._install_filter_generator()
         if self.run_dir is None:
             return
@@ -222,6 +246,16 @@ class AttributedPPO(PPO):
         self._phase_start = time.perf_counter()
         return result
 
+    def _init_callback(self, callback: Any, progress_bar: bool = False) -> Any:
+        # The ground-truth recorder runs after the user's callbacks, as one more callback.
+        if callback is None:
+            callbacks = [self._ground_truth]
+        elif isinstance(callback, list):
+            callbacks = [*callback, self._ground_truth]
+        else:
+            callbacks = [callback, self._ground_truth]
+        return super()._init_callback(callbacks, progress_bar)
+
     def _open_board(self) -> None:
         # SB3 (re)configures its logger in _setup_learn; the board writes through the
         # same SummaryWriter, so both land in one TensorBoard run.
@@ -280,6 +314,8 @@ class AttributedPPO(PPO):
             "last_records",
             "last_plan",
             "last_keep_mask",
+            "last_ground_truth",
+            "_ground_truth",
             "_last_start",
             "_board",
         ]
@@ -308,6 +344,7 @@ class AttributedPPO(PPO):
         loss_config = self.loss_config()
 
         records = Records.from_rollout_buffer(self.rollout_buffer, self.iteration)
+        ground_truth = self._ground_truth.take(self.device)
         # θ_k and the optimiser state, kept so the iteration can be attributed in memory.
         start = capture_checkpoint(self.policy)
         context = IterationContext(
@@ -317,13 +354,14 @@ class AttributedPPO(PPO):
             loss_config=loss_config,
             gamma=float(self.gamma),
             gae_lambda=float(self.gae_lambda),
+            ground_truth=ground_truth,
         )
         stored: dict[str, StoredScores] = {}
         for hook in self.record_hooks:
             stored.update(call_record_hook(hook, context, self))
         n_records = len(records)
         permutations: list[np.ndarray] = []
-        drafted, keep_mask, minibatching, filter_scalars = self._filter(
+        drafted, keep_mask, weights, minibatching, filter_scalars = self._filter(
             context, stored, permutations
         )
         scored = time.perf_counter()
@@ -331,24 +369,27 @@ class AttributedPPO(PPO):
         def epochs() -> Iterator[tuple[int, list[torch.Tensor]]]:
             if drafted is not None:
                 for epoch, batches in enumerate(drafted):
-                    yield epoch, mask_minibatches(batches, keep_mask)
+                    yield (
+                        epoch,
+                        _checked_weights(
+                            mask_minibatches(batches, keep_mask), weights, loss_config
+                        ),
+                    )
                 return
             # A generator, so each epoch's permutation is drawn when the epoch starts (as SB3).
             for epoch in range(self.n_epochs):
-                yield (
-                    epoch,
-                    sample_epoch_minibatches(
-                        n_records,
-                        self.batch_size,
-                        keep_mask,
-                        self.device,
-                        permutations,
-                        minibatching,
-                    ),
+                batches = sample_epoch_minibatches(
+                    n_records, self.batch_size, keep_mask, self.device, permutations, minibatching
                 )
+                yield epoch, _checked_weights(batches, weights, loss_config)
 
         trace, stats, stopped = run_update(
-            self.policy, records, loss_config, epochs(), check_target_kl=True
+            self.policy,
+            records,
+            loss_config,
+            epochs(),
+            check_target_kl=True,
+            record_weights=weights,
         )
         self._n_updates += stats.n_epochs_run
         if stopped and self.verbose >= 1:
@@ -359,17 +400,25 @@ class AttributedPPO(PPO):
             else torch.ones(n_records, dtype=torch.bool, device=self.device)
         )
         plan = trace_to_plan(
-            trace, loss_config, self.n_epochs, self.batch_size, permutations, full_mask, stopped
+            trace,
+            loss_config,
+            self.n_epochs,
+            self.batch_size,
+            permutations,
+            full_mask,
+            stopped,
+            record_weights=weights,
         )
         self.last_records = records
         self.last_plan = plan
         self.last_keep_mask = keep_mask
+        self.last_ground_truth = ground_truth
         self._last_start = start
         updated = time.perf_counter()
 
         loss_means = stats.means()
         self._log_sb3_metrics(loss_means, records, loss_config)
-        self._write_iteration(records, plan, stats.n_epochs_run, loss_means, stored)
+        self._write_iteration(records, plan, stats.n_epochs_run, loss_means, stored, ground_truth)
         done = time.perf_counter()
         timing = IterationTiming(
             rollout_s=rollout_s,
@@ -397,15 +446,22 @@ class AttributedPPO(PPO):
         context: IterationContext,
         stored: dict[str, StoredScores],
         permutations: list[np.ndarray],
-    ) -> tuple[list[list[torch.Tensor]] | None, torch.Tensor | None, Any, dict[str, float]]:
+    ) -> tuple[
+        list[list[torch.Tensor]] | None,
+        torch.Tensor | None,
+        torch.Tensor | None,
+        Any,
+        dict[str, float],
+    ]:
         """Ask the keep-mask filter (if any) for its decision.
 
         Returns the drafted minibatches (when the filter needed the plan first), the keep
-        mask, the minibatching and the filter's TensorBoard scalars; adds the filter's
+        mask, the fractional loss weights (None unless some weight is strictly between 0
+        and 1), the minibatching and the filter's TensorBoard scalars; adds the filter's
         scores to ``stored``.
         """
         if self.keep_mask_fn is None:
-            return None, None, "as_drawn", {}
+            return None, None, None, "as_drawn", {}
         keep_filter = as_keep_mask_filter(self.keep_mask_fn, self)
         drafted = None
         if keep_filter.needs_plan:
@@ -438,8 +494,38 @@ class AttributedPPO(PPO):
             context = replace(context, generator=self._filter_generator)
         decision = keep_filter(context)
         stored.update(decision.scores)
-        keep_mask = self._checked_keep_mask(decision.keep_mask, context.records)
-        return drafted, keep_mask, keep_filter.minibatching, dict(decision.scalars)
+        keep_mask, weights = self._checked_weights(decision, context.records)
+        keep_mask = self._checked_keep_mask(keep_mask, context.records)
+        return drafted, keep_mask, weights, keep_filter.minibatching, dict(decision.scalars)
+
+    def _checked_weights(
+        self, decision: FilterDecision, records: Records
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(keep mask, fractional weights) of a decision.
+
+        Weights that are all 0 or 1 become the keep mask (removal and plain PPO, bit for
+        bit); otherwise the records at weight 0 leave their minibatches and the others
+        train with the weighted loss, at float32 weights (what the plan stores).
+        """
+        weights = decision.weights
+        if weights is None:
+            return decision.keep_mask, None
+        n = len(records)
+        if weights.shape != (n,) or not weights.is_floating_point():
+            raise ValueError(
+                f"a filter's weights must be a float tensor of shape ({n},), "
+                f"got {weights.dtype} {tuple(weights.shape)}"
+            )
+        weights = weights.detach().to(self.device, torch.float32)
+        if not bool(((weights >= 0) & (weights <= 1)).all()):  # NaN fails too
+            raise ValueError(f"a filter's weights must lie in [0, 1] (iteration {self.iteration})")
+        if decision.keep_mask is not None:
+            keep = self._checked_keep_mask(decision.keep_mask, records)
+            weights = torch.where(keep, weights, torch.zeros_like(weights))
+        keep_mask = weights > 0
+        if bool(((weights == 0) | (weights == 1)).all()):
+            return keep_mask, None
+        return keep_mask, weights
 
     def _new_filter_generator(self, keep_filter: KeepMaskFilter) -> torch.Generator:
         return torch.Generator().manual_seed(filter_seed(keep_filter.seed, self.seed))
@@ -482,6 +568,7 @@ class AttributedPPO(PPO):
         n_epochs_run: int,
         loss_means: dict[str, float],
         scores: dict[str, StoredScores],
+        ground_truth: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if self.run_log is None:
             return
@@ -503,6 +590,7 @@ class AttributedPPO(PPO):
             self.observation_space,
             next_checkpoint,
             dict(scores),
+            ground_truth,
         )
 
     # ------------------------------------------------------------------ attribution
@@ -566,3 +654,21 @@ class AttributedPPO(PPO):
 
         k = self.iteration - 1 if iteration is None else iteration
         return attribute(self, k, target, method, **kwargs)  # type: ignore[arg-type]
+
+
+def _checked_weights(
+    minibatches: list[torch.Tensor], weights: torch.Tensor | None, loss_config: PPOLossConfig
+) -> list[torch.Tensor]:
+    """Refuse, before any step of the epoch, a weighted minibatch whose advantage statistics
+    are undefined: they divide by Σw − 1 (unbiased, as torch's ``std``), so several records
+    whose weights sum to at most 1 would step on NaN."""
+    if weights is None or not loss_config.normalize_advantage:
+        return minibatches
+    for batch in minibatches:
+        if len(batch) > 1 and float(weights[batch].sum()) <= 1:
+            raise ValueError(
+                f"a minibatch of {len(batch)} records has loss weights summing to "
+                f"{float(weights[batch].sum()):.3g} <= 1, which leaves its weighted advantage "
+                "statistics undefined; use larger weights or minibatches, or weight 0 (removal)"
+            )
+    return minibatches

@@ -136,13 +136,15 @@ def write_iteration_files(
     observation_space: spaces.Space,
     next_checkpoint: tuple[dict[str, torch.Tensor], dict[str, Any]],
     scores: dict[str, StoredScores],
+    ground_truth: dict[str, torch.Tensor] | None = None,
 ) -> int:
-    """Write one iteration (or only its successor checkpoint) and apply retention."""
+    """Write one iteration (or only its successor checkpoint) and apply retention
+    (``ground_truth``: per-record ``info["rlattr_*"]`` values, stored when given)."""
     k = records.iteration
     if run_log.retention.records(k):
         stored = {name: (value.scores, dict(value.meta)) for name, value in scores.items()}
         written = run_log.write_iteration(
-            records, plan, info, observation_space, next_checkpoint, stored
+            records, plan, info, observation_space, next_checkpoint, stored, ground_truth
         )
     else:
         written = run_log.write_checkpoint(k + 1, *next_checkpoint)

@@ -45,6 +45,10 @@ class IterationContext:
             ``needs_plan`` (its norms are NaN: no step has run); else None.
         generator: the filter's own random generator, when it declared
             ``uses_generator`` (seeded once, checkpointed with the run); else None.
+        ground_truth: per-record ground truth the environments reported, by ``info`` key
+            (the keys starting with ``rlattr_``, e.g. ``rlattr_fault``): ``[N]`` tensors
+            aligned with ``records`` (bool, or float64 with NaN where a step lacked the
+            key); None when no step reported any.
     """
 
     iteration: int
@@ -55,6 +59,7 @@ class IterationContext:
     gae_lambda: float
     plan: UpdatePlan | None = None
     generator: torch.Generator | None = None
+    ground_truth: Mapping[str, torch.Tensor] | None = None
 
     def target_context(self) -> TargetContext:
         """The ``TargetContext`` targets are evaluated with."""
@@ -88,11 +93,17 @@ class FilterDecision:
             every record.
         scores: scores to store with the iteration, by name.
         scalars: TensorBoard scalars (``"iif/fraction_dropped"``, ...) to record.
+        weights: ``[N]`` per-record loss weights in [0, 1] (records outside ``keep_mask``
+            count as 0), or None. Weights that are all 0 or 1 act as a keep mask (weight 0
+            is removal, weight 1 plain PPO, bit for bit); fractional ones train with the
+            weighted loss (``rlattr.record.loss.weighted_minibatch_loss``: Σwℓ/Σw and
+            w-weighted advantage statistics), and the plan stores them for replay.
     """
 
     keep_mask: torch.Tensor | None
     scores: Mapping[str, StoredScores] = field(default_factory=dict)
     scalars: Mapping[str, float] = field(default_factory=dict)
+    weights: torch.Tensor | None = None
 
 
 @runtime_checkable
