@@ -38,6 +38,7 @@ from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
 from rlattr.training.rundir import (
     check_policy_class,
+    check_policy_modules,
     check_spaces,
     ppo_loss_config,
     run_json,
@@ -259,3 +260,4 @@ def _check_recordable(model: Any) -> None:
         )
     check_spaces(model.observation_space, model.action_space)
     check_policy_class(model.policy_class)
+    check_policy_modules(model.policy)

@@ -184,6 +184,22 @@ def check_policy_class(policy_class: type) -> None:
         )
 
 
+def check_policy_modules(policy: torch.nn.Module) -> None:
+    """No recurrent layer, whatever the policy's class is called: a policy that carries
+    state between calls breaks the per-record loss (records independent given θ)."""
+    recurrent = [
+        f"{name or 'policy'} ({type(module).__name__})"
+        for name, module in policy.named_modules()
+        if isinstance(module, torch.nn.RNNBase | torch.nn.RNNCellBase)
+    ]
+    if recurrent:
+        raise UnsupportedError(
+            f"{type(policy).__name__} has recurrent layers ({', '.join(recurrent)}); rlattr "
+            "replays feed-forward actor-critic policies only (its per-record loss assumes "
+            "records are independent given θ, and a recurrent policy carries state)"
+        )
+
+
 def check_spaces(observation_space: spaces.Space, action_space: spaces.Space) -> None:
     """Array observations and the action spaces the per-record loss handles."""
     if isinstance(observation_space, spaces.Dict | spaces.Tuple):

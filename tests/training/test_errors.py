@@ -66,12 +66,6 @@ def test_recurrent_policy_class(tmp_path) -> None:
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="rlattr recognises recurrent policies by class name only ('Recurrent' in the "
-    "MRO, 'Lstm' in a policy string); an LSTM policy under another name trains",
-)
 def test_a_policy_that_carries_state_is_refused_whatever_its_name(tmp_path) -> None:
     _assert_carries_state(LstmPolicy)
     try:
