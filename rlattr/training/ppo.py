@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -205,6 +206,7 @@ class AttributedPPO(PPO):
     def _restore_from_run_log(self) -> None:
         assert self.run_log is not None
         self._check_same_filter(self.run_log.meta.get("config", {}).get("iif"))
+        self._check_same_intervention(self.run_log.meta.get("config", {}).get("intervention"))
         start = self.run_log.resume_point()
         if start is None:
             self.run_log.discard_after(0)
@@ -236,6 +238,17 @@ class AttributedPPO(PPO):
             raise RunLogError(
                 f"{self.run_dir} was trained with iif={stored}, and is being resumed with "
                 f"iif={wanted}; resume it with the same IIF settings"
+            )
+
+    def _check_same_intervention(self, stored: dict[str, Any] | None) -> None:
+        """A resumed run must intervene as it did (compared as ``run.json`` stores it)."""
+        wanted = self._run_metadata.get("intervention")
+        if wanted is not None:
+            wanted = json.loads(json.dumps(wanted))  # as read back from run.json
+        if stored != wanted:
+            raise RunLogError(
+                f"{self.run_dir} was trained with intervention={stored}, and is being resumed "
+                f"with intervention={wanted}; resume it with the same Intervention"
             )
 
     def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:

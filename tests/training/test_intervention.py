@@ -25,6 +25,7 @@ from rlattr import (
     load_iteration,
     replay,
 )
+from rlattr.errors import RunLogError
 from rlattr.record.replay import state_matches
 from rlattr.training.intervention import (
     LOG_AS,
@@ -294,3 +295,18 @@ def test_intervention_from_a_command_line_spec(tmp_path: Path) -> None:
             f"action:{path}", 0.05, make_vec_env("CartPole-v1").observation_space,
             env.action_space,
         )  # fmt: skip
+
+
+def test_resume_needs_the_same_intervention(run_dir: Path) -> None:
+    config = Intervention(target=_trap_target(), budget=4)
+    AttributedPPO("MlpPolicy", TRAP, run_dir=run_dir, intervention=config, **SMALL).learn(64)
+    for changed in (None, dc_replace(config, budget=5)):
+        with pytest.raises(RunLogError, match="resume it with the same Intervention"):
+            AttributedPPO(
+                "MlpPolicy", TRAP, run_dir=run_dir, resume=True, intervention=changed, **SMALL
+            )
+    resumed = AttributedPPO(
+        "MlpPolicy", TRAP, run_dir=run_dir, resume=True, intervention=config, **SMALL
+    )
+    resumed.learn(64, reset_num_timesteps=False)
+    assert RunLog(run_dir).iterations() == [0, 1]
