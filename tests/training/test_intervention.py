@@ -310,3 +310,16 @@ def test_resume_needs_the_same_intervention(run_dir: Path) -> None:
     )
     resumed.learn(64, reset_num_timesteps=False)
     assert RunLog(run_dir).iterations() == [0, 1]
+
+
+def test_save_and_load_keep_the_intervention(tmp_path: Path) -> None:
+    config = Intervention(target=_trap_target(), budget=4, rule="random_like")
+    model = AttributedPPO("MlpPolicy", TRAP, intervention=config, **SMALL).learn(64)
+    model.save(tmp_path / "model.zip")
+    loaded = AttributedPPO.load(tmp_path / "model.zip", env=model.get_env())
+    assert isinstance(loaded.keep_mask_fn, InterventionFilter)
+    assert loaded.intervention.budget == 4
+    # The random_like generator continues where it was.
+    assert torch.equal(loaded._filter_generator.get_state(), model._filter_generator.get_state())
+    loaded.learn(64)
+    assert int((~loaded.last_keep_mask).sum()) == 4
