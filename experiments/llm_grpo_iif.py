@@ -508,6 +508,10 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     for path in sorted((OUT / "runs").glob("*.csv")):
         rows = read_rows(path)
         runs[(rows[0]["arm"], rows[0]["seed"])] = rows
+    if not runs and (OUT / "rounds.csv").exists():
+        # runs/ is git-ignored; a fresh clone rebuilds the summary from rounds.csv.
+        for row in read_rows(OUT / "rounds.csv"):
+            runs.setdefault((row["arm"], row["seed"]), []).append(row)
     seeds = sorted({s for a, s in runs if a == "grpo"})
     per_seed: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for seed in seeds:
@@ -620,6 +624,8 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         run_meta = json.loads(path.read_text())
         key = f"{run_meta['command']} at {run_meta['git_commit']}"
         made_by.setdefault(key, []).append(path.stem)
+    if not made_by and (OUT / "summary.json").exists():
+        made_by = json.loads((OUT / "summary.json").read_text())["meta"].get("runs_made_by", {})
     meta["runs_made_by"] = made_by
     summary = {
         "meta": {**meta, "git_commit": git_commit(), "settings": settings(args)},
