@@ -32,7 +32,8 @@ probability of improvement of one arm over another.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,6 +182,19 @@ class Interval:
     high: float
 
 
+@contextlib.contextmanager
+def _seeded_global_numpy(seed: int) -> Iterator[None]:
+    """rliable draws its bootstrap indices from numpy's *global* RNG (``np.random.choice``),
+    whatever ``random_state`` it is given: seed it for reproducible intervals, and put the
+    caller's state back afterwards."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def _rliable():
     try:
         from rliable import library, metrics
@@ -201,12 +215,10 @@ def iqm(scores: Mapping[str, ArrayLike], reps: int = 2000, seed: int = 0) -> dic
     """
     library, metrics = _rliable()
     matrices = {arm: _runs_by_tasks(values) for arm, values in scores.items()}
-    point, ci = library.get_interval_estimates(
-        matrices,
-        lambda x: np.array([metrics.aggregate_iqm(x)]),
-        reps=reps,
-        random_state=np.random.RandomState(seed),
-    )
+    with _seeded_global_numpy(seed):
+        point, ci = library.get_interval_estimates(
+            matrices, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+        )
     return {
         arm: Interval(float(point[arm][0]), float(ci[arm][0, 0]), float(ci[arm][1, 0]))
         for arm in matrices
@@ -220,12 +232,10 @@ def probability_of_improvement(
     averaged over tasks, with a stratified-bootstrap 95 % CI (rliable)."""
     library, metrics = _rliable()
     pair = (_runs_by_tasks(first), _runs_by_tasks(second))
-    point, ci = library.get_interval_estimates(
-        {"pair": pair},
-        metrics.probability_of_improvement,
-        reps=reps,
-        random_state=np.random.RandomState(seed),
-    )
+    with _seeded_global_numpy(seed):
+        point, ci = library.get_interval_estimates(
+            {"pair": pair}, metrics.probability_of_improvement, reps=reps
+        )
     low, high = np.asarray(ci["pair"], dtype=float).ravel()
     return Interval(float(point["pair"]), float(low), float(high))
 

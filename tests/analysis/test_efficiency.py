@@ -102,3 +102,17 @@ def test_probability_of_improvement_counts_ties_half() -> None:
     result = probability_of_improvement([1.0, 2.0, 3.0], [2.0, 2.0, 0.0], reps=200)
     assert result.estimate == pytest.approx(6 / 9)
     assert 0.0 <= result.low <= result.estimate <= result.high <= 1.0
+
+
+def test_intervals_are_reproducible_and_leave_numpy_alone() -> None:
+    pytest.importorskip("rliable")
+    scores = {"a": [1.0, 5.0, 2.0, 8.0, 3.0]}
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first, second = iqm(scores, reps=300, seed=1), iqm(scores, reps=300, seed=1)
+    assert first == second
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    pair = ([1.0, 2.0, 3.0], [2.0, 2.0, 0.0])
+    assert probability_of_improvement(*pair, reps=300) == probability_of_improvement(
+        *pair, reps=300
+    )
