@@ -445,7 +445,11 @@ def summarize(task: str, arms: list[str]) -> None:
         "a stratified-bootstrap 95 % CI (rliable, 2000 resamples). The `ppo` row is PPO "
         "against itself: its SE values are 0 by construction, and its RT_peak says how early "
         "PPO itself reaches its own peak (RT_peak divides by PPO's *whole* run, so an arm "
-        "needs more than PPO's own value to be faster).",
+        "needs more than PPO's own value to be faster). Clocks of two trials compare only "
+        "when they ran under the same load: the suite's two processes run PPO and IIF of "
+        "a seed side by side, but the ablations ran later, on a machine that was quieter "
+        "or busier, so their RT_peak (even on the CPU clock: contention slows a process's "
+        "CPU time too) is not comparable with IIF's.",
         "",
         "| arm | seeds | SE_ave % | SE_peak % | RT_peak % (CPU) | RT_peak % (wall) | "
         "censored levels / levels | PPO's peak reached | AUC | final return | "
