@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from rlattr.record.plan import UpdatePlan
+from rlattr.record.plan import UpdatePlan, cut_minibatches
 from rlattr.record.replay import IterationData, replay
 from rlattr.scoring.targets import Target, TargetContext
 
@@ -47,17 +47,30 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def reshuffled_plan(plan: UpdatePlan, generator: torch.Generator) -> UpdatePlan:
-    """The same update (epochs, lr, clip coefficients, step count) with fresh permutations."""
-    kept = torch.nonzero(plan.keep_mask.cpu()).flatten()
+    """The same update (epochs, lr, clip coefficients, minibatching) with fresh permutations.
+
+    A filtered update keeps its kind of minibatches (``plan.minibatching``): ``as_drawn``
+    draws the new order over every record and takes the dropped ones out, ``recut`` cuts
+    the kept records anew. Plans written before they recorded it are read by their step
+    count (as many steps as PPO draws for the whole buffer: as drawn).
+    """
+    n_records = plan.n_records
+    keep = plan.keep_mask.cpu()
     device = plan.minibatch_indices.device
     epochs = plan.step_epochs.tolist()
+    minibatching = plan.minibatching
+    if minibatching is None:  # a plan written before plans recorded it
+        first_epoch = sum(1 for e in epochs if e == epochs[0]) if epochs else 0
+        # PPO's minibatch count for the whole buffer: an as-drawn update takes that many.
+        drawn = first_epoch == -(-n_records // plan.batch_size)
+        minibatching = "as_drawn" if drawn else "recut"
     minibatches, step_epochs = [], []
     for epoch in sorted(set(epochs)):
-        order = kept[torch.randperm(len(kept), generator=generator)]
-        chunks = list(torch.split(order, plan.batch_size))
         n_steps = sum(1 for e in epochs if e == epoch)
+        order = torch.randperm(n_records, generator=generator)
+        chunks = cut_minibatches(order, plan.batch_size, keep, minibatching)
         minibatches.extend(chunks[:n_steps])
-        step_epochs.extend([epoch] * n_steps)
+        step_epochs.extend([epoch] * len(chunks[:n_steps]))
     return replace(
         plan,
         minibatch_indices=torch.cat(minibatches).to(device),

@@ -49,6 +49,7 @@ class UpdatePlan:
     clip_coefs: torch.Tensor
     early_stopped: bool
     record_weights: torch.Tensor | None = None
+    minibatching: Minibatching | None = "as_drawn"
 
     @property
     def n_optimizer_steps(self) -> int:
@@ -115,6 +116,7 @@ class UpdatePlan:
             "batch_size": self.batch_size,
             "n_optimizer_steps": self.n_optimizer_steps,
             "early_stopped": self.early_stopped,
+            "minibatching": self.minibatching,
         }
 
     @classmethod
@@ -126,6 +128,8 @@ class UpdatePlan:
             early_stopped=bool(meta["early_stopped"]),
             **{name: tensors[name] for name in cls.tensor_names()},
             record_weights=tensors.get("record_weights"),
+            # None: written before plans said how their minibatches were formed.
+            minibatching=meta.get("minibatching"),
         )
 
     @classmethod

@@ -134,9 +134,11 @@ def trace_to_plan(
     keep_mask: torch.Tensor,
     early_stopped: bool,
     record_weights: torch.Tensor | None = None,
+    minibatching: str = "as_drawn",
 ) -> UpdatePlan:
     """Package an executed update as the ``UpdatePlan`` that replays it (``record_weights``:
-    the per-record loss weights it trained with, if any)."""
+    the per-record loss weights it trained with, if any; ``minibatching``: how its
+    minibatches were formed around dropped records)."""
     device = keep_mask.device
     if trace.grad_norms:
         grad_norms = torch.stack(trace.grad_norms).to(torch.float32)
@@ -168,4 +170,5 @@ def trace_to_plan(
         clip_coefs=clip_coefs.to(torch.float64),
         early_stopped=early_stopped,
         record_weights=record_weights,
+        minibatching=minibatching,  # type: ignore[arg-type]
     )

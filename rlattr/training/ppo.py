@@ -29,6 +29,7 @@ from rlattr.training.ground_truth import GroundTruthRecorder
 from rlattr.training.rundir import (
     check_policy_argument,
     check_policy_class,
+    check_policy_modules,
     check_spaces,
     describe_iif,
     ppo_loss_config,
@@ -174,6 +175,7 @@ class AttributedPPO(PPO):
         check_spaces(self.observation_space, self.action_space)
         check_policy_class(self.policy_class)
         super()._setup_model()
+        check_policy_modules(self.policy)
         if self.iif is not None and self.keep_mask_fn is None:
             from rlattr.training.filters import IIFFilter
 
@@ -421,6 +423,7 @@ class AttributedPPO(PPO):
             full_mask,
             stopped,
             record_weights=weights,
+            minibatching=minibatching,
         )
         self.last_records = records
         self.last_plan = plan

@@ -129,3 +129,28 @@ def test_the_ceiling_is_below_one_when_the_order_matters() -> None:
     assert report.ceiling == pytest.approx(
         spearman(report.actual, report.actual_by_order[0]), abs=1e-12
     )
+
+
+@pytest.mark.parametrize("minibatching", ["as_drawn", "recut"])
+def test_reshuffled_plan_keeps_the_filtered_update_shape(run_dir, minibatching: str) -> None:
+    # A filtered update's other order must form minibatches as the update did: as drawn
+    # (PPO's step count, dropped records taken out) or re-cut (kept records cut anew).
+    from rlattr import IIF, AttributedPPO, RunLog, load_iteration
+    from rlattr.analysis.groundtruth import reshuffled_plan
+
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=100, batch_size=16, n_epochs=3,
+        seed=0, device="cpu", iif=IIF(rule="bottom", fraction=0.3, minibatching=minibatching),
+    ).learn(200)  # fmt: skip
+    plan = load_iteration(RunLog(run_dir), 1).plan
+    assert plan.minibatching == minibatching  # recorded with the plan
+    kept = set(torch.nonzero(plan.keep_mask).flatten().tolist())
+    assert len(kept) == 70
+    other = reshuffled_plan(plan, torch.Generator().manual_seed(5))
+    assert other.step_epochs.tolist() == plan.step_epochs.tolist()
+    assert not torch.equal(other.minibatch_indices, plan.minibatch_indices)
+    sizes = sorted(other.minibatch_sizes.tolist()) == sorted(plan.minibatch_sizes.tolist())
+    assert sizes == (minibatching == "recut")  # as drawn: other records fall out elsewhere
+    for epoch, batches in other.epochs():
+        records = torch.cat(batches).tolist()
+        assert sorted(records) == sorted(kept), epoch
