@@ -275,15 +275,20 @@ def formation_figures(result: Formation, title: str) -> tuple[Any, Any]:
         [[r.positive.get(g, 0.0) + r.negative.get(g, 0.0) for g in result.groups]
          for r in result.iterations]
     )  # fmt: skip
+    # Scores shrink by orders of magnitude over training: each iteration is scaled by its
+    # own largest group, so the heatmap shows which groups build the behaviour when.
+    scale = np.abs(net).max(axis=1, keepdims=True)
+    net = np.divide(net, scale, out=np.zeros_like(net), where=scale > 0)
     heat, axis = plt.subplots(figsize=(7, 0.5 * len(result.groups) + 2))
-    bound = float(np.abs(net).max()) or 1.0
     image = axis.imshow(
-        net.T, aspect="auto", cmap="RdBu", vmin=-bound, vmax=bound, interpolation="nearest",
+        net.T, aspect="auto", cmap="RdBu", vmin=-1.0, vmax=1.0, interpolation="nearest",
         extent=(iterations[0] - 0.5, iterations[-1] + 0.5, len(result.groups) - 0.5, -0.5),
     )  # fmt: skip
     axis.set_yticks(range(len(result.groups)), result.groups)
     axis.set_xlabel("iteration")
-    axis.set_title(f"{title}: net score per group (blue builds the behaviour)", fontsize=9)
+    axis.set_title(
+        f"{title}: net score per group ÷ the iteration's largest (blue builds it)", fontsize=9
+    )
     heat.colorbar(image, ax=axis)
     heat.tight_layout()
     curves, (top, bottom) = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
