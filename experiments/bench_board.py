@@ -3,7 +3,7 @@
 Both arms train the same preset with IIF (snapshot scores, the preset's rule), a run
 directory and TensorBoard, from the same seeds, for the same number of iterations; the
 only difference is ``BoardConfig(diagnostics=...)``: on = score quantiles, advantage
-diagnosis, normalised histograms and (every ``details_every`` iterations, default 10)
+diagnosis, normalised histograms and (every ``details_every`` iterations, default 25)
 the score-vs-advantage image and the record table; off = the time and filter scalars
 only. The arm order alternates between seeds. Goal (issue 12): ratio ≤ 1.05.
 

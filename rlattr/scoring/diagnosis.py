@@ -94,10 +94,10 @@ def _empirical_advantages(
     records: Records, to_go: torch.Tensor, exact: torch.Tensor
 ) -> torch.Tensor:
     n = len(records)
-    states = records.observations.reshape(n, -1)
-    _, state_ids = torch.unique(states, dim=0, return_inverse=True)
-    pairs = torch.cat([states, records.actions.reshape(n, -1).to(states.dtype)], dim=1)
-    _, pair_ids = torch.unique(pairs, dim=0, return_inverse=True)
+    state_ids = _row_ids(records.observations.reshape(n, -1))
+    action_ids = _row_ids(records.actions.reshape(n, -1))
+    # One id per (state, action) pair, from the two ids (both < n).
+    _, pair_ids = torch.unique(state_ids * n + action_ids, return_inverse=True)
 
     def group_mean(ids: torch.Tensor) -> torch.Tensor:
         size = int(ids.max()) + 1
@@ -110,6 +110,13 @@ def _empirical_advantages(
 
     empirical = group_mean(pair_ids) - group_mean(state_ids)
     return torch.where(exact, empirical, torch.full_like(empirical, float("nan")))
+
+
+def _row_ids(rows: torch.Tensor) -> torch.Tensor:
+    """An integer id per distinct row (equal rows, equal ids)."""
+    if rows.shape[1] == 1:  # a Discrete observation or action: 1-D unique is ~10× faster
+        return torch.unique(rows[:, 0], return_inverse=True)[1]
+    return torch.unique(rows, dim=0, return_inverse=True)[1]
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:

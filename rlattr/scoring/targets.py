@@ -99,19 +99,19 @@ def gae_advantages(records: Records, gamma: float, gae_lambda: float) -> torch.T
     starts = host(records.episode_starts, (n_envs, n_steps))
     last_values = host(records.last_values, (n_envs,))
     last_dones = host(records.last_dones, (n_envs,))
-    gamma32, gae_lambda32 = np.float32(gamma), np.float32(gae_lambda)
+    gamma32, gae_lambda32, one = np.float32(gamma), np.float32(gae_lambda), np.float32(1.0)
     advantages = np.zeros((n_envs, n_steps), dtype=np.float32)
-    last = np.zeros(n_envs, dtype=np.float32)
-    for step in reversed(range(n_steps)):
-        if step == n_steps - 1:
-            non_terminal = np.float32(1.0) - last_dones
-            next_values = last_values
-        else:
-            non_terminal = np.float32(1.0) - starts[:, step + 1]
-            next_values = values[:, step + 1]
-        delta = rewards[:, step] + gamma32 * next_values * non_terminal - values[:, step]
-        last = delta + gamma32 * gae_lambda32 * non_terminal * last
-        advantages[:, step] = last
+    for env in range(n_envs):
+        # Scalar float32 arithmetic, in SB3's order: the same bits as its vectorised loop,
+        # at a fraction of the cost of per-step array operations on n_envs numbers.
+        r, v, s, out = rewards[env], values[env], starts[env], advantages[env]
+        last = np.float32(0.0)
+        next_value, non_terminal = last_values[env], one - last_dones[env]
+        for step in range(n_steps - 1, -1, -1):
+            delta = r[step] + gamma32 * next_value * non_terminal - v[step]
+            last = delta + gamma32 * gae_lambda32 * non_terminal * last
+            out[step] = last
+            next_value, non_terminal = v[step], one - s[step]
     return torch.from_numpy(advantages.reshape(-1)).to(records.device)
 
 

@@ -97,7 +97,7 @@ class BoardConfig:
     """
 
     details_every: int = field(
-        default=10, metadata={"help": "iterations between score images and record tables"}
+        default=25, metadata={"help": "iterations between score images and record tables"}
     )
     top_k: int = field(default=8, metadata={"help": "rows per side of the record table"})
     bottom_fraction: float = field(
