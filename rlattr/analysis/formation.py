@@ -34,7 +34,7 @@ from rlattr.record.records import Records
 from rlattr.record.replay import build_policy
 from rlattr.record.runlog import RunLog
 from rlattr.scoring.attribute import target_context
-from rlattr.scoring.diagnosis import spearman
+from rlattr.scoring.diagnosis import positions_in_episode, spearman
 from rlattr.scoring.influence import snapshot_scores
 from rlattr.scoring.targets import Target
 
@@ -137,18 +137,8 @@ def group_labels(records: Records, group_by: GroupBy) -> list[str]:
     if group_by == "advantage_sign":
         return ["Â>0" if a > 0 else "Â≤0" for a in records.advantages.cpu().tolist()]
     if group_by == "episode_phase":
-        return [_phase(t) for t in _positions(records).tolist()]
+        return [_phase(t) for t in positions_in_episode(records).tolist()]
     raise ValueError(f"group_by must be one of {GROUPINGS} or a callable, got {group_by!r}")
-
-
-def _positions(records: Records) -> torch.Tensor:
-    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
-    positions = torch.zeros_like(starts, dtype=torch.int64)
-    for step in range(1, records.n_steps):
-        positions[:, step] = torch.where(
-            starts[:, step] > 0, torch.zeros_like(positions[:, step]), positions[:, step - 1] + 1
-        )
-    return positions.reshape(-1)
 
 
 def _phase(t: int) -> str:

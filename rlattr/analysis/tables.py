@@ -11,11 +11,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from rlattr.errors import RlattrError
 from rlattr.record.runlog import RunLog
-from rlattr.scoring.diagnosis import episode_ends_in_buffer, reference_advantages
+from rlattr.scoring.diagnosis import (
+    episode_ends_in_buffer,
+    positions_in_episode,
+    reference_advantages,
+)
 
 #: Columns of every table, before the observation and score columns.
 COLUMNS = (
@@ -52,11 +54,6 @@ def iteration_rows(log: RunLog, iteration: int, gamma: float) -> dict[str, list[
     starts = records.episode_starts.view(records.n_envs, records.n_steps).long()
     # Episodes are numbered per environment from the start of the buffer.
     episode = (starts.cumsum(dim=1) - starts[:, :1]).reshape(-1)
-    position = torch.zeros_like(starts)
-    for step in range(1, records.n_steps):
-        position[:, step] = torch.where(
-            starts[:, step] > 0, torch.zeros_like(position[:, step]), position[:, step - 1] + 1
-        )
     reference = reference_advantages(records, gamma).monte_carlo
     actions = records.actions.reshape(n, -1)
     columns: dict[str, list[Any]] = {
@@ -66,7 +63,7 @@ def iteration_rows(log: RunLog, iteration: int, gamma: float) -> dict[str, list[
         "env": records.env_index.tolist(),
         "step": records.step_index.tolist(),
         "episode": episode.tolist(),
-        "t_in_episode": position.reshape(-1).tolist(),
+        "t_in_episode": positions_in_episode(records).tolist(),
         "action": actions[:, 0].tolist() if actions.shape[1] == 1 else actions.tolist(),
         "reward": records.rewards.tolist(),
         "advantage": records.advantages.tolist(),

@@ -23,8 +23,7 @@ Example (any causal LM and tokenizer objects; ``rlattr.llm.toy`` builds a tiny o
     trainer.round_stats[-1]        # reward, fraction dropped, generation/scoring/update time
     replay_round(trainer, "runs/grpo-iif", 3)         # θ after round 3, bit for bit on CPU
 
-The rules (``rlattr.llm.rules``) decide exactly as ``rlattr.training.filters`` does; they
-are restated because the two packages are one layer (tests/llm/test_rules.py checks it).
+The rules are IIF's own (``rlattr.scoring.rules``, shared with ``rlattr.training.filters``).
 """
 
 try:
@@ -40,10 +39,10 @@ from rlattr.llm.config import LLMIIF
 from rlattr.llm.ghost import score_parameters, sequence_dots
 from rlattr.llm.loss import LossSpec, sequence_losses, sequence_weights
 from rlattr.llm.replay import replay_round
-from rlattr.llm.rules import RULES, keep_mask
 from rlattr.llm.runlog import FORMAT_VERSION, LLMRunLog
 from rlattr.llm.scores import snapshot_scores, target_gradient
 from rlattr.llm.trainer import IIFGRPOTrainer, RoundStats
+from rlattr.scoring.rules import RULES, keep_mask
 
 __all__ = [
     "FORMAT_VERSION",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlattr.llm.rules import LIKEABLE, MATCHED, NEEDS_FRACTION, RULES, Rule
+from rlattr.scoring.rules import LIKEABLE, MATCHED, NEEDS_FRACTION, RULES, Rule
 
 TargetKind = Literal["validation", "batch"]
 ScoreBackend = Literal["ghost", "naive"]

@@ -38,9 +38,9 @@ from rlattr.llm.batch import SequenceBatch, completion_logps, select_rows
 from rlattr.llm.config import LLMIIF
 from rlattr.llm.ghost import score_parameters
 from rlattr.llm.loss import LossSpec, sequence_weights
-from rlattr.llm.rules import keep_mask
 from rlattr.llm.runlog import LLMRunLog, MicroStep
 from rlattr.llm.scores import snapshot_scores
+from rlattr.scoring.rules import keep_mask
 
 KEEP_KEY, ROW_KEY = "rlattr_keep", "rlattr_row"
 TARGET_PREFIX = "target."  # run-log names of the validation target's tensors

@@ -44,6 +44,18 @@ def episode_ends_in_buffer(records: Records) -> torch.Tensor:
     return ends.reshape(-1).to(records.device)
 
 
+def positions_in_episode(records: Records) -> torch.Tensor:
+    """``[N]`` int64: each record's step within its episode (0 where an episode starts, or
+    where the buffer starts mid-episode)."""
+    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
+    positions = torch.zeros_like(starts, dtype=torch.int64)
+    for step in range(1, records.n_steps):
+        positions[:, step] = torch.where(
+            starts[:, step] > 0, torch.zeros_like(positions[:, step]), positions[:, step - 1] + 1
+        )
+    return positions.reshape(-1)
+
+
 def returns_to_go(records: Records, gamma: float) -> torch.Tensor:
     """``[N]`` discounted return-to-go (bootstrapped past the buffer's end, as SB3's GAE)."""
     return gae_advantages(records, gamma, 1.0) + records.values

@@ -24,6 +24,7 @@ from torch.utils.tensorboard.summary import hparams
 from rlattr.record.records import Records
 from rlattr.scoring.diagnosis import (
     advantage_diagnostics,
+    positions_in_episode,
     reference_advantages,
     score_quantiles,
     spearman,
@@ -301,7 +302,7 @@ def record_table(
     scores = scores.detach().cpu().double()
     finite = torch.nonzero(torch.isfinite(scores)).flatten()
     order = finite[torch.argsort(scores[finite], stable=True)]
-    positions = _position_in_episode(records)
+    positions = positions_in_episode(records)
     header = (
         "| | env | step | t in episode | state | action | reward | Â | Ā | score | kept |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -318,16 +319,6 @@ def record_table(
                 f"{float(scores[i]):.3g} | {kept} |"
             )
     return header + "\n".join(rows)
-
-
-def _position_in_episode(records: Records) -> torch.Tensor:
-    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
-    positions = torch.zeros_like(starts, dtype=torch.int64)
-    for step in range(1, records.n_steps):
-        positions[:, step] = torch.where(
-            starts[:, step] > 0, torch.zeros_like(positions[:, step]), positions[:, step - 1] + 1
-        )
-    return positions.reshape(-1)
 
 
 def _state_summary(observation: torch.Tensor, width: int = 4) -> str:

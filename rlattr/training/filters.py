@@ -27,16 +27,16 @@ from typing import Any, Literal
 import torch
 
 from rlattr.record.plan import MINIBATCHING, Minibatching
+from rlattr.scoring import rules
 from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import ParamSelection
 from rlattr.scoring.influence import snapshot_scores
+from rlattr.scoring.rules import MATCHED, NEEDS_FRACTION, RULES, Rule
 from rlattr.scoring.targets import ReturnTarget, Target
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
 
-Rule = Literal["neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like"]
-RULES = ("neg_bottom", "drop_negative", "bottom", "random", "random_like", "advantage_like")
-_MATCHED = ("random_like", "advantage_like")  # drop as many as ``like`` would
-_NEEDS_FRACTION = ("neg_bottom", "bottom", "random")
+_MATCHED = MATCHED  # drop as many as ``like`` would
+_NEEDS_FRACTION = NEEDS_FRACTION
 
 
 def _check_iif_types(config: Any) -> None:
@@ -167,18 +167,6 @@ class IIF:
         return self.rule != "random"
 
 
-def drop_count(scores: torch.Tensor, rule: str, fraction: float) -> int:
-    """How many records ``rule`` drops for these scores."""
-    n = scores.numel()
-    if rule == "neg_bottom":
-        return math.floor(fraction * int((scores < 0).sum()))
-    if rule == "drop_negative":
-        return int((scores < 0).sum())
-    if rule in ("bottom", "random"):
-        return math.floor(fraction * n)
-    raise ValueError(f"no drop count for rule {rule!r}")
-
-
 def keep_mask(
     scores: torch.Tensor | None,
     n_records: int,
@@ -187,31 +175,11 @@ def keep_mask(
     min_kept: int,
     advantages: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The records ``config``'s rule keeps (True = kept). ``scores`` may be None for
-    ``random``; ``advantages`` is needed by ``advantage_like``. At least ``min_kept``
-    records are kept (the highest scored, or random)."""
-    if config.rule == "random":
-        n_drop = math.floor(config.fraction * n_records)
-    elif config.rule in _MATCHED:
-        assert scores is not None and config.like is not None
-        n_drop = drop_count(scores, config.like, config.like_fraction)
-    else:
-        assert scores is not None
-        n_drop = drop_count(scores, config.rule, config.fraction)
-    n_drop = max(0, min(n_drop, n_records - min_kept))
-    mask = torch.ones(n_records, dtype=torch.bool)
-    if n_drop == 0:
-        return mask
-    if config.rule in ("random", "random_like"):
-        dropped = torch.randperm(n_records, generator=generator)[:n_drop]
-    else:
-        ranked = scores if config.rule != "advantage_like" else advantages
-        if ranked is None:
-            raise ValueError("advantage_like needs the records' advantages")
-        # The most negative first; a stable sort makes ties deterministic.
-        dropped = torch.sort(ranked.detach().cpu(), stable=True).indices[:n_drop]
-    mask[dropped] = False
-    return mask
+    """The records ``config``'s rule keeps (True = kept); see ``rlattr.scoring.rules``."""
+    return rules.keep_mask(
+        scores, n_records, config.rule, config.fraction, generator, min_kept,
+        config.like, config.like_fraction, advantages,
+    )  # fmt: skip
 
 
 class IIFFilter(KeepMaskFilter):

@@ -1,4 +1,5 @@
-"""The LLM keep-mask rules decide exactly as rlattr.training.filters does, rule by rule."""
+"""LLMIIF and IIF configs reach the same shared rule (rlattr.scoring.rules) with the same
+arguments: the same mask for every rule."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from rlattr.llm.config import LLMIIF
-from rlattr.llm.rules import keep_mask
+from rlattr.scoring.rules import keep_mask
 from rlattr.training.filters import IIF
 from rlattr.training.filters import keep_mask as ppo_keep_mask
 

@@ -14,7 +14,8 @@ from rlattr.errors import RunLogError
 from rlattr.record.records import Records
 from rlattr.record.replay import build_policy, state_matches
 from rlattr.scoring.diagnosis import episode_ends_in_buffer
-from rlattr.training.filters import IIF, drop_count, keep_mask
+from rlattr.scoring.rules import drop_count
+from rlattr.training.filters import IIF, keep_mask
 from rlattr.training.seams import filter_seed
 
 SCORES = torch.tensor([0.5, -3.0, -1.0, 2.0, -0.5, -2.0, 0.1, -4.0, 1.0, -0.25])

@@ -1,10 +1,8 @@
 """Keep-mask rules of IIF as pure functions of the scores (SCIENCE.md §3).
 
-These mirror ``rlattr.training.filters.drop_count`` / ``keep_mask`` decision for decision
-(``tests/llm/test_rules.py`` checks that both give the same mask for every rule). They are
-restated here because ``rlattr.llm`` and ``rlattr.training`` are one layer and may not
-import each other; once the rule functions move to ``rlattr.scoring`` (a pure module below
-both), this module becomes a re-export.
+One implementation for every filter: ``rlattr.training`` (IIF in PPO) and ``rlattr.llm``
+(IIF in TRL) are one layer and may not import each other, so the rules live here, below
+both.
 
 Rules: ``neg_bottom(p)`` drops the fraction p *of the negatives* with the lowest scores;
 ``drop_negative`` drops every negative; ``bottom(q)`` the lowest fraction q of all;
