@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, provenance
-from rlattr import IIF, Preset
+from rlattr.sweep.spec import Trial
+from rlattr.sweep.trial import git_commit as _git_commit
+from rlattr.sweep.trial import is_done
+from rlattr.sweep.trial import run_trial as _run_trial
 
 OUT = RESULTS / "suite"
 ARMS = ("ppo", "iif", "random_like", "advantage_like")
@@ -89,131 +89,25 @@ TASKS = {
 
 
 def git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            [
-                "git",
-                "status",
-                "--porcelain",
-                "--",
-                "rlattr",
-                "agents",
-                "experiments/paper_suite.py",
-            ],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (with uncommitted changes)" if dirty else "")
-
-
-def arm_iif(preset: Preset, arm: str, seed: int) -> IIF | None:
-    """The filter of an arm: None for PPO, the preset's rule, or its matched ablations."""
-    if arm == "ppo":
-        return None
-    base = preset.iif_config(seed=seed)
-    if arm == "iif":
-        return base
-    if arm in ("random_like", "advantage_like"):
-        return IIF(
-            rule=arm,
-            like=base.rule,
-            like_fraction=base.fraction,
-            warmup_iterations=base.warmup_iterations,
-            minibatching=base.minibatching,
-            seed=seed,
-        )
-    raise ValueError(f"unknown arm {arm!r}; arms: {ARMS}")
-
-
-def make_eval_env_factory(preset: Preset) -> Any:
-    """One evaluation environment of the preset (gym.make + the preset's wrappers)."""
-    import gymnasium as gym
-
-    from rlattr.training.presets import _import_env_module, _import_wrapper
-
-    _import_env_module(preset.env_id)
-    wrappers = [_import_wrapper(path) for path in preset.wrappers]
-
-    def make() -> Any:
-        env = gym.make(preset.env_id, **preset.env_kwargs)
-        for wrapper in wrappers:
-            env = wrapper(env)
-        return env
-
-    return make
+    return _git_commit(("rlattr", "agents", "experiments/paper_suite.py"))
 
 
 def trial_path(task: str, arm: str, seed: int) -> Path:
     return OUT / task / f"{arm}-s{seed}.json"
 
 
-def write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def is_done(path: Path) -> bool:
-    if not path.exists():
-        return False
-    try:
-        return json.loads(path.read_text()).get("status") == "done"
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def run_trial(
     task_name: str, arm: str, seed: int, rounds: int, episodes: int, device: str = "cpu"
 ) -> Path:
-    """Train one arm on one seed for ``rounds`` rounds, evaluating after every round."""
-    import torch
-
-    from rlattr.training.evaluation import EvalEveryRound
-
+    """Train one arm on one seed for ``rounds`` rounds, evaluating after every round
+    (``rlattr.sweep.trial.run_trial``, which ``rlattr sweep`` runs too; same result file)."""
     path = trial_path(task_name, arm, seed)
     if is_done(path):
         return path
-    torch.set_num_threads(1)
     task = TASKS[task_name]
-    preset = Preset.load(task.preset)
-    iif = arm_iif(preset, arm, seed)
-    model = preset.build(seed=seed, device=device, iif=iif)
-    steps_per_round = model.n_steps * model.n_envs
-    payload: dict[str, Any] = {
-        **provenance(),
-        "git_commit": git_commit(),
-        "status": "running",
-        "task": task_name,
-        "arm": arm,
-        "seed": seed,
-        "rounds": rounds,
-        "steps_per_round": steps_per_round,
-        "preset": preset.to_dict(),
-        "iif": None if iif is None else {k: str(v) for k, v in vars(iif).items()},
-        "evaluation": {
-            "episodes": episodes,
-            "paper_episodes": task.paper_episodes,
-            "policy": "stochastic",
-            "episode_seeds": f"{EVAL_SEED} + j",
-            "sampling_seed": EVAL_SEED,
-            "n_envs": EVAL_ENVS,
-        },
-        "torch_threads": torch.get_num_threads(),
-        "curve": [],
-    }
+    trial = Trial(task_name, task.preset, arm, seed, rounds, episodes, device, EVAL_SEED, EVAL_ENVS)
 
-    def on_point(point: Any) -> None:
-        payload["curve"].append(point.to_dict())
-        write_atomic(path, payload)
+    def report(_: Trial, point: Any) -> None:
         print(
             f"{task_name} {arm} s{seed} round {point.round}: {point.return_mean:.3f} "
             f"(train {point.train_seconds:.0f}s wall, {point.train_cpu_seconds:.0f}s cpu; "
@@ -221,20 +115,14 @@ def run_trial(
             flush=True,
         )
 
-    callback = EvalEveryRound(
-        make_eval_env_factory(preset),
-        episodes=episodes,
-        seed=EVAL_SEED,
-        n_envs=EVAL_ENVS,
-        on_point=on_point,
+    _run_trial(
+        trial,
+        path,
+        origin=provenance(),
+        commit=git_commit(),
+        extra={"evaluation": {"paper_episodes": task.paper_episodes}},
+        on_point=report,
     )
-    start = time.perf_counter()
-    model.learn(rounds * steps_per_round, callback=callback)
-    payload["status"] = "done"
-    payload["wall_seconds"] = time.perf_counter() - start
-    payload["date_finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    write_atomic(path, payload)
-    model.env.close()
     return path
 
 
