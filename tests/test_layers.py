@@ -30,7 +30,9 @@ LAYERS = {
     "training": 3,
     "llm": 3,
     "sweep": 4,
-    "cli": 4,
+    # The command line wires every command, `rlattr sweep` and `compare` included: it sits
+    # above rlattr.sweep rather than beside it.
+    "cli": 5,
 }
 
 

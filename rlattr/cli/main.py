@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from rlattr.cli.reports import add_diagnose, add_formation
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
+from rlattr.sweep.cli import add_compare_parser, add_sweep_parser
 from rlattr.training.presets import Preset, shipped_presets
 
 console = Console()
@@ -1012,6 +1013,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stages(sub)
     add_diagnose(sub, _HelpFormatter, _at_least(1))
     add_formation(sub, _HelpFormatter, _at_least(1), _target_spec, _load_target)
+    add_sweep_parser(sub, formatter_class=_HelpFormatter)
+    add_compare_parser(sub, formatter_class=_HelpFormatter)
     return parser
 
 
