@@ -289,6 +289,8 @@ def _train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _interrupted(run_dir)
     log = RunLog(run_dir)
+    if iif is not None:
+        console.print(f"IIF dropped {_dropped_share(log, log.iterations())}")
     console.print(
         f"[bold green]done[/]: {model.num_timesteps} steps, {len(log.iterations())} iterations "
         f"recorded in {run_dir}\n"
@@ -399,6 +401,8 @@ def _inspect(args: argparse.Namespace) -> int:
     versions = log.meta.get("versions", {})
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
     table.add_row("IIF", _describe_iif(config.get("iif")))
+    if config.get("iif") is not None:
+        table.add_row("dropped", _dropped_share(log, iterations))
     span = f"{iterations[0]}..{iterations[-1]}" if iterations else "none"
     table.add_row("iterations committed", f"{len(iterations)} ({span})")
     if report.gaps:
@@ -465,6 +469,25 @@ def _run_state(
     if not _finished(preset, last_meta):
         return f"[yellow]stopped early[/]: {done} of {total} steps"
     return "complete" if total is not None else f"{done} steps (budget not recorded)"
+
+
+def _dropped_share(log: RunLog, iterations: list[int]) -> str:
+    """The share of the *buffer* a filter dropped (p of ``neg_bottom`` is a share of the
+    negatively scored records, so the two differ: p = 0.5 drops about a quarter on Acrobot)."""
+    shares = []
+    for k in iterations:
+        try:
+            keep = log.load_plan(k).keep_mask
+        except RlattrError:  # a damaged iteration: inspect reports it elsewhere
+            continue
+        shares.append(float((~keep).double().mean()))
+    if not shares:
+        return "nothing yet (no committed iteration)"
+    filtered = sum(share > 0 for share in shares)
+    return (
+        f"{sum(shares) / len(shares):.1%} of the buffer on average (max {max(shares):.1%}); "
+        f"{filtered} of {len(shares)} iterations filtered"
+    )
 
 
 def _describe_iif(stored: dict[str, Any] | None) -> str:

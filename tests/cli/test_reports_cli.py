@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlattr import IIF, AttributedPPO, RunLog
 from rlattr.cli.main import main
@@ -69,3 +70,19 @@ def test_attribute_writes_a_table(run: Path, tmp_path: Path, capsys) -> None:
     assert table["kept"].sum() < 128  # IIF dropped some records of this iteration
     assert "score:snapshot-return" in table.columns
     assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_train_and_inspect_state_the_share_of_the_buffer_dropped(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "iif"
+    args = ["train", "cartpole", "--iif", "--iif-fraction", "0.5", "--timesteps", "768",
+            "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    # Independently of the plans on disk: what the board logged while training.
+    events = EventAccumulator(str(next((run_dir / "tb").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    shares = [event.value for event in events.Scalars("filter/fraction_dropped")]
+    assert len(shares) == len(RunLog(run_dir).iterations()) == 3
+    expected = f"{sum(shares) / len(shares):.1%} of the buffer on average"
+    assert sum(shares) > 0 and f"IIF dropped {expected}" in capsys.readouterr().out
+    assert main(["inspect", str(run_dir)]) == 0
+    assert expected in capsys.readouterr().out
