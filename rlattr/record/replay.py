@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from rlattr.errors import RunLogError
+from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records
@@ -53,6 +53,17 @@ class IterationData:
     plan: UpdatePlan
     start_tensors: dict[str, torch.Tensor]
     start_meta: dict[str, Any]
+
+
+def refuse_weighted(data: IterationData, method: str) -> None:
+    """Scorers whose arithmetic assumes every record weighs 1 refuse an update that
+    down-weighted some records, rather than describe an update that did not happen."""
+    if data.plan.record_weights is not None:
+        raise UnsupportedError(
+            f"{method} scores do not model per-record loss weights yet, and iteration "
+            f"{data.iteration} trained with down-weighted records; use snapshot scores, or "
+            "replay/fidelity (which apply the stored weights)"
+        )
 
 
 def load_iteration(

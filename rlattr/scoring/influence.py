@@ -27,7 +27,7 @@ from rlattr.record.loss import (
     per_record_ppo_losses,
 )
 from rlattr.record.records import Records
-from rlattr.record.replay import IterationData, replay
+from rlattr.record.replay import IterationData, refuse_weighted, replay
 from rlattr.scoring.grads import (
     Backend,
     ParamSelection,
@@ -145,7 +145,11 @@ def tracin_scores(
 
     Returns:
         ``[N]`` scores; records no step used score 0.
+
+    Raises:
+        UnsupportedError: the update down-weighted records (see ``refuse_weighted``).
     """
+    refuse_weighted(data, "TracIn")
     if target_every < 1:
         raise ValueError(f"target_every must be >= 1, got {target_every}")
     names = parameter_names(policy, params)

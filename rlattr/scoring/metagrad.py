@@ -23,7 +23,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.loss import weighted_minibatch_loss
-from rlattr.record.replay import IterationData
+from rlattr.record.replay import IterationData, refuse_weighted
 from rlattr.scoring.grads import _substituted
 from rlattr.scoring.optimizers import check_supported
 from rlattr.scoring.targets import Target, TargetContext
@@ -135,6 +135,7 @@ def metagradient_scores(
             the stored states, for about one more forward pass. Same scores up to float
             rounding.
     """
+    refuse_weighted(data, "metagradient")
     if segment_steps is not None and segment_steps < 1:
         raise ValueError(f"segment_steps must be >= 1 or None, got {segment_steps}")
     restore_checkpoint(policy, data.start_tensors, data.start_meta)

@@ -79,3 +79,17 @@ def test_bad_weights_are_refused() -> None:
         )
         with pytest.raises(ValueError, match=message):
             model.learn(32)
+
+
+@pytest.mark.parametrize("method", ["tracin", "metagrad"])
+def test_scorers_that_assume_unit_weights_refuse_a_weighted_update(run_dir: Path, method) -> None:
+    # Their arithmetic would describe an update with every weight 1, which did not happen.
+    from rlattr import ReturnTarget, attribute
+    from rlattr.errors import UnsupportedError
+
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, keep_mask_fn=_weights, **SMALL
+    ).learn(32)
+    with pytest.raises(UnsupportedError, match="down-weighted records"):
+        attribute(run_dir, 0, ReturnTarget(), method=method, store=False)
+    assert attribute(run_dir, 0, ReturnTarget(), method="snapshot", store=False).shape == (32,)
