@@ -244,6 +244,9 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"{option} only applies with --iif: add --iif to filter, or drop {option}")
     preset = Preset.load(args.preset).with_overrides(total_timesteps=args.timesteps)
     iif = _iif_config(preset, args) if args.iif else None
+    if args.intervene is None and (args.budget is not None or args.intervene_weight is not None):
+        option = "--budget" if args.budget is not None else "--intervene-weight"
+        raise UsageError(f"{option} only applies with --intervene action:FILE")
     run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
     if (run_dir / "run.json").exists() and not args.resume:
         raise UsageError(
@@ -267,9 +270,17 @@ def _train(args: argparse.Namespace) -> int:
         console.print(
             f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}, minibatches {iif.minibatching}"
         )
+    intervention = _intervention(preset, args, iif)
+    if intervention is not None:
+        console.print(
+            f"intervention on: {intervention.rule}, budget {intervention.budget}, weight "
+            f"{intervention.weight:g}" + (" (with IIF)" if iif is not None else "")
+        )
+        iif = None  # it travels inside the intervention (with_iif)
     model = preset.build(
-        run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif
-    )
+        run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif,
+        **({"intervention": intervention} if intervention is not None else {}),
+    )  # fmt: skip
     remaining = preset.total_timesteps - model.num_timesteps
     if remaining <= 0:
         console.print(f"{run_dir} has already trained {model.num_timesteps} steps; nothing to do")
@@ -300,6 +311,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _intervention(preset: Preset, args: argparse.Namespace, iif: Any) -> Any:
+    """The ``--intervene`` configuration (IIF inside it when ``--iif`` is given), checked
+    against the preset's spaces before anything trains; None without ``--intervene``."""
+    if args.intervene is None:
+        return None
+    from rlattr.training.intervention import intervention_from_spec
+
+    env = preset.make_env(args.seed)  # only for its spaces
+    spaces_ = (env.observation_space, env.action_space)
+    env.close()
+    options: dict[str, Any] = {"with_iif": iif}
+    if args.intervene_weight is not None:
+        options["weight"] = args.intervene_weight
+    budget = 0.05 if args.budget is None else args.budget
+    with _user_input(f"--intervene {args.intervene}"):
+        return intervention_from_spec(args.intervene, budget, *spaces_, **options)
+
+
 def _iif_config(preset: Preset, args: argparse.Namespace) -> Any:
     """The preset's IIF settings with the ``--iif-*`` options on top, validated."""
     overrides = {name: getattr(args, f"iif_{name}") for name in IIF_CLI_FIELDS}
@@ -310,7 +339,8 @@ def _iif_config(preset: Preset, args: argparse.Namespace) -> Any:
 def _check_resumable(run_dir: Path, preset: Preset, args: argparse.Namespace) -> None:
     """Refuse to resume a run with another preset or another filtering switch."""
     stored_config = RunLog(run_dir).meta.get("config", {})
-    if ("iif" in stored_config) != bool(args.iif):
+    # With --intervene, IIF travels inside the intervention, which the model itself checks.
+    if args.intervene is None and ("iif" in stored_config) != bool(args.iif):
         was = "with" if "iif" in stored_config else "without"
         raise PresetError(f"{run_dir} was trained {was} --iif; resume it the same way")
     stored = stored_config.get("preset", {})
@@ -868,7 +898,47 @@ def _add_train(sub: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_iif_options(train)
+    _add_intervention_options(train)
     train.set_defaults(func=_train)
+
+
+def _budget(text: str) -> float | int:
+    """A count (an integer) or a fraction of the buffer in [0, 1)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a count of records nor a fraction in [0, 1)"
+        ) from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"a fraction of the buffer must be in [0, 1), got {value}")
+    return value
+
+
+def _add_intervention_options(train: argparse.ArgumentParser) -> None:
+    from rlattr.training.intervention import Intervention
+
+    def help_of(name: str) -> str:
+        return str(Intervention.__dataclass_fields__[name].metadata.get("help", ""))
+
+    group = train.add_argument_group("targeted intervention (rlattr.Intervention)")
+    group.add_argument(
+        "--intervene", metavar="action:FILE",
+        help="drop (or down-weight) the records that push most towards this unwanted "
+        "behaviour: the (observation, action) pairs in FILE (.npz or .safetensors)",
+    )  # fmt: skip
+    group.add_argument(
+        "--budget", type=_budget, default=None,
+        help=f"{help_of('budget')} (default: 0.05 of the buffer)",
+    )  # fmt: skip
+    group.add_argument(
+        "--intervene-weight", type=float, default=None,
+        help=f"{help_of('weight')} (default: 0, drop)",
+    )  # fmt: skip
 
 
 def _preset_names() -> str:
