@@ -31,6 +31,7 @@ def test_train_intervenes_on_the_unwanted_pairs(tmp_path: Path, trap_pairs: Path
     assert "intervention on: top, budget 8" in capsys.readouterr().out
     log = RunLog(run_dir)
     assert log.meta["config"]["intervention"]["budget"] == 8
+    assert sum(int((~log.load_plan(k).keep_mask).sum()) for k in log.iterations()) > 0
     for k in log.iterations():
         dropped = int((~log.load_plan(k).keep_mask).sum())
         [name] = [n for n in log.score_names(k) if "action" in n]
