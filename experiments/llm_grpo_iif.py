@@ -34,7 +34,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, markdown_header, provenance
+from rlattr.sweep.trial import git_commit as shared_git_commit
 
 OUT = RESULTS / "llm"
 ARMS = ("grpo", "iif", "random", "iif_batch")
@@ -82,22 +82,8 @@ FIELDS = (
 
 
 def git_commit() -> str:
-    """HEAD, marked ``-dirty`` when this script or rlattr/llm differ from it."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "rlattr/llm", "experiments/llm_grpo_iif.py"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+    """HEAD, marked when this script or rlattr/llm differ from it."""
+    return shared_git_commit(("rlattr/llm", "experiments/llm_grpo_iif.py"))
 
 
 def llm_versions() -> dict[str, str]:
