@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, provenance
-from rlattr.sweep.spec import Trial
+from rlattr.sweep.spec import Trial, parse_arm
 from rlattr.sweep.trial import git_commit as _git_commit
 from rlattr.sweep.trial import is_done
 from rlattr.sweep.trial import run_trial as _run_trial
@@ -432,10 +432,21 @@ def summarize(task: str, arms: list[str]) -> None:
     print("\n".join(lines))
 
 
+def _arm(text: str) -> str:
+    parse_arm(text)  # raises SweepSpecError, naming the arms, for an unknown one
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["frozenlake", "acrobot"], choices=TASKS)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(ARMS),
+        type=_arm,
+        help=f"of {', '.join(ARMS)}; any but ppo may end in _p<percent> (iif_p25: p = 25 %%)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--rounds", type=int, help="override the paper's budget (rounds)")
     parser.add_argument("--episodes", type=int, help="override the evaluation episodes")

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from rlattr.sweep.engine import SweepOutcome, run_sweep
 from rlattr.sweep.report import load_results, trial_rows
-from rlattr.sweep.spec import ARMS, SweepError, SweepSpec, TaskSpec
+from rlattr.sweep.spec import SweepError, SweepSpec, SweepSpecError, TaskSpec, parse_arm
 
 EXIT_OK = 0
 EXIT_TRIAL_FAILED = 1
@@ -38,6 +38,15 @@ def _count(low: int) -> Any:
         return value
 
     return parse
+
+
+def _arm(text: str) -> str:
+    """An arm name as ``parse_arm`` accepts it (``iif``, ``iif_p25``, ...)."""
+    try:
+        parse_arm(text)
+    except SweepSpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +106,12 @@ def add_compare_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.Argume
     )
     parser.add_argument("preset", help="a shipped preset's name or a preset YAML file")
     parser.add_argument(
-        "--arms", nargs="+", choices=ARMS, default=["ppo", "iif"], help="arms to train"
+        "--arms",
+        nargs="+",
+        type=_arm,
+        default=["ppo", "iif"],
+        help="arms to train: ppo, iif, random_like, advantage_like, iif_metagrad; any but ppo "
+        "may end in _p<percent> for its drop fraction (iif_p25)",
     )
     parser.add_argument("--seeds", type=_count(1), default=3, help="seeds 0..N-1")
     parser.add_argument(

@@ -30,6 +30,42 @@ import yaml
 from rlattr.errors import RlattrError
 
 ARMS = ("ppo", "iif", "random_like", "advantage_like", "iif_metagrad")
+# Any arm but ppo may name its own drop fraction p as a percent suffix: ``iif_p25`` is the
+# preset's rule at p = 25 %, ``random_like_p12.5`` drops as many as the rule would at 12.5 %
+# (the paper's p sweep, SCIENCE.md §6).
+_PERCENT_SUFFIX = "_p"
+
+
+@dataclass(frozen=True)
+class ArmName:
+    """A parsed arm name: its base arm (one of ``ARMS``) and, optionally, the drop fraction
+    p that replaces the preset's (``iif_p25`` → ``ArmName("iif", 0.25)``)."""
+
+    base: str
+    fraction: float | None = None
+
+
+def parse_arm(name: str) -> ArmName:
+    """``ARMS`` member, or a member other than ``ppo`` with a ``_p<percent>`` suffix
+    (0 < percent <= 100); raises ``SweepSpecError`` otherwise."""
+    if not isinstance(name, str):
+        raise SweepSpecError(f"an arm is a name, got {name!r}")
+    if name in ARMS:
+        return ArmName(name)
+    base, sep, percent = name.rpartition(_PERCENT_SUFFIX)
+    if sep and base in ARMS and base != "ppo":
+        try:
+            value = float(percent)
+        except ValueError:
+            value = math.nan
+        if 0 < value <= 100 and percent.replace(".", "", 1).isdigit():
+            return ArmName(base, value / 100)
+    raise SweepSpecError(
+        f"unknown arm {name!r}: arms are {', '.join(ARMS)}, and any but ppo may end in "
+        "_p<percent> for its drop fraction (e.g. iif_p25)"
+    )
+
+
 # Evaluation episode j resets with seed EVAL_SEED + j for every arm, seed and round (common
 # random numbers: a difference between arms is not a difference between evaluation draws).
 EVAL_SEED = 10_000
@@ -83,7 +119,11 @@ class SweepSpec:
         metadata=_help("presets to train (names, files, or mappings with per-task settings)")
     )
     arms: tuple[str, ...] = field(
-        default=("ppo", "iif"), metadata=_help(f"training arms, of {', '.join(ARMS)}")
+        default=("ppo", "iif"),
+        metadata=_help(
+            f"training arms, of {', '.join(ARMS)}; any but ppo may end in _p<percent> for "
+            "its drop fraction (iif_p25)"
+        ),
     )
     seeds: tuple[int, ...] = field(
         default=(0, 1, 2), metadata=_help("training seeds (a list, or a count N for 0..N-1)")
@@ -107,8 +147,9 @@ class SweepSpec:
         if len(set(names)) != len(names):
             raise SweepSpecError(f"task names repeat in {names}: give each a distinct name")
         arms = tuple(_as_list(self.arms, "arms"))
-        unknown = [arm for arm in arms if arm not in ARMS]
-        if unknown or not arms or len(set(arms)) != len(arms):
+        for arm in arms:
+            parse_arm(arm)
+        if not arms or len(set(arms)) != len(arms):
             raise SweepSpecError(f"arms must be distinct names of {list(ARMS)}, got {list(arms)}")
         seeds = self.seeds
         if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -171,7 +212,7 @@ class Trial:
     Attributes:
         task: label of the task (its results folder).
         preset: the preset's name or an absolute path to its file.
-        arm: one of ``ARMS``.
+        arm: one of ``ARMS``, optionally with a ``_p<percent>`` suffix (``parse_arm``).
         seed: environment and initialisation seed (the same for every arm).
         rounds: rounds of ``n_steps × n_envs`` steps.
         episodes: evaluation episodes after every round.

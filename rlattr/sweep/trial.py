@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlattr.sweep.spec import ARMS, Trial
+from rlattr.sweep.spec import Trial, parse_arm
 from rlattr.versions import package_versions
 
 # Keys whose values must agree for a finished result to count as this trial's.
@@ -36,27 +36,27 @@ def arm_iif(preset: Any, arm: str, seed: int) -> Any:
 
     ``random_like`` and ``advantage_like`` drop as many records as the preset's rule would
     (at random; those with the most negative advantages); ``iif_metagrad`` is the preset's
-    rule on exact metagradient scores of the coming update instead of snapshot scores.
+    rule on exact metagradient scores of the coming update instead of snapshot scores. A
+    ``_p<percent>`` suffix replaces the preset's drop fraction (``parse_arm``).
     """
     from rlattr.training.filters import IIF
 
-    if arm == "ppo":
+    name = parse_arm(arm)
+    if name.base == "ppo":
         return None
-    base = preset.iif_config(seed=seed)
-    if arm == "iif":
+    base = preset.iif_config(seed=seed, fraction=name.fraction)
+    if name.base == "iif":
         return base
-    if arm == "iif_metagrad":
-        return preset.iif_config(seed=seed, scorer="metagrad")
-    if arm in ("random_like", "advantage_like"):
-        return IIF(
-            rule=arm,
-            like=base.rule,
-            like_fraction=base.fraction,
-            warmup_iterations=base.warmup_iterations,
-            minibatching=base.minibatching,
-            seed=seed,
-        )
-    raise ValueError(f"unknown arm {arm!r}; arms: {ARMS}")
+    if name.base == "iif_metagrad":
+        return preset.iif_config(seed=seed, fraction=name.fraction, scorer="metagrad")
+    return IIF(
+        rule=name.base,
+        like=base.rule,
+        like_fraction=base.fraction,
+        warmup_iterations=base.warmup_iterations,
+        minibatching=base.minibatching,
+        seed=seed,
+    )
 
 
 def make_eval_env_factory(preset: Any) -> Callable[[], Any]:

@@ -13,8 +13,17 @@ from rlattr.errors import RlattrError
 from rlattr.sweep import report
 from rlattr.sweep.engine import plan_jobs
 from rlattr.sweep.report import mean_spread, result_path, trial_row, write_report
-from rlattr.sweep.spec import SweepError, SweepSpec, SweepSpecError, TaskSpec, plan_trials
-from rlattr.training.presets import resolve_preset_path
+from rlattr.sweep.spec import (
+    ArmName,
+    SweepError,
+    SweepSpec,
+    SweepSpecError,
+    TaskSpec,
+    parse_arm,
+    plan_trials,
+)
+from rlattr.sweep.trial import arm_iif
+from rlattr.training.presets import Preset, resolve_preset_path
 
 EXAMPLE = """
 tasks:
@@ -56,7 +65,13 @@ def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"arms": ["ppo", "dqn"]}, "arms must be distinct names of"),
+        ({"arms": ["ppo", "dqn"]}, "unknown arm 'dqn'"),
+        ({"arms": ["ppo", "ppo_p25"]}, "unknown arm 'ppo_p25'"),
+        ({"arms": ["iif_p0"]}, "unknown arm 'iif_p0'"),
+        ({"arms": ["iif_p150"]}, "unknown arm 'iif_p150'"),
+        ({"arms": ["iif_p-5"]}, "unknown arm 'iif_p-5'"),
+        ({"arms": ["iif_pabc"]}, "unknown arm 'iif_pabc'"),
+        ({"arms": ["iif", "iif"]}, "arms must be distinct names of"),
         ({"seeds": [0, 0]}, "seeds must be distinct"),
         ({"seeds": -1}, "seeds must be a whole number >= 1"),
         ({"rounds": 0}, "rounds must be a whole number >= 1"),
@@ -74,6 +89,28 @@ def test_bad_specs_name_the_key_and_the_rule(changes: dict[str, Any], message: s
         SweepSpec.from_dict(payload)
     assert message in str(err.value)
     assert isinstance(err.value, RlattrError)
+
+
+@pytest.mark.parametrize(
+    ("arm", "base", "fraction"),
+    [("iif", "iif", None), ("iif_p25", "iif", 0.25), ("random_like_p12.5", "random_like", 0.125),
+     ("advantage_like_p100", "advantage_like", 1.0), ("iif_metagrad_p50", "iif_metagrad", 0.5)],
+)  # fmt: skip
+def test_an_arm_may_name_its_drop_fraction_in_percent(
+    arm: str, base: str, fraction: float | None
+) -> None:
+    assert parse_arm(arm) == ArmName(base, fraction)
+
+
+def test_a_percent_suffix_sets_the_filters_fraction_and_its_ablations() -> None:
+    preset = Preset.load("frozenlake")
+    assert preset.iif_config().fraction == 0.5  # the preset's own p, which the suffix replaces
+    assert arm_iif(preset, "iif_p25", seed=3).fraction == 0.25
+    assert arm_iif(preset, "iif_p25", seed=3).rule == preset.iif_config().rule
+    like = arm_iif(preset, "random_like_p12.5", seed=3)
+    assert (like.rule, like.like, like.like_fraction) == ("random_like", "neg_bottom", 0.125)
+    assert arm_iif(preset, "iif", seed=3).fraction == 0.5
+    assert arm_iif(preset, "ppo", seed=3) is None
 
 
 def test_an_unreadable_spec_file_says_so(tmp_path: Path) -> None:
