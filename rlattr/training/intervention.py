@@ -10,7 +10,11 @@ qualify. ``with_iif`` adds IIF's own drops on the return target (the union is dr
 Rules (``Intervention.rule``):
 - ``top``: the ``budget`` most positively scored records;
 - ``random_like``: as many records as ``top`` would take, drawn at random from the whole
-  buffer (the matched random-drop ablation).
+  buffer (the matched random-drop ablation);
+- ``matching``: the records whose (observation, action) *is* one of the behaviour's pairs
+  (an ``ActionTarget``; exact equality), whatever their score: the naive rule "drop every
+  record that did the unwanted thing". Under a budget the most positively scored of them
+  go first.
 
 TensorBoard: ``intervention/behavior_value`` (f(θ_k)), ``intervention/dropped`` (records
 the rule took) and, when the environments report ``planted_key`` in ``info``,
@@ -37,8 +41,8 @@ from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, T
 from rlattr.training.filters import IIF, IIFFilter
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
 
-InterventionRule = Literal["top", "random_like"]
-INTERVENTION_RULES = ("top", "random_like")
+InterventionRule = Literal["top", "random_like", "matching"]
+INTERVENTION_RULES = ("top", "random_like", "matching")
 #: TensorBoard prefix of the unwanted target's scores (``scores_unwanted/p50``, ...).
 LOG_AS = "scores_unwanted"
 
@@ -75,7 +79,11 @@ class Intervention:
         metadata={"help": "the unwanted behaviour: a Target or fn(policy, context) -> scalar"}
     )
     rule: InterventionRule = field(
-        default="top", metadata={"help": "top (most positive scores) or random_like (ablation)"}
+        default="top",
+        metadata={
+            "help": "top (most positive scores), random_like (ablation) or matching (records "
+            "that are one of the behaviour's (state, action) pairs)"
+        },
     )
     budget: float | int | None = field(
         default=0.05,
@@ -111,6 +119,12 @@ class Intervention:
         if self.rule not in INTERVENTION_RULES:
             raise ValueError(
                 f"Intervention rule must be one of {INTERVENTION_RULES}, got {self.rule!r}"
+            )
+        if self.rule == "matching" and not isinstance(self.target, ActionTarget):
+            raise ValueError(
+                "Intervention rule 'matching' drops the records that are one of the "
+                "behaviour's (state, action) pairs, so its target must be an ActionTarget, "
+                f"got {type(self.target).__name__}"
             )
         budget = self.budget
         if budget is not None:
@@ -178,21 +192,58 @@ class Intervention:
         }
 
 
+def matching_records(
+    observations: torch.Tensor, actions: torch.Tensor, target: ActionTarget
+) -> torch.Tensor:
+    """``[N]`` bool: the records whose (observation, action) equals one of ``target``'s pairs.
+
+    Exact equality of the flattened observation and action (discrete actions compare as
+    numbers: the buffer stores them as floats, targets as integers). Meant for discrete or
+    tabular observations; continuous ones rarely repeat exactly.
+    """
+    n = len(observations)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    record_obs = observations.detach().cpu().reshape(n, -1).double()
+    record_act = actions.detach().cpu().reshape(n, -1).double()
+    pair_obs = target.observations.detach().cpu().reshape(len(target.observations), -1).double()
+    pair_act = target.actions.detach().cpu().reshape(len(target.actions), -1).double()
+    if record_obs.shape[1] != pair_obs.shape[1] or record_act.shape[1] != pair_act.shape[1]:
+        raise ValueError(
+            f"the behaviour's pairs have observations of {pair_obs.shape[1]} and actions of "
+            f"{pair_act.shape[1]} numbers; the records have {record_obs.shape[1]} and "
+            f"{record_act.shape[1]}"
+        )
+    # [N, M]: record i equals pair j; pairs are few (a behaviour), so this stays small.
+    same_obs = (record_obs[:, None, :] == pair_obs[None, :, :]).all(-1)
+    same_act = (record_act[:, None, :] == pair_act[None, :, :]).all(-1)
+    return (same_obs & same_act).any(1)
+
+
 def choose_records(
     scores: torch.Tensor,
     config: Intervention,
     generator: torch.Generator | None,
     limit: int | None = None,
+    matched: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The records ``config``'s rule takes (``[N]`` bool, True = taken).
 
     ``top`` takes the most positive scores (ties broken by record index), at most the
     budget and never a record whose score is not positive; ``random_like`` takes as many
-    at random from the whole buffer (from ``generator``). ``limit`` caps the count further.
+    at random from the whole buffer (from ``generator``); ``matching`` takes the records
+    flagged in ``matched`` (``matching_records``), the most positive first when the budget
+    binds. ``limit`` caps the count further.
     """
     n = scores.numel()
     scores = scores.detach().cpu()
-    n_take = int((scores > 0).sum())
+    if config.rule == "matching":
+        if matched is None or matched.shape != (n,):
+            raise ValueError("the matching rule needs matched, [N] bool (matching_records)")
+        matched = matched.detach().cpu()
+        n_take = int(matched.sum())
+    else:
+        n_take = int((scores > 0).sum())
     for cap in (config.budget_count(n), limit):
         if cap is not None:
             n_take = min(n_take, max(cap, 0))
@@ -203,6 +254,11 @@ def choose_records(
         if generator is None:
             raise ValueError("random_like needs the filter's generator (uses_generator)")
         taken[torch.randperm(n, generator=generator)[:n_take]] = True
+    elif config.rule == "matching":
+        assert matched is not None
+        # Unmatched records sort last whatever their score; stable: ties by index.
+        order = torch.sort(-torch.where(matched, scores, -math.inf), stable=True).indices
+        taken[order[:n_take]] = True
     else:
         # The most positive first; a stable sort makes ties deterministic.
         taken[torch.sort(-scores, stable=True).indices[:n_take]] = True
@@ -296,7 +352,11 @@ class InterventionFilter(KeepMaskFilter):
         limit = None
         if config.weight == 0:
             limit = int((weights > 0).sum()) - min(config.min_kept, n)
-        taken = choose_records(scores, config, context.generator, limit)
+        matched = None
+        if config.rule == "matching":
+            assert isinstance(behavior, ActionTarget)  # checked by Intervention
+            matched = matching_records(records.observations, records.actions, behavior)
+        taken = choose_records(scores, config, context.generator, limit, matched)
         weights[taken] = weights[taken].clamp(max=float(config.weight))
         scalars["intervention/dropped"] = float(taken.sum())
         flags = planted(context.ground_truth, config.planted_key)
