@@ -437,6 +437,121 @@ def _arm(text: str) -> str:
     return text
 
 
+# The paper's p sweep (Table 2): SE_ave in percent for p = 12.5, 25, 50, 100 % of the negatives.
+PAPER_P_SWEEP = {
+    "frozenlake": {0.125: 23.5, 0.25: 30.5, 0.5: 33.7, 1.0: 32.7},
+    "acrobot": {0.125: 29.2, 0.25: 35.1, 0.5: 36.7, 1.0: 35.0},
+    "minigrid": {0.125: 67.5, 0.25: 60.3, 0.5: 67.0, 1.0: 75.4},
+    "lunarlander": {0.125: 28.2, 0.25: 22.7, 0.5: 10.2, 1.0: 8.9},
+}
+
+
+def p_sweep(tasks: list[str]) -> None:
+    """The paper's p sweep: IIF's metrics against PPO for every drop fraction p that has
+    finished trials (``iif`` at the preset's p, ``iif_p<percent>`` at others), beside the
+    paper's Table 2 -> p_sweep.md / .csv / .png."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlattr.analysis.efficiency import iqm
+
+    rows: list[dict[str, Any]] = []
+    lines = [
+        "# The paper's p sweep: IIF's drop fraction p (of the negative records)",
+        "",
+        "`python experiments/paper_suite.py --tasks "
+        + " ".join(tasks)
+        + " --p-sweep` (trials: `--arms iif_p12.5 iif_p25 iif_p100`; the `iif` arm is the "
+        "preset's p). Metrics against PPO on the same seed, as in each task's table; "
+        "IQM over seeds with a stratified-bootstrap 95 % CI (rliable). Paper: Table 2 "
+        "(SE_ave, 3 seeds, 1000 evaluation episodes).",
+        "",
+        "| task | p % | seeds | SE_ave % | paper SE_ave % | SE_peak % | AUC | final return | "
+        "fraction dropped | CPU s / round (PPO: same seeds) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        runs = load_trials(task)
+        if "ppo" not in runs:
+            continue
+        by_p: dict[float, str] = {}
+        for arm in runs:
+            name = parse_arm(arm)
+            if name.base != "iif":
+                continue
+            trial = next(iter(runs[arm].values()))
+            by_p[name.fraction or float(trial["iif"]["fraction"])] = arm
+        ppo_cpu = [
+            _series(t, "train_cpu_seconds")[-1] / (len(t["curve"]) - 1)
+            for t in runs["ppo"].values()
+        ]
+        xs, ys, lows, highs, paper = [], [], [], [], []
+        for fraction in sorted(by_p):
+            arm = by_p[fraction]
+            seeds = sorted(set(runs[arm]) & set(runs["ppo"]))
+            metrics = [trial_metrics(runs["ppo"][s], runs[arm][s]) for s in seeds]
+            for seed, m in zip(seeds, metrics, strict=True):
+                rows.append({"task": task, "p": fraction, "arm": arm, "seed": seed, **m})
+
+            def cell(key: str, digits: int = 1, _metrics: list = metrics) -> tuple[str, Any]:
+                values = [m[key] for m in _metrics if np.isfinite(m[key])]
+                if len(values) < 3:
+                    return " / ".join(f"{v:.{digits}f}" for v in values) + " (n<3)", None
+                est = iqm({"x": values})["x"]
+                return (
+                    f"{est.estimate:.{digits}f} [{est.low:.{digits}f}, {est.high:.{digits}f}]",
+                    est,
+                )
+
+            se_ave, est = cell("SE_ave")
+            reference = PAPER_P_SWEEP.get(task, {}).get(fraction)
+            d = 3 if task in ("frozenlake", "minigrid") else 1
+            lines.append(
+                f"| {task} | {100 * fraction:g} | {len(seeds)} | {se_ave} | "
+                f"{'' if reference is None else reference} | {cell('SE_peak')[0]} | "
+                f"{cell('AUC', d)[0]} | {cell('final', d)[0]} | "
+                f"{np.mean([m['fraction_dropped'] for m in metrics]):.3f} | "
+                f"{np.mean([m['cpu_seconds_per_round'] for m in metrics]):.2f} "
+                f"({np.mean(ppo_cpu):.2f}) |"
+            )
+            if est is not None:
+                xs.append(100 * fraction)
+                ys.append(est.estimate)
+                lows.append(est.estimate - est.low)
+                highs.append(est.high - est.estimate)
+                paper.append(reference)
+        ax.errorbar(
+            xs, ys, yerr=[lows, highs], marker="o", capsize=3, label="rlattr (IQM, 95 % CI)"
+        )
+        if any(v is not None for v in paper):
+            ax.plot(xs, paper, "s--", color="grey", label="paper, Table 2")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.set_xlabel("p (% of the negative records dropped)")
+        ax.set_ylabel("SE_ave %")
+        ax.set_title(task)
+        ax.legend(fontsize=8)
+    if not rows:
+        print("p sweep: no finished trials")
+        return
+    with open(OUT / "p_sweep.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    arms_used = sorted({str(r["arm"]) for r in rows})
+    lines += ["", f"Arms: {', '.join(arms_used)}. Per-seed values: p_sweep.csv; plot: p_sweep.png."]
+    (OUT / "p_sweep.md").write_text("\n".join(lines) + "\n")
+    fig.tight_layout()
+    fig.savefig(OUT / "p_sweep.png", dpi=110)
+    plt.close(fig)
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["frozenlake", "acrobot"], choices=TASKS)
@@ -454,6 +569,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--summarize", action="store_true")
     parser.add_argument(
+        "--p-sweep", action="store_true", help="summarize the p sweep (iif_p<percent> arms)"
+    )
+    parser.add_argument(
         "--noise-study", action="store_true", help="evaluation noise in SE_ave and SE_peak"
     )
     parser.add_argument("--out", help="results folder (default experiments/results/suite)")
@@ -464,6 +582,9 @@ def main() -> None:
     if args.noise_study:
         for task in args.tasks:
             noise_study(task)
+        return
+    if args.p_sweep:
+        p_sweep(args.tasks)
         return
     if args.summarize:
         for task in args.tasks:

@@ -39,12 +39,21 @@ _MATCHED = MATCHED  # drop as many as ``like`` would
 _NEEDS_FRACTION = NEEDS_FRACTION
 
 
+def _check_fraction(rule: str, fraction: float, name: str) -> None:
+    """p of neg_bottom may be 1 (every negative: the paper's p = 100 %, drop_negative);
+    q of bottom/random must stay below 1, or the rule would drop the whole buffer."""
+    high_ok = rule == "neg_bottom"
+    if not (0 <= fraction <= 1 if high_ok else 0 <= fraction < 1):
+        interval = "[0, 1]" if high_ok else "[0, 1)"
+        raise ValueError(f"{name} of {rule} must be in {interval}, got {fraction}")
+
+
 def _check_iif_types(config: Any) -> None:
     """Numbers where numbers belong (a YAML typo would otherwise fail in a comparison)."""
     for name in ("fraction", "like_fraction"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise ValueError(f"IIF {name} must be a number in [0, 1), got {value!r}")
+            raise ValueError(f"IIF {name} must be a number in [0, 1], got {value!r}")
     for name in ("greedy_blocks", "warmup_iterations", "min_kept", "seed"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | None):
@@ -97,9 +106,7 @@ class IIF:
         default=None,
         metadata={"help": "random_like/advantage_like: the rule whose drop count is matched"},
     )
-    like_fraction: float = field(
-        default=0.125, metadata={"help": "the matched rule's fraction, in [0, 1)"}
-    )
+    like_fraction: float = field(default=0.125, metadata={"help": "the matched rule's fraction"})
     target: Target | None = None
     scorer: Literal["snapshot", "metagrad"] = field(
         default="snapshot",
@@ -128,15 +135,14 @@ class IIF:
         _check_iif_types(self)
         if self.rule not in RULES:
             raise ValueError(f"IIF rule must be one of {RULES}, got {self.rule!r}")
-        if self.rule in _NEEDS_FRACTION and not 0 <= self.fraction < 1:
-            raise ValueError(f"IIF fraction must be in [0, 1), got {self.fraction}")
+        if self.rule in _NEEDS_FRACTION:
+            _check_fraction(self.rule, self.fraction, "IIF fraction")
         if self.rule in _MATCHED:
             if self.like not in ("neg_bottom", "drop_negative", "bottom"):
                 raise ValueError(
                     f"{self.rule} needs like='neg_bottom', 'drop_negative' or 'bottom'"
                 )
-            if not 0 <= self.like_fraction < 1:
-                raise ValueError(f"like_fraction must be in [0, 1), got {self.like_fraction}")
+            _check_fraction(self.like, self.like_fraction, "like_fraction")
         if self.scorer not in ("snapshot", "metagrad"):
             raise ValueError(
                 f"IIF scorer {self.scorer!r} is not available: 'snapshot' and 'metagrad' "

@@ -35,6 +35,25 @@ def test_neg_bottom_drops_a_fraction_of_the_negatives() -> None:
     assert sorted(_kept("neg_bottom", 0.5)) == [1, 5, 7]  # floor(0.5 × 6) = 3 most negative
     assert sorted(_kept("neg_bottom", 0.34)) == [1, 7]  # floor(0.34 × 6) = 2
     assert _kept("neg_bottom", 0.125) == []  # floor(0.125 × 6) = 0
+    # p = 100 % (the paper's Table 2) is every negative, as drop_negative.
+    assert sorted(_kept("neg_bottom", 1.0)) == [1, 2, 4, 5, 7, 9]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rule": "neg_bottom", "fraction": 1.5}, r"fraction of neg_bottom must be in \[0, 1\]"),
+        ({"rule": "bottom", "fraction": 1.0}, r"fraction of bottom must be in \[0, 1\)"),
+        ({"rule": "random", "fraction": 1.0}, r"fraction of random must be in \[0, 1\)"),
+        (
+            {"rule": "random_like", "like": "bottom", "like_fraction": 1.0},
+            r"like_fraction of bottom",
+        ),
+    ],
+)
+def test_a_fraction_that_would_drop_the_whole_buffer_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IIF(**kwargs)
 
 
 def test_drop_negative_drops_every_negative() -> None:
@@ -98,7 +117,7 @@ def test_min_kept_caps_the_drop() -> None:
     ("kwargs", "message"),
     [
         ({"rule": "top"}, "rule must be one of"),
-        ({"fraction": 1.5}, r"fraction must be in \[0, 1\)"),
+        ({"fraction": 1.5}, r"fraction of neg_bottom must be in \[0, 1\]"),
         ({"rule": "random_like"}, "random_like needs like"),
         ({"rule": "advantage_like"}, "advantage_like needs like"),
         ({"scorer": "tracin"}, "throw-away update"),
