@@ -20,6 +20,7 @@ PACKAGE = Path(rlattr.__file__).resolve().parent
 # Unit (the first name below rlattr) → layer. rlattr/__init__.py is the facade above all.
 LAYERS = {
     "errors": 0,
+    "argtypes": 0,
     "versions": 0,
     "extractors": 0,
     "envs": 0,

@@ -29,6 +29,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from safetensors import SafetensorError
 
+from rlattr.argtypes import at_least as _at_least
 from rlattr.cli.reports import add_diagnose, add_formation
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
@@ -62,22 +63,6 @@ class UsageError(RlattrError):
 
 
 # ---------------------------------------------------------------------- argument types
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = f"whole number >= {low}"
-    return parse
-
-
 def _share(open_low: bool) -> Callable[[str], float]:
     """An argparse type: a fraction in [0, 1), or (0, 1) with ``open_low``."""
 

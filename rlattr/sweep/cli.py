@@ -19,25 +19,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rlattr.argtypes import at_least
 from rlattr.sweep.engine import SweepOutcome, run_sweep
 from rlattr.sweep.report import load_results, trial_rows
 from rlattr.sweep.spec import SweepError, SweepSpec, SweepSpecError, TaskSpec, parse_arm
 
 EXIT_OK = 0
 EXIT_TRIAL_FAILED = 1
-
-
-def _count(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _arm(text: str) -> str:
@@ -61,12 +49,18 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
         "--address", help="join the Ray cluster at this address (default: start one here)"
     )
     group.add_argument(
-        "--workers", type=_count(1), help="trials side by side on a local Ray (default: cores)"
+        "--workers", type=at_least(1), help="trials side by side on a local Ray (default: cores)"
     )
     group.add_argument(
-        "--retries", type=_count(0), help="runs again of a failed trial (default: the spec's, 2)"
+        "--retries", type=at_least(0), help="runs again of a failed trial (default: the spec's, 2)"
     )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="keep every trial's run log in <run dir>/runlog (for rlattr diagnose, attribute, "
+        "fidelity, intervene)",
+    )
 
 
 def add_sweep_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
@@ -113,12 +107,12 @@ def add_compare_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.Argume
         help="arms to train: ppo, iif, random_like, advantage_like, iif_metagrad; any but ppo "
         "may end in _p<percent> for its drop fraction (iif_p25)",
     )
-    parser.add_argument("--seeds", type=_count(1), default=3, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=at_least(1), default=3, help="seeds 0..N-1")
     parser.add_argument(
-        "--rounds", type=_count(1), help="rounds per run (default: the preset's budget)"
+        "--rounds", type=at_least(1), help="rounds per run (default: the preset's budget)"
     )
     parser.add_argument(
-        "--episodes", type=_count(1), default=100, help="evaluation episodes after every round"
+        "--episodes", type=at_least(1), default=100, help="evaluation episodes after every round"
     )
     parser.add_argument("--out", default="runs/compare", help="results folder")
     parser.add_argument("--device", default="cpu", help="torch device of every run")
@@ -128,8 +122,7 @@ def add_compare_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.Argume
 
 
 def _run(spec: SweepSpec, args: argparse.Namespace, console: Console) -> SweepOutcome:
-    if args.retries is not None:
-        spec = spec.with_overrides(retries=args.retries)
+    spec = spec.with_overrides(retries=args.retries, record=True if args.record else None)
     return run_sweep(
         spec,
         args.backend,
