@@ -114,6 +114,7 @@ def plan_jobs(spec: SweepSpec, command: str | None = None) -> tuple[list[TrialJo
                 str(run_dir_of(out, trial)),
                 provenance=origin,
                 git_commit=commit,
+                record=spec.record,
             )
         )
     return jobs, skipped

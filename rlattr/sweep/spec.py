@@ -138,6 +138,13 @@ class SweepSpec:
     out: str = field(default="runs/sweep", metadata=_help("results folder"))
     retries: int = field(default=2, metadata=_help("times a failed or killed trial is run again"))
     device: str = field(default="cpu", metadata=_help("torch device of every trial"))
+    record: bool = field(
+        default=False,
+        metadata=_help(
+            "keep every trial's run log (records, update plans, checkpoints) in "
+            "<run dir>/runlog, for rlattr diagnose, attribute, fidelity and intervene"
+        ),
+    )
 
     def __post_init__(self) -> None:
         tasks = tuple(_task(entry) for entry in _as_list(self.tasks, "tasks"))
@@ -166,6 +173,8 @@ class SweepSpec:
         for key in ("out", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise SweepSpecError(f"{key} must be text, got {getattr(self, key)!r}")
+        if not isinstance(self.record, bool):
+            raise SweepSpecError(f"record must be true or false, got {self.record!r}")
         object.__setattr__(self, "tasks", tasks)
         object.__setattr__(self, "arms", arms)
         object.__setattr__(self, "seeds", seeds)

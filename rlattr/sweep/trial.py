@@ -27,6 +27,8 @@ from typing import Any
 from rlattr.sweep.spec import Trial, parse_arm
 from rlattr.versions import package_versions
 
+# A recording trial's run log, inside its run directory.
+RUN_LOG_FOLDER = "runlog"
 # Keys whose values must agree for a finished result to count as this trial's.
 _IDENTITY = ("task", "arm", "seed", "rounds")
 
@@ -149,6 +151,7 @@ class TrialJob:
         git_commit: the code's commit, taken by the driver.
         extra: keys added to the result (e.g. ``{"evaluation": {"paper_episodes": 1000}}``;
             a mapping is merged into the mapping of the same key).
+        record: keep the trial's run log in ``<run_dir>/runlog``.
     """
 
     trial: Trial
@@ -157,6 +160,7 @@ class TrialJob:
     provenance: dict[str, Any] | None = None
     git_commit: str | None = None
     extra: dict[str, Any] | None = None
+    record: bool = False
 
 
 def run_job(job: TrialJob) -> dict[str, Any]:
@@ -168,6 +172,7 @@ def run_job(job: TrialJob) -> dict[str, Any]:
         origin=job.provenance,
         commit=job.git_commit,
         extra=job.extra,
+        record=job.record,
     )
 
 
@@ -180,6 +185,7 @@ def run_trial(
     commit: str | None = None,
     extra: dict[str, Any] | None = None,
     on_point: Callable[[Trial, Any], None] | None = None,
+    record: bool = False,
 ) -> dict[str, Any]:
     """Train ``trial`` for its rounds, evaluating after every round; returns the result.
 
@@ -192,6 +198,8 @@ def run_trial(
         commit: the code's git commit (default: ``git_commit()``).
         extra: keys added to the result; a mapping merges into the mapping of its key.
         on_point: called with (trial, ``EvalPoint``) after every evaluation.
+        record: also keep the trial's run log (``rlattr.RunLog``: records, update plans,
+            checkpoints) in ``<run_dir>/runlog``; needs ``run_dir``.
 
     Returns:
         The result as written, ``status`` ``done``.
@@ -204,14 +212,20 @@ def run_trial(
     # One thread per trial: trials run side by side, and one thread is deterministic.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    if record and run_dir is None:
+        raise ValueError("record=True keeps the run log in the trial's run_dir: give run_dir")
     try:
         preset = Preset.load(trial.preset)
         iif = arm_iif(preset, trial.arm, trial.seed)
-        model = preset.build(seed=trial.seed, device=trial.device, iif=iif)
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        run_log_dir = run_dir / RUN_LOG_FOLDER if record and run_dir is not None else None
+        model = preset.build(run_dir=run_log_dir, seed=trial.seed, device=trial.device, iif=iif)
         if run_dir is not None:
             from stable_baselines3.common.logger import configure
 
-            shutil.rmtree(run_dir, ignore_errors=True)
+            # The sweep's own logger: TensorBoard in the trial's folder (not runlog/tb), so
+            # `tensorboard --logdir <out>` shows every trial by its name.
             model.set_logger(configure(str(run_dir), ["tensorboard"]))
         steps_per_round = model.n_steps * model.n_envs
         payload: dict[str, Any] = {
@@ -242,6 +256,8 @@ def run_trial(
                 payload[key] = value
         if run_dir is not None:
             payload["run_dir"] = str(run_dir)
+        if run_log_dir is not None:
+            payload["run_log"] = str(run_log_dir)
 
         def record(point: Any) -> None:
             payload["curve"].append(point.to_dict())

@@ -42,8 +42,10 @@ def test_sweep_runs_a_spec_file_and_prints_its_table(
         "tasks: [{preset: cartpole, name: pole}]\narms: [ppo]\nseeds: [3]\nrounds: 1\n"
         "eval_episodes: 4\nout: results\n"
     )
-    assert rlattr(["sweep", str(spec), "--backend", "local", "--no-progress"]) == 0
+    assert rlattr(["sweep", str(spec), "--backend", "local", "--no-progress", "--record"]) == 0
     printed = capsys.readouterr().out
+    # --record keeps the trial's run log beside its TensorBoard events.
+    assert (tmp_path / "results" / "pole" / "ppo-s3" / "runlog" / "run.json").exists()
     assert "pole/ppo-s3: done" in printed and "rounds to PPO's peak" in printed
     assert f"tensorboard --logdir {tmp_path / 'results'}" in printed
     assert (tmp_path / "results" / "pole" / "ppo-s3.json").exists()
@@ -63,6 +65,7 @@ def test_sweep_and_compare_errors_are_one_line_and_exit_2(
         (["sweep", str(spec), "--backend", "local", "--address", "auto"], "with --backend ray"),
         (["compare", "cartpole", "--arms", "iif", "--backend", "local"], "add ppo to --arms"),
         (["compare", "cartpole", "--seeds", "0"], "expected a whole number >= 1"),
+        (["compare", "cartpole", "--arms", "ppo", "iif_p0"], "unknown arm 'iif_p0'"),
     ]
     if ray_available():  # a closed port: refused at once, not after Ray's minutes of retries
         argv = ["sweep", str(spec), "--backend", "ray", "--address", "127.0.0.1:1"]

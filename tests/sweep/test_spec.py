@@ -80,6 +80,7 @@ def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
         ({"tasks": []}, "tasks is empty"),
         ({"tasks": ["cartpole", "cartpole"]}, "task names repeat"),
         ({"tasks": [{"name": "x"}]}, "a task mapping needs 'preset'"),
+        ({"record": "yes"}, "record must be true or false"),
         ({"epochs": 3}, "unknown key(s) ['epochs']"),
     ],
 )

@@ -142,3 +142,36 @@ def test_ray_sweep_with_a_killed_worker_matches_the_local_sweep(
     # Ray retried it from scratch, and every trial equals its local twin.
     assert curves(out) == curves(local_out)
     assert read_result(out / f"{victim}.json")["curve"][0]["round"] == 0
+
+
+def test_a_recording_sweep_keeps_a_run_log_that_replays_and_trains_the_same(
+    local_out: Path, tmp_path: Path
+) -> None:
+    from rlattr import RunLog, replay_iteration
+    from rlattr.record.replay import state_matches
+
+    out = tmp_path / "recorded"
+    spec = tiny_spec(out, arms=["iif"], seeds=[0], record=True)
+    outcome = run_sweep(spec, "local", show_progress=False)
+    assert outcome.finished == ["cartpole/iif-s0"]
+    payload = read_result(out / "cartpole/iif-s0.json")
+    assert payload is not None and payload["run_log"] == str(out / "cartpole/iif-s0/runlog")
+    # Recording changes nothing the trial measures: the curve is the unrecorded sweep's.
+    assert curve_key(payload) == curves(local_out)["cartpole/iif-s0"]
+    log = RunLog(out / "cartpole/iif-s0/runlog")
+    assert log.iterations() == [0, 1]
+    policy = replay_iteration(log, 0)
+    assert state_matches(policy, log.load_checkpoint(1)[0]) == []
+    # The logged keep masks are the drops the trial reported, round by round.
+    for k in log.iterations():
+        dropped = 1 - log.load_plan(k).keep_mask.double().mean().item()
+        assert dropped == pytest.approx(payload["curve"][k + 1]["fraction_dropped"], abs=1e-12)
+
+
+def test_record_without_a_run_dir_is_refused(tmp_path: Path) -> None:
+    from rlattr.sweep.spec import Trial
+    from rlattr.sweep.trial import run_trial
+
+    trial = Trial("cartpole", "cartpole", "ppo", 0, 1, 2)
+    with pytest.raises(ValueError, match="give run_dir"):
+        run_trial(trial, tmp_path / "r.json", None, record=True)
