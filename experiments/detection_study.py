@@ -1,0 +1,475 @@
+"""Detection study (issue 13, item 2): do attribution scores rank the planted records first?
+
+Plain PPO trains on an environment with planted faults, recording a run directory (under a
+scratch folder, not committed) every ``score_every`` iterations. For each recorded
+iteration the records are scored post hoc with ``rlattr.attribute`` — snapshot, replay
+TracIn and exact metagradient, on the return target and on a behaviour target — and each
+score's ranking of the flagged records (``info["rlattr_fault"]``) is measured by AUPRC
+and precision@k (k = the number flagged; ``rlattr.analysis.detection``), against
+attribution-free baselines: −Â, |Â|, the per-record PPO loss at θ_k, and a random ranking
+(its exact expected AUPRC, about the base rate).
+
+Direction: a harmful record has a *negative* score on the return target (SCIENCE.md §2),
+and the behaviour targets below are behaviours the planted records work *against*, so
+every score ranks by **−score** (most negative first). The other directions (+score and
+|score|) are kept in the CSV as diagnostics; they never enter the goal.
+
+Settings:
+
+- ``delayed_credit``: ``rlattr/DelayedCredit-v0`` with one-step GAE (λ = 0), the planted
+  advantage error of issue 12 (flagged: the decision step, which loses the delayed
+  reward's credit, and the payoff step, which gains it). Behaviour target: "invest at the
+  decision" (an ``ActionTarget``), the good behaviour the error works against.
+- ``cartpole_region``: ``rlattr/CartPoleCorruptRegion-v0`` (half of the transitions that
+  start right of centre have their +1 reward flipped to −1) with the RL Zoo's CartPole
+  settings — the setting of experiments/corrupted_rewards.py. Behaviour target: the
+  return target on the same buffer with advantages recomputed from the *true* rewards
+  (``info["rlattr_true_reward"]``): what the corruption corrupts. It reads ground truth,
+  so it is an upper reference (a run would need trusted rewards for it), not a baseline.
+
+Goal (issue 13): AUPRC of the best score ≥ 2 × the best attribution-free baseline.
+
+    python experiments/detection_study.py [--seeds 5] [--settings delayed_credit cartpole_region]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import rlattr.envs  # noqa: F401  (registers the rlattr/ environments)
+
+from experiments.common import RESULTS, markdown_header, provenance, write_json
+from rlattr import ActionTarget, AttributedPPO, Records, Retention, ReturnTarget, RunLog, attribute
+from rlattr.analysis.detection import (
+    Detection,
+    baseline_suspicions,
+    detect,
+    per_record_losses,
+)
+from rlattr.analysis.efficiency import iqm
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.record.loss import PPOLossConfig
+from rlattr.record.replay import build_policy, load_iteration
+from rlattr.scoring.targets import Target, gae_advantages
+from rlattr.training.presets import Preset, resolve_preset_path
+
+OUT = RESULTS / "detection"
+METHODS = ("snapshot", "tracin", "metagrad")
+BASELINES = ("-advantage", "|advantage|", "ppo_loss", "random")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment with planted faults and how PPO trains on it.
+
+    Attributes:
+        name, description: how results name and describe it.
+        env_id: the Gymnasium id (``rlattr.envs:rlattr/...``).
+        n_envs: parallel environments.
+        ppo: AttributedPPO keyword arguments.
+        total_timesteps: the training budget.
+        score_every: record (and score) iterations 0, m, 2m, ...
+        behaviour: builds the behaviour target of a recorded iteration from its records,
+            ground truth and the run's γ, λ.
+        behaviour_label: what the behaviour target is, for the tables.
+    """
+
+    name: str
+    description: str
+    env_id: str
+    n_envs: int
+    ppo: dict[str, Any]
+    total_timesteps: int
+    score_every: int
+    behaviour: Callable[[Records, dict[str, torch.Tensor], float, float], Target]
+    behaviour_label: str
+
+
+def _invest_target(
+    records: Records, truth: dict[str, torch.Tensor], gamma: float, lam: float
+) -> Target:
+    from rlattr.envs.delayed_credit import INVEST
+
+    observation = torch.zeros(1, records.observations.shape[1])
+    observation[0, 0] = 1.0  # time step 0: the decision
+    return ActionTarget(observation, torch.tensor([INVEST]))
+
+
+def true_return_target(
+    records: Records, truth: dict[str, torch.Tensor], gamma: float, lam: float
+) -> Target:
+    """The return target with GAE advantages recomputed from the true rewards.
+
+    ``CorruptRewards`` in ``sign_flip`` mode hands the agent −r on a flagged step, so the
+    buffer's reward (which may also hold SB3's timeout bootstrap) gets 2r back there.
+    """
+    fault = truth["rlattr_fault"].to(records.rewards.device)
+    true_reward = truth["rlattr_true_reward"].to(records.rewards.device)
+    rewards = records.rewards + torch.where(fault, 2.0 * true_reward, 0.0).to(records.rewards.dtype)
+    fixed = replace(records, rewards=rewards)
+    return ReturnTarget(validation=replace(fixed, advantages=gae_advantages(fixed, gamma, lam)))
+
+
+def _settings() -> dict[str, Setting]:
+    cartpole = Preset.load(resolve_preset_path("cartpole"))
+    return {
+        "delayed_credit": Setting(
+            name="delayed_credit",
+            description="rlattr/DelayedCredit-v0, PPO with GAE λ = 0 (256 steps × 4 epochs × "
+            "minibatch 64, Adam 3e-4), 30 iterations",
+            env_id="rlattr.envs:rlattr/DelayedCredit-v0",
+            n_envs=1,
+            ppo={"n_steps": 256, "batch_size": 64, "n_epochs": 4, "gae_lambda": 0.0},
+            total_timesteps=30 * 256,
+            score_every=3,
+            behaviour=_invest_target,
+            behaviour_label="log π(invest | decision state)",
+        ),
+        "cartpole_region": Setting(
+            name="cartpole_region",
+            description="rlattr/CartPoleCorruptRegion-v0 (50 % of the rewards right of centre "
+            "flipped to −1), RL Zoo CartPole PPO (8 envs × 32 steps, 20 epochs × minibatch "
+            "256, linear lr 1e-3 and clip 0.2), 100k steps (391 iterations)",
+            env_id="rlattr.envs:rlattr/CartPoleCorruptRegion-v0",
+            n_envs=cartpole.n_envs,
+            ppo={**cartpole.ppo_kwargs(), "policy_kwargs": cartpole.resolved_policy_kwargs()},
+            total_timesteps=int(cartpole.total_timesteps),
+            score_every=15,
+            behaviour=true_return_target,
+            behaviour_label="return target with advantages from the true rewards (reads "
+            "ground truth: an upper reference)",
+        ),
+    }
+
+
+def train(setting: Setting, seed: int, run_dir: Path) -> None:
+    """Plain PPO recording every ``score_every``-th iteration into ``run_dir``."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env(setting.env_id, n_envs=setting.n_envs, seed=seed)
+    model = AttributedPPO(
+        "MlpPolicy",
+        env,
+        seed=seed,
+        device="cpu",
+        run_dir=run_dir,
+        retention=Retention(record_every=setting.score_every),
+        **setting.ppo,
+    )
+    model.learn(setting.total_timesteps)
+    model.flush_run_log()
+
+
+def suspicions_of_iteration(
+    log: RunLog, iteration: int, behaviour: Target
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every ranking of one recorded iteration: ``(primary, diagnostic)``.
+
+    Primary: ``−score`` of each method on each target, and the attribution-free baselines.
+    Diagnostic: ``+score`` and ``|score|`` of each score.
+    """
+    primary: dict[str, torch.Tensor] = {}
+    diagnostic: dict[str, torch.Tensor] = {}
+    for label, target in (("return", ReturnTarget()), ("behaviour", behaviour)):
+        for method in METHODS:
+            scores = attribute(log, iteration, target, method=method, store=False)
+            name = f"{method}·{label}"
+            primary[f"-{name}"] = -scores
+            diagnostic[f"+{name}"] = scores
+            diagnostic[f"|{name}|"] = scores.abs()
+    data = load_iteration(log, iteration)
+    policy = build_policy(log)
+    restore_checkpoint(policy, data.start_tensors, data.start_meta)
+    config: PPOLossConfig = data.plan.loss_config
+    primary.update(
+        baseline_suspicions(data.records, per_record_losses(policy, data.records, config))
+    )
+    return primary, diagnostic
+
+
+def score_run(setting: Setting, seed: int, run_dir: Path) -> list[dict[str, Any]]:
+    """Detection rows of every recorded iteration of one run."""
+    log = RunLog(run_dir)
+    algorithm = log.meta["algorithm"]
+    gamma, lam = float(algorithm["gamma"]), float(algorithm["gae_lambda"])
+    rows: list[dict[str, Any]] = []
+    for k in log.iterations():
+        truth = log.load_ground_truth(k)
+        planted = truth["rlattr_fault"].bool()
+        if not bool(planted.any()):
+            continue
+        records = log.load_records(k)
+        behaviour = setting.behaviour(records, truth, gamma, lam)
+        primary, diagnostic = suspicions_of_iteration(log, k, behaviour)
+        found: list[tuple[Detection, str]] = [(d, "primary") for d in detect(primary, planted)]
+        found += [(d, "diagnostic") for d in detect(diagnostic, planted)]
+        # The random ranking: its exact expectation (AUPRC) and the base rate (precision@k).
+        first = found[0][0]
+        found.append(
+            (
+                Detection(
+                    "random",
+                    first.random_average_precision,
+                    first.base_rate,
+                    first.base_rate,
+                    first.random_average_precision,
+                    first.n_planted,
+                    first.n_records,
+                ),
+                "primary",
+            )
+        )
+        for detection, kind in found:
+            rows.append(
+                {"setting": setting.name, "seed": seed, "iteration": k, "kind": kind}
+                | detection.to_dict()
+            )
+    return rows
+
+
+def run_setting(setting: Setting, seeds: int, scratch: Path) -> list[dict[str, Any]]:
+    """Train and score every seed (finished seeds are read back from ``scratch``)."""
+    rows: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        done = scratch / f"rows-{setting.name}-s{seed}.json"
+        if done.exists():
+            rows += json.loads(done.read_text())
+            continue
+        run_dir = scratch / f"{setting.name}-s{seed}"
+        if run_dir.exists():  # an interrupted run: start it again
+            import shutil
+
+            shutil.rmtree(run_dir)
+        start = time.process_time()
+        train(setting, seed, run_dir)
+        trained = time.process_time()
+        seed_rows = score_run(setting, seed, run_dir)
+        for row in seed_rows:
+            row["train_cpu_s"] = trained - start
+            row["score_cpu_s"] = time.process_time() - trained
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(seed_rows))
+        tmp.replace(done)
+        print(
+            f"{setting.name} seed {seed}: train {trained - start:.0f} s, "
+            f"score {time.process_time() - trained:.0f} s CPU",
+            flush=True,
+        )
+        rows += seed_rows
+    return rows
+
+
+# ------------------------------------------------------------------ summary
+def per_seed_means(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[int, float]]:
+    """name → seed → the metric averaged over the scored iterations."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for row in rows:
+        values.setdefault(row["name"], {}).setdefault(row["seed"], []).append(row[metric])
+    return {
+        name: {seed: statistics.mean(v) for seed, v in by_seed.items()}
+        for name, by_seed in values.items()
+    }
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over training: IQM and 95 % CI over seeds of each ranking's mean AUPRC and
+    precision@k; the goal's ratio; per-iteration curves."""
+    primary = [row for row in rows if row["kind"] == "primary"]
+    summary: dict[str, Any] = {}
+    for metric in ("average_precision", "precision_at_k"):
+        means = per_seed_means(primary, metric)
+        intervals = iqm({name: list(v.values()) for name, v in means.items()}, reps=2000)
+        summary[metric] = {
+            name: {
+                "iqm": i.estimate,
+                "low": i.low,
+                "high": i.high,
+                "mean": statistics.mean(means[name].values()),
+            }
+            for name, i in intervals.items()
+        }
+    ap = summary["average_precision"]
+    scores = [name for name in ap if name not in BASELINES]
+    best_score = max(scores, key=lambda n: ap[n]["iqm"])
+    best_baseline = max(BASELINES, key=lambda n: ap[n]["iqm"])
+    ratio = ap[best_score]["iqm"] / ap[best_baseline]["iqm"]
+    return_scores = [n for n in scores if n.endswith("return")]
+    best_return = max(return_scores, key=lambda n: ap[n]["iqm"])
+    summary["goal"] = {
+        "best_score": best_score,
+        "best_baseline": best_baseline,
+        "ratio": ratio,
+        "met": ratio >= 2.0,
+        "best_return_score": best_return,
+        "ratio_return_scores_only": ap[best_return]["iqm"] / ap[best_baseline]["iqm"],
+    }
+    diagnostic = [row for row in rows if row["kind"] == "diagnostic"]
+    summary["diagnostic_average_precision_mean"] = {
+        name: statistics.mean(v.values())
+        for name, v in per_seed_means(diagnostic, "average_precision").items()
+    }
+    curves: dict[str, dict[str, list[float]]] = {}
+    iterations = sorted({row["iteration"] for row in primary})
+    for metric in ("average_precision", "precision_at_k"):
+        curves[metric] = {}
+        for name in ap:
+            points = []
+            for k in iterations:
+                values = [r[metric] for r in primary if r["name"] == name and r["iteration"] == k]
+                points.append(float(np.mean(values)) if values else float("nan"))
+            curves[metric][name] = points
+    summary["curves"] = {"iterations": iterations, **curves}
+    summary["base_rate_mean"] = statistics.mean(r["base_rate"] for r in primary)
+    summary["cpu_seconds"] = {
+        "train_per_run": statistics.mean({(r["seed"]): r["train_cpu_s"] for r in primary}.values()),
+        "score_per_run": statistics.mean({(r["seed"]): r["score_cpu_s"] for r in primary}.values()),
+    }
+    return summary
+
+
+def _plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        2, len(summaries), figsize=(6.5 * len(summaries), 8), squeeze=False, sharex="col"
+    )
+    for column, (setting, summary) in enumerate(summaries.items()):
+        iterations = summary["curves"]["iterations"]
+        for row, metric in enumerate(("average_precision", "precision_at_k")):
+            ax = axes[row][column]
+            for name, points in summary["curves"][metric].items():
+                style = "--" if name in BASELINES else "-"
+                width = 1.0 if name in BASELINES else 1.6
+                ax.plot(iterations, points, style, linewidth=width, label=name)
+            ax.set_title(f"{setting}: {'AUPRC' if row == 0 else 'precision@k'}")
+            ax.set_xlabel("iteration")
+            ax.set_ylabel("mean over seeds")
+            if row == 0 and column == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(
+    rows: list[dict[str, Any]], summaries: dict[str, dict[str, Any]], settings: dict[str, Setting]
+) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = provenance()
+    write_json(
+        "detection/detection.json",
+        {
+            "settings": {name: settings[name].description for name in summaries},
+            "summary": summaries,
+            "rows": rows,
+            **meta,
+        },
+    )
+    fields = list(rows[0])
+    tmp = OUT / "detection.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(OUT / "detection.csv")
+    _plot(summaries, OUT / "detection.png")
+    lines = [*markdown_header("Detection study: do scores rank the planted records first?", meta)]
+    lines += [
+        "Each recorded iteration of plain PPO is scored post hoc; every ranking is by "
+        "**−score** (a harmful record has a negative return-target score, SCIENCE.md §2; "
+        "the behaviour targets are behaviours the planted records work against). AUPRC = "
+        "average precision; precision@k with k = the number of planted records. Per seed "
+        "the metric is averaged over the scored iterations; the table gives the IQM over "
+        "seeds with a stratified-bootstrap 95 % CI (rliable). `random` is the exact "
+        "expected AUPRC of a random ranking (≈ the base rate).",
+        "",
+    ]
+    for name, summary in summaries.items():
+        setting = settings[name]
+        goal = summary["goal"]
+        n_seeds = len({r["seed"] for r in rows if r["setting"] == name})
+        lines += [
+            f"## {name}",
+            "",
+            f"{setting.description}; {n_seeds} seeds; iterations "
+            f"{summary['curves']['iterations']} scored; behaviour target: "
+            f"{setting.behaviour_label}. Mean base rate {summary['base_rate_mean']:.3f}. "
+            f"CPU per run: train {summary['cpu_seconds']['train_per_run']:.0f} s, score "
+            f"{summary['cpu_seconds']['score_per_run']:.0f} s.",
+            "",
+            "| ranking | AUPRC IQM [95 % CI] | precision@k IQM [95 % CI] |",
+            "|---|---|---|",
+        ]
+        ap, pk = summary["average_precision"], summary["precision_at_k"]
+        for ranking in sorted(ap, key=lambda n: -ap[n]["iqm"]):
+            lines.append(
+                f"| {ranking} | {ap[ranking]['iqm']:.3f} [{ap[ranking]['low']:.3f}, "
+                f"{ap[ranking]['high']:.3f}] | {pk[ranking]['iqm']:.3f} "
+                f"[{pk[ranking]['low']:.3f}, {pk[ranking]['high']:.3f}] |"
+            )
+        lines += [
+            "",
+            f"**Goal (AUPRC of the best score ≥ 2 × the best attribution-free baseline): "
+            f"{'met' if goal['met'] else 'not met'}** — best score `{goal['best_score']}` "
+            f"{ap[goal['best_score']]['iqm']:.3f} vs best baseline `{goal['best_baseline']}` "
+            f"{ap[goal['best_baseline']]['iqm']:.3f}: ratio {goal['ratio']:.2f}. On the "
+            f"return target alone: `{goal['best_return_score']}`, ratio "
+            f"{goal['ratio_return_scores_only']:.2f}.",
+            "",
+            "Other directions (diagnostic, mean AUPRC over seeds and iterations): "
+            + ", ".join(
+                f"`{n}` {v:.3f}"
+                for n, v in sorted(
+                    summary["diagnostic_average_precision_mean"].items(), key=lambda x: -x[1]
+                )
+            )
+            + ".",
+            "",
+        ]
+    lines += ["![AUPRC and precision@k over training](detection.png)", ""]
+    (OUT / "detection.md").write_text("\n".join(lines))
+    print("\n".join(lines[-40:]))
+
+
+def main() -> None:
+    settings = _settings()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--settings", nargs="+", default=list(settings), choices=list(settings))
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path("/tmp/rlattr-scratch/detection"),
+        help="run directories and per-seed rows (not committed; finished seeds are reused)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    summaries: dict[str, dict[str, Any]] = {}
+    for name in args.settings:
+        setting_rows = run_setting(settings[name], args.seeds, args.scratch)
+        rows += setting_rows
+        summaries[name] = summarize(setting_rows)
+    write_results(rows, summaries, settings)
+
+
+if __name__ == "__main__":
+    main()
