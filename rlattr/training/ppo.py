@@ -26,6 +26,7 @@ from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
 from rlattr.training.board import Board, BoardConfig, IterationTiming, tensorboard_writer
 from rlattr.training.ground_truth import GroundTruthRecorder
+from rlattr.training.hooks import UpdateObservers
 from rlattr.training.rundir import (
     check_policy_argument,
     check_policy_class,
@@ -398,14 +399,21 @@ class AttributedPPO(PPO):
                 )
                 yield epoch, _checked_weights(batches, weights, loss_config)
 
-        trace, stats, stopped = run_update(
-            self.policy,
-            records,
-            loss_config,
-            epochs(),
-            check_target_kl=True,
-            record_weights=weights,
-        )
+        # Hooks that watch the update from inside (live TracIn); none: callbacks are None.
+        observers = UpdateObservers(self.record_hooks, context)
+        try:
+            trace, stats, stopped = run_update(
+                self.policy,
+                records,
+                loss_config,
+                observers.epochs(epochs()),
+                check_target_kl=True,
+                before_step=observers.before_step,
+                after_step=observers.after_step,
+                record_weights=weights,
+            )
+        finally:
+            observers.detach()
         self._n_updates += stats.n_epochs_run
         if stopped and self.verbose >= 1:
             print(f"Early stopping at step {stats.n_epochs_run - 1} due to reaching max kl")
@@ -425,6 +433,7 @@ class AttributedPPO(PPO):
             record_weights=weights,
             minibatching=minibatching,
         )
+        stored.update(observers.finish(plan))
         self.last_records = records
         self.last_plan = plan
         self.last_keep_mask = keep_mask
