@@ -30,6 +30,7 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from rlattr.argtypes import at_least as _at_least
+from rlattr.cli.intervene import add_intervene
 from rlattr.cli.reports import add_diagnose, add_formation
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
@@ -1091,6 +1092,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stages(sub)
     add_diagnose(sub, _HelpFormatter, _at_least(1))
     add_formation(sub, _HelpFormatter, _at_least(1), _target_spec, _load_target)
+    add_intervene(sub, _HelpFormatter, _at_least(1), _compute_device)
     add_sweep_parser(sub, formatter_class=_HelpFormatter)
     add_compare_parser(sub, formatter_class=_HelpFormatter)
     return parser

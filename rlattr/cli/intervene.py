@@ -1,0 +1,179 @@
+"""``rlattr intervene RUN --iteration k``: the paper's what-if, post hoc (issue 13.4).
+
+Retrains iteration k from θ_k without the records a rule names (default: every record with a
+negative return-target score), evaluates the logged θ_{k+1} and the retrained θ'_{k+1} on
+the same fresh episodes of the run's own environment, and reports Δreturn with its standard
+error, beside a random drop of the same count. With several iterations or runs it writes
+the box plots (PNG), a CSV and a Markdown table (``rlattr.analysis.whatif``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from rlattr.analysis.whatif import (
+    DEFAULT_SCORES,
+    WHATIF_RULES,
+    WhatIfConfig,
+    WhatIfError,
+    WhatIfResult,
+    check_iterations,
+    check_scores,
+    whatif_iterations,
+    write_whatif_report,
+)
+from rlattr.record.runlog import RunLog
+
+console = Console()
+
+
+def _help(name: str) -> str:
+    return str(WhatIfConfig.__dataclass_fields__[name].metadata.get("help", ""))
+
+
+def add_intervene(
+    sub: Any, formatter: type, count: Callable[[str], int], device: Callable[[str], str]
+) -> None:
+    """Register ``rlattr intervene``."""
+    parser = sub.add_parser(
+        "intervene",
+        help="what-if: retrain an iteration without chosen records, compare the returns",
+        formatter_class=formatter,
+    )
+    parser.add_argument("run", nargs="+", help="run directory (several: one box per iteration)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--iteration", type=int, nargs="+", metavar="K",
+        help="the iteration(s) k to retrain from θ_k",
+    )  # fmt: skip
+    which.add_argument(
+        "--every", type=count, metavar="N", help="every N-th recorded iteration, from the first"
+    )
+    defaults = WhatIfConfig()
+    parser.add_argument("--rule", default=defaults.rule, choices=WHATIF_RULES, help=_help("rule"))
+    parser.add_argument("--fraction", type=float, default=defaults.fraction, help=_help("fraction"))
+    parser.add_argument("--episodes", type=count, default=defaults.episodes, help=_help("episodes"))
+    parser.add_argument(
+        "--eval-seed", type=int, default=defaults.eval_seed, help=_help("eval_seed")
+    )
+    parser.add_argument(
+        "--no-control", action="store_true", help="skip the random drop of the same count"
+    )
+    parser.add_argument("--scores", default=defaults.scores, help=_help("scores"))
+    parser.add_argument(
+        "--compute-scores", action="store_true",
+        help=f"compute and store missing {DEFAULT_SCORES!r} scores (snapshot, return target)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, help="folder for whatif.csv/.md/.png (default: RUN/reports/whatif)"
+    )
+    parser.add_argument("--device", type=device, default="cpu", help="where to replay")
+    parser.set_defaults(func=run_intervene)
+
+
+def _iterations(log: RunLog, args: argparse.Namespace) -> list[int]:
+    recorded = [k for k in log.iterations() if log.has_checkpoint(k)]
+    if args.iteration is not None:
+        check_iterations(log, args.iteration)
+        return list(args.iteration)
+    if not recorded:
+        raise WhatIfError(f"{log.path} holds no recorded iteration with a start checkpoint")
+    return recorded[:: args.every]
+
+
+def _ensure_scores(log: RunLog, iterations: list[int], name: str, compute: bool) -> None:
+    """Compute the default scores where missing, if asked (only those can be computed)."""
+    if not compute:
+        return
+    if name != DEFAULT_SCORES:
+        raise WhatIfError(f"--compute-scores computes {DEFAULT_SCORES!r} only, not {name!r}")
+    from rlattr.scoring.attribute import attribute
+    from rlattr.scoring.targets import ReturnTarget
+
+    for k in iterations:
+        if name not in log.score_names(k):
+            attribute(log, k, ReturnTarget(), "snapshot", store=True)
+
+
+def run_evaluator(log: RunLog) -> Callable[[Any, int, int], np.ndarray]:
+    """``evaluate(policy, episodes, seed)`` on the run's own environment (its preset's
+    environment and wrappers, or its registered id), stochastic actions seeded by ``seed``."""
+    from rlattr.sweep.trial import make_eval_env_factory
+    from rlattr.training.evaluation import evaluate_policy_batched
+    from rlattr.training.presets import Preset
+
+    stored = log.meta.get("config", {}).get("preset")
+    if stored is not None:
+        make_env = make_eval_env_factory(Preset.from_dict(stored))
+    else:
+        env_id = log.meta.get("environment", {}).get("id")
+        if env_id is None:
+            raise WhatIfError(
+                f"{log.path} names neither a preset nor a registered environment id, so "
+                "`rlattr intervene` cannot build its environment; call "
+                "rlattr.analysis.whatif.whatif with your own evaluator"
+            )
+        import gymnasium as gym
+
+        def make_env() -> Any:
+            return gym.make(env_id)
+
+    def evaluate(policy: Any, episodes: int, seed: int) -> np.ndarray:
+        return evaluate_policy_batched(policy, make_env, episodes, seed)
+
+    return evaluate
+
+
+def run_intervene(args: argparse.Namespace) -> int:
+    try:
+        config = WhatIfConfig(
+            rule=args.rule,
+            fraction=args.fraction,
+            episodes=args.episodes,
+            eval_seed=args.eval_seed,
+            control=not args.no_control,
+            scores=args.scores,
+        )
+    except ValueError as err:
+        raise WhatIfError(str(err)) from err
+    import rlattr.envs  # noqa: F401  (the project's environments, for runs trained on them)
+
+    logs = [RunLog(path) for path in args.run]  # every run opens before any work
+    plans = {str(log.path): (log, _iterations(log, args)) for log in logs}
+    for log, iterations in plans.values():
+        _ensure_scores(log, iterations, config.scores, args.compute_scores)
+        check_scores(log, iterations, config.scores)  # all present before any retraining
+    results: dict[str, list[WhatIfResult]] = {}
+    for name, (log, iterations) in plans.items():
+
+        def show(result: WhatIfResult, name: str = name) -> None:
+            control = ""
+            if not np.isnan(result.control_delta):
+                control = (
+                    f"; random control Δ {result.control_delta:+.4f} ± "
+                    f"{result.control_delta_se:.4f}"
+                )
+            console.print(
+                f"{name} iteration {result.iteration}: dropped {result.n_dropped} of "
+                f"{result.n_eligible}; return {result.return_logged:+.4f} → "
+                f"{result.return_counterfactual:+.4f}, Δ {result.delta:+.4f} ± "
+                f"{result.delta_se:.4f} (SE, {result.episodes} paired episodes){control}",
+                soft_wrap=True,
+            )
+
+        evaluate = run_evaluator(log)
+        results[name] = whatif_iterations(
+            log, iterations, config, evaluate, args.device, progress=show
+        )
+    if sum(len(r) for r in results.values()) > 1 or args.out is not None:
+        out = args.out or logs[0].path / "reports" / "whatif"
+        title = f"What-if: {config.rule} vs a random drop of the same count"
+        for path in write_whatif_report(results, out, title):
+            console.print(f"wrote {path}", soft_wrap=True)
+    return 0

@@ -1,0 +1,165 @@
+"""The post-hoc what-if (rlattr.analysis.whatif): with nothing dropped the retrained update
+is the logged θ_{k+1} bit for bit, the retrained update reads only the kept records
+(poisoned dropped records change nothing), both policies are evaluated on the same seeds,
+and the rules name exactly the records they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlattr import AttributedPPO, RunLog, ScoreHook, build_policy, load_iteration
+from rlattr.analysis.whatif import (
+    WhatIfConfig,
+    WhatIfError,
+    check_iterations,
+    eligible_records,
+    paired_delta,
+    random_like,
+    removal_mask,
+    retrain_without,
+    whatif,
+    whatif_iterations,
+    write_whatif_report,
+)
+from rlattr.record.replay import state_matches
+from rlattr.training.evaluation import evaluate_policy_batched
+
+TRAP = "rlattr.envs:rlattr/TrapGrid-v0"
+SMALL = {"n_steps": 64, "batch_size": 16, "n_epochs": 2, "device": "cpu", "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def scored_run(tmp_path_factory: pytest.TempPathFactory) -> RunLog:
+    """Three recorded TrapGrid iterations with return-target snapshot scores stored."""
+    run_dir = tmp_path_factory.mktemp("whatif") / "run"
+    model = AttributedPPO("MlpPolicy", TRAP, run_dir=run_dir, record_hooks=[ScoreHook()], **SMALL)
+    model.learn(192)
+    return RunLog(run_dir)
+
+
+def trap_evaluator(policy, episodes: int, seed: int) -> np.ndarray:
+    return evaluate_policy_batched(
+        policy, lambda: gym.make("rlattr/TrapGrid-v0"), episodes, seed, n_envs=8
+    )
+
+
+def _state(policy) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in policy.state_dict().items()}
+
+
+def test_nothing_removed_is_the_logged_update_bit_for_bit(scored_run: RunLog) -> None:
+    policy = build_policy(scored_run)
+    for k in scored_run.iterations():
+        data = load_iteration(scored_run, k)
+        retrain_without(data, policy, torch.zeros(len(data.records), dtype=torch.bool))
+        assert state_matches(policy, scored_run.load_checkpoint(k + 1)[0]) == []
+
+
+def test_a_whatif_that_drops_nothing_has_exactly_zero_delta(scored_run: RunLog) -> None:
+    # Every score positive: drop_negative removes nothing, so θ'_{k+1} = θ_{k+1} and the
+    # shared evaluation episodes (common random numbers) give identical returns.
+    config = WhatIfConfig(episodes=6, control=True)
+    result = whatif(scored_run, 1, config, trap_evaluator, scores=torch.ones(64))
+    assert result.n_dropped == 0
+    assert result.delta == 0.0 and result.delta_se == 0.0
+    assert result.control_delta == 0.0  # a random drop of 0 records is no drop either
+    assert result.return_logged == result.return_counterfactual
+
+
+def test_the_retrained_update_reads_only_the_kept_records(scored_run: RunLog) -> None:
+    policy = build_policy(scored_run)
+    data = load_iteration(scored_run, 1)
+    removed = random_like(13, torch.ones(64, dtype=torch.bool), torch.Generator().manual_seed(3))
+    retrain_without(data, policy, removed)
+    clean = _state(policy)
+    assert all(torch.isfinite(v).all() for v in clean.values() if v.is_floating_point())
+    assert state_matches(policy, scored_run.load_checkpoint(2)[0]) != []  # removal mattered
+    for name in ("advantages", "returns", "log_probs", "values"):
+        getattr(data.records, name)[removed] = float("nan")
+    data.records.observations[removed] = 1e6
+    data.records.actions[removed] = 3.0 - data.records.actions[removed]
+    retrain_without(data, policy, removed)
+    poisoned = _state(policy)
+    assert [name for name in clean if not torch.equal(clean[name], poisoned[name])] == []
+
+
+def test_both_policies_are_evaluated_on_the_same_seeds(scored_run: RunLog) -> None:
+    calls: list[tuple[int, int, list[torch.Tensor]]] = []
+
+    def recording(policy, episodes: int, seed: int) -> np.ndarray:
+        calls.append((episodes, seed, [p.detach().clone() for p in policy.parameters()]))
+        return trap_evaluator(policy, episodes, seed)
+
+    config = WhatIfConfig(episodes=5, eval_seed=123)
+    result = whatif(scored_run, 2, config, recording)
+    assert result.n_dropped > 0
+    assert [(episodes, seed) for episodes, seed, _ in calls] == [
+        (5, 123)
+    ] * 3  # logged, rule, control
+    logged, retrained, control = (params for _, _, params in calls)
+    assert not all(torch.equal(a, b) for a, b in zip(logged, retrained, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(retrained, control, strict=True))
+
+
+def test_the_rules_name_exactly_their_records() -> None:
+    scores = torch.tensor([0.3, -0.2, -0.5, 0.1, -0.1, -0.4, 0.2, -0.3])
+    eligible = torch.tensor([True, True, False, True, True, True, True, True])  # 2 untrained
+    generator = torch.Generator().manual_seed(0)
+
+    def named(rule: str, fraction: float = 0.3) -> list[int]:
+        mask = removal_mask(scores, rule, fraction, eligible, generator)
+        return torch.nonzero(mask).flatten().tolist()
+
+    assert named("drop_negative") == [1, 4, 5, 7]  # record 2 is negative but untrained
+    assert named("bottom") == [5, 7]  # floor(0.3 × 7 eligible) = 2 lowest eligible
+    drawn = named("random", 0.5)
+    assert len(drawn) == 3 and all(bool(eligible[i]) for i in drawn)
+    control = random_like(4, eligible, generator)
+    assert int(control.sum()) == 4 and not bool((control & ~eligible).any())
+
+
+def test_records_the_run_already_removed_are_not_eligible() -> None:
+    plan = SimpleNamespace(
+        keep_mask=torch.tensor([True, False, True, True]),
+        record_weights=torch.tensor([1.0, 1.0, 0.0, 0.5]),
+    )
+    assert eligible_records(SimpleNamespace(plan=plan)).tolist() == [True, False, False, True]
+
+
+def test_paired_delta_is_the_mean_difference_and_its_standard_error() -> None:
+    # differences 1, 2, 2, 3: mean 2, sample variance 2/3, SE sqrt(2/3)/2
+    delta, se = paired_delta(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 0.0, 1.0, 1.0]))
+    assert delta == pytest.approx(2.0, abs=1e-15)
+    assert se == pytest.approx(np.sqrt(2 / 3) / 2, rel=1e-12)
+    with pytest.raises(WhatIfError, match="same number"):
+        paired_delta(np.zeros(3), np.zeros(4))
+
+
+def test_bad_input_is_refused_before_anything_retrains(scored_run: RunLog, tmp_path: Path) -> None:
+    with pytest.raises(WhatIfError, match="iteration 7 is not recorded"):
+        check_iterations(scored_run, [7])
+    with pytest.raises(WhatIfError, match=r"no scores 'tracin-return'.*rlattr attribute"):
+        whatif_iterations(scored_run, [0], WhatIfConfig(scores="tracin-return"), trap_evaluator)
+    with pytest.raises(WhatIfError, match="finite"):
+        whatif(scored_run, 0, WhatIfConfig(), trap_evaluator, scores=torch.full((64,), np.nan))
+    with pytest.raises(WhatIfError, match="unknown what-if rule"):
+        WhatIfConfig(rule="drop_positive")  # type: ignore[arg-type]
+    with pytest.raises(WhatIfError, match="fraction"):
+        WhatIfConfig(fraction=1.0)
+
+
+def test_the_report_has_a_row_per_run_and_iteration(scored_run: RunLog, tmp_path: Path) -> None:
+    config = WhatIfConfig(episodes=3)
+    results = whatif_iterations(scored_run, [0, 2], config, trap_evaluator)
+    written = write_whatif_report({"a": results, "b": results[:1]}, tmp_path)
+    assert [p.name for p in written] == ["whatif.csv", "whatif.md", "whatif.png"]
+    lines = (tmp_path / "whatif.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 and lines[1].startswith("a,0,drop_negative,64,64,")
+    assert "| 0 | 2 |" in (tmp_path / "whatif.md").read_text()
+    assert (tmp_path / "whatif.png").stat().st_size > 0
