@@ -419,8 +419,9 @@ def write_results(
         ]
         ap, pk = summary["average_precision"], summary["precision_at_k"]
         for ranking in sorted(ap, key=lambda n: -ap[n]["iqm"]):
+            cell = ranking.replace("|", "\\|")  # |advantage| must not split the row
             lines.append(
-                f"| {ranking} | {ap[ranking]['iqm']:.3f} [{ap[ranking]['low']:.3f}, "
+                f"| {cell} | {ap[ranking]['iqm']:.3f} [{ap[ranking]['low']:.3f}, "
                 f"{ap[ranking]['high']:.3f}] | {pk[ranking]['iqm']:.3f} "
                 f"[{pk[ranking]['low']:.3f}, {pk[ranking]['high']:.3f}] |"
             )
