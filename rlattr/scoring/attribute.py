@@ -13,6 +13,7 @@ from rlattr.record.records import Records
 from rlattr.record.replay import IterationData, build_policy, load_iteration
 from rlattr.record.runlog import RunLog
 from rlattr.scoring.grads import Backend, ParamSelection
+from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from rlattr.scoring.influence import METHODS, Method, snapshot_scores, tracin_scores
 from rlattr.scoring.targets import Target, TargetContext
 
@@ -61,10 +62,12 @@ def score_iteration(
     method: Method = "snapshot",
     params: ParamSelection = "policy",
     backend: Backend = "auto",
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET,
 ) -> torch.Tensor:
     """Score the records of one iteration, wherever it came from (run log or memory).
 
     ``policy`` is a workspace of the run's architecture: its state is overwritten.
+    ``memory_budget``: the metagradient's graph memory (``metagradient_scores``).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -78,7 +81,8 @@ def score_iteration(
     if method == "metagrad":
         from rlattr.scoring.metagrad import metagradient_scores
 
-        return metagradient_scores(data, policy, target, context).scores.to(torch.float64)
+        result = metagradient_scores(data, policy, target, context, memory_budget=memory_budget)
+        return result.scores.to(torch.float64)
     return tracin_scores(data, policy, target, context, params, backend)
 
 
@@ -90,11 +94,12 @@ def _score(
     params: ParamSelection,
     backend: Backend,
     device: str,
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET,
 ) -> torch.Tensor:
     """``score_iteration`` on a logged iteration, with a policy built from ``run.json``."""
     policy = build_policy(log, device)
     context = target_context(log, data.records)
-    return score_iteration(data, policy, target, context, method, params, backend)
+    return score_iteration(data, policy, target, context, method, params, backend, memory_budget)
 
 
 def attribute(
@@ -106,6 +111,7 @@ def attribute(
     backend: Backend = "auto",
     device: str = "cpu",
     store: bool = True,
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET,
 ) -> torch.Tensor:
     """Score every record of a logged iteration on ``target`` (positive = helpful).
 
@@ -121,6 +127,8 @@ def attribute(
         device: where to compute.
         store: also store the scores in the run log, named by ``score_name`` (run logs
             only: scores of an in-memory iteration are returned, not stored).
+        memory_budget: ``"metagrad"`` only: the graph memory to stay within (bytes, a
+            size such as ``"1GiB"``, or None: no limit); see ``metagradient_scores``.
 
     Returns:
         ``[N]`` float64 scores aligned with the iteration's record ids.
@@ -136,7 +144,7 @@ def attribute(
         data = load_iteration(log, iteration, device)
         policy = build_policy(log, device)
         context = target_context(log, data.records)
-    scores = score_iteration(data, policy, target, context, method, params, backend)
+    scores = score_iteration(data, policy, target, context, method, params, backend, memory_budget)
     if not torch.isfinite(scores).all():
         raise ValueError(
             f"{method} scores of iteration {iteration} contain NaN or inf "

@@ -10,12 +10,20 @@ moments, bias correction and ε (or SGD momentum), ratio clipping and value loss
 The replay is functional (parameters are graph tensors, the optimiser is torch's formulas
 as tensor arithmetic: ``rlattr.scoring.optimizers``), so it reproduces the logged θ_{k+1}
 to float rounding, not bit for bit; ``metagradient_scores`` reports that difference.
+
+Memory: the graph of every step grows with the number of steps, so by default the replay
+is differentiated within ``DEFAULT_MEMORY_BUDGET`` (256 MiB) of graph memory: one graph
+when it fits, else segments recomputed during the backward pass, as long as the budget
+allows (``rlattr.scoring.graph_memory``). Segmenting changes memory and time, not the
+scores (beyond float rounding).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +33,16 @@ from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.loss import weighted_minibatch_loss
 from rlattr.record.replay import IterationData, refuse_weighted
 from rlattr.scoring.grads import _substituted
+from rlattr.scoring.graph_memory import (
+    DEFAULT_MEMORY_BUDGET,
+    MemoryBudget,
+    ReplayMemory,
+    SavedTensorMeter,
+    budget_bytes,
+    choose_segments,
+    describe,
+    tensor_bytes,
+)
 from rlattr.scoring.optimizers import check_supported
 from rlattr.scoring.targets import Target, TargetContext
 
@@ -38,11 +56,16 @@ class MetagradResult:
         target_value: f(θ_{k+1}) of the functional replay.
         max_abs_param_error: largest |θ_{k+1} (functional) − θ_{k+1} (logged replay)|
             over all parameters, if the logged end state was given.
+        segment_steps: the segment length used (None: one graph of every step).
+        memory: the measured pieces of the graph memory, when the memory budget chose
+            the segment length (None when it was given or there was no budget).
     """
 
     scores: torch.Tensor
     target_value: float
     max_abs_param_error: float | None = None
+    segment_steps: int | None = None
+    memory: ReplayMemory | None = None
 
 
 FLAT = "θ"  # the key of the flat parameter vector in the functional replay
@@ -116,6 +139,7 @@ def metagradient_scores(
     end_state: dict[str, torch.Tensor] | None = None,
     at: torch.Tensor | None = None,
     segment_steps: int | None = None,
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET,
 ) -> MetagradResult:
     """+∂f(θ_{k+1}(w))/∂w_i at w = 1 for every record of a logged iteration.
 
@@ -128,16 +152,23 @@ def metagradient_scores(
             ``"count"`` (Σwℓ/|b|: the counterfactual first-order scores describe).
         end_state: the logged θ_{k+1} (a checkpoint's tensors), to report the replay error.
         at: the weights to differentiate at (default: all ones, the logged update).
-        segment_steps: ``None`` keeps the graph of every optimiser step for the backward
-            pass (memory grows with the number of steps). An integer S keeps only the
-            parameters and optimiser state at every S-th step and recomputes each
-            segment's graph during the backward pass: memory ~ one segment's graph plus
-            the stored states, for about one more forward pass. Same scores up to float
-            rounding.
+        segment_steps: an integer S keeps only the parameters and optimiser state at
+            every S-th step and recomputes each segment's graph during the backward pass:
+            memory ~ one segment's graph plus the stored states, for about one more
+            forward pass. Same scores up to float rounding. ``None`` (default): chosen
+            from ``memory_budget``.
+        memory_budget: with ``segment_steps=None``, the graph memory to stay within:
+            bytes, a size such as ``"256MiB"`` or ``"1GiB"``, or ``None``/``"none"``:
+            no limit, the graph of every step kept (fastest, memory grows with the
+            steps). One optimiser step's graph (on the largest minibatch) and the
+            target's are measured first (``SavedTensorMeter``) and the longest segment
+            whose estimated peak fits is used (``choose_segments``); if none fits, the
+            smallest estimate is used with a ``RuntimeWarning``.
     """
     refuse_weighted(data, "metagradient")
     if segment_steps is not None and segment_steps < 1:
         raise ValueError(f"segment_steps must be >= 1 or None, got {segment_steps}")
+    budget = budget_bytes(memory_budget)
     restore_checkpoint(policy, data.start_tensors, data.start_meta)
     policy.set_training_mode(True)
     device = next(policy.parameters()).device
@@ -189,6 +220,20 @@ def metagradient_scores(
                 params = {n: v.requires_grad_(True) for n, v in params.items()}
         return params
 
+    memory = None
+    if segment_steps is None and budget is not None and len(steps) > 1:
+        memory = _measure(
+            policy, optimizer, params, unflatten, run, steps, lambda: target.value(policy, context)
+        )
+        choice = choose_segments(memory, budget)
+        if not choice.fits:
+            warnings.warn(
+                f"metagradient: no segment length fits the memory budget; using "
+                f"{describe(choice, budget)}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        segment_steps = choice.segment_steps
     if segment_steps is None:
         params = run(params, 0, len(steps), graph=True)
         with _substituted(policy, unflatten(params[FLAT])):
@@ -214,9 +259,9 @@ def metagradient_scores(
             for n, g in zip(params, grads, strict=True)
         }
         scores = torch.zeros_like(weights)
-        for (first, last), (start_params, start_state) in zip(
-            reversed(segments), reversed(starts), strict=True
-        ):
+        while segments:  # from the last; each start is dropped once its segment is done
+            first, last = segments.pop()
+            start_params, start_state = starts.pop()
             leaves = {n: v.requires_grad_(True) for n, v in start_params.items()}
             optimizer.load(start_state)
             state_in = optimizer.tensors()
@@ -240,4 +285,32 @@ def metagradient_scores(
         error = max(
             float((final[n] - end_state["policy." + n].to(dtype)).abs().max()) for n in names
         )
-    return MetagradResult(scores.detach(), float(value.detach()), error)
+    return MetagradResult(scores.detach(), float(value.detach()), error, segment_steps, memory)
+
+
+def _measure(
+    policy: ActorCriticPolicy,
+    optimizer: _FunctionalOptimizer,
+    params: dict[str, torch.Tensor],
+    unflatten: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    run: Callable[..., dict[str, torch.Tensor]],
+    steps: list[torch.Tensor],
+    target_value: Callable[[], torch.Tensor],
+) -> ReplayMemory:
+    """Measure the graph of one optimiser step and of the target, then throw them away.
+
+    The step is the one with the largest minibatch (a step's graph grows with its
+    minibatch, so this bounds every step), taken from the start state; the target is
+    evaluated at the start parameters (its graph depends on shapes, not values). Costs
+    one step and one target forward more than the replay itself.
+    """
+    largest = max(range(len(steps)), key=lambda step: len(steps[step]))
+    state = dict(optimizer.state)  # step() replaces the entries, never changes them
+    with SavedTensorMeter() as meter:
+        run(dict(params), largest, largest + 1, graph=True)
+    optimizer.state = state
+    step_bytes = meter.peak
+    with SavedTensorMeter() as meter, _substituted(policy, unflatten(params[FLAT])):
+        target_value()
+    stored = tensor_bytes(params.values()) + tensor_bytes(optimizer.tensors().values())
+    return ReplayMemory(len(steps), step_bytes, stored, meter.peak)

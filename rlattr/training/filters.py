@@ -30,6 +30,7 @@ from rlattr.record.plan import MINIBATCHING, Minibatching
 from rlattr.scoring import rules
 from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import ParamSelection
+from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, budget_bytes
 from rlattr.scoring.influence import snapshot_scores
 from rlattr.scoring.rules import MATCHED, NEEDS_FRACTION, RULES, Rule
 from rlattr.scoring.targets import ReturnTarget, Target
@@ -92,6 +93,11 @@ class IIF:
         seed: seed of the random rules' own generator (the global RNGs are not touched);
             None (default) derives it from the model's seed, so random drops differ across
             training seeds (``rlattr.training.seams.filter_seed``).
+        memory_budget: with ``metagrad``, the graph memory one metagradient may hold:
+            bytes, a size such as ``"256MiB"`` or ``"1GiB"``, or None/``"none"`` (no
+            limit: one graph of the whole update). Within it the update's graph is kept
+            whole or recomputed in segments (``rlattr.scoring.graph_memory``); the
+            scores are the same up to float rounding.
     """
 
     # metadata["help"]: the one-line help of ``rlattr train --iif-<field>``.
@@ -130,6 +136,10 @@ class IIF:
     )
     min_kept: int = field(default=1, metadata={"help": "never keep fewer records than this"})
     seed: int | None = None
+    memory_budget: MemoryBudget = field(
+        default=DEFAULT_MEMORY_BUDGET,
+        metadata={"help": "metagrad: graph memory to stay within (256MiB, 1GiB, none)"},
+    )
 
     def __post_init__(self) -> None:
         _check_iif_types(self)
@@ -150,6 +160,10 @@ class IIF:
             )
         if self.greedy_blocks < 1:
             raise ValueError("greedy_blocks must be >= 1")
+        try:
+            budget_bytes(self.memory_budget)
+        except ValueError as err:
+            raise ValueError(f"IIF memory_budget: {err}") from None
         if self.greedy_blocks > 1 and self.scorer != "metagrad":
             raise ValueError("greedy_blocks needs scorer='metagrad'")
         if self.minibatching not in MINIBATCHING:
@@ -228,8 +242,9 @@ class IIFFilter(KeepMaskFilter):
         records = context.records
         data = IterationData(records.iteration, records, context.plan, tensors, meta)
         return metagradient_scores(
-            data, context.policy, target, context.target_context(), at=at
-        ).scores
+            data, context.policy, target, context.target_context(), at=at,
+            memory_budget=self.config.memory_budget,
+        ).scores  # fmt: skip
 
     def __call__(self, context: IterationContext) -> FilterDecision:
         config = self.config
