@@ -9,6 +9,7 @@ from rlattr.record.replay import build_policy, load_iteration
 from rlattr.record.runlog import RunLog
 from rlattr.scoring.attribute import _score, target_context
 from rlattr.scoring.grads import ParamSelection
+from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from rlattr.scoring.influence import Method
 from rlattr.scoring.targets import Target
 
@@ -25,12 +26,16 @@ def fidelity(
     seed: int = 0,
     params: ParamSelection = "policy",
     device: str = "cpu",
+    memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET,
 ) -> FidelityReport:
-    """LDS & co. of ``method``'s scores against leave-subset-out replay (SCIENCE.md §2)."""
+    """LDS & co. of ``method``'s scores against leave-subset-out replay (SCIENCE.md §2).
+
+    ``memory_budget``: the metagradient's graph memory (``metagradient_scores``).
+    """
     log = log if isinstance(log, RunLog) else RunLog(log)
     data = load_iteration(log, iteration, device)
     if scores is None:
-        scores = _score(log, data, target, method, params, "auto", device)
+        scores = _score(log, data, target, method, params, "auto", device, memory_budget)
     policy = build_policy(log, device)
     context = target_context(log, data.records)
     return check_scores(data, policy, scores, target, context, n_subsets, fraction, seed, orders)

@@ -30,6 +30,7 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from rlattr.argtypes import at_least as _at_least
+from rlattr.argtypes import format_memory_size, memory_size
 from rlattr.cli.intervene import add_intervene
 from rlattr.cli.reports import add_diagnose, add_formation
 from rlattr.errors import PresetError, RlattrError
@@ -230,6 +231,11 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"{option} only applies with --iif: add --iif to filter, or drop {option}")
     preset = Preset.load(args.preset).with_overrides(total_timesteps=args.timesteps)
     iif = _iif_config(preset, args) if args.iif else None
+    if args.memory_budget is not None and (iif is None or iif.scorer != "metagrad"):
+        raise UsageError(
+            "--memory-budget only applies to metagradient IIF: add --iif --iif-scorer metagrad, "
+            "or drop --memory-budget"
+        )
     if args.intervene is None and (args.budget is not None or args.intervene_weight is not None):
         option = "--budget" if args.budget is not None else "--intervene-weight"
         raise UsageError(f"{option} only applies with --intervene action:FILE")
@@ -318,6 +324,7 @@ def _intervention(preset: Preset, args: argparse.Namespace, iif: Any) -> Any:
 def _iif_config(preset: Preset, args: argparse.Namespace) -> Any:
     """The preset's IIF settings with the ``--iif-*`` options on top, validated."""
     overrides = {name: getattr(args, f"iif_{name}") for name in IIF_CLI_FIELDS}
+    overrides["memory_budget"] = args.memory_budget
     with _user_input("IIF settings (the --iif-* options over the preset's iif section)"):
         return preset.iif_config(**overrides)
 
@@ -389,6 +396,9 @@ def _iif_options(stored: dict[str, Any], preset_iif: dict[str, Any]) -> list[str
     for name in IIF_CLI_FIELDS:
         if name in stored and stored[name] != {**defaults, **preset_iif}.get(name):
             words += ["--iif-" + name.replace("_", "-"), str(stored[name])]
+    budget = stored.get("memory_budget", defaults["memory_budget"])
+    if budget != {**defaults, **preset_iif}.get("memory_budget"):
+        words += ["--memory-budget", "none" if budget is None else str(budget)]
     return words
 
 
@@ -609,6 +619,7 @@ def _run_spaces(log: RunLog) -> tuple[Any, Any]:
 def _attribute(args: argparse.Namespace) -> int:
     from rlattr.scoring.attribute import attribute, score_name
 
+    budget = _memory_budget(args, args.method == "metagrad", "with --method metagrad")
     log = RunLog(args.run)
     log.iteration_meta(args.iteration)  # the iteration exists, before the target is read
     target = _load_target(args.target, log)
@@ -616,6 +627,7 @@ def _attribute(args: argparse.Namespace) -> int:
     scores = attribute(
         log, args.iteration, target, args.method, args.params, args.backend, args.device,
         store=not args.no_store,
+        memory_budget=budget,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     records = log.load_records(args.iteration)
@@ -684,6 +696,9 @@ def _progress(enabled: bool) -> Iterator[Progress | None]:
 def _fidelity(args: argparse.Namespace) -> int:
     from rlattr.analysis.fidelity import fidelity
 
+    budget = _memory_budget(
+        args, args.method in ("metagrad", "all"), "with --method metagrad or all"
+    )
     log = RunLog(args.run)
     log.iteration_meta(args.iteration)
     target = _load_target(args.target, log)
@@ -703,6 +718,7 @@ def _fidelity(args: argparse.Namespace) -> int:
             report = fidelity(
                 log, args.iteration, target, method, n_subsets=args.subsets,
                 fraction=args.fraction, orders=args.orders, seed=args.seed, device=args.device,
+                memory_budget=budget,
             )  # fmt: skip
             table.add_row(
                 method, f"{report.n_subsets} × {report.fraction:g}", f"{report.lds:.3f}",
@@ -868,6 +884,7 @@ def _add_iif_options(train: argparse.ArgumentParser) -> None:
             choices=[c for c in choices if c is not None] if choices else None,
             help=f"{field.metadata['help']} (default: the preset's, else {shown})",
         )
+    _add_memory_budget(group, "with --iif-scorer metagrad")
 
 
 def _add_train(sub: Any) -> None:
@@ -925,6 +942,30 @@ def _add_intervention_options(train: argparse.ArgumentParser) -> None:
         "--intervene-weight", type=float, default=None,
         help=f"{help_of('weight')} (default: 0, drop)",
     )  # fmt: skip
+
+
+def _add_memory_budget(parser: Any, applies: str) -> None:
+    """``--memory-budget``: the metagradient's graph memory (``metagradient_scores``)."""
+    from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET
+
+    parser.add_argument(
+        "--memory-budget", type=memory_size, metavar="SIZE",
+        help=f"{applies}: graph memory the metagradient may hold, e.g. 256MiB or 1GiB "
+        "(segments of the update are recomputed to stay within it; same scores), or none "
+        f"(one graph of the whole update: fastest) (default: "
+        f"{format_memory_size(DEFAULT_MEMORY_BUDGET)})",
+    )  # fmt: skip
+
+
+def _memory_budget(args: argparse.Namespace, applies: bool, needs: str) -> Any:
+    """``--memory-budget`` as given, else the default; refused where no metagradient runs."""
+    from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET
+
+    if args.memory_budget is None:
+        return DEFAULT_MEMORY_BUDGET
+    if not applies:
+        raise UsageError(f"--memory-budget only applies {needs}: add it, or drop --memory-budget")
+    return args.memory_budget
 
 
 def _preset_names() -> str:
@@ -988,6 +1029,7 @@ def _add_attribute(sub: Any) -> None:
         "--no-store", action="store_true", help="do not store the scores in the run"
     )
     attribute.add_argument("--device", type=_compute_device, default="cpu", help="where to score")
+    _add_memory_budget(attribute, "with --method metagrad")
     attribute.add_argument(
         "--out", type=Path, metavar="FILE.csv|FILE.parquet",
         help="also write one row per record (env, step, episode, observation, action, reward, "
@@ -1025,6 +1067,7 @@ def _add_fidelity(sub: Any) -> None:
     )  # fmt: skip
     fidelity.add_argument("--seed", type=_at_least(0), default=0, help="seed of the subsets")
     fidelity.add_argument("--device", type=_compute_device, default="cpu", help="where to replay")
+    _add_memory_budget(fidelity, "with --method metagrad or all")
     fidelity.add_argument("--no-progress", action="store_true", help="no progress display")
     fidelity.set_defaults(func=_fidelity)
 
