@@ -85,7 +85,7 @@ data = load_iteration(log, 1)
 policy = build_policy(log)
 context = target_context(log, data.records)
 print(peak_rss_growth_mib(lambda: metagradient_scores(
-    data, policy, ReturnTarget(), context, segment_steps={segment!r})))
+    data, policy, ReturnTarget(), context, segment_steps={segment!r}, memory_budget=None)))
 """
 
 
@@ -135,7 +135,10 @@ def bench(name: str, repeats: int) -> dict:
             repeats,
         )
 
-        metagrad_s = _timed(lambda: metagradient_scores(data, policy, target, context), repeats)
+        # memory_budget=None: the whole graph (the default budget would segment the CNN).
+        metagrad_s = _timed(
+            lambda: metagradient_scores(data, policy, target, context, memory_budget=None), repeats
+        )
         segment = max(1, round(data.plan.n_steps**0.5))
         metagrad_segmented_s = _timed(
             lambda: metagradient_scores(data, policy, target, context, segment_steps=segment),
