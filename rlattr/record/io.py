@@ -77,25 +77,92 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> str:
-    """Write ``payload`` as indented JSON atomically; returns the SHA-256 of the bytes."""
-    data = (json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n").encode()
+def atomic_write_json(path: Path, payload: dict[str, Any], compact: bool = False) -> str:
+    """Write ``payload`` as JSON atomically; returns the SHA-256 of the bytes.
+
+    Indented by default (``run.json`` is read by people); ``compact`` drops the whitespace,
+    for the small files written every iteration, where indentation is a third of the bytes.
+    """
+    if compact:
+        text = json.dumps(payload, separators=(",", ":"), sort_keys=True, allow_nan=True)
+    else:
+        text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=True)
+    data = (text + "\n").encode()
     atomic_write_bytes(path, data)
     return sha256_bytes(data)
 
 
-def atomic_write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, int]:
+# safetensors header metadata key: JSON {tensor name: original dtype} of narrowed tensors.
+NARROWED_KEY = "rlattr.narrowed"
+# Narrower types tried for a tensor, smallest first; the first that round-trips bit for bit
+# is stored. Only types safetensors and NumPy both hold (no bfloat16 targets).
+_NARROW_CANDIDATES = (
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.uint16,
+    torch.int16,
+    torch.float16,
+    torch.uint32,
+    torch.int32,
+    torch.float32,
+)
+_NARROWABLE = (torch.int64, torch.int32, torch.int16, torch.float64, torch.float32)
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (tells -0.0 from 0.0 and compares NaN payloads), same dtype."""
+    if a.dtype.is_floating_point:
+        return torch.equal(a.view(_BITS[a.element_size()]), b.view(_BITS[b.element_size()]))
+    return torch.equal(a, b)
+
+
+def narrowest(tensor: torch.Tensor) -> torch.dtype:
+    """The smallest dtype that stores ``tensor`` exactly: casting to it and back gives the
+    same bits (so int64 indices below 256 fit uint8, 0/1 floats fit bool, float32-valued
+    float64 fits float32; integers stay integers). Tensors of other dtypes, and empty ones,
+    keep their dtype."""
+    if tensor.dtype not in _NARROWABLE or tensor.numel() == 0:
+        return tensor.dtype
+    size = tensor.element_size()
+    for dtype in _NARROW_CANDIDATES:
+        if torch.empty(0, dtype=dtype).element_size() >= size:
+            break
+        if dtype.is_floating_point and not tensor.dtype.is_floating_point:
+            continue  # exact, but indices stored as floats would puzzle a reader
+        if _same_bits(tensor.to(dtype).to(tensor.dtype), tensor):
+            return dtype
+    return tensor.dtype
+
+
+def atomic_write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], narrow: bool = False
+) -> tuple[str, int]:
     """Save tensors (moved to CPU, made contiguous) as safetensors; returns (sha256, bytes).
+
+    With ``narrow`` each tensor is stored in ``narrowest`` dtype and its own dtype goes into
+    the file's header metadata, so ``read_tensors`` gives back the same values in the same
+    dtype, bit for bit (run-log format 2: indices, flags and integer rewards take 1-2 bytes).
 
     The bytes are the same either way; safetensors' NumPy writer has about half the
     per-tensor Python overhead of its torch writer, which matters for checkpoints of many
     small tensors written every iteration. bfloat16 has no NumPy type and takes the other.
     """
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    metadata: dict[str, str] | None = None
+    if narrow:
+        narrowed = {}
+        for name, tensor in cpu.items():
+            dtype = narrowest(tensor)
+            if dtype != tensor.dtype:
+                narrowed[name] = str(tensor.dtype).removeprefix("torch.")
+                cpu[name] = tensor.to(dtype)
+        metadata = {NARROWED_KEY: json.dumps(narrowed, sort_keys=True)} if narrowed else None
     if any(t.dtype == torch.bfloat16 for t in cpu.values()):
-        data = st_save(cpu)
+        data = st_save(cpu, metadata=metadata)
     else:
-        data = st_save_numpy({name: t.numpy() for name, t in cpu.items()})
+        data = st_save_numpy({name: t.numpy() for name, t in cpu.items()}, metadata=metadata)
     atomic_write_bytes(path, data)
     return sha256_bytes(data), len(data)
 
@@ -133,6 +200,20 @@ def read_tensors(
         )
     try:
         tensors = st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as err:
+        narrowed = _narrowed_dtypes(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError, AttributeError) as err:
         raise CorruptRunLogError(f"{path} is not a readable safetensors file: {err}") from err
-    return {name: t.to(device) for name, t in tensors.items()}
+    return {name: t.to(device, narrowed.get(name, t.dtype)) for name, t in tensors.items()}
+
+
+def _narrowed_dtypes(data: bytes) -> dict[str, torch.dtype]:
+    """{tensor name: dtype to restore} from a safetensors header written with ``narrow``."""
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_size])
+    stored = (header.get("__metadata__") or {}).get(NARROWED_KEY)
+    if stored is None:
+        return {}
+    dtypes = {name: getattr(torch, dtype) for name, dtype in json.loads(stored).items()}
+    if not all(isinstance(d, torch.dtype) for d in dtypes.values()):
+        raise ValueError(f"unknown dtype in the header metadata {stored}")
+    return dtypes

@@ -121,16 +121,50 @@ class UpdatePlan:
 
     @classmethod
     def from_stored(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> UpdatePlan:
-        return cls(
+        """The plan stored as ``json_dict`` and ``tensor_dict`` (or ``stored_tensor_dict``,
+        whose derivable minibatches are cut again from the permutations here)."""
+        derived = meta.get("minibatches") == DERIVED
+        stored = (
+            {name: tensors[name] for name in cls.tensor_names() if name not in _DERIVABLE}
+            if derived
+            else {name: tensors[name] for name in cls.tensor_names()}
+        )
+        if derived:
+            # Placeholders of the right length until the cut below replaces them.
+            steps = int(meta["n_optimizer_steps"])
+            empty = torch.zeros(steps, dtype=torch.int64, device=tensors["keep_mask"].device)
+            stored.update(minibatch_indices=empty, minibatch_sizes=empty, step_epochs=empty)
+        plan = cls(
             loss_config=PPOLossConfig.from_json(meta["loss_config"]),
             n_epochs=int(meta["n_epochs"]),
             batch_size=int(meta["batch_size"]),
             early_stopped=bool(meta["early_stopped"]),
-            **{name: tensors[name] for name in cls.tensor_names()},
+            **stored,
             record_weights=tensors.get("record_weights"),
             # None: written before plans said how their minibatches were formed.
             minibatching=meta.get("minibatching"),
         )
+        if derived:
+            cut = plan.derived_minibatches()
+            if cut is None:
+                raise KeyError("minibatching (needed to cut the stored permutations)")
+            indices, sizes, epochs = cut
+            plan = replace(
+                plan, minibatch_indices=indices, minibatch_sizes=sizes, step_epochs=epochs
+            )
+        return plan
+
+    def stored_tensor_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, JSON) as run-log format 2 stores the plan: every index in int64 (the
+        run log narrows them when written), the minibatches left out when they are the
+        permutations cut again (checked here, so what is loaded is what the update used)."""
+        tensors = self.tensor_dict()
+        meta = self.json_dict()
+        if self.minibatches_derivable():
+            for name in _DERIVABLE:
+                del tensors[name]
+            meta["minibatches"] = DERIVED
+        return tensors, meta
 
     @classmethod
     def draft(
@@ -163,6 +197,43 @@ class UpdatePlan:
             early_stopped=False,
         )
 
+    def derived_minibatches(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(minibatch_indices, minibatch_sizes, step_epochs) cut again from the epoch
+        permutations, as training cut them (``cut_minibatches`` around ``keep_mask``), and
+        cut short where the plan's steps end (a target-KL stop). None when the plan's
+        minibatching is unknown (plans written before it was stored)."""
+        if self.minibatching is None:
+            return None
+        kept_all = bool(self.keep_mask.all())
+        indices, sizes, epochs = [], [], []
+        for epoch, order in enumerate(self.epoch_permutations):
+            batches = cut_minibatches(
+                order, self.batch_size, None if kept_all else self.keep_mask, self.minibatching
+            )
+            indices += batches
+            sizes += [len(batch) for batch in batches]
+            epochs += [epoch] * len(batches)
+        steps = self.n_optimizer_steps
+        device = self.epoch_permutations.device
+        flat = torch.cat(indices[:steps]) if steps else torch.zeros(0, dtype=torch.int64)
+        return (
+            flat.to(device, torch.int64),
+            torch.tensor(sizes[:steps], dtype=torch.int64, device=device),
+            torch.tensor(epochs[:steps], dtype=torch.int64, device=device),
+        )
+
+    def minibatches_derivable(self) -> bool:
+        """Whether ``derived_minibatches`` gives back this plan's minibatches exactly (so a
+        run log may store only the permutations; run-log format 2 checks this per plan)."""
+        derived = self.derived_minibatches()
+        if derived is None:
+            return False
+        stored = (self.minibatch_indices, self.minibatch_sizes, self.step_epochs)
+        return all(
+            a.shape == b.shape and torch.equal(a.to(torch.int64), b.to(torch.int64))
+            for a, b in zip(derived, stored, strict=True)
+        )
+
     @staticmethod
     def tensor_names() -> tuple[str, ...]:
         return (
@@ -176,6 +247,10 @@ class UpdatePlan:
             "clip_coefs",
         )
 
+
+# Plan tensors that format 2 may leave out (cut again from the permutations on load).
+_DERIVABLE = ("minibatch_indices", "minibatch_sizes", "step_epochs")
+DERIVED = "cut from epoch_permutations"
 
 Minibatching = Literal["recut", "as_drawn"]
 MINIBATCHING = ("recut", "as_drawn")

@@ -172,6 +172,40 @@ class Records:
         return cls(**values, iteration=iteration, n_envs=n_envs, n_steps=n_steps)
 
 
+def recompute_gae(
+    records: Records, gamma: float, gae_lambda: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(advantages, returns) recomputed from the rewards, values, episode starts and GAE's
+    bootstrap inputs by SB3's own ``RolloutBuffer.compute_returns_and_advantage``, so in the
+    same float32 arithmetic as training; None when the bootstrap inputs were not kept.
+
+    A run log (format 2) stores neither when this gives them back bit for bit: they are a
+    quarter of a record's bytes on low-dimensional tasks.
+    """
+    if bool(torch.isnan(records.last_values).any() or torch.isnan(records.last_dones).any()):
+        return None
+
+    def by_step(values: torch.Tensor) -> np.ndarray:
+        # Records are env-major (env * n_steps + step); the buffer is [n_steps, n_envs].
+        grid = values.detach().cpu().numpy().reshape(records.n_envs, records.n_steps)
+        return np.ascontiguousarray(grid.T)
+
+    buffer = RolloutBuffer.__new__(RolloutBuffer)  # only the arrays GAE reads
+    buffer.buffer_size = records.n_steps
+    buffer.gamma, buffer.gae_lambda = gamma, gae_lambda
+    buffer.rewards = by_step(records.rewards)
+    buffer.values = by_step(records.values)
+    buffer.episode_starts = by_step(records.episode_starts)
+    buffer.advantages = np.zeros_like(buffer.values)
+    last_dones = records.last_dones.detach().cpu().numpy()
+    RolloutBuffer.compute_returns_and_advantage(buffer, records.last_values.cpu(), last_dones)
+
+    def flat(grid: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(grid.T).reshape(-1), device=records.device)
+
+    return flat(buffer.advantages), flat(buffer.returns)
+
+
 def _stores_as_uint8(space: spaces.Space | None) -> bool:
     # SB3 keeps every observation as float32; uint8 images round-trip exactly through uint8.
     return isinstance(space, spaces.Box) and space.dtype == np.uint8

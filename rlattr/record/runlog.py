@@ -15,20 +15,39 @@ Layout (all tensors in safetensors, all metadata in JSON, every write atomic)::
 Write order at the end of iteration k: records k, plan k, checkpoint k+1 (tensors, then
 JSON), then ``iteration.json`` of k. So a committed iteration always has its end state on
 disk, and a kill at any point leaves only uncommitted files that ``resume`` discards.
+
+Format 2 (written by default; format 1 stays readable) stores the same values in about a
+tenth of the bytes, and loads them back bit for bit:
+
+- every tensor in the narrowest dtype that holds it exactly (``io.narrowest``: indices
+  below 256 in uint8, 0/1 flags in bool, ...; the header says what to cast back to);
+- what can be computed again is left out when the computation gives it back bit for bit
+  (checked when written): a plan's minibatches (its permutations cut again), advantages
+  and returns (SB3's GAE on the stored rewards and values), record ids (``iteration * N +
+  i``);
+- sparse checkpoints: only every ``Retention.checkpoint_every``-th start-of-iteration state
+  keeps its tensors (and always the newest, for resume). The others keep their JSON (so
+  they are listed, with counters and optimiser hyperparameters) and are rebuilt on demand
+  by ``load_checkpoint``: exact replay of the logged updates from the previous full one.
+  A rebuilt checkpoint holds the policy and optimiser state, not the RNG states a full one
+  holds (only resume reads those, and it resumes from the newest, full, checkpoint).
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError
+from rlattr.record.checkpoint import capture_checkpoint
 from rlattr.record.io import (
     atomic_write_json,
     atomic_write_tensors,
@@ -37,11 +56,43 @@ from rlattr.record.io import (
     sha256_file,
 )
 from rlattr.record.plan import UpdatePlan
-from rlattr.record.records import Records
+from rlattr.record.records import Records, recompute_gae
+from rlattr.record.replay import IterationData, build_policy, replay
 
 FORMAT_NAME = "rlattr-runlog"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
+# Record fields format 2 leaves out when GAE recomputes them bit for bit.
+_GAE_FIELDS = ("advantages", "returns")
+# Default full-checkpoint spacing of format 2 (experiments/results/bench_runlog_size.md):
+# checkpoints are ~80 % of a format-1 log; every 32nd keeps them under 5 bytes per step on
+# the CartPole and LunarLander presets, and reaching the farthest iteration costs 31 replays.
+CHECKPOINT_EVERY = 32
+
+
+_write_version = FORMAT_VERSION
+
+
+def write_format_version() -> int:
+    """The format ``RunLog.create`` writes when not told (``FORMAT_VERSION``, or what an
+    enclosing ``writing_format`` block set)."""
+    return _write_version
+
+
+@contextmanager
+def writing_format(version: int) -> Iterator[None]:
+    """Within the block, new run directories (``AttributedPPO``, ``RecordRun``) are written
+    in format ``version``: 1 gives the layout of older releases, to measure or test against.
+    """
+    global _write_version
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"format version must be one of {READABLE_VERSIONS}, got {version}")
+    previous, _write_version = _write_version, version
+    try:
+        yield
+    finally:
+        _write_version = previous
 
 
 @dataclass(frozen=True)
@@ -51,19 +102,40 @@ class Retention:
     Attributes:
         record_every: record iterations 0, m, 2m, ... (1 records every iteration).
         keep_last: keep only the newest ``keep_last`` recorded iterations (None keeps all).
+        checkpoint_every: keep the full policy + optimiser state at the start of
+            iterations 0, m, 2m, ... (and the newest); the others are rebuilt by exact
+            replay when loaded. Takes effect only when every iteration is recorded and kept
+            (record_every 1, keep_last None), since a rebuild replays every iteration from
+            the previous full checkpoint; otherwise every kept checkpoint is full.
+            1 keeps every checkpoint full (format 1's layout).
     """
 
     record_every: int = 1
     keep_last: int | None = None
+    checkpoint_every: int = CHECKPOINT_EVERY
 
     def __post_init__(self) -> None:
         if self.record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {self.record_every}")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None, got {self.keep_last}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     def records(self, iteration: int) -> bool:
         return iteration % self.record_every == 0
+
+    def full_checkpoint(self, iteration: int) -> bool:
+        """Whether the checkpoint at the start of ``iteration`` keeps its tensors."""
+        sparse = self.record_every == 1 and self.keep_last is None
+        return not sparse or iteration % self.checkpoint_every == 0
+
+    def json_dict(self) -> dict[str, Any]:
+        return {
+            "record_every": self.record_every,
+            "keep_last": self.keep_last,
+            "checkpoint_every": self.checkpoint_every,
+        }
 
 
 @dataclass
@@ -147,11 +219,23 @@ def _name(index: int) -> str:
     return f"{index:06d}"
 
 
-class RunLog:
-    """Read and write one run directory. Open an existing one with ``RunLog(path)``."""
+# Key of a checkpoint JSON whose tensors were left out (format 2): rebuilt by replay.
+_SPARSE = "tensors"
+_SPARSE_VALUE = "rebuilt by replaying the previous iteration"
 
-    def __init__(self, path: str | Path):
+
+class RunLog:
+    """Read and write one run directory. Open an existing one with ``RunLog(path)``.
+
+    Args:
+        path: the run directory.
+        cache_checkpoints: write each checkpoint ``load_checkpoint`` rebuilds back into the
+            run directory as a full one, so the next load reads it instead of replaying.
+    """
+
+    def __init__(self, path: str | Path, cache_checkpoints: bool = False):
         self.path = Path(path)
+        self.cache_checkpoints = cache_checkpoints
         run_json = self.path / "run.json"
         if not run_json.exists():
             raise RunLogError(f"{self.path} is not an rlattr run directory (no run.json)")
@@ -159,14 +243,23 @@ class RunLog:
         if self.meta.get("format") != FORMAT_NAME:
             raise FormatVersionError(f"{run_json} is not an rlattr run log")
         version = self.meta.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise FormatVersionError(
                 f"{self.path} uses run-log format version {version}; this rlattr reads "
-                f"version {FORMAT_VERSION}. Use the rlattr release that wrote it."
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}. Use the rlattr release "
+                "that wrote it."
             )
+        self.format_version: int = version
         _check_run_meta(run_json, self.meta)
+        # Format 1 kept every checkpoint full and did not store the spacing.
+        stored_retention = {"checkpoint_every": 1, **self.meta.get("retention", {})}
+        # The newest state a rebuild reached, (iteration, device, tensors, meta): loading
+        # iterations in order then costs one replay each, not one per iteration since the
+        # last full checkpoint.
+        self._rebuilt: tuple[int, str, dict[str, torch.Tensor], dict[str, Any]] | None = None
+        self._workspaces: dict[str, Any] = {}
         try:
-            self.retention = Retention(**self.meta.get("retention", {}))
+            self.retention = Retention(**stored_retention)
         except (TypeError, ValueError) as err:
             raise CorruptRunLogError(
                 f"{run_json} holds an invalid retention ({err}): the file is damaged or was "
@@ -176,21 +269,37 @@ class RunLog:
     # ----------------------------------------------------------------- creation
     @classmethod
     def create(
-        cls, path: str | Path, meta: dict[str, Any], retention: Retention | None = None
+        cls,
+        path: str | Path,
+        meta: dict[str, Any],
+        retention: Retention | None = None,
+        format_version: int | None = None,
     ) -> RunLog:
-        """Start a new run directory. Refuses to overwrite one that already holds a run."""
+        """Start a new run directory. Refuses to overwrite one that already holds a run.
+
+        ``format_version`` None writes ``write_format_version()`` (format 2 unless a
+        ``writing_format`` block says otherwise); 1 writes the layout older releases wrote
+        (int64 indices, every checkpoint full), for comparisons and compatibility tests.
+        """
         root = Path(path)
         if (root / "run.json").exists():
             raise RunLogError(
                 f"{root} already holds a run; pass resume=True (CLI: --resume) to continue "
                 "it, or choose another run directory"
             )
+        version = write_format_version() if format_version is None else format_version
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"format_version must be one of {READABLE_VERSIONS}, got {version}")
         retention = retention or Retention()
+        stored_retention = retention.json_dict()
+        if version == 1:
+            retention = replace(retention, checkpoint_every=1)
+            del stored_retention["checkpoint_every"]  # format 1 had no such key
         payload = {
             **meta,
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "retention": {"record_every": retention.record_every, "keep_last": retention.keep_last},
+            "format_version": version,
+            "retention": stored_retention,
         }
         atomic_write_json(root / "run.json", payload)
         return cls(root)
@@ -235,10 +344,15 @@ class RunLog:
     ) -> int:
         """Write the state at the start of ``iteration``; returns bytes written."""
         tensor_path, json_path = self._checkpoint_paths(iteration)
-        digest, size = atomic_write_tensors(tensor_path, tensors)
+        digest, size = atomic_write_tensors(tensor_path, tensors, narrow=self._narrow)
         payload = {**meta, "iteration": iteration, "sha256": digest, "bytes": size}
-        atomic_write_json(json_path, payload)
+        atomic_write_json(json_path, payload, compact=self._narrow)
         return size
+
+    @property
+    def _narrow(self) -> bool:
+        """Format 2 narrows tensors and writes per-iteration JSON compactly."""
+        return self.format_version >= 2
 
     def write_iteration(
         self,
@@ -263,11 +377,21 @@ class RunLog:
         directory = self.iteration_dir(k)
         if (directory / "iteration.json").exists():
             raise RunLogError(f"iteration {k} is already committed in {self.path}")
+        record_tensors = records.tensor_dict(observation_space)
+        plan_tensors, plan_meta = plan.tensor_dict(), plan.json_dict()
+        derived_fields: list[str] = []
+        if self._narrow:
+            del record_tensors["record_ids"]  # iteration * N + i: Records recomputes them
+            plan_tensors, plan_meta = plan.stored_tensor_dict()
+            if self._gae_gives_back(records):
+                derived_fields = list(_GAE_FIELDS)
+                for name in derived_fields:
+                    del record_tensors[name]
         rec_sha, rec_bytes = atomic_write_tensors(
-            directory / "records.safetensors", records.tensor_dict(observation_space)
+            directory / "records.safetensors", record_tensors, narrow=self._narrow
         )
         plan_sha, plan_bytes = atomic_write_tensors(
-            directory / "plan.safetensors", plan.tensor_dict()
+            directory / "plan.safetensors", plan_tensors, narrow=self._narrow
         )
         written = rec_bytes + plan_bytes
         files = {
@@ -276,7 +400,7 @@ class RunLog:
         }
         if ground_truth:
             truth_sha, truth_bytes = atomic_write_tensors(
-                directory / GROUND_TRUTH_FILE, dict(ground_truth)
+                directory / GROUND_TRUTH_FILE, dict(ground_truth), narrow=self._narrow
             )
             files[GROUND_TRUTH_FILE] = {"sha256": truth_sha, "bytes": truth_bytes}
             written += truth_bytes
@@ -289,10 +413,11 @@ class RunLog:
             "n_envs": records.n_envs,
             "n_steps": records.n_steps,
             "files": files,
-            "plan": plan.json_dict(),
+            **({"derived_records": derived_fields} if derived_fields else {}),
+            "plan": plan_meta,
             "info": _json_safe(info),
         }
-        atomic_write_json(directory / "iteration.json", payload)
+        atomic_write_json(directory / "iteration.json", payload, compact=self._narrow)
         return written
 
     # ----------------------------------------------------------------- scores
@@ -307,14 +432,18 @@ class RunLog:
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"score name {name!r} may hold letters, digits, '-', '_' and '.'")
         directory = self.iteration_dir(iteration) / "scores"
-        record_ids = torch.arange(scores.numel(), dtype=torch.int64) + iteration * scores.numel()
+        stored = {"scores": scores.to(torch.float64)}
+        if not self._narrow:  # format 2 leaves out the ids: record i of iteration k
+            stored["record_ids"] = (
+                torch.arange(scores.numel(), dtype=torch.int64) + iteration * scores.numel()
+            )
         digest, size = atomic_write_tensors(
-            directory / f"{name}.safetensors",
-            {"scores": scores.to(torch.float64), "record_ids": record_ids},
+            directory / f"{name}.safetensors", stored, narrow=self._narrow
         )
         atomic_write_json(
             directory / f"{name}.json",
             {**_json_safe(meta), "name": name, "iteration": iteration, "sha256": digest},
+            compact=self._narrow,
         )
         return size
 
@@ -363,10 +492,38 @@ class RunLog:
     def load_records(self, iteration: int, device: torch.device | str = "cpu") -> Records:
         meta = self.iteration_meta(iteration)
         tensors = self._read_iteration_file(iteration, "records.safetensors", device)
+        derived = meta.get("derived_records", [])
+        if derived:  # placeholders until GAE below recomputes them
+            tensors.update({name: torch.empty(0) for name in derived})
         try:
-            return Records.from_tensor_dict(tensors, iteration, meta["n_envs"], meta["n_steps"])
+            records = Records.from_tensor_dict(tensors, iteration, meta["n_envs"], meta["n_steps"])
         except KeyError as err:
             raise CorruptRunLogError(f"records of iteration {iteration}: {err}") from err
+        if derived:
+            algorithm = self.meta["algorithm"]
+            recomputed = recompute_gae(records, algorithm["gamma"], algorithm["gae_lambda"])
+            if recomputed is None or set(derived) != set(_GAE_FIELDS):
+                raise CorruptRunLogError(
+                    f"records of iteration {iteration} cannot be completed ({derived} are "
+                    "derived but GAE's inputs are not stored): the file was altered"
+                )
+            records = replace(records, advantages=recomputed[0], returns=recomputed[1])
+        return records
+
+    def _gae_gives_back(self, records: Records) -> bool:
+        """Whether GAE on the stored inputs reproduces the records' advantages and returns
+        bit for bit (it does for SB3's buffer; not where something rewrote them)."""
+        algorithm = self.meta["algorithm"]
+        recomputed = recompute_gae(records, algorithm["gamma"], algorithm["gae_lambda"])
+        if recomputed is None:
+            return False
+        stored = (records.advantages, records.returns)
+        return all(
+            a.shape == b.shape
+            and a.dtype == b.dtype == torch.float32
+            and torch.equal(a.view(torch.int32), b.view(torch.int32))
+            for a, b in zip(recomputed, stored, strict=True)
+        )
 
     def load_plan(self, iteration: int, device: torch.device | str = "cpu") -> UpdatePlan:
         meta = self.iteration_meta(iteration)
@@ -386,20 +543,91 @@ class RunLog:
             return {}
         return self._read_iteration_file(iteration, GROUND_TRUTH_FILE, device)
 
-    def load_checkpoint(
-        self, iteration: int, device: torch.device | str = "cpu"
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """The (tensors, meta) of the state at the start of ``iteration``."""
-        tensor_path, json_path = self._checkpoint_paths(iteration)
+    def checkpoint_meta(self, iteration: int) -> dict[str, Any]:
+        """The JSON of the checkpoint at the start of ``iteration`` (full or rebuildable)."""
+        json_path = self._checkpoint_paths(iteration)[1]
         if not json_path.exists():
+            checkpoints = self.checkpoints()
+            shown = f"{checkpoints[0]}..{checkpoints[-1]}" if checkpoints else "none"
             raise RunLogError(
                 f"no checkpoint for the start of iteration {iteration} in {self.path} "
-                f"(checkpoints: {self.checkpoints()})"
+                f"(checkpoints: {shown}; {len(checkpoints)} in all)"
             )
-        meta = read_json(json_path)
+        return read_json(json_path)
+
+    def is_full_checkpoint(self, iteration: int) -> bool:
+        """Whether the checkpoint of ``iteration`` holds its tensors (False: it is rebuilt
+        by replay when loaded, so it cannot serve as an independent check of a replay)."""
+        return _SPARSE not in self.checkpoint_meta(iteration)
+
+    def load_checkpoint(
+        self, iteration: int, device: torch.device | str = "cpu", cache: bool | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The (tensors, meta) of the state at the start of ``iteration``.
+
+        A sparse checkpoint (format 2) is rebuilt by replaying the logged iterations from
+        the previous full checkpoint on ``device``: bit for bit the state training had when
+        ``device`` is the one it trained on. Its meta then has ``"rebuilt": True`` and its
+        tensors hold no RNG state. ``cache`` (default: the log's ``cache_checkpoints``)
+        writes the rebuilt state back as a full checkpoint.
+        """
+        meta = self.checkpoint_meta(iteration)
+        if _SPARSE in meta:
+            tensors, meta = self._rebuild_checkpoint(iteration, device)
+            if self.cache_checkpoints if cache is None else cache:
+                self._store_rebuilt(iteration, tensors, meta)
+            return tensors, meta
+        tensor_path = self._checkpoint_paths(iteration)[0]
         if not tensor_path.exists():
             raise CorruptRunLogError(f"{tensor_path} is missing")
         return read_tensors(tensor_path, meta["sha256"], device), meta
+
+    def _rebuild_checkpoint(
+        self, iteration: int, device: torch.device | str
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Replay from the nearest full (or already rebuilt) state up to ``iteration``."""
+        where = str(torch.device(device))
+        start = iteration
+        while _SPARSE in self.checkpoint_meta(start):
+            if self._rebuilt is not None and self._rebuilt[:2] == (start, where):
+                break
+            if start == 0:
+                raise CorruptRunLogError(
+                    f"{self.path}: checkpoint {iteration} is sparse but no full checkpoint "
+                    "precedes it: the run directory is damaged"
+                )
+            start -= 1
+        if self._rebuilt is not None and self._rebuilt[:2] == (start, where):
+            tensors, meta = self._rebuilt[2], self._rebuilt[3]
+        else:
+            tensors, meta = self.load_checkpoint(start, device, cache=False)
+        if where not in self._workspaces:
+            self._workspaces[where] = build_policy(self, device)
+        policy = self._workspaces[where]
+        for k in range(start, iteration):
+            if not (self.iteration_dir(k) / "iteration.json").exists():
+                raise CorruptRunLogError(
+                    f"{self.path}: checkpoint {iteration} is rebuilt by replaying iteration "
+                    f"{k}, which is not recorded: the run directory is damaged"
+                )
+            data = IterationData(
+                k, self.load_records(k, device), self.load_plan(k, device), tensors, meta
+            )
+            replay(data, policy)
+            tensors, _ = capture_checkpoint(policy)
+            # The JSON holds what training captured besides tensors (counters, the
+            # optimiser's hyperparameters as the next iteration starts with them).
+            meta = {**self.checkpoint_meta(k + 1), "rebuilt": True}
+            self._rebuilt = (k + 1, where, tensors, meta)
+        # Callers own what they get (the cache keeps its own copy).
+        return {name: value.clone() for name, value in tensors.items()}, dict(meta)
+
+    def _store_rebuilt(
+        self, iteration: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+    ) -> None:
+        """Make a rebuilt checkpoint full: tensors first, then the JSON that commits them."""
+        stored = {k: v for k, v in meta.items() if k not in (_SPARSE, "sha256", "bytes")}
+        self.write_checkpoint(iteration, tensors, stored)
 
     # ----------------------------------------------------------------- integrity
     def verify(self) -> VerifyReport:
@@ -426,6 +654,9 @@ class RunLog:
                 path = score_json.with_suffix(".safetensors")
                 if not path.exists() or sha256_file(path) != expected:
                     report.problems.append(f"{path}: missing or checksum mismatch")
+        committed = set(report.iterations)
+        full: set[int] = set()
+        rebuildable: set[int] = set()
         for k in report.checkpoints:
             tensor_path, json_path = self._checkpoint_paths(k)
             try:
@@ -433,6 +664,19 @@ class RunLog:
             except CorruptRunLogError as err:
                 report.problems.append(str(err))
                 continue
+            if _SPARSE in meta:
+                # Rebuilt by replaying iteration k-1 from checkpoint k-1 (full or rebuilt).
+                if k - 1 not in committed or (k - 1 not in full and k - 1 not in rebuildable):
+                    report.problems.append(
+                        f"{json_path}: rebuilt by replaying iteration {k - 1} from checkpoint "
+                        f"{k - 1}, but that is not on disk: it cannot be loaded"
+                    )
+                else:
+                    rebuildable.add(k)
+                if tensor_path.exists():  # a kill between marking it sparse and deleting
+                    report.leftovers.append(str(tensor_path))
+                continue
+            full.add(k)
             if not tensor_path.exists():
                 report.problems.append(f"{tensor_path}: missing")
             elif sha256_file(tensor_path) != meta.get("sha256"):
@@ -469,14 +713,18 @@ class RunLog:
 
     # ----------------------------------------------------------------- resume + retention
     def resume_point(self) -> int | None:
-        """The iteration to restart from: the newest checkpoint whose predecessor finished.
+        """The iteration to restart from: the newest full checkpoint whose predecessor
+        finished.
 
-        Returns None when the run has no checkpoint yet (start from scratch).
+        Returns None when the run has no checkpoint yet (start from scratch). A sparse
+        checkpoint (format 2) is never one: it holds no RNG state to resume with. The
+        write order makes the newest one full whatever moment a kill strikes (a checkpoint
+        turns sparse only after the iteration that follows it has committed).
         """
         committed = set(self.iterations())
         for k in reversed(self.checkpoints()):
             previous_recorded = k > 0 and self.retention.records(k - 1)
-            if not previous_recorded or (k - 1) in committed:
+            if (not previous_recorded or (k - 1) in committed) and self.is_full_checkpoint(k):
                 return k
         return None
 
@@ -502,7 +750,10 @@ class RunLog:
         against the state that followed) is kept, and the newest one always (to resume).
         """
         if self.retention.record_every == 1 and self.retention.keep_last is None:
-            return  # everything is kept
+            # Everything is kept; the checkpoint before the newest loses its tensors unless
+            # it is on the full grid (the newest stays full: resume starts from it).
+            self._make_sparse(newest_checkpoint - 1)
+            return
         kept_iterations = self.iterations()
         if self.retention.keep_last is not None:
             for k in kept_iterations[: -self.retention.keep_last]:
@@ -514,6 +765,26 @@ class RunLog:
                 # The JSON is the commit marker, so it goes first.
                 for path in reversed(self._checkpoint_paths(k)):
                     path.unlink(missing_ok=True)
+
+    def _make_sparse(self, iteration: int) -> None:
+        """Drop the tensors of checkpoint ``iteration`` when retention rebuilds it on demand
+        (its iteration committed, so it can be replayed; never the newest one).
+
+        The JSON is rewritten first (atomically) to say the state is rebuilt, then the
+        tensors are deleted: a kill in between leaves only a leftover tensor file.
+        """
+        if iteration < 1 or self.retention.full_checkpoint(iteration):
+            return
+        tensor_path, json_path = self._checkpoint_paths(iteration)
+        previous_committed = (self.iteration_dir(iteration - 1) / "iteration.json").exists()
+        if not json_path.exists() or not previous_committed:
+            return
+        meta = read_json(json_path)
+        if _SPARSE in meta or meta.get("rebuilt"):
+            return  # already sparse, or rebuilt and cached on request
+        stored = {k: v for k, v in meta.items() if k not in ("sha256", "bytes")}
+        atomic_write_json(json_path, {**stored, _SPARSE: _SPARSE_VALUE}, compact=True)
+        tensor_path.unlink(missing_ok=True)
 
 
 def _json_safe(value: Any) -> Any:

@@ -32,7 +32,7 @@ def test_layout_has_no_pickle_and_verifies(run_dir: Path) -> None:
     assert report.iterations == [0, 1, 2, 3]
     assert report.checkpoints == [0, 1, 2, 3, 4]
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["seed"] == 0
     assert "torch" in meta["versions"] and "stable-baselines3" in meta["versions"]
 
@@ -75,7 +75,7 @@ def test_corrupted_json_is_detected(run_dir: Path) -> None:
 
 
 def test_corrupted_checkpoint_is_detected(run_dir: Path) -> None:
-    log = _train(run_dir)
+    log = _train(run_dir, retention=Retention(checkpoint_every=2))  # checkpoint 2 is full
     path = run_dir / "checkpoints" / "000002.safetensors"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(CorruptRunLogError, match="checksum"):
@@ -95,7 +95,7 @@ def test_incompatible_format_version(run_dir: Path) -> None:
     meta = json.loads((run_dir / "run.json").read_text())
     meta["format_version"] = 99
     atomic_write_json(run_dir / "run.json", meta)
-    with pytest.raises(FormatVersionError, match="format version 99; this rlattr reads version 1"):
+    with pytest.raises(FormatVersionError, match="version 99; this rlattr reads versions 1, 2"):
         RunLog(run_dir)
 
 
@@ -126,7 +126,9 @@ def test_retention_is_validated() -> None:
 
 
 def test_resume_point_skips_unfinished_iteration(run_dir: Path) -> None:
-    log = _train(run_dir)
+    # Every checkpoint full, as a kill before iteration 3 commits leaves checkpoint 3
+    # (it turns sparse only once iteration 3 has committed).
+    log = _train(run_dir, retention=Retention(checkpoint_every=1))
     assert log.resume_point() == 4
     # Simulate a kill after checkpoint 4 was written but before iteration 3 committed.
     (log.iteration_dir(3) / "iteration.json").unlink()
