@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rlattr.record.records import Records
@@ -31,29 +32,28 @@ QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 
 def episode_ends_in_buffer(records: Records) -> torch.Tensor:
     """``[N]`` bool: records whose episode ends inside the buffer (exact return-to-go)."""
-    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
-    ends = torch.zeros_like(starts, dtype=torch.bool)
-    for env in range(records.n_envs):
-        later_start = torch.nonzero(starts[env, 1:]).flatten()
-        if later_start.numel():
-            # Every step before the last episode start of this env belongs to an episode
-            # that ended in the buffer.
-            ends[env, : int(later_start.max()) + 1] = True
-        if float(records.last_dones[env]) == 1.0:
-            ends[env, :] = True
-    return ends.reshape(-1).to(records.device)
+    starts = _host(records.episode_starts).reshape(records.n_envs, records.n_steps) > 0
+    steps = np.arange(records.n_steps)
+    # Per env, the last episode start after step 0 (0: none): every step before it belongs
+    # to an episode that ended in the buffer.
+    last_start = np.where(starts[:, 1:], steps[1:], 0).max(axis=1, initial=0)
+    ends = steps[None, :] < last_start[:, None]
+    ends |= (_host(records.last_dones).reshape(-1) == 1.0)[:, None]
+    return torch.from_numpy(ends.reshape(-1)).to(records.device)
 
 
 def positions_in_episode(records: Records) -> torch.Tensor:
     """``[N]`` int64: each record's step within its episode (0 where an episode starts, or
     where the buffer starts mid-episode)."""
-    starts = records.episode_starts.view(records.n_envs, records.n_steps).cpu()
-    positions = torch.zeros_like(starts, dtype=torch.int64)
-    for step in range(1, records.n_steps):
-        positions[:, step] = torch.where(
-            starts[:, step] > 0, torch.zeros_like(positions[:, step]), positions[:, step - 1] + 1
-        )
-    return positions.reshape(-1)
+    starts = _host(records.episode_starts).reshape(records.n_envs, records.n_steps) > 0
+    steps = np.arange(records.n_steps)
+    # The step minus the latest episode start at or before it (step 0 counts as a start).
+    latest_start = np.maximum.accumulate(np.where(starts, steps, 0), axis=1)
+    return torch.from_numpy((steps - latest_start).reshape(-1).astype(np.int64))
+
+
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
 
 
 def returns_to_go(records: Records, gamma: float) -> torch.Tensor:
@@ -134,28 +134,35 @@ def _row_ids(rows: torch.Tensor) -> torch.Tensor:
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman rank correlation (average ranks for ties); NaN for fewer than 3 pairs or a
     constant input."""
-    x, y = x.double().flatten(), y.double().flatten()
-    if x.numel() < 3:
+    # NumPy on the host: the board calls this every iteration on a few hundred values,
+    # where torch's per-operation overhead is most of the cost.
+    xs = x.detach().cpu().double().numpy().reshape(-1)
+    ys = y.detach().cpu().double().numpy().reshape(-1)
+    if xs.size < 3:
         return float("nan")
-    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = _average_ranks(xs), _average_ranks(ys)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = (rx.square().sum() * ry.square().sum()).sqrt()
-    if float(denominator) == 0.0:
+    denominator = np.sqrt(np.dot(rx, rx) * np.dot(ry, ry))
+    if denominator == 0.0:
         return float("nan")
-    return float((rx * ry).sum() / denominator)
+    return float(np.dot(rx, ry) / denominator)
 
 
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(values, stable=True)
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(values.numel(), dtype=values.dtype, device=values.device)
-    # Ties share the mean of their positions.
-    unique, inverse = torch.unique(values, return_inverse=True)
-    total = torch.zeros(unique.numel(), dtype=values.dtype, device=values.device)
-    count = torch.zeros_like(total)
-    total.index_add_(0, inverse, ranks)
-    count.index_add_(0, inverse, torch.ones_like(ranks))
-    return (total / count)[inverse]
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """0-based ranks; ties share the mean of their positions."""
+    # One sort: runs of equal values in sorted order are the ties (np.unique would sort
+    # again and cost ~3× as much on a few hundred values).
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    run_start = np.empty(values.size, dtype=bool)
+    run_start[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=run_start[1:])
+    starts = np.flatnonzero(run_start)
+    ends = np.append(starts[1:], values.size) - 1
+    run = np.cumsum(run_start) - 1
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = ((starts + ends) / 2.0)[run]
+    return ranks
 
 
 def score_quantiles(scores: torch.Tensor) -> dict[str, float]:
@@ -199,26 +206,29 @@ def advantage_diagnostics(
         paper found −0.67 on FrozenLake) and ``known_fraction``. Groups with no record
         with a known Ā are left out.
     """
-    scores = scores.detach().double().cpu()
-    advantages = advantages.detach().double().cpu()
-    reference = reference.detach().double().cpu()
-    known = torch.isfinite(reference) & torch.isfinite(scores)
-    out: dict[str, float] = {"known_fraction": float(known.double().mean())}
-    if int(known.sum()) == 0:
+    scores_np = scores.detach().cpu().double().numpy().reshape(-1)
+    advantages_np = advantages.detach().cpu().double().numpy().reshape(-1)
+    reference_np = reference.detach().cpu().double().numpy().reshape(-1)
+    known = np.isfinite(reference_np) & np.isfinite(scores_np)
+    out: dict[str, float] = {"known_fraction": float(known.mean())}
+    if not known.any():
         return out
-    error = (reference - advantages).abs()
-    mismatch = (torch.sign(reference) != torch.sign(advantages)).double()
-    known_ids = torch.nonzero(known).flatten()
-    ranked = known_ids[torch.argsort(scores[known_ids], stable=True)]
-    k = max(1, round(fraction * ranked.numel()))
+    error = np.abs(reference_np - advantages_np)
+    mismatch = (np.sign(reference_np) != np.sign(advantages_np)).astype(np.float64)
+    known_ids = np.flatnonzero(known)
+    ranked = known_ids[np.argsort(scores_np[known_ids], kind="stable")]
+    k = max(1, round(fraction * ranked.size))
     groups = {"bottom": ranked[:k], "top": ranked[-k:]}
     if keep_mask is not None:
-        keep = keep_mask.detach().cpu().bool()
-        groups["dropped"] = torch.nonzero(known & ~keep).flatten()
-        groups["kept"] = torch.nonzero(known & keep).flatten()
+        keep = keep_mask.detach().cpu().bool().numpy().reshape(-1)
+        groups["dropped"] = np.flatnonzero(known & ~keep)
+        groups["kept"] = np.flatnonzero(known & keep)
     for name, members in groups.items():
-        if members.numel():
+        if members.size:
             out[f"abs_error_{name}"] = float(error[members].mean())
             out[f"sign_mismatch_{name}"] = float(mismatch[members].mean())
-    out["spearman_score_vs_product"] = spearman(scores[known], (reference * advantages)[known])
+    out["spearman_score_vs_product"] = spearman(
+        torch.from_numpy(scores_np[known]),
+        torch.from_numpy((reference_np * advantages_np)[known]),
+    )
     return out
