@@ -28,6 +28,7 @@ before the update (IIF), and serve diagnostics and record hooks (``ScoreHook``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -308,11 +309,13 @@ class LiveTracInScorer:
         self._capturing = False
         self._pending: dict[str, list[_Call]] = {}
         self._steps: list[_Step] = []
-        self._gradients: list[dict[str, torch.Tensor]] = []
+        # ∇f refreshes, each flattened over the selected parameters (in ``names`` order).
+        self._gradients: list[torch.Tensor] = []
         self._epoch: int | None = None
         self._gradient_epoch: int | None = None
-        # Adam: v and the step count after each step (D_s is computed from them at the end).
-        self._second_moments: list[list[torch.Tensor]] = []
+        # Adam: v (flattened like ∇f) and the step count after each step; D_s is computed
+        # from them at the end, for all parameters at once (elementwise: the same numbers).
+        self._second_moments: list[torch.Tensor] = []
         self._step_counts: list[float] = []
 
     # ------------------------------------------------------------------ the update's seams
@@ -375,7 +378,8 @@ class LiveTracInScorer:
         if self._refresh_due(step):
             # ∇f at θ_t: its forward pass is not captured (capturing is off until after_step).
             value = self.target.value(self.policy, self.context)
-            self._gradients.append(gradient_vector(value, self.policy, self.names))
+            gradient = gradient_vector(value, self.policy, self.names)
+            self._gradients.append(torch.cat([gradient[n].reshape(-1) for n in self.names]))
             self._gradient_epoch = self._epoch
         self._steps.append(_Step(indices, calls, scale, len(self._gradients) - 1))
 
@@ -390,7 +394,8 @@ class LiveTracInScorer:
         """After the optimiser step: keep what Adam's multiplier of this step needs."""
         if self.model.preconditioned:
             state = self.policy.optimizer.state
-            self._second_moments.append([state[p][EXP_AVG_SQ].clone() for p in self._params])
+            moments = [state[p][EXP_AVG_SQ].reshape(-1) for p in self._params]
+            self._second_moments.append(torch.cat(moments))
             self._step_counts.append(float(state[self._params[0]][STEP]))
         self._capturing = True
 
@@ -442,32 +447,39 @@ class LiveTracInScorer:
 
         Replay TracIn weights the product with the mean-loss gradient ∇ℓ_i by c_t / |b_t|;
         the factors captured here are gradients of the minibatch's *mean* loss, which
-        already carry the 1 / |b_t|.
+        already carry the 1 / |b_t|. All parameters are handled as one flat vector per
+        step: the optimiser model's arithmetic is elementwise, so the multipliers are the
+        numbers ``step_multipliers`` gives per parameter, at a fraction of the calls.
         """
         learning_rates = plan.learning_rates.tolist()
         clip_coefs = plan.clip_coefs.tolist()
+        gradient_of_step = [step.gradient for step in self._steps]
         if self.model.preconditioned:
             denominators = [
-                {
-                    n: self.model.step_denominator({EXP_AVG_SQ: v, STEP: count})
-                    for n, v in zip(self.names, moments, strict=True)
-                }
-                for moments, count in zip(self._second_moments, self._step_counts, strict=True)
+                {"all": self.model.step_denominator({EXP_AVG_SQ: v, STEP: count})}
+                for v, count in zip(self._second_moments, self._step_counts, strict=True)
             ]
             multipliers = self.model.displacement_multipliers(learning_rates, denominators)
+            flat = torch.stack([m["all"] for m in multipliers])  # type: ignore[index]
+            # (∇f ⊙ u_t) · c_t as replay forms it, in place: steps of one ∇f refresh at once.
+            for first, last in _runs(gradient_of_step):
+                flat[first:last].mul_(self._gradients[gradient_of_step[first]])
+            coefs = torch.tensor(clip_coefs, dtype=flat.dtype, device=flat.device)
+            flat.mul_(coefs.unsqueeze(1))
         else:
-            multipliers = self.model.displacement_multipliers(learning_rates)
+            # SGD: u_t is a number, and replay scales ∇f by (u_t · weight) in one product.
+            u = self.model.displacement_multipliers(learning_rates)
+            scaled = [float(m) * c for m, c in zip(u, clip_coefs, strict=True)]
+            gradients = torch.stack(self._gradients)
+            which = torch.tensor(gradient_of_step, device=gradients.device)
+            factor = torch.tensor(scaled, dtype=gradients.dtype, device=gradients.device)
+            flat = gradients[which] * factor.unsqueeze(1)
         vectors = {}
-        for n in self.names:
-            per_step = []
-            for t, step in enumerate(self._steps):
-                u = multipliers[t]
-                gradient = self._gradients[step.gradient][n]
-                if isinstance(u, float):
-                    per_step.append(gradient * (u * clip_coefs[t]))
-                else:
-                    per_step.append(gradient * u[n] * clip_coefs[t])
-            vectors[n] = torch.stack(per_step)
+        offset = 0
+        for n, param in zip(self.names, self._params, strict=True):
+            size = param.numel()
+            vectors[n] = flat[:, offset : offset + size].reshape(-1, *param.shape)
+            offset += size
         return vectors
 
     def _layer_dots(
@@ -501,6 +513,12 @@ class LiveTracInScorer:
             assert scale is not None
             per_record.append(scale.output_grad() * scale.inputs)
         return (_pad(per_record, 0.0) * vector.unsqueeze(1)).sum(-1)
+
+
+def _runs(labels: list[int]) -> list[tuple[int, int]]:
+    """[first, last) of each run of equal consecutive labels (0, 0, 1, 1, 1 → (0, 2), (2, 5))."""
+    bounds = [0] + [t for t in range(1, len(labels)) if labels[t] != labels[t - 1]] + [len(labels)]
+    return list(itertools.pairwise(bounds))
 
 
 def _pad(tensors: list[torch.Tensor], fill: Any) -> torch.Tensor:

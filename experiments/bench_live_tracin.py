@@ -1,0 +1,234 @@
+"""TracIn during training: the cost of live TracIn inside AttributedPPO's real update.
+
+For each preset, AttributedPPO trains one iteration, collects the next rollout, and then
+times ``train()`` on that same buffer from the same start state (parameters, optimiser
+and RNG restored before every repeat, so every arm trains the identical update) in
+several arms, interleaved (the arms' order rotates every repeat):
+
+- ``plain``: no hook (the denominator of every ratio);
+- ``live, ∇f per epoch``: ``ScoreHook(snapshot=False, live_tracin=LiveTracIn("epoch"))``;
+- ``live, ∇f per epoch, subsample``: the same with ∇f on 256 buffer records;
+- ``live, ∇f every step``: ``LiveTracIn(refresh=1)`` (replay TracIn's definition);
+- replay TracIn of the same update, ∇f per epoch and at every step (for reference; not
+  a ``train()``: the time to score the logged update afterwards).
+
+Every arm's final parameters are checked bit-identical to ``plain``'s, and every live
+arm's scores against replay TracIn with the same ∇f schedule.
+
+    python experiments/bench_live_tracin.py [--presets lunarlander hopper] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import RESULTS, markdown_header, provenance, write_json
+from rlattr import ReturnTarget, ScoreHook
+from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
+from rlattr.scoring.influence import tracin_scores
+from rlattr.scoring.live_tracin import LiveTracIn, SubsampledTarget
+from rlattr.scoring.targets import TargetContext
+from rlattr.training.ppo import AttributedPPO
+from rlattr.training.presets import Preset
+
+SUBSAMPLE = 256
+LIVE_ARMS: dict[str, LiveTracIn | None] = {
+    "plain": None,
+    "live_epoch": LiveTracIn(refresh="epoch"),
+    "live_epoch_sub": LiveTracIn(refresh="epoch", target_subsample=SUBSAMPLE),
+    "live_step": LiveTracIn(refresh=1),
+}
+LABELS = {
+    "plain": "train(), no hook",
+    "live_epoch": "train() + live TracIn, ∇f per epoch",
+    "live_epoch_sub": f"train() + live TracIn, ∇f per epoch on {SUBSAMPLE} records",
+    "live_step": "train() + live TracIn, ∇f every step",
+    "replay_epoch": "replay TracIn, ∇f per epoch (after training)",
+    "replay_step": "replay TracIn, ∇f every step (after training)",
+}
+
+
+def _at_iteration_one(preset: Preset) -> tuple[AttributedPPO, Any]:
+    """A model after two iterations, and the state (policy, optimiser, RNG) at the start of
+    iteration 1's update: restored, ``train()`` runs that update again on the buffer,
+    which still holds iteration 1's rollout (AttributedPPO's update does not consume it)."""
+    captured: dict[str, Any] = {}
+
+    def remember(context: Any) -> None:
+        if context.iteration == 1:
+            captured["start"] = capture_checkpoint(context.policy, with_rng=True)
+
+    model = preset.build(seed=0, device="cpu")
+    model.record_hooks = [remember]
+    model.learn(2 * preset.n_envs * preset.ppo.get("n_steps", 2048))
+    return model, captured["start"]
+
+
+def bench(name: str, repeats: int, replay_repeats: int) -> dict[str, Any]:
+    preset = Preset.load(name)
+    model, start = _at_iteration_one(preset)
+    iteration, n_updates = 1, model._n_updates
+    hooks = {arm: ScoreHook(snapshot=False, live_tracin=cfg) for arm, cfg in LIVE_ARMS.items()}
+    times: dict[str, list[float]] = {arm: [] for arm in LABELS}
+    final: dict[str, dict[str, torch.Tensor]] = {}
+    scores: dict[str, torch.Tensor] = {}
+    data = None
+    steps_per_epoch = 1
+    arms = list(LABELS)
+    for repeat in range(repeats):
+        order = arms[repeat % len(arms) :] + arms[: repeat % len(arms)]
+        for arm in order:
+            if arm.startswith("replay"):
+                if data is None or repeat >= replay_repeats:
+                    continue
+                every = steps_per_epoch if arm == "replay_epoch" else 1
+                policy = model.workspace_policy()
+                context = TargetContext(data.records, model.gamma, model.gae_lambda)
+                began = time.perf_counter()
+                replayed = tracin_scores(data, policy, ReturnTarget(), context, target_every=every)
+                times[arm].append(time.perf_counter() - began)
+                scores[arm] = replayed
+                continue
+            restore_checkpoint(model.policy, *start, restore_rng=True)
+            model.iteration, model._n_updates = iteration, n_updates
+            hook = hooks[arm]
+            model.record_hooks = [hook] if LIVE_ARMS[arm] is not None else []
+            began = time.perf_counter()
+            model.train()
+            times[arm].append(time.perf_counter() - began)
+            final[arm] = {k: v.clone() for k, v in model.policy.state_dict().items()}
+            if hook.last_live_scores is not None:
+                scores[arm] = hook.last_live_scores
+            if data is None:
+                data = model.iteration_data(iteration)
+                steps_per_epoch = int((data.plan.step_epochs == 0).sum())
+        print(
+            f"{name} repeat {repeat + 1}/{repeats}: "
+            + ", ".join(
+                f"{arm} {times[arm][-1]:.3f}s" for arm in order if len(times[arm]) > repeat
+            ),
+            flush=True,
+        )
+    assert data is not None
+    identical = {
+        arm: all(torch.equal(final[arm][k], v) for k, v in final["plain"].items()) for arm in final
+    }
+    # Exactness in the run itself: each live arm against replay with its own ∇f schedule.
+    context = TargetContext(data.records, model.gamma, model.gae_lambda)
+    sub_target = SubsampledTarget(ReturnTarget(), SUBSAMPLE, 0)
+    reference = {
+        "live_epoch": scores["replay_epoch"],
+        "live_step": scores["replay_step"],
+        "live_epoch_sub": tracin_scores(
+            data, model.workspace_policy(), sub_target, context, target_every=steps_per_epoch
+        ),
+    }
+    max_rel_diff = {
+        arm: float((scores[arm] - ref).abs().max() / ref.abs().max())
+        for arm, ref in reference.items()
+    }
+    medians = {arm: statistics.median(t) for arm, t in times.items() if t}
+    base = medians["plain"]
+    row = {
+        "preset": name,
+        "records": len(data.records),
+        "optimizer_steps": data.plan.n_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "optimizer": type(model.policy.optimizer).__name__,
+        "policy_parameters": sum(p.numel() for p in model.policy.parameters()),
+        "seconds": times,
+        "median_s": medians,
+        "over_plain_train": {arm: t / base for arm, t in medians.items()},
+        "overhead_over_plain_train": {
+            arm: (t - base) / base for arm, t in medians.items() if arm.startswith("live")
+        },
+        "bit_identical_to_plain": identical,
+        "max_rel_diff_vs_replay": max_rel_diff,
+        "load_average_1min_after": round(os.getloadavg()[0], 2),
+    }
+    print(
+        f"{name}: plain {base:.3f}s; "
+        + ", ".join(f"{a} +{v:.2f}×" for a, v in row["overhead_over_plain_train"].items())
+        + "; replay/plain "
+        + ", ".join(f"{a} {row['over_plain_train'][a]:.2f}×" for a in medians if "replay" in a)
+        + f"; identical {identical}; max rel diff {max_rel_diff}",
+        flush=True,
+    )
+    return row
+
+
+def _write(rows: list[dict[str, Any]], meta: dict[str, Any], goal: float) -> None:
+    write_json("bench_live_tracin.json", {"rows": rows, "goal_overhead": goal, **meta})
+    lines = [
+        *markdown_header("TracIn during training: live TracIn's cost inside train()", meta),
+        "Medians over interleaved repeats (arm order rotates each repeat) of AttributedPPO's "
+        "`train()` on one buffer (iteration 1 of the preset, seed 0), from the same start "
+        "state each time; the return target on the same buffer; `params=policy`; "
+        "float32; one torch thread. Overhead = (arm − plain) ÷ plain.",
+        "",
+        "| preset | records | steps | optimiser | plain train() (s) | live, ∇f per epoch "
+        f"| live, ∇f per epoch on {SUBSAMPLE} records | live, ∇f every step "
+        "| replay TracIn, ∇f per epoch ÷ plain | replay TracIn, ∇f every step ÷ plain "
+        "| bit-identical | max rel. diff vs replay |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        over = r["overhead_over_plain_train"]
+        ratio = r["over_plain_train"]
+        med = r["median_s"]
+
+        def cell(arm: str, med: dict = med, over: dict = over) -> str:
+            return f"{med[arm]:.3f} s, **+{over[arm]:.2f}×**"
+
+        lines.append(
+            f"| {r['preset']} | {r['records']} | {r['optimizer_steps']} | {r['optimizer']} "
+            f"| {med['plain']:.3f} | {cell('live_epoch')} | {cell('live_epoch_sub')} "
+            f"| {cell('live_step')} | {ratio.get('replay_epoch', float('nan')):.2f} "
+            f"| {ratio.get('replay_step', float('nan')):.2f} "
+            f"| {all(r['bit_identical_to_plain'].values())} "
+            f"| {max(r['max_rel_diff_vs_replay'].values()):.1e} |"
+        )
+    met = {r["preset"]: r["overhead_over_plain_train"]["live_epoch"] <= goal for r in rows}
+    lines += [
+        "",
+        f"Goal: live TracIn (∇f per epoch) adds ≤ {goal:g} × train(). "
+        + "; ".join(f"{p}: {'met' if ok else 'NOT met'}" for p, ok in met.items())
+        + ".",
+        "",
+        "Load: the machine is shared (2 cores, other jobs running); the 1-minute load "
+        "average after each preset: "
+        + ", ".join(f"{r['preset']} {r['load_average_1min_after']}" for r in rows)
+        + ". Per-repeat seconds are in the JSON.",
+    ]
+    (RESULTS / "bench_live_tracin.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["lunarlander", "hopper"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--replay-repeats", type=int, default=3, help="repeats of the replay TracIn reference"
+    )
+    parser.add_argument("--goal", type=float, default=0.3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    meta = provenance()
+    rows: list[dict[str, Any]] = []
+    for name in args.presets:
+        rows.append(bench(name, args.repeats, args.replay_repeats))
+        _write(rows, meta, args.goal)  # after every preset: a killed run keeps what it did
+
+
+if __name__ == "__main__":
+    main()
