@@ -65,9 +65,12 @@ READABLE_VERSIONS = (1, 2)
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 # Record fields format 2 leaves out when GAE recomputes them bit for bit.
 _GAE_FIELDS = ("advantages", "returns")
-# Default full-checkpoint spacing of format 2 (experiments/results/bench_runlog_size.md):
-# checkpoints are ~80 % of a format-1 log; every 32nd keeps them under 5 bytes per step on
-# the CartPole and LunarLander presets, and reaching the farthest iteration costs 31 replays.
+# Default full-checkpoint spacing of format 2, in environment steps: a full checkpoint every
+# ceil(8192 / rollout) iterations (CartPole preset: 32; LunarLander: 4). Measured in
+# experiments/results/bench_runlog_size.md: a 64x64 MLP's checkpoint (~85 KiB) then costs
+# ~10 bytes per step, and reaching the farthest iteration replays ~8192 steps' updates.
+CHECKPOINT_STEPS = 8192
+# When the rollout size is unknown (run.json without n_steps and n_envs).
 CHECKPOINT_EVERY = 32
 
 
@@ -107,20 +110,33 @@ class Retention:
             replay when loaded. Takes effect only when every iteration is recorded and kept
             (record_every 1, keep_last None), since a rebuild replays every iteration from
             the previous full checkpoint; otherwise every kept checkpoint is full.
-            1 keeps every checkpoint full (format 1's layout).
+            1 keeps every checkpoint full (format 1's layout). None (default): every
+            ``ceil(CHECKPOINT_STEPS / (n_steps * n_envs))`` iterations, fixed when the run
+            directory is created (and stored in ``run.json``).
     """
 
     record_every: int = 1
     keep_last: int | None = None
-    checkpoint_every: int = CHECKPOINT_EVERY
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.record_every < 1:
             raise ValueError(f"record_every must be >= 1, got {self.record_every}")
         if self.keep_last is not None and self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None, got {self.keep_last}")
-        if self.checkpoint_every < 1:
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    def resolved(self, algorithm: dict[str, Any]) -> Retention:
+        """This retention with ``checkpoint_every`` fixed for a run of ``algorithm``
+        (``run.json["algorithm"]``: its rollout is ``n_steps * n_envs`` records)."""
+        if self.checkpoint_every is not None:
+            return self
+        try:
+            rollout = int(algorithm["n_steps"]) * int(algorithm["n_envs"])
+        except (KeyError, TypeError, ValueError):
+            return replace(self, checkpoint_every=CHECKPOINT_EVERY)
+        return replace(self, checkpoint_every=max(1, math.ceil(CHECKPOINT_STEPS / rollout)))
 
     def records(self, iteration: int) -> bool:
         return iteration % self.record_every == 0
@@ -128,7 +144,7 @@ class Retention:
     def full_checkpoint(self, iteration: int) -> bool:
         """Whether the checkpoint at the start of ``iteration`` keeps its tensors."""
         sparse = self.record_every == 1 and self.keep_last is None
-        return not sparse or iteration % self.checkpoint_every == 0
+        return not sparse or iteration % (self.checkpoint_every or CHECKPOINT_EVERY) == 0
 
     def json_dict(self) -> dict[str, Any]:
         return {
@@ -290,7 +306,7 @@ class RunLog:
         version = write_format_version() if format_version is None else format_version
         if version not in READABLE_VERSIONS:
             raise ValueError(f"format_version must be one of {READABLE_VERSIONS}, got {version}")
-        retention = retention or Retention()
+        retention = (retention or Retention()).resolved(meta.get("algorithm") or {})
         stored_retention = retention.json_dict()
         if version == 1:
             retention = replace(retention, checkpoint_every=1)

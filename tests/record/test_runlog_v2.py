@@ -276,3 +276,18 @@ def test_resume_continues_a_sparse_run_exactly(tmp_path: Path) -> None:
         replay(load_iteration(b, k), policy)
         for name, value in policy.state_dict().items():
             assert torch.equal(value, b.load_checkpoint(k + 1)[0]["policy." + name]), (k, name)
+
+
+def test_default_spacing_is_fixed_per_run_from_its_rollout(tmp_path: Path) -> None:
+    """About one full checkpoint per 8192 environment steps, stored in run.json."""
+    assert Retention().resolved({"n_steps": 32, "n_envs": 8}).checkpoint_every == 32
+    assert Retention().resolved({"n_steps": 2048, "n_envs": 1}).checkpoint_every == 4
+    assert Retention().resolved({"n_steps": 2048, "n_envs": 16}).checkpoint_every == 1
+    assert (
+        Retention(checkpoint_every=3).resolved({"n_steps": 32, "n_envs": 8}).checkpoint_every == 3
+    )
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=tmp_path / "r", **SMALL).learn(32)
+    stored = json.loads((tmp_path / "r" / "run.json").read_text())["retention"]
+    assert stored["checkpoint_every"] == 256 and RunLog(tmp_path / "r").retention == Retention(
+        checkpoint_every=256
+    )
