@@ -1,18 +1,20 @@
 """Live cost of the TensorBoard diagnostics: seconds per iteration with them on ÷ off.
 
-Both arms train the same preset with IIF (snapshot scores, the preset's rule), a run
-directory and TensorBoard, from the same seed, for the same number of iterations; the
-only difference is ``BoardConfig(diagnostics=...)``: on = score quantiles, advantage
-diagnosis, normalised histograms and (every ``details_every`` iterations, default 25)
-the score-vs-advantage image and the record table; off = the time and filter scalars
-only. Goal (issue 12): ratio ≤ 1.05.
+Every arm trains the same preset with IIF (snapshot scores, the preset's rule), a run
+directory and TensorBoard, from the same seed, for the same number of iterations; only
+the ``BoardConfig`` differs: on = score quantiles, advantage diagnosis, normalised
+histograms and (every ``details_every`` iterations, default 25) the score-vs-advantage
+image and the record table; off = the time and filter scalars only. Goal (issue 12):
+on ÷ off ≤ 1.05. A third arm adds the optional live fidelity check (``fidelity_every``,
+off by default) to "on", to state what it costs.
 
-Repeats are interleaved (off, on, then on, off, ...), so drift in the machine's load hits
-both arms alike, and the median over repeats of the per-pair ratio is reported. On a
-shared machine whole-run ratios are noisy (other jobs come and go within a pair), so the
-board's own time is also measured inside each run (the CPU and wall seconds spent in
-``Board.write_iteration``): its on − off difference over the off arm's iteration time is
-the diagnostics' share with the noise of the rest of the iteration taken out.
+Repeats are interleaved (the arm order rotates from one repeat to the next), so drift in
+the machine's load hits every arm alike, and the median over repeats of the per-repeat
+ratio is reported. On a shared machine whole-run ratios are noisy (other jobs come and go
+within a repeat), so the board's own time is also measured inside each run (the CPU and
+wall seconds spent in ``Board.write_iteration``): its on − off difference over the off
+arm's run time is the diagnostics' share with the noise of the rest of the iteration
+taken out.
 
 The image's drawing module (Pillow and its font) is loaded before any arm runs: whichever
 arm came first would otherwise pay the load (a once-per-process cost, measured separately
@@ -20,6 +22,7 @@ in a fresh interpreter and reported beside the ratios, not folded into a per-ite
 figure).
 
     python experiments/bench_board.py [--presets cartpole frozenlake] [--repeats 7]
+        [--fidelity-every 25]
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from rlattr.training.score_plot import ScoreAdvantagePlot
 
 # CartPole: 100 iterations so the images land at the default rate (iterations 0, 25, 50, 75).
 ITERATIONS = {"cartpole": 100, "lunarlander": 10, "acrobot_paper": 10, "frozenlake": 25}
-ARMS = ("off", "on")
+ARMS = ("off", "on", "fidelity")
 # What the first image costs in a fresh interpreter: Pillow's import and the font.
 COLD_START = """
 import time
@@ -77,7 +80,15 @@ def _board_timer(totals: dict[str, float]) -> Iterator[None]:
         board_module.Board.write_iteration = original  # type: ignore[method-assign]
 
 
-def _time(preset: Preset, seed: int, arm: str, iterations: int) -> dict[str, float]:
+def _config(arm: str, fidelity_every: int) -> BoardConfig:
+    if arm == "fidelity":
+        return BoardConfig(fidelity_every=fidelity_every)
+    return BoardConfig(diagnostics=arm == "on")
+
+
+def _time(
+    preset: Preset, seed: int, arm: str, iterations: int, fidelity_every: int
+) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-board-"))
     totals = {"wall": 0.0, "cpu": 0.0}
     try:
@@ -86,7 +97,7 @@ def _time(preset: Preset, seed: int, arm: str, iterations: int) -> dict[str, flo
             seed=seed,
             device="cpu",
             iif=True,
-            board=BoardConfig(diagnostics=arm == "on"),
+            board=_config(arm, fidelity_every),
         )
         steps = iterations * preset.n_envs * preset.ppo.get("n_steps", 2048)
         with _board_timer(totals):
@@ -111,9 +122,11 @@ def _cold_start() -> dict[str, float]:
     return {"wall_s": float(out[0]), "cpu_s": float(out[1])}
 
 
-def _summarise(name: str, iterations: int, runs: list[dict[str, dict[str, float]]]) -> dict:
-    def median_ratio(key: str) -> float:
-        return statistics.median(r["on"][key] / r["off"][key] for r in runs)
+def _summarise(
+    name: str, iterations: int, runs: list[dict[str, dict[str, float]]], fidelity_every: int
+) -> dict:
+    def median_ratio(key: str, arm: str = "on", base: str = "off") -> float:
+        return statistics.median(r[arm][key] / r[base][key] for r in runs)
 
     def per_iteration(arm: str, key: str) -> float:
         return statistics.median(r[arm][key] for r in runs) / iterations
@@ -143,6 +156,15 @@ def _summarise(name: str, iterations: int, runs: list[dict[str, dict[str, float]
             for arm in ARMS
         },
         "load_median": statistics.median(r[a]["load"] for r in runs for a in ARMS),
+        # The optional fidelity check, against diagnostics on without it.
+        "fidelity_every": fidelity_every,
+        "fidelity_ratio_wall_median": median_ratio("wall_s", "fidelity", "on"),
+        "fidelity_ratio_cpu_median": median_ratio("cpu_s", "fidelity", "on"),
+        "fidelity_s_per_check": statistics.median(
+            (r["fidelity"]["board_wall_s"] - r["on"]["board_wall_s"])
+            / len(range(0, iterations, fidelity_every))
+            for r in runs
+        ),
     }
 
 
@@ -157,6 +179,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["cartpole", "frozenlake"])
     parser.add_argument("--repeats", type=int, default=7, help="interleaved off/on pairs")
+    parser.add_argument(
+        "--fidelity-every", type=int, default=25, help="the fidelity arm's fidelity_every"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cold = _cold_start()
@@ -168,9 +193,9 @@ def main() -> None:
         runs = []
         for repeat in range(args.repeats):
             pair = {}
-            # Same seed in both arms of a pair; the order alternates between pairs.
-            for arm in ARMS if repeat % 2 == 0 else ARMS[::-1]:
-                pair[arm] = _time(preset, repeat, arm, iterations)
+            # Same seed in every arm of a repeat; the order rotates between repeats.
+            for arm in ARMS[repeat % 3 :] + ARMS[: repeat % 3]:
+                pair[arm] = _time(preset, repeat, arm, iterations, args.fidelity_every)
             runs.append(pair)
             on, off = pair["on"], pair["off"]
             print(
@@ -180,7 +205,7 @@ def main() -> None:
                 f"{1000 * off['board_cpu_s'] / iterations:.2f}; load {on['load']:.1f}",
                 flush=True,
             )
-        rows.append(_summarise(name, iterations, runs))
+        rows.append(_summarise(name, iterations, runs, args.fidelity_every))
     meta = provenance()
     write_json("bench_board.json", {"rows": rows, "cold_start": cold, **meta})
     lines = [
@@ -206,6 +231,22 @@ def main() -> None:
             f"{r['load_median']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"**Optional live fidelity check** (`BoardConfig(fidelity_every={args.fidelity_every})`, "
+        "8 subsets, no ceiling; off by default), against diagnostics on without it:",
+        "",
+        "| preset | wall ratio (median) | CPU ratio (median) | seconds per check "
+        "| checks per run | off s/iteration |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['fidelity_ratio_wall_median']:.3f} "
+            f"| {r['fidelity_ratio_cpu_median']:.3f} | {r['fidelity_s_per_check']:.3f} "
+            f"| {len(range(0, r['iterations'], args.fidelity_every))} "
+            f"| {r['s_per_iteration']['off']:.3f} |"
+        )
     lines += [
         "",
         "Goal: ratio ≤ 1.05 (issue 12). Ratios are medians over interleaved off/on pairs "

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rlattr.record.counterfactual import rank
 from rlattr.record.records import Records
 from rlattr.scoring.targets import gae_advantages
 
@@ -140,29 +141,12 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     ys = y.detach().cpu().double().numpy().reshape(-1)
     if xs.size < 3:
         return float("nan")
-    rx, ry = _average_ranks(xs), _average_ranks(ys)
+    rx, ry = rank(xs), rank(ys)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denominator = np.sqrt(np.dot(rx, rx) * np.dot(ry, ry))
     if denominator == 0.0:
         return float("nan")
     return float(np.dot(rx, ry) / denominator)
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """0-based ranks; ties share the mean of their positions."""
-    # One sort: runs of equal values in sorted order are the ties (np.unique would sort
-    # again and cost ~3× as much on a few hundred values).
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    run_start = np.empty(values.size, dtype=bool)
-    run_start[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=run_start[1:])
-    starts = np.flatnonzero(run_start)
-    ends = np.append(starts[1:], values.size) - 1
-    run = np.cumsum(run_start) - 1
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = ((starts + ends) / 2.0)[run]
-    return ranks
 
 
 def score_quantiles(scores: torch.Tensor) -> dict[str, float]:

@@ -12,6 +12,7 @@ from it); a test checks that nothing else is written.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+from stable_baselines3.common.policies import ActorCriticPolicy
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from rlattr.record.counterfactual import check_scores
 from rlattr.record.records import Records
+from rlattr.record.replay import IterationData
 from rlattr.scoring.diagnosis import (
     advantage_diagnostics,
     positions_in_episode,
@@ -31,7 +35,9 @@ from rlattr.scoring.diagnosis import (
     score_quantiles,
     spearman,
 )
+from rlattr.scoring.targets import ReturnTarget
 from rlattr.training.score_plot import ScoreAdvantagePlot
+from rlattr.training.seams import IterationContext
 
 #: Every scalar tag rlattr writes, with its meaning ({q} stands for p01, p10, p50, p90, p99).
 TAGS: dict[str, str] = {
@@ -57,6 +63,11 @@ TAGS: dict[str, str] = {
     "intervention/dropped": "records the intervention dropped or down-weighted",
     "intervention/dropped_planted_overlap": "share of those that are planted faults "
     "(info[planted_key], where the environment reports it)",
+    "fidelity/lds": "LDS (Spearman over random subsets) of the return target's scores "
+    "against leave-subset-out replay of this update (every fidelity_every iterations)",
+    "fidelity/ceiling": "the replay's own Spearman between two minibatch orders: the best "
+    "LDS any order-blind score can reach (with fidelity_ceiling)",
+    "time/fidelity_s": "seconds the fidelity check took (not in the other time/ values)",
     "time/rollout_s": "seconds collecting the rollout",
     "time/scoring_s": "seconds scoring and filtering",
     "time/update_s": "seconds in the PPO update",
@@ -98,6 +109,16 @@ class BoardConfig:
             diagnosis scalars.
         diagnostics: compute the score and diagnosis scalars, images and tables; False
             keeps only the time and filter scalars (what the live-cost benchmark compares).
+        fidelity_every: every this many iterations, check the return target's scores
+            (those logged under ``scores``) against leave-subset-out replay of the update
+            just made: ``fidelity/lds`` (SCIENCE.md §2; ``rlattr.record.counterfactual``).
+            The check replays the update 1 + ``fidelity_subsets`` times (twice that with
+            ``fidelity_ceiling``) on a copy of the policy; training is unchanged. 0: never.
+            It checks against ``ReturnTarget()`` (GAE advantages, the iteration's own
+            buffer), the target IIF and ``ScoreHook`` score by default.
+        fidelity_subsets, fidelity_fraction: the check's random subsets and their size.
+        fidelity_ceiling: also replay under an independent minibatch order and log the
+            ground truth's own agreement (``fidelity/ceiling``).
     """
 
     details_every: int = field(
@@ -110,6 +131,23 @@ class BoardConfig:
     diagnostics: bool = field(
         default=True, metadata={"help": "score and advantage diagnostics in TensorBoard"}
     )
+    fidelity_every: int = field(
+        default=0,
+        metadata={
+            "help": "iterations between live fidelity checks of the return target's scores "
+            "(leave-subset-out replays of the update; 0: never)"
+        },
+    )
+    fidelity_subsets: int = field(
+        default=8, metadata={"help": "random subsets (one replay each) per fidelity check"}
+    )
+    fidelity_fraction: float = field(
+        default=0.1, metadata={"help": "share of the kept records each subset removes"}
+    )
+    fidelity_ceiling: bool = field(
+        default=False,
+        metadata={"help": "also replay under an independent order for the ceiling (2× cost)"},
+    )
 
     def __post_init__(self) -> None:
         if self.details_every < 0:
@@ -118,6 +156,13 @@ class BoardConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0 < self.bottom_fraction <= 0.5:
             raise ValueError(f"bottom_fraction must be in (0, 0.5], got {self.bottom_fraction}")
+        if self.fidelity_every < 0:
+            raise ValueError(f"fidelity_every must be >= 0, got {self.fidelity_every}")
+        if self.fidelity_subsets < 3:
+            # Spearman over fewer than 3 subsets is undefined or ±1.
+            raise ValueError(f"fidelity_subsets must be >= 3, got {self.fidelity_subsets}")
+        if not 0 < self.fidelity_fraction < 1:
+            raise ValueError(f"fidelity_fraction must be in (0, 1), got {self.fidelity_fraction}")
 
 
 class Board:
@@ -142,6 +187,7 @@ class Board:
         self.discrete_observations = discrete_observations
         self.config = config or BoardConfig()
         self._plot: ScoreAdvantagePlot | None = None
+        self._workspace: ActorCriticPolicy | None = None
 
     def write_configuration(self, config: Mapping[str, Any], metrics: tuple[str, ...]) -> None:
         """The run's configuration as TensorBoard hparams, and the custom-scalars layout."""
@@ -164,6 +210,8 @@ class Board:
         timing: IterationTiming,
         run_log_bytes: int,
         extra: Mapping[str, float] | None = None,
+        update: IterationData | None = None,
+        context: IterationContext | None = None,
     ) -> None:
         """One iteration at ``step`` (the ``num_timesteps`` of its rollout).
 
@@ -173,6 +221,8 @@ class Board:
             keep_mask: what the update trained on (None: every record).
             filtering: a filter is installed (so "dropped nothing" is worth a point).
             extra: scalars a filter reported, written as given.
+            update, context: the update just made and its iteration's context, for the
+                ``fidelity_every`` check (without them no check runs).
         """
         scalars: dict[str, float] = {
             "time/rollout_s": timing.rollout_s,
@@ -201,10 +251,52 @@ class Board:
                 # histograms per tag by default, so a histogram per iteration gets thinned.
                 self.writer.add_histogram(f"{prefix}/normalized", finite / finite.std(), step)
         scalars.update(extra or {})
+        every = self.config.fidelity_every
+        if every and iteration % every == 0 and update is not None and context is not None:
+            scores_now = scores.get(PRIMARY)
+            if scores_now is not None and bool(torch.isfinite(scores_now).all()):
+                scalars.update(self._fidelity(update, context, scores_now, iteration))
         self._write_scalars(scalars, step)
         if details and reference is not None:
             self._write_details(step, records, scores[PRIMARY], reference, keep_mask)
         self.writer.flush()
+
+    def _fidelity(
+        self,
+        update: IterationData,
+        context: IterationContext,
+        scores: torch.Tensor,
+        iteration: int,
+    ) -> dict[str, float]:
+        start = time.perf_counter()
+        # Building the workspace initialises weights, and replays must not move the RNG
+        # that training draws from either: both run on a fork of it.
+        with torch.random.fork_rng(devices=[]):
+            if self._workspace is None:
+                # A policy of the same architecture to replay into (as SB3's policy
+                # save/load rebuilds one); replay overwrites its parameters and optimiser
+                # state from the start checkpoint, so it is built once.
+                policy = context.policy
+                self._workspace = type(policy)(**policy._get_constructor_parameters()).to(
+                    policy.device
+                )
+            report = check_scores(
+                update,
+                self._workspace,
+                scores.detach().to(next(self._workspace.parameters()).device),
+                ReturnTarget(),
+                context.target_context(),
+                n_subsets=self.config.fidelity_subsets,
+                fraction=self.config.fidelity_fraction,
+                seed=iteration,
+                orders=2 if self.config.fidelity_ceiling else 1,
+            )
+        out = {"fidelity/lds": report.lds}
+        if self.config.fidelity_ceiling:
+            out["fidelity/ceiling"] = report.ceiling
+        out = {k: v for k, v in out.items() if np.isfinite(v)}
+        out["time/fidelity_s"] = time.perf_counter() - start
+        return out
 
     def _write_scalars(self, scalars: Mapping[str, float], step: int) -> None:
         # One event holding every value (TensorBoard reads each value of a summary as its

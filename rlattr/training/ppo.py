@@ -462,6 +462,9 @@ class AttributedPPO(PPO):
                 timing=timing,
                 run_log_bytes=self._writer.bytes_written,
                 extra=filter_scalars,
+                # For BoardConfig.fidelity_every: the update just made, replayable.
+                update=IterationData(self.iteration, records, plan, *start),
+                context=context,
             )
         self.iteration += 1
         self._phase_start = time.perf_counter()

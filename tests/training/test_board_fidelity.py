@@ -1,0 +1,59 @@
+"""The board's live fidelity check (BoardConfig.fidelity_every): the same LDS as the
+post-hoc check on the logged iteration, and training unchanged by it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from rlattr import IIF, AttributedPPO
+from rlattr.analysis.fidelity import fidelity
+from rlattr.record.runlog import RunLog
+from rlattr.scoring.targets import ReturnTarget
+from rlattr.training.board import BoardConfig
+
+
+def _train(run_dir: Path, board: BoardConfig) -> AttributedPPO:
+    model = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=64, batch_size=32, n_epochs=2,
+        seed=0, device="cpu", iif=IIF(fraction=0.25), board=board,
+    )  # fmt: skip
+    return model.learn(3 * 64)
+
+
+def test_live_lds_is_the_post_hoc_lds_and_training_is_unchanged(tmp_path: Path) -> None:
+    config = BoardConfig(fidelity_every=2, fidelity_subsets=6, fidelity_ceiling=True)
+    checked = _train(tmp_path / "checked", config)
+    plain = _train(tmp_path / "plain", BoardConfig())
+    for a, b in zip(checked.policy.parameters(), plain.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    [events_dir] = (tmp_path / "checked" / "tb").iterdir()  # SB3's PPO_1
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    lds = {e.step: e.value for e in events.Scalars("fidelity/lds")}
+    ceiling = {e.step: e.value for e in events.Scalars("fidelity/ceiling")}
+    assert sorted(lds) == sorted(ceiling) == [64, 192]  # iterations 0 and 2 of 0, 1, 2
+    assert len(events.Scalars("time/fidelity_s")) == 2
+    log = RunLog(tmp_path / "checked")
+    for iteration, step in ((0, 64), (2, 192)):
+        scores, _ = log.load_scores(iteration, "snapshot-return")
+        report = fidelity(
+            log, iteration, ReturnTarget(), scores=scores, n_subsets=6, fraction=0.1,
+            seed=iteration, orders=2,
+        )  # fmt: skip
+        # TensorBoard stores float32.
+        assert lds[step] == pytest.approx(report.lds, abs=1e-6)
+        assert ceiling[step] == pytest.approx(report.ceiling, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("fidelity_every", -1), ("fidelity_subsets", 2), ("fidelity_fraction", 1.0)],
+)
+def test_fidelity_settings_are_validated(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        BoardConfig(**{field: value})
