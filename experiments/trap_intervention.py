@@ -1,0 +1,463 @@
+"""Suppressing a learnt reward-hacking trap by targeted intervention (issue 13, item 5).
+
+``rlattr/TrapGrid-v0`` (envs/trap_grid.py): a bonus tile next to the start pays a little on
+every entry; looping on it lowers the return, yet plain PPO learns the loop (the
+``trap_grid`` preset, unchanged). The unwanted behaviour is the set of (state, action) pairs
+that step onto the trap (``trap_state_actions()``), as an ``ActionTarget``:
+f(θ) = mean log π(trap action | trap-adjacent state). Four arms, on the same 5 seeds
+(paired: same initial policy and environment seeds per seed):
+
+- ``ppo``: plain PPO (with a record hook that stores the return-target snapshot scores, for
+  the what-if of ``rlattr intervene``; it observes and does not change training);
+- ``intervention``: ``Intervention(target=trap pairs, rule="top", budget=BUDGET)``: each
+  iteration drops the records whose snapshot score on f is most positive (at most
+  BUDGET of the buffer, only positively scored ones);
+- ``random_like``: drops as many records as ``intervention``'s rule would, at random;
+- ``matching``: the naive rule, drops every record that took a trap action in a trap
+  state (``rule="matching"``, no budget).
+
+Measured per iteration: the unwanted behaviour's frequency in the training rollout (trap
+entries per step, from the environment's per-record ground truth ``rlattr_fault``; a perfect
+loop is 0.5), π(trap action | trap state) of θ_k (mean over the pairs), and the true
+(undiscounted) return of the stochastic policy on 32 fixed evaluation episodes per round
+(common to all arms); the final return on 500 fixed episodes. "Suppressed at iteration t":
+the first iteration from which the trap frequency stays at or below 0.05 entries per step
+(10 % of the perfect loop's 0.5) until the end of training; a run that never gets there is
+censored at the run's length (reported as "never").
+
+A second phase (``--whatif``) runs ``rlattr intervene``'s analysis (rlattr.analysis.whatif)
+on the PPO runs: per iteration, drop the negatively scored records of that iteration,
+retrain it from θ_k, and compare the return of θ_{k+1} and θ'_{k+1} against a random drop
+of the same count (the paper's box plots).
+
+    python experiments/trap_intervention.py [--seeds 5] [--budget 0.1]
+    python experiments/trap_intervention.py --whatif   (after the first; reads its PPO runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import rlattr.envs  # noqa: F401  (registers rlattr/TrapGrid-v0)
+
+from experiments.common import RESULTS, ROOT, markdown_header, provenance
+from rlattr import ActionTarget, Intervention, Preset, RunLog, ScoreHook, build_policy
+from rlattr.record.checkpoint import restore_checkpoint
+from rlattr.sweep.trial import make_eval_env_factory
+from rlattr.training.evaluation import EvalEveryRound, evaluate_policy_batched
+
+NAME = "trap_intervention"
+OUT = RESULTS / NAME
+RUNS = ROOT / "experiments" / "runs" / NAME
+ARMS = ("ppo", "intervention", "random_like", "matching")
+EVAL_SEED, EVAL_EPISODES = 10_000, 32
+FINAL_SEED, FINAL_EPISODES = 50_000, 500
+#: "suppressed": trap entries per step at or below 10 % of the perfect loop's 0.5, to the
+#: end of training (also about the random initial policy's rate, 0.05-0.08). A fixed level,
+#: not a share of each run's own peak: PPO's peak differs by seed (some seeds never loop).
+SUPPRESSED_LEVEL = 0.05
+
+
+def trap_pairs(preset: Preset) -> tuple[torch.Tensor, torch.Tensor]:
+    env = make_eval_env_factory(preset)()
+    observations, actions = env.unwrapped.trap_state_actions()
+    env.close()
+    return torch.as_tensor(observations), torch.as_tensor(actions)
+
+
+def arm_options(arm: str, target: ActionTarget, budget: float, seed: int) -> dict[str, Any]:
+    """The AttributedPPO keyword arguments of an arm (``intervention-b0.05``: the
+    intervention at another budget, for the budget sweep)."""
+    if arm == "ppo":
+        return {"record_hooks": [ScoreHook()]}
+    if arm == "matching":
+        return {"intervention": Intervention(target=target, rule="matching", budget=None)}
+    if arm.startswith("intervention-b"):
+        arm, budget = "intervention", float(arm.removeprefix("intervention-b"))
+    rule = "top" if arm == "intervention" else "random_like"
+    return {"intervention": Intervention(target=target, rule=rule, budget=budget, seed=seed)}
+
+
+def dropped_breakdown(arm: str, seed: int, target: ActionTarget) -> dict[str, float]:
+    """What the arm dropped over the run: shares of trap entries, of records in a
+    trap-adjacent state, with a negative advantage, and of each action (read from the kept
+    run directory)."""
+    log = RunLog(RUNS / f"{arm}-s{seed}")
+    trap_cells = set(target.observations.argmax(1).tolist())
+    counts = {"all": 0, "trap_entry": 0, "trap_state": 0, "negative_advantage": 0}
+    counts.update({a: 0 for a in "LDRU"})
+    for k in log.iterations():
+        removed = ~log.load_plan(k).keep_mask.cpu()
+        if not bool(removed.any()):
+            continue
+        records = log.load_records(k)
+        cells = records.observations[removed].argmax(1).tolist()
+        actions = records.actions[removed].flatten().long().tolist()
+        counts["all"] += len(cells)
+        counts["trap_entry"] += int(log.load_ground_truth(k)["rlattr_fault"].bool()[removed].sum())
+        counts["trap_state"] += sum(c in trap_cells for c in cells)
+        counts["negative_advantage"] += int((records.advantages[removed] < 0).sum())
+        for a in actions:
+            counts["LDRU"[a]] += 1
+    total = max(counts["all"], 1)
+    return {"dropped": counts["all"], **{k: v / total for k, v in counts.items() if k != "all"}}
+
+
+def trap_probability(policy: Any, target: ActionTarget) -> float:
+    """Mean over the trap pairs of π(trap action | state)."""
+    with torch.no_grad():
+        obs, _ = policy.obs_to_tensor(target.observations.numpy())
+        distribution = policy.get_distribution(obs)
+        log_prob = distribution.log_prob(target.actions.to(obs.device))
+    return float(log_prob.exp().mean())
+
+
+def train_one(preset: Preset, arm: str, seed: int, budget: float) -> dict[str, Any]:
+    """Train one (arm, seed), return its curves; the run directory stays for the what-if."""
+    target = ActionTarget(*trap_pairs(preset))
+    run_dir = RUNS / f"{arm}-s{seed}"
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)  # a half-finished run from a killed job
+    make_env = make_eval_env_factory(preset)
+    evaluation = EvalEveryRound(make_env, episodes=EVAL_EPISODES, seed=EVAL_SEED, dump=False)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    model = preset.build(
+        run_dir=run_dir, seed=seed, device="cpu", **arm_options(arm, target, budget, seed)
+    )
+    model.learn(preset.total_timesteps, callback=evaluation)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    final = evaluate_policy_batched(model.policy, make_env, FINAL_EPISODES, FINAL_SEED)
+    log = RunLog(run_dir)
+    policy = build_policy(log)
+    frequency, dropped, dropped_trap, probability = [], [], [], []
+    for k in log.iterations():
+        entered = log.load_ground_truth(k)["rlattr_fault"].bool()
+        removed = ~log.load_plan(k).keep_mask.cpu()
+        frequency.append(float(entered.double().mean()))
+        dropped.append(int(removed.sum()))
+        dropped_trap.append(int((removed & entered).sum()))
+        restore_checkpoint(policy, *log.load_checkpoint(k))
+        probability.append(trap_probability(policy, target))
+    return {
+        "arm": arm,
+        "seed": seed,
+        "iterations": len(frequency),
+        "trap_frequency": frequency,
+        "trap_probability": probability,
+        "dropped": dropped,
+        "dropped_trap_entries": dropped_trap,
+        "eval_return": [p.return_mean for p in evaluation.result()],
+        "final_return": float(final.mean()),
+        "final_return_se": float(final.std(ddof=1) / np.sqrt(len(final))),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+    }
+
+
+def suppressed_at(frequency: list[float], threshold: float) -> int | None:
+    """The first iteration from which the frequency stays <= threshold; None if never."""
+    at = None
+    for k, value in enumerate(frequency):
+        if value <= threshold:
+            at = k if at is None else at
+        else:
+            at = None
+    return at
+
+
+def summarise(
+    results: dict[tuple[str, int], dict[str, Any]], seeds: list[int], arms: list[str]
+) -> dict[str, Any]:
+    rows, per_seed = [], {}
+    for seed in seeds:
+        ppo = results[("ppo", seed)]
+        peak = max(ppo["trap_frequency"])
+        threshold = SUPPRESSED_LEVEL
+        for arm in arms:
+            run = results[(arm, seed)]
+            at = suppressed_at(run["trap_frequency"], threshold)
+            row = {
+                "arm": arm,
+                "seed": seed,
+                "ppo_peak_frequency": peak,
+                "threshold": threshold,
+                "suppressed_at": at,
+                "censored": at is None,
+                "peak_frequency": max(run["trap_frequency"]),
+                "mean_frequency": statistics.fmean(run["trap_frequency"]),
+                "final_frequency": statistics.fmean(run["trap_frequency"][-5:]),
+                "final_trap_probability": run["trap_probability"][-1],
+                "final_return": run["final_return"],
+                "final_return_se": run["final_return_se"],
+                "dropped_per_iteration": statistics.fmean(run["dropped"]),
+                "dropped_trap_share": (
+                    sum(run["dropped_trap_entries"]) / sum(run["dropped"])
+                    if sum(run["dropped"])
+                    else float("nan")
+                ),
+                "cpu_seconds": run["cpu_seconds"],
+            }
+            rows.append(row)
+            per_seed[(arm, seed)] = row
+    by_arm = {}
+    for arm in arms:
+        chosen = [per_seed[(arm, s)] for s in seeds]
+        returns = [r["final_return"] for r in chosen]
+        diffs = [
+            per_seed[(arm, s)]["final_return"] - per_seed[("ppo", s)]["final_return"] for s in seeds
+        ]
+        by_arm[arm] = {
+            "final_return_mean": statistics.fmean(returns),
+            "final_return_sd": statistics.stdev(returns) if len(returns) > 1 else float("nan"),
+            "paired_diff_vs_ppo_mean": statistics.fmean(diffs),
+            "paired_diff_vs_ppo_sd": statistics.stdev(diffs) if len(diffs) > 1 else float("nan"),
+            "suppressed_runs": sum(not r["censored"] for r in chosen),
+            "suppressed_at": [r["suppressed_at"] for r in chosen],
+            "mean_frequency": statistics.fmean(r["mean_frequency"] for r in chosen),
+            "final_frequency": statistics.fmean(r["final_frequency"] for r in chosen),
+            "cpu_seconds": sum(r["cpu_seconds"] for r in chosen),
+        }
+    return {"rows": rows, "arms": by_arm}
+
+
+def figure(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"ppo": "C0", "intervention": "C3", "random_like": "C7", "matching": "C2"}
+    panels = (
+        ("trap_frequency", "trap entries per step (rollout)"),
+        ("trap_probability", "π(trap action | trap state)"),
+        ("eval_return", "return (32 eval episodes)"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for arm in ARMS:
+            curves = np.array([results[(arm, s)][key] for s in seeds])
+            mean = curves.mean(0)
+            x = np.arange(len(mean))
+            ax.plot(x, mean, color=colours[arm], label=arm)
+            for curve in curves:
+                ax.plot(x, curve, color=colours[arm], alpha=0.15, lw=0.8)
+        ax.set_xlabel("iteration (512 steps)" if key != "eval_return" else "round")
+        ax.set_ylabel(label)
+    axes[0].legend()
+    fig.suptitle(f"TrapGrid-v0: mean over {len(seeds)} seeds (faint: each seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def goal_lines(summary: dict[str, Any], seeds: list[int], arms: list[str]) -> list[str]:
+    """Issue 13's goal, checked per arm: suppressed >= 2x faster than PPO (same seed; a run
+    that never suppresses counts as suppressing at the run's end, which favours PPO) at no
+    more than 5 % loss of PPO's mean final return."""
+    rows = {(r["arm"], r["seed"]): r for r in summary["rows"]}
+    n_iterations = 80
+    out = [
+        "**Goal (issue 13):** suppress the unwanted behaviour at least 2× faster than PPO at "
+        "no more than 5 % loss of final return. Per seed, an arm is 2× faster when it "
+        "suppresses by half of PPO's iteration (PPO never suppressing counts as "
+        f"{n_iterations}, the run's end: a bound that favours PPO).",
+        "",
+    ]
+    ppo_mean = summary["arms"]["ppo"]["final_return_mean"]
+    for arm in arms:
+        if arm == "ppo":
+            continue
+        faster = 0
+        for seed in seeds:
+            t_arm = rows[(arm, seed)]["suppressed_at"]
+            t_ppo = rows[("ppo", seed)]["suppressed_at"]
+            t_ppo = n_iterations if t_ppo is None else t_ppo
+            faster += t_arm is not None and 2 * t_arm <= t_ppo
+        mean = summary["arms"][arm]["final_return_mean"]
+        loss = (ppo_mean - mean) / abs(ppo_mean)
+        met = faster == len(seeds) and loss <= 0.05
+        out.append(
+            f"- {arm}: 2× faster than PPO on {faster}/{len(seeds)} seeds; final return "
+            f"{mean:+.3f} vs PPO {ppo_mean:+.3f} (change {-loss:+.0%} of |PPO|): goal "
+            f"{'met' if met else 'not met'}."
+        )
+    return out
+
+
+def write_training(
+    results: dict[tuple[str, int], dict[str, Any]], seeds: list[int], args: argparse.Namespace
+) -> None:
+    arms = list(dict.fromkeys(arm for arm, _ in results))
+    summary = summarise(results, seeds, arms)
+    target = ActionTarget(*trap_pairs(Preset.load("trap_grid")))
+    breakdown = {
+        arm: [dropped_breakdown(arm, s, target) for s in seeds] for arm in arms if arm != "ppo"
+    }
+    meta = provenance()
+    payload = {
+        **meta,
+        "settings": {
+            "preset": "trap_grid (unchanged)",
+            "budget": args.budget,
+            "seeds": seeds,
+            "eval": f"{EVAL_EPISODES} episodes/round from seed {EVAL_SEED}",
+            "final": f"{FINAL_EPISODES} episodes from seed {FINAL_SEED}",
+            "suppressed_level": SUPPRESSED_LEVEL,
+        },
+        "summary": summary,
+        "dropped_breakdown": breakdown,
+        "runs": [results[(arm, s)] for arm in ARMS for s in seeds],
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = OUT / f"{NAME}.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(OUT / f"{NAME}.json")
+    with open(OUT / f"{NAME}.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(summary["rows"][0]))
+        writer.writeheader()
+        writer.writerows(summary["rows"])
+    figure(results, seeds, OUT / f"{NAME}.png")
+    lines = markdown_header("Suppressing a learnt trap: intervention vs PPO (TrapGrid-v0)", meta)
+    lines += [
+        f"Preset `trap_grid` (unchanged), {len(seeds)} paired seeds, intervention budget "
+        f"{args.budget:g} of the buffer per iteration. Suppressed = trap frequency stays ≤ "
+        f"{SUPPRESSED_LEVEL:g} trap entries per step (10 % of the perfect loop) from that "
+        "iteration to the end (80 iterations); censored runs count "
+        "as never.",
+        "",
+        "| arm | final return, mean ± sd | paired Δ vs PPO, mean ± sd | suppressed (runs) | "
+        "suppressed at (iteration per seed) | mean trap freq. | final trap freq. | CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, s in summary["arms"].items():
+        at = ", ".join("never" if a is None else str(a) for a in s["suppressed_at"])
+        lines.append(
+            f"| {arm} | {s['final_return_mean']:+.3f} ± {s['final_return_sd']:.3f} | "
+            f"{s['paired_diff_vs_ppo_mean']:+.3f} ± {s['paired_diff_vs_ppo_sd']:.3f} | "
+            f"{s['suppressed_runs']}/{len(seeds)} | {at} | {s['mean_frequency']:.3f} | "
+            f"{s['final_frequency']:.3f} | {s['cpu_seconds']:.0f} |"
+        )
+    lines += ["", *goal_lines(summary, seeds, arms), ""]
+    lines += [
+        "",
+        "What the arms dropped (all iterations and seeds pooled): share of the dropped "
+        "records that entered the trap, that stood in a trap-adjacent state, that had a "
+        "negative advantage, and that took each action (L D R U; the trap actions are L "
+        "from the start and U from the cell below the trap).",
+        "",
+        "| arm | dropped per run | trap entries | in trap states | Â < 0 | L | D | R | U |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, items in breakdown.items():
+        total = sum(i["dropped"] for i in items)
+
+        def pooled(key: str, items: list[dict[str, float]] = items, total: int = total) -> float:
+            return sum(i[key] * i["dropped"] for i in items) / max(total, 1)
+
+        lines.append(
+            f"| {arm} | {total / len(items):.0f} | {pooled('trap_entry'):.2f} | "
+            f"{pooled('trap_state'):.2f} | {pooled('negative_advantage'):.2f} | "
+            + " | ".join(f"{pooled(a):.2f}" for a in "LDRU")
+            + " |"
+        )
+    lines += ["", f"![curves]({NAME}.png)", ""]
+    (OUT / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget", type=float, default=0.1)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument(
+        "--sweep-budgets", type=float, nargs="*", default=[0.02, 0.05, 0.2],
+        help="extra intervention arms at these budgets (the budget sweep)",
+    )  # fmt: skip
+    parser.add_argument("--whatif", action="store_true", help="run the what-if phase only")
+    parser.add_argument("--timesteps", type=int, default=None, help="override the preset's")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    preset = Preset.load("trap_grid").with_overrides(total_timesteps=args.timesteps)
+    seeds = list(range(args.seeds))
+    partial = OUT / "partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    if args.whatif:
+        run_whatif(seeds)
+        return
+    arms = [*args.arms, *(f"intervention-b{b:g}" for b in args.sweep_budgets)]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    for seed in seeds:
+        for arm in arms:
+            path = partial / f"{arm}-s{seed}.json"
+            if path.exists():
+                results[(arm, seed)] = json.loads(path.read_text())
+                continue
+            result = train_one(preset, arm, seed, args.budget)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result) + "\n")
+            tmp.replace(path)
+            results[(arm, seed)] = result
+            print(
+                f"{arm} s{seed}: final return {result['final_return']:+.3f}, trap freq. last "
+                f"{result['trap_frequency'][-1]:.2f}, {result['cpu_seconds']:.0f} CPU s",
+                flush=True,
+            )
+    if set(args.arms) == set(ARMS):
+        write_training(results, seeds, args)
+
+
+#: Iterations the what-if retrains (the trap forms over iterations ~5-20 of 80).
+WHATIF_ITERATIONS = (1, 5, 10, 15, 20, 30, 40, 60, 79)
+WHATIF_EPISODES = 200
+
+
+def run_whatif(seeds: list[int]) -> None:
+    """``rlattr intervene``'s analysis on the PPO runs: drop_negative vs random, same count."""
+    from rlattr.analysis.whatif import WhatIfConfig, whatif_iterations, write_whatif_report
+
+    preset = Preset.load("trap_grid")
+    make_env = make_eval_env_factory(preset)
+
+    def evaluate(policy: Any, episodes: int, seed: int) -> np.ndarray:
+        return evaluate_policy_batched(policy, make_env, episodes, seed)
+
+    config = WhatIfConfig(rule="drop_negative", episodes=WHATIF_EPISODES, eval_seed=EVAL_SEED)
+    results = {}
+    for seed in seeds:
+        log = RunLog(RUNS / f"ppo-s{seed}")
+        results[f"ppo-s{seed}"] = whatif_iterations(log, WHATIF_ITERATIONS, config, evaluate)
+        print(f"what-if ppo-s{seed} done", flush=True)
+    out = OUT / "whatif"
+    write_whatif_report(
+        results, out, "TrapGrid PPO: drop_negative what-if vs a random drop of the same count"
+    )
+    meta = provenance()
+    text = (out / "whatif.md").read_text()
+    header = markdown_header("What-if on the trap runs (rlattr intervene)", meta)
+    (out / "whatif.md").write_text("\n".join(header) + "\n" + text.split("\n", 2)[2])
+    (out / "whatif.json").write_text(
+        json.dumps(
+            {**meta, "config": config.__dict__, "iterations": list(WHATIF_ITERATIONS),
+             "results": {k: [r.to_dict() for r in v] for k, v in results.items()}},
+            indent=1,
+        )
+        + "\n"
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
