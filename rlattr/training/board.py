@@ -235,6 +235,7 @@ class Board:
             dropped = 0.0 if keep_mask is None else float((~keep_mask.cpu()).double().mean())
             scalars["filter/fraction_dropped"] = dropped
         details = bool(self.config.details_every) and iteration % self.config.details_every == 0
+        primary = scores.get(PRIMARY)  # the fidelity check needs it even without diagnostics
         if not self.config.diagnostics:
             scores, details = {}, False
         reference = None
@@ -251,15 +252,18 @@ class Board:
                 # histograms per tag by default, so a histogram per iteration gets thinned.
                 self.writer.add_histogram(f"{prefix}/normalized", finite / finite.std(), step)
         scalars.update(extra or {})
-        every = self.config.fidelity_every
-        if every and iteration % every == 0 and update is not None and context is not None:
-            scores_now = scores.get(PRIMARY)
-            if scores_now is not None and bool(torch.isfinite(scores_now).all()):
-                scalars.update(self._fidelity(update, context, scores_now, iteration))
+        if self._fidelity_due(iteration, primary) and update is not None and context is not None:
+            scalars.update(self._fidelity(update, context, primary, iteration))
         self._write_scalars(scalars, step)
         if details and reference is not None:
             self._write_details(step, records, scores[PRIMARY], reference, keep_mask)
         self.writer.flush()
+
+    def _fidelity_due(self, iteration: int, primary: torch.Tensor | None) -> bool:
+        every = self.config.fidelity_every
+        if not every or iteration % every or primary is None:
+            return False
+        return bool(torch.isfinite(primary).all())  # LDS needs finite scores
 
     def _fidelity(
         self,
