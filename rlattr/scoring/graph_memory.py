@@ -134,29 +134,41 @@ class ReplayMemory:
 
     Attributes:
         steps: optimiser steps replayed (T).
-        step_bytes: graph bytes one step keeps (measured on the largest minibatch, so an
-            upper bound for every step).
+        step_bytes: graph bytes each further step of a chain adds (g; measured on the
+            largest minibatch, so a bound for every step).
         state_bytes: bytes of one stored segment start (parameters and optimiser state).
         target_bytes: graph bytes of the target f(θ) (held while its gradient is taken).
+        base_bytes: graph bytes a chain holds besides g per step (a: the first step's
+            excess over the next).
+        transient_bytes: bytes a step holds while it is built, above what it keeps (h).
     """
 
     steps: int
     step_bytes: int
     state_bytes: int
     target_bytes: int
+    base_bytes: int = 0
+    transient_bytes: int = 0
+
+    def chain(self, steps: int) -> int:
+        """Peak bytes while a chain of ``steps`` steps is built and held: a + n·g + h."""
+        return self.base_bytes + steps * self.step_bytes + self.transient_bytes
 
     def peak(self, segment_steps: int | None) -> int:
         """Estimated peak bytes: the whole graph (None), or segments of ``segment_steps``.
 
-        Whole: every step's graph and the target's at once, T·g + t. Segmented: the
-        ⌈T/S⌉ stored starts, plus the larger of the target's graph (the first backward)
-        and one segment's graph (each recomputed segment's backward), ⌈T/S⌉·c + max(t, S·g).
+        Whole: the chain of all T steps with the target's graph on top, a + T·g +
+        max(h, t) (the last step's transient is gone before the target is evaluated).
+        Segmented: the ⌈T/S⌉ stored starts, plus the larger of the target's graph (the
+        first backward) and one segment's chain (each recomputed segment's backward):
+        ⌈T/S⌉·c + max(t, a + S·g + h).
         """
         if segment_steps is None:
-            return self.steps * self.step_bytes + self.target_bytes
+            held = self.base_bytes + self.steps * self.step_bytes
+            return held + max(self.transient_bytes, self.target_bytes)
         length = min(segment_steps, self.steps)
         starts = math.ceil(self.steps / length)
-        return starts * self.state_bytes + max(self.target_bytes, length * self.step_bytes)
+        return starts * self.state_bytes + max(self.target_bytes, self.chain(length))
 
 
 @dataclass(frozen=True)

@@ -160,10 +160,12 @@ def metagradient_scores(
         memory_budget: with ``segment_steps=None``, the graph memory to stay within:
             bytes, a size such as ``"256MiB"`` or ``"1GiB"``, or ``None``/``"none"``:
             no limit, the graph of every step kept (fastest, memory grows with the
-            steps). One optimiser step's graph (on the largest minibatch) and the
-            target's are measured first (``SavedTensorMeter``) and the longest segment
-            whose estimated peak fits is used (``choose_segments``); if none fits, the
-            smallest estimate is used with a ``RuntimeWarning``.
+            steps). The graphs of two optimiser steps (on the largest minibatch) and of
+            the target are measured first (``SavedTensorMeter``; ``result.memory``),
+            then the whole graph is kept if it fits, else the longest segment whose
+            estimated peak fits is used (``choose_segments``); if none fits, the
+            smallest estimate is used with a ``RuntimeWarning``. The budget bounds the
+            bytes graphs hold (saved tensors), not the process's resident memory.
     """
     refuse_weighted(data, "metagradient")
     if segment_steps is not None and segment_steps < 1:
@@ -297,20 +299,28 @@ def _measure(
     steps: list[torch.Tensor],
     target_value: Callable[[], torch.Tensor],
 ) -> ReplayMemory:
-    """Measure the graph of one optimiser step and of the target, then throw them away.
+    """Measure a two-step chain's graph and the target's, then throw them away.
 
-    The step is the one with the largest minibatch (a step's graph grows with its
-    minibatch, so this bounds every step), taken from the start state; the target is
-    evaluated at the start parameters (its graph depends on shapes, not values). Costs
-    one step and one target forward more than the replay itself.
+    Both steps use the largest minibatch (a step's graph grows with its minibatch, so
+    this bounds every step), from the start state. What the chain holds after one step
+    and after two gives the bytes each further step adds and the chain's fixed part; the
+    meter's peak above the two-step chain is what a step holds only while it is built.
+    The target is evaluated at the start parameters (its graph depends on shapes, not
+    values). Costs two steps and one target forward more than the replay itself.
     """
     largest = max(range(len(steps)), key=lambda step: len(steps[step]))
     state = dict(optimizer.state)  # step() replaces the entries, never changes them
     with SavedTensorMeter() as meter:
-        run(dict(params), largest, largest + 1, graph=True)
-    optimizer.state = state
-    step_bytes = meter.peak
+        first = run(dict(params), largest, largest + 1, graph=True)
+        one = meter.live
+        second = run(first, largest, largest + 1, graph=True)
+        two = meter.live
+        del first, second
+    optimizer.state = state  # also lets go of the chain's graph, which the state held
+    step_bytes = max(two - one, 0)
+    base_bytes = max(one - step_bytes, 0)
+    transient_bytes = max(meter.peak - two, 0)
     with SavedTensorMeter() as meter, _substituted(policy, unflatten(params[FLAT])):
         target_value()
     stored = tensor_bytes(params.values()) + tensor_bytes(optimizer.tensors().values())
-    return ReplayMemory(len(steps), step_bytes, stored, meter.peak)
+    return ReplayMemory(len(steps), step_bytes, stored, meter.peak, base_bytes, transient_bytes)

@@ -86,6 +86,19 @@ def test_the_target_graph_counts_against_the_budget() -> None:
     assert (choice.segment_steps, choice.estimated_peak, choice.fits) == (4, 49, False)
 
 
+def test_a_chains_fixed_part_and_a_steps_transient_count_once() -> None:
+    # a = 6, h = 3 on top of g = 10 per step, t = 0: the whole graph needs 6 + 160 + 3 = 169.
+    memory = ReplayMemory(16, 10, 1, 0, base_bytes=6, transient_bytes=3)
+    assert choose_segments(memory, 169).segment_steps is None
+    # Budget 168: S = 15 needs 2 + 6 + 150 + 3 = 161, the longest that fits.
+    assert choose_segments(memory, 168).segment_steps == 15
+    # Budget 50: S = 4 needs 4 + 6 + 40 + 3 = 53; S = 3: 6 + 6 + 30 + 3 = 45.
+    assert (choose_segments(memory, 50).segment_steps, choose_segments(memory, 50).fits) == (
+        3,
+        True,
+    )
+
+
 def test_bad_budgets_are_refused() -> None:
     assert budget_bytes("1KiB") == 1024 and budget_bytes(None) is None
     assert budget_bytes("none") is None and budget_bytes(DEFAULT_MEMORY_BUDGET) == 256 * 2**20
@@ -145,8 +158,8 @@ def test_the_measured_graph_memory_stays_within_the_budget(run_dir: Path) -> Non
         whole = metagradient_scores(data, policy, ReturnTarget(), context, memory_budget=None)
     memory = metagradient_scores(data, policy, ReturnTarget(), context).memory
     assert memory is not None
-    # The estimate of the whole graph bounds the measurement, closely (measured: 0.6 %).
-    assert meter.peak <= memory.peak(None) <= 1.1 * meter.peak
+    # The estimate of the whole graph bounds the measurement, closely (measured: equal).
+    assert meter.peak <= memory.peak(None) <= 1.05 * meter.peak
     budget = meter.peak // 2  # the whole graph does not fit
     with SavedTensorMeter() as meter:
         result = metagradient_scores(data, policy, ReturnTarget(), context, memory_budget=budget)
