@@ -1,0 +1,235 @@
+"""Metagradient memory under a budget (issue 16.3): peak memory and time ÷ SB3's train().
+
+For each preset: SB3's ``PPO.train()`` is timed on its own rollouts; a run of the preset
+is recorded with AttributedPPO, and on its iteration 1 one metagradient (return target)
+is computed four ways:
+
+- ``whole``: ``memory_budget=None``, the graph of every optimiser step kept (as before);
+- ``default``: ``memory_budget`` left at its default (256 MiB), the segment length
+  chosen from the measured step and target graphs;
+- ``64MiB``: a tighter budget, to see the choice follow it;
+- ``sqrtT``: segments of round(√T) steps, given by hand (the earlier benchmark's setting).
+
+Memory, two ways: the saved-tensor peak (bytes autograd graphs hold for the backward,
+``SavedTensorMeter``: what the budget bounds), measured in this process; and the growth
+of the resident set (RSS) in a fresh process (``peak_rss_growth_mib``), which adds the
+backward's transient buffers and the allocator's slack. Time: median over repeats, ÷ the
+median train() of the same preset, measured side by side in this one process.
+
+    python experiments/bench_metagrad_memory.py [--presets lunarlander minigrid_empty] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.bench_attribution import _sb3_train_seconds, _timed
+from experiments.common import RESULTS, markdown_header, provenance
+from rlattr import ReturnTarget, RunLog
+from rlattr.argtypes import format_memory_size
+from rlattr.record.replay import build_policy, load_iteration
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, SavedTensorMeter
+from rlattr.scoring.metagrad import metagradient_scores
+
+OUT = RESULTS / "metagrad_memory"
+MIB = 1024**2
+
+_CHILD = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from experiments.common import peak_rss_growth_mib
+from rlattr import ReturnTarget, RunLog
+from rlattr.scoring.attribute import target_context
+from rlattr.scoring.metagrad import metagradient_scores
+from rlattr.record.replay import build_policy, load_iteration
+torch.set_num_threads(1)
+log = RunLog({run!r})
+data = load_iteration(log, 1)
+policy = build_policy(log)
+context = target_context(log, data.records)
+print(peak_rss_growth_mib(lambda: metagradient_scores(data, policy, ReturnTarget(), context,
+                                                      **{options!r})))
+"""
+
+
+def _child_rss_mib(run_dir: Path, options: dict[str, Any]) -> float:
+    """RSS growth of one metagradient in a fresh process (earlier peaks would hide it)."""
+    root = Path(__file__).resolve().parent.parent
+    code = _CHILD.format(root=str(root), run=str(run_dir), options=options)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench(name: str, repeats: int) -> dict[str, Any]:
+    from rlattr.training.presets import Preset
+
+    preset = Preset.load(name)
+    train_s = statistics.median(_sb3_train_seconds(preset, iterations=repeats + 1)[1:])
+    scratch = Path(tempfile.mkdtemp(prefix="bench-metagrad-memory-"))
+    try:
+        model = preset.build(run_dir=scratch / "run", seed=0, device="cpu")
+        model.learn(2 * preset.n_envs * preset.ppo.get("n_steps", 2048))
+        log = RunLog(scratch / "run")
+        data = load_iteration(log, 1)
+        policy = build_policy(log)
+        context = target_context(log, data.records)
+        target = ReturnTarget()
+        steps = data.plan.n_steps
+        modes: dict[str, dict[str, Any]] = {
+            "whole": {"memory_budget": None},
+            "default": {},
+            "64MiB": {"memory_budget": 64 * MIB},
+            "sqrtT": {"segment_steps": max(1, round(math.sqrt(steps))), "memory_budget": None},
+        }
+        reference = None
+        rows = {}
+        for mode, options in modes.items():
+            with SavedTensorMeter() as meter:
+                result = metagradient_scores(data, policy, target, context, **options)
+            if reference is None:
+                reference = result.scores
+            scale = float(reference.abs().max())
+            seconds = _timed(
+                lambda o=options: metagradient_scores(data, policy, target, context, **o), repeats
+            )
+            memory = result.memory
+            rows[mode] = {
+                "options": options,
+                "segment_steps": result.segment_steps,
+                "saved_peak_mib": meter.peak / MIB,
+                "estimated_peak_mib": (
+                    memory.peak(result.segment_steps) / MIB if memory is not None else None
+                ),
+                "measured": (
+                    {
+                        "step_mib": memory.step_bytes / MIB,
+                        "state_mib": memory.state_bytes / MIB,
+                        "target_mib": memory.target_bytes / MIB,
+                    }
+                    if memory is not None
+                    else None
+                ),
+                "rss_growth_mib": _child_rss_mib(scratch / "run", options),
+                "seconds": seconds,
+                "over_train": seconds / train_s,
+                "max_abs_diff_vs_whole_over_max": float(
+                    (result.scores - reference).abs().max() / scale
+                ),
+            }
+            r = rows[mode]
+            print(
+                f"{name} {mode:8s} S={r['segment_steps']} saved peak {r['saved_peak_mib']:.1f} "
+                f"MiB (estimate {r['estimated_peak_mib']}), RSS +{r['rss_growth_mib']:.0f} MiB, "
+                f"{seconds:.3f}s = {r['over_train']:.2f}× train",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {
+        "preset": name,
+        "records": len(data.records),
+        "optimizer_steps": steps,
+        "parameters": sum(p.numel() for p in policy.parameters()),
+        "sb3_train_s": train_s,
+        "modes": rows,
+    }
+
+
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        *markdown_header("Metagradient memory under a budget (issue 16.3)", meta),
+        "One metagradient (return target) of iteration 1; time = median over repeats ÷ the "
+        "median SB3 `train()` of the same preset, side by side in one process. **saved "
+        "peak**: the most bytes autograd graphs held at once (`SavedTensorMeter`, what the "
+        "budget bounds); **estimate**: the memory model's peak for the choice (graph + stored "
+        "segment starts); **RSS**: resident-set growth in a fresh process (adds the backward's "
+        "transient buffers and allocator slack). Default budget "
+        f"{format_memory_size(DEFAULT_MEMORY_BUDGET)}.",
+        "",
+        "| preset | T | mode | segment S | saved peak MiB | estimate MiB | RSS growth MiB "
+        "| time (s) | **÷ train** | max |Δscore| ÷ max |score| |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for mode, r in row["modes"].items():
+            estimate = "–" if r["estimated_peak_mib"] is None else f"{r['estimated_peak_mib']:.0f}"
+            lines.append(
+                f"| {row['preset']} | {row['optimizer_steps']} | {mode} | "
+                f"{r['segment_steps'] or 'whole'} | {r['saved_peak_mib']:.0f} | {estimate} "
+                f"| {r['rss_growth_mib']:.0f} | {r['seconds']:.3f} | **{r['over_train']:.2f}** "
+                f"| {r['max_abs_diff_vs_whole_over_max']:.1e} |"
+            )
+    lines += ["", "Measured pieces of the memory model (default budget run):", ""]
+    lines += [
+        "| preset | SB3 train() (s) | one step's graph MiB | one start MiB | target graph MiB |"
+    ]
+    lines += ["|---|---|---|---|---|"]
+    for row in rows:
+        m = row["modes"]["default"]["measured"]
+        lines.append(
+            f"| {row['preset']} | {row['sb3_train_s']:.3f} | {m['step_mib']:.2f} "
+            f"| {m['state_mib']:.3f} | {m['target_mib']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    modes = list(rows[0]["modes"])
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        xs = [j + i * width for j in range(len(modes))]
+        axes[0].bar(
+            xs, [row["modes"][m]["saved_peak_mib"] for m in modes], width, label=row["preset"]
+        )
+        axes[1].bar(xs, [row["modes"][m]["over_train"] for m in modes], width, label=row["preset"])
+    axes[0].axhline(DEFAULT_MEMORY_BUDGET / MIB, color="k", ls="--", lw=1, label="default budget")
+    axes[0].set_ylabel("saved-tensor peak (MiB)")
+    axes[1].set_ylabel("time ÷ SB3 train()")
+    for ax in axes:
+        ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(modes))], modes)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["lunarlander", "minigrid_empty"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for name in args.presets:
+        rows.append(bench(name, args.repeats))
+        meta = provenance()  # written after every preset: a killed run keeps what it did
+        payload = {"rows": rows, "default_memory_budget": DEFAULT_MEMORY_BUDGET, **meta}
+        tmp = OUT / "bench.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        tmp.replace(OUT / "bench.json")
+        (OUT / "bench.md").write_text(_markdown(rows, meta))
+    _plot(rows, OUT / "bench.png")
+
+
+if __name__ == "__main__":
+    main()
