@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -233,10 +234,31 @@ def score_run(setting: Setting, seed: int, run_dir: Path) -> list[dict[str, Any]
                 "primary",
             )
         )
+        # Evidence for the "why": is a planted record flagged by the ranking's sign (for a
+        # score: is it negative?) more often than the others are, and how does each ranking
+        # do against the other boolean ground-truth keys (DelayedCredit's cause / payoff)?
+        signs = {
+            name: {
+                "planted_suspicious_share": float((suspicion[planted] > 0).double().mean()),
+                "others_suspicious_share": float((suspicion[~planted] > 0).double().mean())
+                if bool((~planted).any())
+                else float("nan"),
+            }
+            for name, suspicion in primary.items()
+        }
+        for key, flags in sorted(truth.items()):
+            if key == "rlattr_fault" or flags.dtype != torch.bool or not bool(flags.any()):
+                continue
+            found += [(d, f"key:{key}") for d in detect(primary, flags)]
         for detection, kind in found:
+            extra = signs.get(detection.name, {}) if kind == "primary" else {}
             rows.append(
                 {"setting": setting.name, "seed": seed, "iteration": k, "kind": kind}
                 | detection.to_dict()
+                | {
+                    "planted_suspicious_share": extra.get("planted_suspicious_share", math.nan),
+                    "others_suspicious_share": extra.get("others_suspicious_share", math.nan),
+                }
             )
     return rows
 
@@ -250,22 +272,28 @@ def run_setting(setting: Setting, seeds: int, scratch: Path) -> list[dict[str, A
             rows += json.loads(done.read_text())
             continue
         run_dir = scratch / f"{setting.name}-s{seed}"
-        if run_dir.exists():  # an interrupted run: start it again
-            import shutil
+        marker = run_dir / "trained.json"  # written once the run finished training
+        if marker.exists():
+            train_cpu_s = json.loads(marker.read_text())["train_cpu_s"]
+        else:
+            if run_dir.exists():  # an interrupted run: start it again
+                import shutil
 
-            shutil.rmtree(run_dir)
-        start = time.process_time()
-        train(setting, seed, run_dir)
+                shutil.rmtree(run_dir)
+            start = time.process_time()
+            train(setting, seed, run_dir)
+            train_cpu_s = time.process_time() - start
+            marker.write_text(json.dumps({"train_cpu_s": train_cpu_s}))
         trained = time.process_time()
         seed_rows = score_run(setting, seed, run_dir)
         for row in seed_rows:
-            row["train_cpu_s"] = trained - start
+            row["train_cpu_s"] = train_cpu_s
             row["score_cpu_s"] = time.process_time() - trained
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(seed_rows))
         tmp.replace(done)
         print(
-            f"{setting.name} seed {seed}: train {trained - start:.0f} s, "
+            f"{setting.name} seed {seed}: train {train_cpu_s:.0f} s, "
             f"score {time.process_time() - trained:.0f} s CPU",
             flush=True,
         )
@@ -316,6 +344,26 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "met": ratio >= 2.0,
         "best_return_score": best_return,
         "ratio_return_scores_only": ap[best_return]["iqm"] / ap[best_baseline]["iqm"],
+    }
+    summary["sign_shares"] = {
+        name: {
+            share: statistics.mean(
+                r[share] for r in primary if r["name"] == name and not math.isnan(r[share])
+            )
+            for share in ("planted_suspicious_share", "others_suspicious_share")
+        }
+        for name in ap
+        if name != "random"
+    }
+    keys = sorted({r["kind"] for r in rows if r["kind"].startswith("key:")})
+    summary["by_key_average_precision_mean"] = {
+        key[len("key:") :]: {
+            name: statistics.mean(v.values())
+            for name, v in per_seed_means(
+                [r for r in rows if r["kind"] == key], "average_precision"
+            ).items()
+        }
+        for key in keys
     }
     diagnostic = [row for row in rows if row["kind"] == "diagnostic"]
     summary["diagnostic_average_precision_mean"] = {
@@ -443,7 +491,26 @@ def write_results(
             )
             + ".",
             "",
+            "Sign evidence (mean over seeds and iterations): share of planted records the "
+            "ranking puts on its suspicious side (score < 0, Â < 0, ...) against the share of "
+            "the other records: "
+            + ", ".join(
+                f"`{n}` {v['planted_suspicious_share']:.2f} vs {v['others_suspicious_share']:.2f}"
+                for n, v in summary["sign_shares"].items()
+                if n not in ("|advantage|", "ppo_loss")  # never negative: no sign to read
+            )
+            + ".",
+            "",
         ]
+        for key, by_name in summary["by_key_average_precision_mean"].items():
+            lines += [
+                f"Against `{key}` alone (mean AUPRC): "
+                + ", ".join(
+                    f"`{n}` {v:.3f}" for n, v in sorted(by_name.items(), key=lambda x: -x[1])
+                )
+                + ".",
+                "",
+            ]
     lines += ["![AUPRC and precision@k over training](detection.png)", ""]
     (OUT / "detection.md").write_text("\n".join(lines))
     print("\n".join(lines[-40:]))
