@@ -29,6 +29,7 @@ before the update (IIF), and serve diagnostics and record hooks (``ScoreHook``).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -317,6 +318,8 @@ class LiveTracInScorer:
         # from them at the end, for all parameters at once (elementwise: the same numbers).
         self._second_moments: list[torch.Tensor] = []
         self._step_counts: list[float] = []
+        # Where the scorer's own time goes (seconds), for benchmarks and curious users.
+        self.seconds = {"gradient_refresh": 0.0, "finish": 0.0}
 
     # ------------------------------------------------------------------ the update's seams
     def attach(self) -> None:
@@ -377,9 +380,11 @@ class LiveTracInScorer:
             sigma.register_hook(scale.keep_grad)
         if self._refresh_due(step):
             # ∇f at θ_t: its forward pass is not captured (capturing is off until after_step).
+            began = time.perf_counter()
             value = self.target.value(self.policy, self.context)
             gradient = gradient_vector(value, self.policy, self.names)
             self._gradients.append(torch.cat([gradient[n].reshape(-1) for n in self.names]))
+            self.seconds["gradient_refresh"] += time.perf_counter() - began
             self._gradient_epoch = self._epoch
         self._steps.append(_Step(indices, calls, scale, len(self._gradients) - 1))
 
@@ -411,6 +416,7 @@ class LiveTracInScorer:
             UnsupportedError: the update trained with fractional per-record loss weights
                 (replay TracIn does not model them either).
         """
+        began = time.perf_counter()
         self.detach()
         self._pending = {}
         if plan.record_weights is not None:
@@ -440,6 +446,7 @@ class LiveTracInScorer:
         scores.index_add_(0, indices[valid], -dots[valid].to(torch.float64))
         self._steps, self._gradients = [], []
         self._second_moments, self._step_counts = [], []
+        self.seconds["finish"] += time.perf_counter() - began
         return scores
 
     def _step_vectors(self, plan: UpdatePlan) -> dict[str, torch.Tensor]:

@@ -72,6 +72,8 @@ class ScoreHook:
             None computes none.
         last_scores: the latest iteration's snapshot scores (the hook's own record).
         last_live_scores: the latest iteration's live TracIn scores.
+        last_live_seconds: the latest live TracIn's own time, by part (``gradient_refresh``:
+            the ∇f recomputations; ``finish``: multipliers and contractions after the update).
     """
 
     target: Target | None = None
@@ -81,6 +83,7 @@ class ScoreHook:
     live_tracin: LiveTracIn | None = None
     last_scores: torch.Tensor | None = field(default=None, init=False)
     last_live_scores: torch.Tensor | None = field(default=None, init=False)
+    last_live_seconds: dict[str, float] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.live_tracin is not None and not isinstance(self.live_tracin, LiveTracIn):
@@ -150,6 +153,7 @@ class _LiveTracInObserver:
     def finish(self, plan: UpdatePlan) -> dict[str, StoredScores]:
         scores = self.scorer.finish(plan).detach()
         self.hook.last_live_scores = scores
+        self.hook.last_live_seconds = dict(self.scorer.seconds)
         target = self.scorer.target
         meta = {**self.config.describe(), "during": "training", "describes": "the update"}
         name = score_name(self.config.method, target, self.config.params)
