@@ -308,9 +308,8 @@ class RunLog:
             raise ValueError(f"format_version must be one of {READABLE_VERSIONS}, got {version}")
         retention = (retention or Retention()).resolved(meta.get("algorithm") or {})
         stored_retention = retention.json_dict()
-        if version == 1:
-            retention = replace(retention, checkpoint_every=1)
-            del stored_retention["checkpoint_every"]  # format 1 had no such key
+        if version == 1:  # every checkpoint full, and no key for the spacing
+            del stored_retention["checkpoint_every"]
         payload = {
             **meta,
             "format": FORMAT_NAME,
@@ -759,17 +758,18 @@ class RunLog:
                 if (stem.isdigit() and int(stem) > iteration) or p.name.startswith("."):
                     p.unlink()
 
-    def apply_retention(self, newest_checkpoint: int) -> None:
+    def apply_retention(self, newest_checkpoint: int) -> int:
         """Delete iterations beyond ``keep_last`` and checkpoints nothing needs any more.
 
         A checkpoint k is kept while iteration k (to replay it) or k-1 (to check its replay
         against the state that followed) is kept, and the newest one always (to resume).
+        Returns the bytes of checkpoint tensors a sparse checkpoint gave up (so what was
+        written, less this, is what the run adds on disk).
         """
         if self.retention.record_every == 1 and self.retention.keep_last is None:
             # Everything is kept; the checkpoint before the newest loses its tensors unless
             # it is on the full grid (the newest stays full: resume starts from it).
-            self._make_sparse(newest_checkpoint - 1)
-            return
+            return self._make_sparse(newest_checkpoint - 1)
         kept_iterations = self.iterations()
         if self.retention.keep_last is not None:
             for k in kept_iterations[: -self.retention.keep_last]:
@@ -781,26 +781,32 @@ class RunLog:
                 # The JSON is the commit marker, so it goes first.
                 for path in reversed(self._checkpoint_paths(k)):
                     path.unlink(missing_ok=True)
+        return 0
 
-    def _make_sparse(self, iteration: int) -> None:
+    def _make_sparse(self, iteration: int) -> int:
         """Drop the tensors of checkpoint ``iteration`` when retention rebuilds it on demand
         (its iteration committed, so it can be replayed; never the newest one).
 
         The JSON is rewritten first (atomically) to say the state is rebuilt, then the
         tensors are deleted: a kill in between leaves only a leftover tensor file.
+        Returns the bytes deleted.
         """
         if iteration < 1 or self.retention.full_checkpoint(iteration):
-            return
+            return 0
         tensor_path, json_path = self._checkpoint_paths(iteration)
         previous_committed = (self.iteration_dir(iteration - 1) / "iteration.json").exists()
         if not json_path.exists() or not previous_committed:
-            return
+            return 0
         meta = read_json(json_path)
         if _SPARSE in meta or meta.get("rebuilt"):
-            return  # already sparse, or rebuilt and cached on request
-        stored = {k: v for k, v in meta.items() if k not in ("sha256", "bytes")}
+            return 0  # already sparse, or rebuilt and cached on request
+        # The RNG states go with the tensors (a rebuilt state has none: resume never
+        # starts from one), so their JSON part goes too.
+        stored = {k: v for k, v in meta.items() if k not in ("sha256", "bytes", "numpy_rng")}
         atomic_write_json(json_path, {**stored, _SPARSE: _SPARSE_VALUE}, compact=True)
+        freed = tensor_path.stat().st_size if tensor_path.exists() else 0
         tensor_path.unlink(missing_ok=True)
+        return freed
 
 
 def _json_safe(value: Any) -> Any:

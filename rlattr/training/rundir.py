@@ -148,8 +148,8 @@ def write_iteration_files(
         )
     else:
         written = run_log.write_checkpoint(k + 1, *next_checkpoint)
-    run_log.apply_retention(newest_checkpoint=k + 1)
-    return written
+    # Bytes the run adds on disk: a checkpoint that turned sparse gave its tensors back.
+    return written - run_log.apply_retention(newest_checkpoint=k + 1)
 
 
 def check_policy_argument(policy: Any) -> None:

@@ -291,3 +291,22 @@ def test_default_spacing_is_fixed_per_run_from_its_rollout(tmp_path: Path) -> No
     assert stored["checkpoint_every"] == 256 and RunLog(tmp_path / "r").retention == Retention(
         checkpoint_every=256
     )
+
+
+def test_bytes_reported_written_are_the_bytes_on_disk(tmp_path: Path) -> None:
+    """What the board shows as the run log's size (the writer's count) is net of the
+    tensors sparse checkpoints gave back: every safetensors file on disk but checkpoint 0,
+    which is written before training, outside the writer."""
+    model = AttributedPPO(
+        "MlpPolicy",
+        "CartPole-v1",
+        run_dir=tmp_path / "r",
+        retention=Retention(checkpoint_every=3),
+        batch_size=16,
+        n_epochs=1,
+        **SMALL,
+    )
+    model.learn(7 * 32)
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "r").rglob("*.safetensors"))
+    first = (tmp_path / "r" / "checkpoints" / "000000.safetensors").stat().st_size
+    assert model._writer.bytes_written == on_disk - first
