@@ -455,19 +455,16 @@ class LiveTracInScorer:
         Replay TracIn weights the product with the mean-loss gradient ∇ℓ_i by c_t / |b_t|;
         the factors captured here are gradients of the minibatch's *mean* loss, which
         already carry the 1 / |b_t|. All parameters are handled as one flat vector per
-        step: the optimiser model's arithmetic is elementwise, so the multipliers are the
-        numbers ``step_multipliers`` gives per parameter, at a fraction of the calls.
+        step: the optimiser model's arithmetic is elementwise, so its stacked multipliers
+        are the numbers ``step_multipliers`` gives per parameter, at a fraction of the cost.
         """
         learning_rates = plan.learning_rates.tolist()
         clip_coefs = plan.clip_coefs.tolist()
         gradient_of_step = [step.gradient for step in self._steps]
         if self.model.preconditioned:
-            denominators = [
-                {"all": self.model.step_denominator({EXP_AVG_SQ: v, STEP: count})}
-                for v, count in zip(self._second_moments, self._step_counts, strict=True)
-            ]
-            multipliers = self.model.displacement_multipliers(learning_rates, denominators)
-            flat = torch.stack([m["all"] for m in multipliers])  # type: ignore[index]
+            flat = self.model.stacked_displacement_multipliers(
+                learning_rates, self._second_moments, self._step_counts
+            )
             # (∇f ⊙ u_t) · c_t as replay forms it, in place: steps of one ∇f refresh at once.
             for first, last in _runs(gradient_of_step):
                 flat[first:last].mul_(self._gradients[gradient_of_step[first]])

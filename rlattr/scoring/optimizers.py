@@ -332,6 +332,57 @@ class OptimizerModel:
         }
         return [{name: per_name[name][t] for name in names} for t in range(len(learning_rates))]
 
+    def stacked_displacement_multipliers(
+        self,
+        learning_rates: Sequence[float],
+        exp_avg_sqs: Sequence[torch.Tensor],
+        step_counts: Sequence[float],
+    ) -> torch.Tensor:
+        """Adam's ``displacement_multipliers`` from each step's state, as one ``[T, ...]``
+        tensor: the same numbers bit for bit (tested), computed in place.
+
+        ``displacement_multipliers(lrs, [{n: step_denominator(state_t)}])`` allocates a
+        fresh tensor for every operation of every step; for a wide network that memory
+        traffic costs as much as the optimiser steps themselves (live TracIn needs all T
+        multipliers of every coordinate after each update). Here every operation is the
+        one ``_denominator`` and ``_impulse_response`` apply, in the same order, written
+        into preallocated memory.
+
+        Args:
+            learning_rates: η_t of every step.
+            exp_avg_sqs: Adam's v after each step (one tensor per step, same shape).
+            step_counts: Adam's step count after each step.
+        """
+        if not self.preconditioned:
+            raise ValueError("SGD's multipliers are numbers: use displacement_multipliers")
+        n_steps = len(learning_rates)
+        if len(exp_avg_sqs) != n_steps or len(step_counts) != n_steps:
+            raise ValueError("one second moment and one step count per step")
+        if n_steps == 0:
+            return torch.zeros(0)
+        beta1, beta2 = self.betas
+        decay, gain = self._moment_coefficients()
+        first = exp_avg_sqs[0]
+        out = torch.empty((n_steps, *first.shape), dtype=first.dtype, device=first.device)
+        tail = torch.zeros_like(first)
+        step_size = torch.empty_like(first)
+        # _root's guard adds tiny · [v = 0]; that product of a number and a bool tensor is
+        # in torch's default dtype, so what it adds is computed the same way here (for
+        # float64 v under a float32 default it is tiny rounded to float32: 0).
+        flag = torch.ones((), dtype=torch.bool, device=first.device)
+        guard = float(torch.finfo(first.dtype).tiny * flag)
+        for t in reversed(range(n_steps)):
+            n = float(step_counts[t])
+            # _root: v + guard where v = 0, √, ÷ √(1 − β₂ⁿ).
+            step_size.copy_(exp_avg_sqs[t]).masked_fill_(exp_avg_sqs[t] == 0, guard)
+            step_size.sqrt_().div_(math.sqrt(1 - beta2**n))
+            # _denominator: (1 − β₁ⁿ)(√v̂ + ε); then η_t / D_t (torch's rdiv: 1/D · η).
+            step_size.add_(self.eps).mul_(1 - beta1**n).reciprocal_().mul_(learning_rates[t])
+            # _impulse_response: tail_t = η_t/D_t + decay · tail_{t+1}; u_t = gain · tail_t.
+            tail.mul_(decay).add_(step_size)
+            torch.mul(tail, gain, out=out[t])
+        return out
+
     def _impulse_response(self, step_sizes: list[Any]) -> list[Any]:
         """u_t for per-step step sizes η_t (SGD) or η_t / D_t (Adam), by the backward
         recursion tail_t = step_t + decay · tail_{t+1} of the first slot."""

@@ -247,3 +247,34 @@ def test_a_weighted_update_is_refused() -> None:
     context = TargetContext(data.records, model.gamma, model.gae_lambda)
     with pytest.raises(UnsupportedError, match="per-record loss weights"):
         replay_live_tracin(data, model.workspace_policy(), context, LiveTracIn())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("betas", "eps"), [((0.9, 0.999), 1e-8), ((0.5, 0.9), 1e-3), ((0.9, 0.999), 0.0)]
+)
+def test_stacked_adam_multipliers_are_the_per_step_ones_bit_for_bit(
+    dtype: torch.dtype, betas: tuple[float, float], eps: float
+) -> None:
+    """Live TracIn's in-place multipliers against the optimiser model's per-step path
+    (``step_denominator`` then ``displacement_multipliers``, as replay TracIn uses them),
+    with exact zeros in v (a parameter that never had a gradient) and varying rates."""
+    from rlattr.scoring.optimizers import EXP_AVG_SQ, STEP, OptimizerModel
+
+    model = OptimizerModel("adam", betas=betas, eps=eps)
+    generator = torch.Generator().manual_seed(0)
+    n_steps = 7
+    moments = [torch.rand(5, 3, generator=generator, dtype=dtype) ** 4 for _ in range(n_steps)]
+    for v in moments:
+        v[0, :] = 0.0
+    counts = [float(11 + t) for t in range(n_steps)]
+    rates = [3e-4 * (1 + t % 3) for t in range(n_steps)]
+    denominators = [
+        {"p": model.step_denominator({EXP_AVG_SQ: v, STEP: n})}
+        for v, n in zip(moments, counts, strict=True)
+    ]
+    per_step = model.displacement_multipliers(rates, denominators)
+    expected = torch.stack([u["p"] for u in per_step])  # type: ignore[index]
+    stacked = model.stacked_displacement_multipliers(rates, moments, counts)
+    assert stacked.dtype == dtype
+    assert torch.equal(stacked, expected)
