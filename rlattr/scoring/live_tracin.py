@@ -360,7 +360,15 @@ class LiveTracInScorer:
         self._epoch = epoch
 
     def before_step(self, step: int, indices: torch.Tensor) -> None:
-        """At θ_t, after the minibatch's loss forward pass and before its backward pass."""
+        """At θ_t, after the minibatch's loss forward pass and before its backward pass:
+        ``collect`` then ``refresh``."""
+        self.collect(step, indices)
+        self.refresh(step)
+
+    def collect(self, step: int, indices: torch.Tensor) -> None:
+        """Take what the minibatch's loss forward pass left (layer calls, the Gaussian's
+        scale) and stop capturing. With several scorers on one update, every scorer must
+        collect before any refreshes (a refresh runs the policy on the target)."""
         self._capturing = False
         calls, self._pending = self._pending, {}
         n = len(indices)
@@ -378,6 +386,10 @@ class LiveTracInScorer:
                 raise RuntimeError("live TracIn: the action distribution is not the loss's")
             scale = _Call(sigma.detach(), sigma.shape)
             sigma.register_hook(scale.keep_grad)
+        self._steps.append(_Step(indices, calls, scale, -1))
+
+    def refresh(self, step: int) -> None:
+        """Recompute ∇f at θ_t if the schedule says so; the step uses the latest ∇f."""
         if self._refresh_due(step):
             # ∇f at θ_t: its forward pass is not captured (capturing is off until after_step).
             began = time.perf_counter()
@@ -386,7 +398,7 @@ class LiveTracInScorer:
             self._gradients.append(torch.cat([gradient[n].reshape(-1) for n in self.names]))
             self.seconds["gradient_refresh"] += time.perf_counter() - began
             self._gradient_epoch = self._epoch
-        self._steps.append(_Step(indices, calls, scale, len(self._gradients) - 1))
+        self._steps[-1].gradient = len(self._gradients) - 1
 
     def _refresh_due(self, step: int) -> bool:
         if not self._gradients:

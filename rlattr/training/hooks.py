@@ -35,8 +35,13 @@ class UpdateObserver(Protocol):
         """The update's epochs, passed through (the observer learns when each starts)."""
         ...
 
+    def collect(self, step: int, indices: torch.Tensor) -> None:
+        """At θ_t, right after the minibatch's loss forward pass: read what it left. Every
+        observer collects before any observer's ``before_step`` runs."""
+        ...
+
     def before_step(self, step: int, indices: torch.Tensor) -> None:
-        """At θ_t, after the minibatch's loss forward pass, before its backward pass."""
+        """At θ_t, before the backward pass (may run the policy, e.g. on a target)."""
         ...
 
     def after_step(self, step: int, indices: torch.Tensor) -> None:
@@ -144,11 +149,14 @@ class _LiveTracInObserver:
         self.scorer = scorer
         self.config = config
         self.hook = hook
-        self.before_step = scorer.before_step
+        self.collect = scorer.collect
         self.after_step = scorer.after_step
         self.epochs = scorer.epochs
         self.detach = scorer.detach
         scorer.attach()
+
+    def before_step(self, step: int, indices: torch.Tensor) -> None:
+        self.scorer.refresh(step)
 
     def finish(self, plan: UpdatePlan) -> dict[str, StoredScores]:
         scores = self.scorer.finish(plan).detach()
@@ -187,11 +195,14 @@ class UpdateObservers:
 
     @property
     def before_step(self) -> StepCallback | None:
-        """``run_update``'s ``before_step``: every observer's, in order (None if none)."""
+        """``run_update``'s ``before_step``: every observer's ``collect``, then every
+        observer's ``before_step`` (None if there are no observers)."""
         if not self.observers:
             return None
 
         def call(step: int, indices: torch.Tensor) -> None:
+            for observer in self.observers:
+                observer.collect(step, indices)
             for observer in self.observers:
                 observer.before_step(step, indices)
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from stable_baselines3.common.env_util import make_vec_env
 
 from rlattr import IIF, AttributedPPO, RunLog, ScoreHook
 from rlattr.scoring.influence import tracin_scores
 from rlattr.scoring.live_tracin import LiveTracIn
-from rlattr.scoring.targets import ReturnTarget, TargetContext
+from rlattr.scoring.targets import ActionTarget, ReturnTarget, TargetContext
 from tests.conftest import assert_same_parameters
 
 # Float32 training: the live products contract gradients of the minibatch's mean loss,
@@ -98,3 +99,28 @@ def test_snapshot_and_live_scores_are_stored_side_by_side() -> None:
     # but are not the same numbers.
     assert not torch.allclose(hook.last_scores.double(), hook.last_live_scores)
     _assert_close(hook.last_live_scores, _replayed(model, 2))
+
+
+def test_live_tracin_takes_the_hooks_target_unless_it_names_its_own() -> None:
+    records_model = _model([])
+    records_model.learn(64)
+    records = records_model.last_records
+    assert records is not None
+    action = ActionTarget(records.observations[:8], records.actions[:8])
+    inherits = ScoreHook(target=action, snapshot=False, live_tracin=LiveTracIn(refresh=2))
+    own = ScoreHook(
+        target=action, snapshot=False, live_tracin=LiveTracIn(refresh=2, target=ReturnTarget())
+    )
+    model = _model([inherits, own])
+    model.learn(64)
+    assert inherits.last_live_scores is not None and own.last_live_scores is not None
+    data = model.iteration_data(0)
+    context = TargetContext(data.records, model.gamma, model.gae_lambda)
+    replayed = tracin_scores(data, model.workspace_policy(), action, context, target_every=2)
+    _assert_close(inherits.last_live_scores, replayed)
+    _assert_close(own.last_live_scores, _replayed(model, 2))
+
+
+def test_a_bad_live_tracin_argument_is_refused() -> None:
+    with pytest.raises(TypeError, match="LiveTracIn"):
+        ScoreHook(live_tracin="epoch")  # type: ignore[arg-type]
