@@ -12,9 +12,9 @@ multipliers u_t are known: Adam's u_t spreads a step's gradient over the *later*
 Σ_{s≥t} η_s (1−β₁) β₁^{s−t} / D_s, so the products cannot be finished at step t.
 
 The multipliers are replay TracIn's, from the one optimiser model
-(``OptimizerModel.displacement_multipliers``), with Adam's denominators D_s read from the
-optimiser state after each real step, exactly where ``step_multipliers`` reads them in its
-replay. ``log_std`` (SB3's Gaussian policies) is a bare parameter outside any layer: its
+(``OptimizerModel.stacked_displacement_multipliers``: the numbers of
+``displacement_multipliers``, bit for bit), with Adam's v read from the optimiser state
+after each real step, exactly where ``step_multipliers`` reads it in its replay. ``log_std`` (SB3's Gaussian policies) is a bare parameter outside any layer: its
 per-record gradient is the gradient of the distribution's scale σ_i (one row per record)
 times σ_i, read from the same backward pass.
 
@@ -280,13 +280,16 @@ class LiveTracInScorer:
     The policy's parameters, gradients and optimiser are only read: training with the
     scorer attached is bit-identical to training without it.
 
+    ``before_step`` is ``collect`` then ``refresh``; several scorers on one update must all
+    ``collect`` before any ``refresh`` (``rlattr.training.hooks.UpdateObservers`` does).
     Each captured layer must run once per loss forward pass on the minibatch (SB3's
     actor-critic policies do), and nothing else may run the policy between an optimiser
     step and the next minibatch's loss.
 
     Memory: every step's layer inputs and output gradients are kept until ``finish``,
-    O(steps × batch × Σ layer widths) (for a 2×64 MLP and 10 epochs, about 2.3 KB per
-    record of the buffer in float32).
+    O(epochs × N × Σ layer widths): for LunarLander's 2×64 policy about 1 KB per record
+    and epoch in float32 (22 MB for 2048 records × 10 epochs); with Adam also v and then
+    the multipliers of every step, O(steps × policy parameters) (6.5 MB there).
 
     Args:
         policy: the policy being trained (with its optimiser).
