@@ -232,6 +232,9 @@ def summarize() -> None:
             + " | ".join(cells)
             + f" | {ceiling:+.3f} |"
         )
+    # Investigations (experiments/fidelity_regime.py) and their reading follow the table.
+    for section in [*sorted(OUT.glob("regime-*.md")), *sorted(OUT.glob("why-*.md"))]:
+        lines += ["", section.read_text().rstrip()]
     (RESULTS / "fidelity.md").write_text("\n".join(lines) + "\n")
 
     fractions = sorted({key[4] for key in keyed})
