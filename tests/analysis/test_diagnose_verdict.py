@@ -1,0 +1,24 @@
+"""The report's sentence on how far to trust the scores, from the fidelity check."""
+
+from __future__ import annotations
+
+import math
+
+from rlattr.analysis.diagnose import _trust, _verdict
+
+
+def test_verdict_compares_the_lds_with_the_ceiling() -> None:
+    assert "as well as the ground truth allows" in _verdict(0.8, 0.95)
+    assert "usefully, but below" in _verdict(0.67, 0.94)
+    assert "do <b>not</b> predict" in _verdict(0.4, 0.95)
+    assert "do <b>not</b> predict" in _verdict(-0.58, 1.0)
+    assert "do <b>not</b> predict" in _verdict(0.25, 0.3)  # low, however close to the ceiling
+    # No ceiling measured (one order): judged against a perfect ground truth.
+    assert "usefully" in _verdict(0.6, math.nan)
+
+
+def test_a_wrong_sign_is_said_beside_a_good_ranking() -> None:
+    check = {"iteration": 24, "lds": 0.67, "ceiling": 0.94, "sign_agreement": 0.31, "seconds": 1}
+    assert "right in only 31% of subsets" in _trust([check])
+    assert "right in only" not in _trust([{**check, "sign_agreement": 0.9}])
+    assert "right in only" not in _trust([{**check, "lds": 0.1}])
