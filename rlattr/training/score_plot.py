@@ -166,8 +166,7 @@ class ScoreAdvantagePlot:
         label = "score (positive = helpful)"
         width = int(draw.textlength(label, font=font)) + 4
         strip = image_module.new("RGB", (width, 16), "white")
-        draw_module = type(draw)
-        draw_module(strip).text((2, 1), label, fill=AXIS, font=font)
+        self._pil[1].Draw(strip).text((2, 1), label, fill=AXIS, font=font)
         rotated = strip.rotate(90, expand=True)
         image.paste(rotated, (8, int((top + bottom) / 2 - width / 2)))
 
