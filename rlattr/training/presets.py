@@ -48,7 +48,7 @@ POLICY_KWARG_KEYS = (
     "optimizer_class",
     "optimizer_kwargs",
 )
-RECORDING_KEYS = ("record_every", "keep_last")
+RECORDING_KEYS = ("record_every", "keep_last", "checkpoint_every")
 IIF_KEYS = (
     "scorer",
     "greedy_blocks",
@@ -160,6 +160,7 @@ PPO_BOUNDS = {
 RECORDING_BOUNDS = {
     "record_every": _AT_LEAST_ONE,
     "keep_last": Bound(1, integer=True, nullable=True),
+    "checkpoint_every": Bound(1, integer=True, nullable=True),
 }
 _BOOLEAN_POLICY_KWARGS = ("ortho_init", "full_std", "share_features_extractor", "normalize_images")
 _MAPPING_POLICY_KWARGS = ("features_extractor_kwargs", "optimizer_kwargs")

@@ -157,6 +157,7 @@ def test_legitimate_edges_are_accepted(ppo: dict) -> None:
         ({"total_timesteps": 0.5}, "total_timesteps must be a whole number"),
         ({"recording": {"record_every": 0}}, "recording.record_every must be a whole number >= 1"),
         ({"recording": {"keep_last": "all"}}, "recording.keep_last must be a whole number"),
+        ({"recording": {"checkpoint_every": 0}}, "recording.checkpoint_every must be a whole"),
         ({"policy_kwargs": {"net_arch": [64, 0]}}, "net_arch layer width must be a whole"),
         ({"policy_kwargs": {"net_arch": {"pi": 64}}}, "pi and .vf must be lists"),
         ({"policy_kwargs": {"ortho_init": "no"}}, "ortho_init must be true or false"),
@@ -176,3 +177,12 @@ def test_other_sections_are_checked(change: dict, message: str) -> None:
 def test_total_timesteps_in_yaml_exponent_notation() -> None:
     # YAML 1.1 reads 1e6 (no dot) as text; a budget written that way still means 1e6.
     assert Preset.from_dict({**_with_ppo(), "total_timesteps": "1e6"}).total_timesteps == 10**6
+
+
+def test_a_presets_checkpoint_spacing_reaches_the_run_log(tmp_path: Path) -> None:
+    preset = Preset.from_dict({**_with_ppo(), "recording": {"checkpoint_every": 4}})
+    model = preset.build(run_dir=tmp_path / "run", device="cpu")
+    assert model.run_log.retention.checkpoint_every == 4
+    # Without it, the run log picks its own spacing (about 8192 environment steps).
+    default = Preset.from_dict(_with_ppo()).build(run_dir=tmp_path / "default", device="cpu")
+    assert default.run_log.retention.checkpoint_every not in (None, 4)
