@@ -14,9 +14,10 @@ multipliers u_t are known: Adam's u_t spreads a step's gradient over the *later*
 The multipliers are replay TracIn's, from the one optimiser model
 (``OptimizerModel.stacked_displacement_multipliers``: the numbers of
 ``displacement_multipliers``, bit for bit), with Adam's v read from the optimiser state
-after each real step, exactly where ``step_multipliers`` reads it in its replay. ``log_std`` (SB3's Gaussian policies) is a bare parameter outside any layer: its
-per-record gradient is the gradient of the distribution's scale σ_i (one row per record)
-times σ_i, read from the same backward pass.
+after each real step, exactly where ``step_multipliers`` reads it in its replay.
+``log_std`` (SB3's Gaussian policies) is a bare parameter outside any layer: its per-record
+gradient is the gradient of the distribution's scale σ_i (one row per record) times σ_i,
+read from the same backward pass.
 
 ∇f is refreshed every m optimiser steps or at the first step of every epoch, on the whole
 target or on a fixed random subsample of it (``SubsampledTarget``); replay TracIn with the
