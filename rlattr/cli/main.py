@@ -236,9 +236,17 @@ def _train(args: argparse.Namespace) -> int:
             "--memory-budget only applies to metagradient IIF: add --iif --iif-scorer metagrad, "
             "or drop --memory-budget"
         )
-    if args.intervene is None and (args.budget is not None or args.intervene_weight is not None):
-        option = "--budget" if args.budget is not None else "--intervene-weight"
-        raise UsageError(f"{option} only applies with --intervene action:FILE")
+    given = [
+        option
+        for option, value in (
+            ("--budget", args.budget),
+            ("--intervene-weight", args.intervene_weight),
+            ("--intervene-rule", args.intervene_rule),
+        )
+        if value is not None
+    ]
+    if args.intervene is None and given:
+        raise UsageError(f"{given[0]} only applies with --intervene action:FILE")
     run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
     if (run_dir / "run.json").exists() and not args.resume:
         raise UsageError(
@@ -316,6 +324,8 @@ def _intervention(preset: Preset, args: argparse.Namespace, iif: Any) -> Any:
     options: dict[str, Any] = {"with_iif": iif}
     if args.intervene_weight is not None:
         options["weight"] = args.intervene_weight
+    if args.intervene_rule is not None:
+        options["rule"] = args.intervene_rule
     budget = 0.05 if args.budget is None else args.budget
     with _user_input(f"--intervene {args.intervene}"):
         return intervention_from_spec(args.intervene, budget, *spaces_, **options)
@@ -949,7 +959,7 @@ def _budget(text: str) -> float | int:
 
 
 def _add_intervention_options(train: argparse.ArgumentParser) -> None:
-    from rlattr.training.intervention import Intervention
+    from rlattr.training.intervention import INTERVENTION_RULES, Intervention
 
     def help_of(name: str) -> str:
         return str(Intervention.__dataclass_fields__[name].metadata.get("help", ""))
@@ -967,6 +977,10 @@ def _add_intervention_options(train: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--intervene-weight", type=float, default=None,
         help=f"{help_of('weight')} (default: 0, drop)",
+    )  # fmt: skip
+    group.add_argument(
+        "--intervene-rule", choices=INTERVENTION_RULES, default=None,
+        help=f"{help_of('rule')} (default: top)",
     )  # fmt: skip
 
 

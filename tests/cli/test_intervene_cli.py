@@ -50,6 +50,11 @@ def test_train_intervenes_on_the_unwanted_pairs(tmp_path: Path, trap_pairs: Path
     [
         (["--budget", "0.1"], "error: --budget only applies with --intervene action:FILE"),
         (["--intervene-weight", "0.5"], "error: --intervene-weight only applies with --intervene"),
+        (["--intervene-rule", "matching"], "error: --intervene-rule only applies with --intervene"),
+        (
+            ["--intervene", "action:{pairs}", "--intervene-rule", "best"],
+            "error: argument --intervene-rule:",
+        ),
         (["--intervene", "action:{pairs}", "--budget", "1.5"], "error: argument --budget:"),
     ],
 )
@@ -73,3 +78,31 @@ def test_pairs_that_do_not_fit_the_run_are_refused_before_training(tmp_path: Pat
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --intervene action:{wrong}:") and "shape" in err
     assert not (run_dir / "run.json").exists()
+
+
+def test_the_matching_rule_drops_exactly_the_records_that_took_the_pairs(
+    tmp_path: Path, trap_pairs: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", "trap_grid", "--timesteps", "1024", "--run-dir", str(run_dir),
+            "--intervene", f"action:{trap_pairs}", "--intervene-rule", "matching",
+            "--budget", "1000", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert "intervention on: matching" in capsys.readouterr().out
+    pairs = np.load(trap_pairs)
+    trap = zip(pairs["observations"], pairs["actions"], strict=True)
+    wanted = {(o.tobytes(), int(a)) for o, a in trap}
+    log = RunLog(run_dir)
+    assert log.meta["config"]["intervention"]["rule"] == "matching"
+    total = 0
+    for k in log.iterations():
+        records = log.load_records(k)
+        observations = records.observations.numpy().astype(pairs["observations"].dtype)
+        actions = records.actions.flatten().long().tolist()
+        took = torch.tensor(
+            [(o.tobytes(), a) in wanted for o, a in zip(observations, actions, strict=True)]
+        )
+        dropped = ~log.load_plan(k).keep_mask
+        assert torch.equal(dropped, took)  # a budget above the buffer: every match, nothing else
+        total += int(took.sum())
+    assert total > 0
