@@ -192,8 +192,10 @@ class OptimizerModel:
         # (a dead ReLU unit, an unused head) has v = 0 exactly, and 0 × inf is NaN in a
         # backward pass. The smallest normal number of the dtype keeps the chain rule
         # finite and changes no value that is not already 0 (ε dwarfs its square root).
+        # The mask is cast to v's dtype before the multiplication: a bool tensor times a
+        # Python float is float32, where fp64's tiny rounds to 0 (no guard at all).
         tiny = torch.finfo(exp_avg_sq.dtype).tiny
-        guarded = exp_avg_sq + tiny * (exp_avg_sq == 0)
+        guarded = exp_avg_sq + (exp_avg_sq == 0).to(exp_avg_sq.dtype) * tiny
         return torch.sqrt(guarded) / math.sqrt(1 - self.betas[1] ** step)
 
     def _denominator(self, exp_avg_sq: torch.Tensor, step: float) -> torch.Tensor:

@@ -371,3 +371,18 @@ def test_every_user_of_the_model_goes_through_the_guard() -> None:
     final, _ = capture_checkpoint(policy)
     with pytest.raises(UnsupportedError, match=r"^stage effects: .*RMSprop"):
         estimate_stage_effects([data], final, policy, target, context, [], ground_truth=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adams_denominator_has_a_finite_derivative_where_v_is_zero(dtype: torch.dtype) -> None:
+    """A parameter that never had a gradient has v = 0 exactly; √ has an infinite slope
+    there, and 0 × inf poisons a metagradient with NaN, in fp64 as much as in fp32."""
+    model = OptimizerModel("adam")
+    v = torch.tensor([0.0, 1e-6, 4.0], dtype=dtype, requires_grad=True)
+    denominator = model._denominator(v, step=3.0)
+    (torch.zeros(3, dtype=dtype) * denominator).sum().backward()  # the chain rule's 0 × slope
+    assert torch.isfinite(v.grad).all()
+    # The guard touches only v = 0: the other entries are what they are without a zero
+    # beside them, bit for bit.
+    alone = model._denominator(v.detach()[1:], step=3.0)
+    assert torch.equal(denominator.detach()[1:], alone)
