@@ -757,6 +757,12 @@ class RunLog:
                 stem = p.name.split(".")[0]
                 if (stem.isdigit() and int(stem) > iteration) or p.name.startswith("."):
                     p.unlink()
+            # A kill between marking a checkpoint sparse and deleting its tensors (see
+            # ``_make_sparse``) leaves the tensors behind; the JSON says they are not used.
+            for k in self.checkpoints():
+                tensor_path, _ = self._checkpoint_paths(k)
+                if not self.is_full_checkpoint(k) and tensor_path.exists():
+                    tensor_path.unlink()
 
     def apply_retention(self, newest_checkpoint: int) -> int:
         """Delete iterations beyond ``keep_last`` and checkpoints nothing needs any more.

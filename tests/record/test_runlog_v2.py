@@ -278,6 +278,30 @@ def test_resume_continues_a_sparse_run_exactly(tmp_path: Path) -> None:
             assert torch.equal(value, b.load_checkpoint(k + 1)[0]["policy." + name]), (k, name)
 
 
+def test_a_kill_while_a_checkpoint_turns_sparse_leaves_a_leftover_that_resume_removes(
+    tmp_path: Path,
+) -> None:
+    """``_make_sparse`` rewrites the JSON, then deletes the tensors: a kill between the two
+    leaves the tensor file of a sparse checkpoint, which verify names and resume deletes."""
+    kwargs = {"batch_size": 16, "n_epochs": 1, "retention": Retention(checkpoint_every=4)}
+    run_dir = tmp_path / "run"
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, **SMALL, **kwargs).learn(3 * 32)
+    log = RunLog(run_dir)
+    assert not log.is_full_checkpoint(2)
+    full = log._checkpoint_paths(0)[0]  # any tensor file stands for the undeleted one
+    leftover = log._checkpoint_paths(2)[0]
+    leftover.write_bytes(full.read_bytes())
+    report = log.verify()
+    assert report.ok and report.leftovers == [str(leftover)]
+    resumed = AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, resume=True, **SMALL, **kwargs
+    )
+    assert not leftover.exists()
+    resumed.learn(32, reset_num_timesteps=False)
+    report = RunLog(run_dir).verify()
+    assert report.ok and not report.leftovers
+
+
 def test_default_spacing_is_fixed_per_run_from_its_rollout(tmp_path: Path) -> None:
     """About one full checkpoint per 8192 environment steps, stored in run.json."""
     assert Retention().resolved({"n_steps": 32, "n_envs": 8}).checkpoint_every == 32
