@@ -2,6 +2,8 @@
 
 from rlattr.analysis.fidelity import fidelity
 from rlattr.analysis.stages import stage_effects, stage_record_scores
+from rlattr.analysis.tables import scores_table
+from rlattr.analysis.whatif import WhatIfConfig, whatif
 from rlattr.errors import (
     CorruptRunLogError,
     FormatVersionError,
@@ -15,12 +17,14 @@ from rlattr.record.replay import build_policy, load_iteration, replay, replay_it
 from rlattr.record.runlog import Retention, RunLog
 from rlattr.scoring.attribute import attribute
 from rlattr.scoring.influence import snapshot_scores, tracin_scores
+from rlattr.scoring.live_tracin import LiveTracIn
 from rlattr.scoring.metagrad import metagradient_scores
 from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target, TargetContext
 from rlattr.training.callback import RecordRun
 from rlattr.training.filters import IIF
 from rlattr.training.hooks import ScoreHook
 from rlattr.training.intervention import Intervention
+from rlattr.training.oracle import GroundTruthFilter
 from rlattr.training.ppo import AttributedPPO
 from rlattr.training.presets import Preset
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
@@ -34,9 +38,11 @@ __all__ = [
     "CorruptRunLogError",
     "FilterDecision",
     "FormatVersionError",
+    "GroundTruthFilter",
     "Intervention",
     "IterationContext",
     "KeepMaskFilter",
+    "LiveTracIn",
     "Preset",
     "PresetError",
     "RecordRun",
@@ -51,6 +57,7 @@ __all__ = [
     "Target",
     "TargetContext",
     "UnsupportedError",
+    "WhatIfConfig",
     "attribute",
     "build_policy",
     "fidelity",
@@ -58,8 +65,10 @@ __all__ = [
     "metagradient_scores",
     "replay",
     "replay_iteration",
+    "scores_table",
     "snapshot_scores",
     "stage_effects",
     "stage_record_scores",
     "tracin_scores",
+    "whatif",
 ]
