@@ -365,7 +365,20 @@ def write_results(trials: dict[str, dict[int, dict[str, Any]]], args: argparse.N
     OUT.mkdir(parents=True, exist_ok=True)
     write_json(
         "corrupted_rewards/corrupted_rewards.json",
-        {"summary": summary, "trials": trials, "settings": vars(args) | {"p": P}, **meta},
+        {
+            "summary": summary,
+            # The per-iteration detection rows go to detection.csv (compact), not here.
+            "trials": {
+                arm: {
+                    seed: {k: v for k, v in trial.items() if k != "detection"}
+                    | {"detection": "detection.csv"}
+                    for seed, trial in by_seed.items()
+                }
+                for arm, by_seed in trials.items()
+            },
+            "settings": vars(args) | {"p": P},
+            **meta,
+        },
     )
     tmp = OUT / "curves.csv.tmp"
     with tmp.open("w", newline="") as handle:
@@ -376,6 +389,18 @@ def write_results(trials: dict[str, dict[int, dict[str, Any]]], args: argparse.N
                 for p in trial["curve"]:
                     writer.writerow([arm, seed, p["iteration"], p["timesteps"], p["return_mean"]])
     tmp.replace(OUT / "curves.csv")
+    tmp = OUT / "detection.csv.tmp"
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        fields = ("iteration", "name", "average_precision", "precision_at_k", "base_rate")
+        writer.writerow(["arm", "seed", *fields, "random_average_precision"])
+        for arm, by_seed in trials.items():
+            for seed, trial in sorted(by_seed.items()):
+                for r in trial["detection"]:
+                    writer.writerow(
+                        [arm, seed, *(r[f] for f in fields), r["random_average_precision"]]
+                    )
+    tmp.replace(OUT / "detection.csv")
     _plot(trials, summary)
     lines = markdown_header("Corrupted rewards: IIF vs PPO vs random drop vs oracle", meta)
     lines += [

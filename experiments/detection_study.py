@@ -426,7 +426,7 @@ def write_results(
         {
             "settings": {name: settings[name].description for name in summaries},
             "summary": summaries,
-            "rows": rows,
+            "rows": "detection.csv (one row per setting, seed, iteration, kind and ranking)",
             **meta,
         },
     )
