@@ -273,7 +273,8 @@ def _train(args: argparse.Namespace) -> int:
     intervention = _intervention(preset, args, iif)
     if intervention is not None:
         console.print(
-            f"intervention on: {intervention.rule}, budget {intervention.budget}, weight "
+            f"intervention on: {intervention.rule}, budget "
+            f"{'none' if intervention.budget is None else intervention.budget}, weight "
             f"{intervention.weight:g}" + (" (with IIF)" if iif is not None else "")
         )
         iif = None  # it travels inside the intervention (with_iif)
@@ -327,6 +328,8 @@ def _intervention(preset: Preset, args: argparse.Namespace, iif: Any) -> Any:
     if args.intervene_rule is not None:
         options["rule"] = args.intervene_rule
     budget = 0.05 if args.budget is None else args.budget
+    if budget == _NO_BUDGET:
+        budget = None
     with _user_input(f"--intervene {args.intervene}"):
         return intervention_from_spec(args.intervene, budget, *spaces_, **options)
 
@@ -941,8 +944,14 @@ def _add_train(sub: Any) -> None:
     train.set_defaults(func=_train)
 
 
-def _budget(text: str) -> float | int:
-    """A count (an integer) or a fraction of the buffer in [0, 1)."""
+# ``--budget none``: no limit per iteration (e.g. the matching rule: every matching record).
+_NO_BUDGET = "none"
+
+
+def _budget(text: str) -> float | int | str:
+    """A count (an integer), a fraction of the buffer in [0, 1), or ``none`` (no limit)."""
+    if text.strip().lower() == _NO_BUDGET:
+        return _NO_BUDGET
     try:
         return int(text)
     except ValueError:
@@ -951,7 +960,7 @@ def _budget(text: str) -> float | int:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a count of records nor a fraction in [0, 1)"
+            f"{text!r} is neither a count of records, a fraction in [0, 1) nor none"
         ) from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"a fraction of the buffer must be in [0, 1), got {value}")
@@ -972,7 +981,7 @@ def _add_intervention_options(train: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--budget", type=_budget, default=None,
-        help=f"{help_of('budget')} (default: 0.05 of the buffer)",
+        help=f"{help_of('budget')}, or none for no limit (default: 0.05 of the buffer)",
     )  # fmt: skip
     group.add_argument(
         "--intervene-weight", type=float, default=None,

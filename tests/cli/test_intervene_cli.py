@@ -86,9 +86,9 @@ def test_the_matching_rule_drops_exactly_the_records_that_took_the_pairs(
     run_dir = tmp_path / "run"
     args = ["train", "trap_grid", "--timesteps", "1024", "--run-dir", str(run_dir),
             "--intervene", f"action:{trap_pairs}", "--intervene-rule", "matching",
-            "--budget", "1000", "--no-progress"]  # fmt: skip
+            "--budget", "none", "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    assert "intervention on: matching" in capsys.readouterr().out
+    assert "intervention on: matching, budget none" in capsys.readouterr().out
     pairs = np.load(trap_pairs)
     trap = zip(pairs["observations"], pairs["actions"], strict=True)
     wanted = {(o.tobytes(), int(a)) for o, a in trap}
@@ -103,6 +103,6 @@ def test_the_matching_rule_drops_exactly_the_records_that_took_the_pairs(
             [(o.tobytes(), a) in wanted for o, a in zip(observations, actions, strict=True)]
         )
         dropped = ~log.load_plan(k).keep_mask
-        assert torch.equal(dropped, took)  # a budget above the buffer: every match, nothing else
+        assert torch.equal(dropped, took)  # no budget: every match, nothing else
         total += int(took.sum())
     assert total > 0
