@@ -49,6 +49,9 @@ TAGS: dict[str, str] = {
     "scores/normalized": "histogram of the scores divided by their standard deviation "
     "(every details_every iterations)",
     "scores/spearman_vs_advantage": "Spearman correlation of score with the advantage Â",
+    "diagnosis/advantage_sd": "standard deviation of the raw GAE advantages Â; when it "
+    "collapses while PPO normalises them to unit spread, return-target scores stop predicting "
+    "removal (experiments/results/fidelity.md)",
     "diagnosis/known_fraction": "share of records with a Monte-Carlo advantage Ā "
     "(their episode ends in the buffer)",
     "diagnosis/abs_error_{group}": "mean abs(Ā − Â) of the bottom/top 10 % of records "
@@ -332,6 +335,8 @@ class Board:
             return out
         if keep_mask is not None and negative:
             out["filter/dropped_of_negative"] = float((~keep_mask.cpu()).sum()) / negative
+        if len(advantages) > 1:
+            out["diagnosis/advantage_sd"] = float(advantages.double().std())
         diagnosis = advantage_diagnostics(
             scores, advantages, reference, self.config.bottom_fraction, keep_mask
         )

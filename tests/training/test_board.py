@@ -62,6 +62,9 @@ def test_scalars_are_at_the_rollout_step_and_all_listed(tmp_path: Path) -> None:
     assert events.Scalars("filter/dropped_of_negative")[0].value == pytest.approx(2 / 3)
     assert events.Scalars("scores/fraction_negative")[0].value == pytest.approx(3 / 8)
     assert events.Scalars("time/run_log_mib")[1].value == pytest.approx(2.0)
+    # Â has mean 0.05; squared deviations sum to 10.58 over 8 records (n − 1 = 7).
+    sd = events.Scalars("diagnosis/advantage_sd")[0].value
+    assert sd == pytest.approx((10.58 / 7) ** 0.5, rel=1e-6)
 
 
 def test_details_every_n_iterations(tmp_path: Path) -> None:
