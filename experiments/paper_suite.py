@@ -432,6 +432,65 @@ def summarize(task: str, arms: list[str]) -> None:
     print("\n".join(lines))
 
 
+def profiles(tasks: list[str], arms: list[str]) -> None:
+    """Performance profiles (rliable) of the area under the evaluation curve, pooled over
+    ``tasks``: each task's AUC min–max normalised over every profiled arm's runs, seeds
+    that every arm finished on every task. -> profiles.md / .png"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlattr.analysis.efficiency import auc, normalize_by_task, performance_profiles
+
+    runs = {task: load_trials(task) for task in tasks}
+    tasks = [t for t in tasks if all(a in runs[t] for a in arms)]
+    seeds = sorted(set.intersection(*(set(runs[t][a]) for t in tasks for a in arms)))
+    if not tasks or len(seeds) < 2:
+        print("profiles: too few finished trials")
+        return
+    raw = {
+        arm: np.array(
+            [[auc(_series(runs[t][arm][s], "return_mean")) for t in tasks] for s in seeds]
+        )
+        for arm in arms
+    }
+    taus = np.linspace(0.0, 1.0, 41)
+    result = performance_profiles(normalize_by_task(raw), taus)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm, profile in result.items():
+        ax.plot(taus, profile.fraction, label=arm)
+        ax.fill_between(taus, profile.low, profile.high, alpha=0.2)
+    ax.set_xlabel("normalised AUC τ (0: worst run of the task, 1: best)")
+    ax.set_ylabel("fraction of runs with AUC > τ")
+    ax.set_title(f"{', '.join(tasks)}; seeds {seeds[0]}-{seeds[-1]}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "profiles.png", dpi=110)
+    plt.close(fig)
+    shown = [0.25, 0.5, 0.75]
+    lines = [
+        "# Performance profiles of the area under the evaluation curve",
+        "",
+        f"`python experiments/paper_suite.py --tasks {' '.join(tasks)} --arms {' '.join(arms)} "
+        "--profiles`. Each task's AUC is min–max normalised over every run of these arms "
+        "(0: the task's worst run, 1: its best); a profile is the fraction of runs, pooled "
+        "over tasks, above τ, with rliable's stratified-bootstrap 95 % band "
+        f"(seeds {', '.join(map(str, seeds))}; plot: profiles.png).",
+        "",
+        "| arm | " + " | ".join(f"runs above τ = {t}" for t in shown) + " |",
+        "|---|" + "---|" * len(shown),
+    ]
+    for arm, profile in result.items():
+        cells = []
+        for tau in shown:
+            i = int(np.argmin(np.abs(taus - tau)))
+            cells.append(f"{profile.fraction[i]:.2f} [{profile.low[i]:.2f}, {profile.high[i]:.2f}]")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    (OUT / "profiles.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _arm(text: str) -> str:
     parse_arm(text)  # raises SweepSpecError, naming the arms, for an unknown one
     return text
@@ -572,6 +631,9 @@ def main() -> None:
         "--p-sweep", action="store_true", help="summarize the p sweep (iif_p<percent> arms)"
     )
     parser.add_argument(
+        "--profiles", action="store_true", help="performance profiles of AUC over the tasks"
+    )
+    parser.add_argument(
         "--noise-study", action="store_true", help="evaluation noise in SE_ave and SE_peak"
     )
     parser.add_argument("--out", help="results folder (default experiments/results/suite)")
@@ -585,6 +647,9 @@ def main() -> None:
         return
     if args.p_sweep:
         p_sweep(args.tasks)
+        return
+    if args.profiles:
+        profiles(args.tasks, args.arms)
         return
     if args.summarize:
         for task in args.tasks:

@@ -240,6 +240,55 @@ def probability_of_improvement(
     return Interval(float(point["pair"]), float(low), float(high))
 
 
+@dataclass(frozen=True)
+class Profile:
+    """A performance profile: at each threshold τ, the fraction of runs (pooled over tasks)
+    scoring above τ, with its stratified-bootstrap 95 % band."""
+
+    taus: np.ndarray
+    fraction: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def performance_profiles(
+    scores: Mapping[str, ArrayLike], taus: ArrayLike, reps: int = 2000, seed: int = 0
+) -> dict[str, Profile]:
+    """Performance profiles per arm (rliable's run-score distributions, Agarwal et al. 2021).
+
+    Args:
+        scores: arm → scores of shape (runs,) or (runs, tasks), on one scale across tasks
+            (normalise each task first, e.g. ``normalize_by_task``).
+        taus: thresholds.
+        reps: bootstrap repetitions; seed: seed of the bootstrap.
+    """
+    library, _ = _rliable()
+    matrices = {arm: _runs_by_tasks(values) for arm, values in scores.items()}
+    taus = np.asarray(taus, dtype=float)
+    with _seeded_global_numpy(seed):
+        fractions, bands = library.create_performance_profile(matrices, taus, reps=reps)
+    return {
+        arm: Profile(
+            taus,
+            np.asarray(fractions[arm], dtype=float),
+            np.asarray(bands[arm][0], dtype=float),
+            np.asarray(bands[arm][1], dtype=float),
+        )
+        for arm in matrices
+    }
+
+
+def normalize_by_task(scores: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+    """Scores min–max normalised per task over every arm's runs, so tasks with different
+    return scales share one profile: 0 = the worst run of any arm on that task, 1 = the
+    best. ``scores``: arm → (runs, tasks); a task where every run is equal maps to 0."""
+    matrices = {arm: _runs_by_tasks(values) for arm, values in scores.items()}
+    stacked = np.concatenate(list(matrices.values()), axis=0)
+    low, high = stacked.min(axis=0), stacked.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return {arm: (matrix - low) / span for arm, matrix in matrices.items()}
+
+
 def _runs_by_tasks(values: ArrayLike) -> np.ndarray:
     matrix = np.asarray(values, dtype=float)
     if matrix.ndim == 1:

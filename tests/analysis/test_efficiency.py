@@ -13,6 +13,8 @@ from rlattr.analysis.efficiency import (
     final_return,
     first_reach,
     iqm,
+    normalize_by_task,
+    performance_profiles,
     probability_of_improvement,
     running_max_levels,
 )
@@ -116,3 +118,22 @@ def test_intervals_are_reproducible_and_leave_numpy_alone() -> None:
     assert probability_of_improvement(*pair, reps=300) == probability_of_improvement(
         *pair, reps=300
     )
+
+
+def test_performance_profile_counts_runs_above_each_threshold() -> None:
+    pytest.importorskip("rliable")
+    # Two tasks of four runs: above τ = 0.3 are 2 of 4 runs on task 0 and 3 of 4 on task 1.
+    scores = {"a": [[0.0, 0.4], [0.5, 0.6], [1.0, 0.2], [0.25, 0.9]]}
+    (profile,) = performance_profiles(scores, [0.0, 0.3, 0.95], reps=200).values()
+    np.testing.assert_allclose(profile.fraction, [(3 / 4 + 1) / 2, (2 / 4 + 3 / 4) / 2, 1 / 8])
+    assert (profile.low <= profile.fraction + 1e-12).all()
+    assert (profile.fraction <= profile.high + 1e-12).all()
+
+
+def test_normalize_by_task_maps_each_tasks_worst_and_best_run_to_0_and_1() -> None:
+    scores = {"ppo": [[0.0, -500.0], [1.0, -100.0]], "iif": [[0.5, -80.0], [0.5, -500.0]]}
+    normalized = normalize_by_task(scores)
+    np.testing.assert_allclose(normalized["ppo"], [[0.0, 0.0], [1.0, 400 / 420]])
+    np.testing.assert_allclose(normalized["iif"], [[0.5, 1.0], [0.5, 0.0]])
+    flat = normalize_by_task({"a": [[3.0], [3.0]]})["a"]
+    np.testing.assert_array_equal(flat, [[0.0], [0.0]])
