@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 import sys
 from collections.abc import Iterable
@@ -480,13 +481,520 @@ def iif() -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- run log size
+
+
+def run_log_size() -> list[Row]:
+    source = "bench_runlog_size.json"
+    data = _json(source)
+    rows: list[Row] = [
+        ("goal: bytes per environment step", f"≤ {data['goal_bytes_per_step']}", source)
+    ]
+    rebuilt = mismatched = 0
+    for r in data["results"]:
+        name, per_step = r["preset"], r["bytes_per_step"]
+        rebuilt += r["rebuilt_checkpoints"]
+        mismatched += len(r["rebuilt_mismatches"])
+        rows.append(
+            (
+                f"{name} ({r['timesteps']} steps, {r['iterations']} iterations, "
+                f"checkpoint_every {r['checkpoint_every']}): bytes per step, format 1 → 2",
+                f"{per_step['1']:.0f} → {per_step['2']:.1f} "
+                f"({per_step['1'] / per_step['2']:.1f}× smaller)",
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{name}: reaching the farthest iteration ({r['replays_to_farthest']} replays) "
+                "from a fresh log, format 2 vs format 1 (s)",
+                f"{r['reach']['v2_rebuilt_s']:.1f} vs {r['reach']['v1_direct_s']:.4f}",
+                source,
+            )
+        )
+        rows.append((f"{name}: seconds per replay", f"{r['seconds_per_replay']:.2f}", source))
+        rows.append(
+            (f"{name}: final states of the two runs equal", str(r["same_final_state"]), source)
+        )
+    rows.append(
+        (
+            "checkpoints rebuilt by replay, equal (torch.equal) to format 1's full ones",
+            f"{rebuilt - mismatched} of {rebuilt}",
+            source,
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- live TracIn
+
+LIVE_ARMS = {
+    "live_epoch": "∇f per epoch",
+    "live_epoch_sub": "∇f per epoch on 256 records",
+    "live_step": "∇f every step",
+}
+
+
+def live_tracin() -> list[Row]:
+    source = "bench_live_tracin.json"
+    data = _json(source)
+    goal = data["goal_overhead"]
+    rows: list[Row] = [
+        ("goal: live TracIn overhead ÷ train() (both statistics)", f"≤ {goal}", source)
+    ]
+    for r in data["rows"]:
+        name = r["preset"]
+        for arm, label in LIVE_ARMS.items():
+            if arm not in r["overhead_over_plain_train"]:
+                continue
+            overhead = r["overhead_over_plain_train"][arm]
+            paired = r["paired_overhead_median"][arm]
+            rows.append(
+                (
+                    f"{name} ({r['optimizer']}), live, {label}: overhead of the medians "
+                    "(paired median) ÷ train()",
+                    f"{overhead:+.2f} ({paired:+.2f}); goal "
+                    f"{'met' if max(overhead, paired) <= goal else 'not met'}",
+                    source,
+                )
+            )
+        replay = [
+            r["over_plain_train"][k]
+            for k in ("replay_epoch", "replay_step")
+            if k in r["over_plain_train"]
+        ]
+        rows.append(
+            (
+                f"{name}: replay TracIn ÷ train() (∇f per epoch / every step)",
+                _slash(replay, 1),
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{name}: training bit-identical with the hook; max rel. diff vs replay",
+                f"{all(r['bit_identical_to_plain'].values())}; "
+                f"{max(r['max_rel_diff_vs_replay'].values()):.1e}",
+                source,
+            )
+        )
+    rows.append(
+        (
+            "1-minute load after each preset",
+            ", ".join(f"{r['preset']} {r['load_average_1min_after']:.1f}" for r in data["rows"]),
+            source,
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- metagradient memory
+
+
+def metagrad_memory() -> list[Row]:
+    source = "metagrad_memory/bench.json"
+    data = _json(source)
+    rows: list[Row] = [
+        ("default budget (MiB)", f"{data['default_memory_budget'] / 2**20:.0f}", source)
+    ]
+    above = []
+    for r in data["rows"]:
+        for mode, m in r["modes"].items():
+            segment = "whole" if m["segment_steps"] is None else str(m["segment_steps"])
+            rows.append(
+                (
+                    f"{r['preset']} (T = {r['optimizer_steps']}), {mode}: segment S; saved-tensor "
+                    "peak / RSS growth (MiB); time ÷ train(); max |Δscore| ÷ max |score|",
+                    f"{segment}; {m['saved_peak_mib']:.0f} / {m['rss_growth_mib']:.0f}; "
+                    f"{m['over_train']:.2f}; {m['max_abs_diff_vs_whole_over_max']:.1e}",
+                    source,
+                )
+            )
+            if m["estimated_peak_mib"] is not None:
+                above.append(m["estimated_peak_mib"] / m["saved_peak_mib"] - 1)
+    rows.append(("load average when written", f"{data['machine']['load_average_1min']}", source))
+    rows.append(
+        (
+            "memory-model estimate above the measured saved-tensor peak (budgeted modes)",
+            _span((100 * a for a in above), ".1f") + " %",
+            source,
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- board cost
+
+
+def board_cost() -> list[Row]:
+    source = "bench_board.json"
+    data = _json(source)
+    rows: list[Row] = [("command", data["command"], source)]
+    for r in data["rows"]:
+        name = f"{r['preset']} ({r['iterations']} iterations × {r['repeats']})"
+        rows.append(
+            (
+                f"{name}: on ÷ off, CPU / wall (medians)",
+                f"{r['ratio_cpu_median']:.3f} / {r['ratio_wall_median']:.3f}",
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{name}: the board's measured share, CPU / wall (median)",
+                f"{100 * r['board_share_cpu_median']:.1f} % / "
+                f"{100 * r['board_share_wall_median']:.1f} %",
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{name}: fidelity_every={r['fidelity_every']}: CPU / wall ratio; s per check",
+                f"{r['fidelity_ratio_cpu_median']:.2f} / {r['fidelity_ratio_wall_median']:.2f}; "
+                f"{r['fidelity_s_per_check']:.1f}",
+                source,
+            )
+        )
+        rows.append((f"{name}: 1-minute load (median)", f"{r['load_median']:.1f}", source))
+    return rows
+
+
+# --------------------------------------------------------------------------- planted errors
+
+
+def planted_advantage_error() -> list[Row]:
+    source = "planted_advantage_error.json"
+    data = _json(source)
+    summary = data["summary"]
+    seeds = data["per_seed"]
+    rows: list[Row] = [
+        (
+            "seeds × iterations",
+            f"{len(seeds)} × {len(next(iter(seeds.values())))}",
+            source,
+        )
+    ]
+    for kind in (
+        "fault",
+        "payoff",
+        "cause",
+        "payoff_paid",
+        "payoff_unpaid",
+        "cause_invest",
+        "cause_cash_in",
+    ):
+        bottom, top = summary[f"{kind}_bottom"], summary[f"{kind}_top"]
+        rows.append(
+            (
+                f"{kind}: lift bottom (median; share ≥ 2×; per-seed range) / lift top",
+                f"{bottom['lift_mean']:.2f} ({bottom['lift_median']:.2f}; "
+                f"{bottom['share_lift_2']:.0%}; {_span(bottom['per_seed_lift_mean'])}) / "
+                f"{top['lift_mean']:.2f}",
+                source,
+            )
+        )
+    control = summary["fault_by_advantage_bottom"]
+    rows.append(
+        (
+            "control: flagged records, k lowest Â: lift (median; share ≥ 2×)",
+            f"{control['lift_mean']:.2f} ({control['lift_median']:.2f}; "
+            f"{control['share_lift_2']:.0%})",
+            source,
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- CartPole regime
+
+
+def fidelity_regime() -> list[Row]:
+    source = "fidelity/regime-cartpole-195.json"
+    data = _json(source)
+    facts = data["facts"]
+    rows: list[Row] = [
+        (
+            f"iteration {facts['iteration']}: sd of raw Â; steps norm-clipped; subsets",
+            f"{facts['advantage_std']:.4f}; {facts['steps_norm_clipped']:.0%}; "
+            f"{data['subsets']} of {data['fraction']:.0%}",
+            source,
+        )
+    ]
+    for r in data["rows"]:
+        rows.append((f"iteration 195, {r['variant']}: LDS (snapshot)", f"{r['lds']:+.3f}", source))
+    trained = next(r for r in data["rows"] if r["variant"] == "as trained")
+    rows.append(
+        (
+            "iteration 195, as trained: removal that keeps the divisor (zero weight): LDS",
+            f"{trained['lds_zero_weight_removal']:+.3f}",
+            source,
+        )
+    )
+    rows.append(
+        (
+            "iteration 195, as trained: median |Δ_S| vs the whole update's effect on f",
+            f"{trained['median_abs_effect']:.2g} vs {trained['update_effect']:.2g}",
+            source,
+        )
+    )
+    scan_source = "fidelity/regime-cartpole-scan.json"
+    scan = _json(scan_source)["rows"]
+    for r in scan:
+        rows.append(
+            (
+                f"iteration {r['iteration']}: sd(raw Â); LDS as trained / without normalisation",
+                f"{r['advantage_sd']:.4f}; {r['as trained']['lds']:+.3f} / "
+                f"{r['no advantage normalisation']['lds']:+.3f}",
+                scan_source,
+            )
+        )
+    rows.append(
+        (
+            "across training: LDS without advantage normalisation",
+            _span(r["no advantage normalisation"]["lds"] for r in scan),
+            scan_source,
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def detection() -> list[Row]:
+    source = "detection/detection.json"
+    rows: list[Row] = []
+    for setting, s in _json(source)["summary"].items():
+        goal, ap = s["goal"], s["average_precision"]
+
+        def iqm(name: str, ap: dict[str, Any] = ap) -> str:
+            v = ap[name]
+            return f"{v['iqm']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+        rows.append(
+            (
+                f"{setting}: best score {goal['best_score']}, AUPRC IQM [95 % CI]",
+                iqm(goal["best_score"]),
+                source,
+            )
+        )
+        rows.append(
+            (
+                f"{setting}: best baseline {goal['best_baseline']}",
+                iqm(goal["best_baseline"]),
+                source,
+            )
+        )
+        rows.append((f"{setting}: random ranking", iqm("random"), source))
+        rows.append(
+            (
+                f"{setting}: goal (best score ≥ 2× best baseline): ratio; return scores only",
+                f"{goal['ratio']:.2f}; {goal['ratio_return_scores_only']:.2f} "
+                f"({'met' if goal['met'] else 'not met'})",
+                source,
+            )
+        )
+        shares = s["sign_shares"]
+        rows.append(
+            (
+                f"{setting}: share on the suspicious side, planted vs others "
+                "(−snapshot / −TracIn / −metagrad · return)",
+                ", ".join(
+                    f"{shares[n]['planted_suspicious_share']:.2f} vs "
+                    f"{shares[n]['others_suspicious_share']:.2f}"
+                    for n in ("-snapshot·return", "-tracin·return", "-metagrad·return")
+                ),
+                source,
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- corrupted rewards
+
+
+def corrupted_rewards() -> list[Row]:
+    source = "corrupted_rewards/corrupted_rewards.json"
+    summary = _json(source)["summary"]
+    rows: list[Row] = [("seeds (paired)", ", ".join(map(str, summary["seeds"])), source)]
+    auc, final = summary["auc"], summary["final_return"]
+    for arm in ("ppo", "iif", "random_like", "oracle", "ppo_clean"):
+        paired = auc["paired_minus_ppo"].get(arm)
+        gap = (
+            ""
+            if paired is None
+            else f"; AUC − PPO {paired['mean']:+.1f} ± {paired['sd']:.1f} sd "
+            f"({paired['wins']}/{paired['n']})"
+        )
+        rows.append(
+            (
+                f"{arm}: mean AUC of the true-return curve; mean final return",
+                f"{auc[arm]['mean']:.0f}; {final[arm]['mean']:.0f}{gap}",
+                source,
+            )
+        )
+    rows.append(
+        (
+            "iif: final return per seed",
+            ", ".join(f"{v:.0f}" for v in final["iif"]["per_seed"]),
+            source,
+        )
+    )
+    rows.append(
+        (
+            "recovery (IIF − PPO) ÷ (oracle − PPO): AUC; final return (goal ≥ 0.5)",
+            f"{auc['recovery']:.2f}; {final['recovery']:.2f}",
+            source,
+        )
+    )
+    drops = summary["drops"]
+    rows.append(
+        (
+            "IIF: share of the buffer dropped; of those, flagged (random_like: flagged); "
+            "of the flagged, dropped",
+            f"{drops['iif']['fraction_dropped']:.1%}; {drops['iif']['dropped_flagged']:.1%} "
+            f"({drops['random_like']['dropped_flagged']:.1%}); "
+            f"{drops['iif']['flagged_dropped']:.1%}",
+            source,
+        )
+    )
+    return rows
+
+
+# --------------------------------------------------------------------------- trap and what-if
+
+
+def trap_intervention() -> list[Row]:
+    source = "trap_intervention/trap_intervention.json"
+    data = _json(source)
+    arms = data["summary"]["arms"]
+    per_run = {(r["arm"], r["seed"]): r for r in data["summary"]["rows"]}
+    seeds = data["settings"]["seeds"]
+    iterations = max(r["iterations"] for r in data["runs"])
+    ppo_mean = arms["ppo"]["final_return_mean"]
+    rows: list[Row] = [("budget; seeds", f"{data['settings']['budget']}; {len(seeds)}", source)]
+    for arm, a in arms.items():
+        at = ", ".join("never" if t is None else str(t) for t in a["suppressed_at"])
+        faster = sum(
+            per_run[(arm, s)]["suppressed_at"] is not None
+            and 2 * per_run[(arm, s)]["suppressed_at"]
+            <= (per_run[("ppo", s)]["suppressed_at"] or iterations)
+            for s in seeds
+        )
+        loss = (ppo_mean - a["final_return_mean"]) / abs(ppo_mean)
+        met = faster == len(seeds) and loss <= 0.05
+        rows.append(
+            (
+                f"{arm}: final return mean ± sd; suppressed (at iteration per seed); "
+                "2× faster than PPO; goal",
+                f"{a['final_return_mean']:+.3f} ± {a['final_return_sd']:.3f}; "
+                f"{a['suppressed_runs']}/{len(seeds)} ({at}); "
+                + (
+                    "—" if arm == "ppo" else f"{faster}/{len(seeds)}; {'met' if met else 'not met'}"
+                ),
+                source,
+            )
+        )
+    for arm, values in data["final_left_probability_bottom_row"].items():
+        rows.append(
+            (f"{arm}: final π(LEFT) on the way to the goal, per seed", _slash(values, 3), source)
+        )
+    return rows
+
+
+def _whatif(source: str) -> list[Row]:
+    data = _json(source)
+    results = [r for items in data["results"].values() for r in items]
+    rows: list[Row] = [("runs", ", ".join(data["results"]), source)]
+    for k in data["iterations"]:
+        at = [r for r in results if r["iteration"] == k]
+        rows.append(
+            (
+                f"iteration {k}: mean Δ rule vs control; rule > control; rule Δ > 2 SE",
+                f"{np.mean([r['delta'] for r in at]):+.3f} vs "
+                f"{np.nanmean([r['control_delta'] for r in at]):+.3f}; "
+                f"{sum(r['delta'] > r['control_delta'] for r in at)}/{len(at)}; "
+                f"{sum(r['delta'] > 2 * r['delta_se'] for r in at)}/{len(at)}",
+                source,
+            )
+        )
+    rows.append(
+        (
+            "all (run, iteration) pairs: mean Δ rule vs control; rule > control; rule Δ > 2 SE",
+            f"{np.mean([r['delta'] for r in results]):+.4f} vs "
+            f"{np.nanmean([r['control_delta'] for r in results]):+.4f}; "
+            f"{sum(r['delta'] > r['control_delta'] for r in results)} of {len(results)}; "
+            f"{sum(r['delta'] > 2 * r['delta_se'] for r in results)} of {len(results)}",
+            source,
+        )
+    )
+    return rows
+
+
+def whatif() -> list[Row]:
+    return _whatif("whatif_frozenlake/whatif.json") + _whatif(
+        "trap_intervention/whatif/whatif.json"
+    )
+
+
+# --------------------------------------------------------------------------- p sweep
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of one Markdown table row (an escaped ``\\|`` stays inside its cell)."""
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
+def _markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table whose first column is ``first_header``."""
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("|") and _cells(line)[0] == first_header:
+            header, body = _cells(line), []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                body.append(dict(zip(header, _cells(row), strict=True)))
+            return body
+    raise ValueError(f"no table with first column {first_header!r}")
+
+
+def p_sweep() -> list[Row]:
+    source = "suite/p_sweep.md"
+    path = RESULTS / source
+    if not path.exists():
+        return [("p sweep", "not written yet", source)]
+    rows: list[Row] = []
+    for r in _markdown_table(path.read_text(), "task"):
+        rows.append(
+            (
+                f"{r['task']}, p = {r['p %']} %: seeds; SE_ave % (paper); AUC; fraction dropped",
+                f"{r['seeds']}; {r['SE_ave %']} ({r['paper SE_ave %']}); {r['AUC']}; "
+                f"{r['fraction dropped']}",
+                source,
+            )
+        )
+    return rows
+
+
 SECTIONS = {
+    "The paper suite's p sweep (in progress)": p_sweep,
     "Fidelity": fidelity,
     "Smoothness of the update map (ratio clipping)": smoothness,
+    "Why CartPole's return-target LDS turns negative": fidelity_regime,
     "Averaging the metagradient": smoothed_metagrad,
     "Cost": cost,
+    "Run-log size, format 1 vs 2": run_log_size,
+    "Live TracIn cost": live_tracin,
+    "Metagradient memory under a budget": metagrad_memory,
+    "Live board cost": board_cost,
     "Stage effects": stages,
     "IIF": iif,
+    "Planted advantage error by flag kind": planted_advantage_error,
+    "Detection study": detection,
+    "Corrupted rewards": corrupted_rewards,
+    "Trap intervention": trap_intervention,
+    "What-if (FrozenLake, then the trap runs)": whatif,
 }
 
 
