@@ -630,6 +630,9 @@ def board_cost() -> list[Row]:
     source = "bench_board.json"
     data = _json(source)
     rows: list[Row] = [("command", data["command"], source)]
+    # The goal is stated only in the Markdown the benchmark writes beside its JSON.
+    goal = re.search(r"Goal: ratio ≤ ([0-9.]+)", (RESULTS / "bench_board.md").read_text())
+    rows.append(("goal: on ÷ off", f"≤ {goal.group(1) if goal else '?'}", "bench_board.md"))
     for r in data["rows"]:
         name = f"{r['preset']} ({r['iterations']} iterations × {r['repeats']})"
         rows.append(
@@ -905,7 +908,11 @@ def trap_intervention() -> list[Row]:
 def _whatif(source: str) -> list[Row]:
     data = _json(source)
     results = [r for items in data["results"].values() for r in items]
-    rows: list[Row] = [("runs", ", ".join(data["results"]), source)]
+    config = data["config"]
+    rows: list[Row] = [
+        ("runs", ", ".join(data["results"]), source),
+        ("rule; evaluation episodes per policy", f"{config['rule']}; {config['episodes']}", source),
+    ]
     for k in data["iterations"]:
         at = [r for r in results if r["iteration"] == k]
         rows.append(
