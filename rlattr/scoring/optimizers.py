@@ -368,11 +368,8 @@ class OptimizerModel:
         out = torch.empty((n_steps, *first.shape), dtype=first.dtype, device=first.device)
         tail = torch.zeros_like(first)
         step_size = torch.empty_like(first)
-        # _root's guard adds tiny · [v = 0]; that product of a number and a bool tensor is
-        # in torch's default dtype, so what it adds is computed the same way here (for
-        # float64 v under a float32 default it is tiny rounded to float32: 0).
-        flag = torch.ones((), dtype=torch.bool, device=first.device)
-        guard = float(torch.finfo(first.dtype).tiny * flag)
+        # _root's guard: v = 0 becomes the dtype's smallest normal number.
+        guard = torch.finfo(first.dtype).tiny
         for t in reversed(range(n_steps)):
             n = float(step_counts[t])
             # _root: v + guard where v = 0, √, ÷ √(1 − β₂ⁿ).
