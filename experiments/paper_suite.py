@@ -603,7 +603,13 @@ def p_sweep(tasks: list[str]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     arms_used = sorted({str(r["arm"]) for r in rows})
-    lines += ["", f"Arms: {', '.join(arms_used)}. Per-seed values: p_sweep.csv; plot: p_sweep.png."]
+    lines += [
+        "",
+        f"Arms: {', '.join(arms_used)}. Per-seed values: p_sweep.csv; plot: p_sweep.png. "
+        "CPU seconds per round are the process's CPU time; the arms ran at different times "
+        "under different load on two shared cores (the iif_p trials later than PPO's), and "
+        "CPU time also rises under contention, so compare them to one digit.",
+    ]
     (OUT / "p_sweep.md").write_text("\n".join(lines) + "\n")
     fig.tight_layout()
     fig.savefig(OUT / "p_sweep.png", dpi=110)
