@@ -165,8 +165,10 @@ def _dots_vmap(policy, observations, actions, fn, vector, chunk_size: int | None
     return sum((grads[n].flatten(1) * vector[n].flatten()).sum(1) for n in names)
 
 
-def _ghost_layers(policy, names: list[str]) -> tuple[dict[str, torch.nn.Module], list[str]]:
-    """Linear/Conv2d modules holding selected parameters, and the parameters left over."""
+def ghost_layers(policy, names: list[str]) -> tuple[dict[str, torch.nn.Module], list[str]]:
+    """Linear/Conv2d modules holding selected parameters (those whose per-record gradient
+    is a contraction of the layer's input and output gradient), and the parameters left
+    over."""
     modules: dict[str, torch.nn.Module] = {}
     covered: set[str] = set()
     for module_name, module in policy.named_modules():
@@ -184,7 +186,7 @@ def _ghost_layers(policy, names: list[str]) -> tuple[dict[str, torch.nn.Module],
 
 def _dots_hooks(policy, observations, actions, fn, vector) -> torch.Tensor:
     names = list(vector)
-    modules, leftover = _ghost_layers(policy, names)
+    modules, leftover = ghost_layers(policy, names)
     calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
     def make_hook(module_name: str):

@@ -44,7 +44,7 @@ from rlattr.errors import UnsupportedError
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records
 from rlattr.record.replay import IterationData, replay
-from rlattr.scoring.grads import ParamSelection, gradient_vector, parameter_names
+from rlattr.scoring.grads import ParamSelection, ghost_layers, gradient_vector, parameter_names
 from rlattr.scoring.optimizers import EXP_AVG_SQ, STEP, check_supported
 from rlattr.scoring.targets import ActionTarget, ReturnTarget, Target, TargetContext
 
@@ -242,19 +242,7 @@ def _capture_layers(
 ) -> tuple[dict[str, torch.nn.Module], bool]:
     """The Linear/Conv2d layers holding the selected parameters, and whether ``log_std``
     is selected; any other parameter outside such layers is refused."""
-    layers: dict[str, torch.nn.Module] = {}
-    covered: set[str] = set()
-    for module_name, module in policy.named_modules():
-        supported = isinstance(module, torch.nn.Linear) or (
-            isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros"
-        )
-        if not supported:
-            continue
-        own = [f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False)]
-        if any(n in names for n in own):
-            layers[module_name] = module
-            covered.update(n for n in own if n in names)
-    leftover = [n for n in names if n not in covered]
+    layers, leftover = ghost_layers(policy, names)
     log_std = "log_std" in leftover
     if log_std and not isinstance(policy.action_dist, DiagGaussianDistribution):
         raise UnsupportedError(
