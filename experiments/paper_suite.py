@@ -435,7 +435,7 @@ def summarize(task: str, arms: list[str]) -> None:
 def profiles(tasks: list[str], arms: list[str]) -> None:
     """Performance profiles (rliable) of the area under the evaluation curve, pooled over
     ``tasks``: each task's AUC min–max normalised over every profiled arm's runs, seeds
-    that every arm finished on every task. -> profiles.md / .png"""
+    that every arm finished on every task. -> profiles-<arms>.md / .png"""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -466,7 +466,8 @@ def profiles(tasks: list[str], arms: list[str]) -> None:
     ax.set_title(f"{', '.join(tasks)}; seeds {seeds[0]}-{seeds[-1]}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "profiles.png", dpi=110)
+    name = "profiles-" + "-".join(arms)
+    fig.savefig(OUT / f"{name}.png", dpi=110)
     plt.close(fig)
     shown = [0.25, 0.5, 0.75]
     lines = [
@@ -476,7 +477,7 @@ def profiles(tasks: list[str], arms: list[str]) -> None:
         "--profiles`. Each task's AUC is min–max normalised over every run of these arms "
         "(0: the task's worst run, 1: its best); a profile is the fraction of runs, pooled "
         "over tasks, above τ, with rliable's stratified-bootstrap 95 % band "
-        f"(seeds {', '.join(map(str, seeds))}; plot: profiles.png).",
+        f"(seeds {', '.join(map(str, seeds))}; plot: {name}.png).",
         "",
         "| arm | " + " | ".join(f"runs above τ = {t}" for t in shown) + " |",
         "|---|" + "---|" * len(shown),
@@ -487,7 +488,7 @@ def profiles(tasks: list[str], arms: list[str]) -> None:
             i = int(np.argmin(np.abs(taus - tau)))
             cells.append(f"{profile.fraction[i]:.2f} [{profile.low[i]:.2f}, {profile.high[i]:.2f}]")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    (OUT / "profiles.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
