@@ -984,8 +984,27 @@ def p_sweep() -> list[Row]:
     return rows
 
 
+def suite() -> list[Row]:
+    """SE_ave and AUC per arm of each task's suite table (the first table of <task>.md)."""
+    rows: list[Row] = []
+    for task in ("frozenlake", "acrobot", "minigrid", "lunarlander"):
+        source = f"suite/{task}.md"
+        for r in _markdown_table((RESULTS / source).read_text(), "arm"):
+            if r["arm"].startswith("**"):  # the paper's row
+                continue
+            rows.append(
+                (
+                    f"{task}, {r['arm']}: seeds; SE_ave %; AUC",
+                    f"{r['seeds']}; {r['SE_ave %']}; {r['AUC']}",
+                    source,
+                )
+            )
+    return rows
+
+
 SECTIONS = {
-    "The paper suite's p sweep (in progress)": p_sweep,
+    "The paper suite": suite,
+    "The paper suite's p sweep": p_sweep,
     "Fidelity": fidelity,
     "Smoothness of the update map (ratio clipping)": smoothness,
     "Why CartPole's return-target LDS turns negative": fidelity_regime,
