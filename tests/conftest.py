@@ -25,6 +25,24 @@ def assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
     assert not different, f"tensors differ: {different}"
 
 
+@pytest.fixture(autouse=True)
+def every_checkpoint_full(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs made in tests keep every checkpoint full, unless a test asks for sparse ones.
+
+    Tests check a replay of iteration k against the logged checkpoint k + 1. A sparse
+    checkpoint (run-log format 2's default spacing) is itself rebuilt by replay, so that
+    check would compare replay with replay and could not fail. Tests of sparse
+    checkpoints set ``checkpoint_every`` themselves or are marked ``sparse_checkpoints``
+    (the default spacing applies); subprocesses are not affected.
+    """
+    if request.node.get_closest_marker("sparse_checkpoints") is not None:
+        return
+    from rlattr.record import runlog
+
+    monkeypatch.setattr(runlog, "CHECKPOINT_STEPS", 1)
+    monkeypatch.setattr(runlog, "CHECKPOINT_EVERY", 1)
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"

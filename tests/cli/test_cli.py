@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from rlattr.cli.main import main
 
 
+@pytest.mark.sparse_checkpoints  # replay's chain to the next full checkpoint is checked too
 def test_train_inspect_replay(run_dir: Path, capsys) -> None:
     assert (
         main(

@@ -22,6 +22,8 @@ from rlattr.record.plan import DERIVED, UpdatePlan
 from rlattr.record.runlog import writing_format
 
 SMALL = {"n_steps": 32, "device": "cpu", "seed": 0}
+# Format 2's default checkpoint spacing is what these tests study (tests/conftest.py).
+pytestmark = pytest.mark.sparse_checkpoints
 
 
 def _state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -179,6 +179,7 @@ def test_total_timesteps_in_yaml_exponent_notation() -> None:
     assert Preset.from_dict({**_with_ppo(), "total_timesteps": "1e6"}).total_timesteps == 10**6
 
 
+@pytest.mark.sparse_checkpoints  # the run log's own default spacing is checked
 def test_a_presets_checkpoint_spacing_reaches_the_run_log(tmp_path: Path) -> None:
     preset = Preset.from_dict({**_with_ppo(), "recording": {"checkpoint_every": 4}})
     model = preset.build(run_dir=tmp_path / "run", device="cpu")
