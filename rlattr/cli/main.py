@@ -569,11 +569,11 @@ def _replay(args: argparse.Namespace) -> int:
     for k in iterations:
         data = load_iteration(log, k, args.device)
         replay(data, policy)
-        # A sparse θ_{k+1} (format 2) is itself rebuilt by this very replay, so comparing
-        # with it would check nothing: replay on, on the logged data, up to the next
-        # checkpoint stored in full, and compare there.
+        # A sparse θ_{k+1} (format 2), or one rebuilt and cached, is itself made by this
+        # very replay, so comparing with it would check nothing: replay on, on the logged
+        # data, up to the next checkpoint training wrote, and compare there.
         end = k + 1
-        while log.has_checkpoint(end) and not log.is_full_checkpoint(end):
+        while log.has_checkpoint(end) and not log.is_logged_checkpoint(end):
             tensors, _ = capture_checkpoint(policy)
             chained = IterationData(
                 end,

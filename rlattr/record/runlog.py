@@ -572,8 +572,15 @@ class RunLog:
 
     def is_full_checkpoint(self, iteration: int) -> bool:
         """Whether the checkpoint of ``iteration`` holds its tensors (False: it is rebuilt
-        by replay when loaded, so it cannot serve as an independent check of a replay)."""
+        by replay when loaded)."""
         return _SPARSE not in self.checkpoint_meta(iteration)
+
+    def is_logged_checkpoint(self, iteration: int) -> bool:
+        """Whether the checkpoint of ``iteration`` holds the state training wrote: full and
+        not a rebuilt one cached back to disk. Only such a checkpoint is an independent
+        check of a replay."""
+        meta = self.checkpoint_meta(iteration)
+        return _SPARSE not in meta and not meta.get("rebuilt", False)
 
     def load_checkpoint(
         self, iteration: int, device: torch.device | str = "cpu", cache: bool | None = None

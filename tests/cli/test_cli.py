@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from rlattr import RunLog
 from rlattr.cli.main import main
 
 
@@ -27,6 +28,10 @@ def test_train_inspect_replay(run_dir: Path, capsys) -> None:
     assert out.count("bit-identical") == 2
     # θ_2 and θ_3 are sparse (rebuilt by replay): each check runs on to θ_4, stored in full.
     assert out.count("to the logged θ_4 (replayed on through iteration 3)") == 2
+    # A rebuilt checkpoint cached back to disk is full, yet still not what training wrote.
+    RunLog(run_dir, cache_checkpoints=True).load_checkpoint(2)
+    assert main(["replay", str(run_dir), "--iteration", "1"]) == 0
+    assert "to the logged θ_4 (replayed on through iteration 3)" in capsys.readouterr().out
 
     # TensorBoard: SB3's scalars and rlattr's own, in ordinary event files.
     event_dirs = {p.parent for p in (run_dir / "tb").rglob("events.out.tfevents.*")}

@@ -137,6 +137,8 @@ def test_cached_rebuild_becomes_a_full_checkpoint(tmp_path: Path) -> None:
     assert not log.is_full_checkpoint(2)
     tensors, _ = log.load_checkpoint(2)
     assert log.is_full_checkpoint(2)
+    # Full now, but made by replay: not an independent check of one (rlattr replay).
+    assert not log.is_logged_checkpoint(2) and log.is_logged_checkpoint(4)
     _assert_same_state(RunLog(v2.path).load_checkpoint(2)[0], v1.load_checkpoint(2)[0])
     _assert_same_state(tensors, v1.load_checkpoint(2)[0])
     assert log.verify().ok
