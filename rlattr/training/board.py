@@ -37,7 +37,7 @@ from rlattr.scoring.diagnosis import (
 )
 from rlattr.scoring.targets import ReturnTarget
 from rlattr.training.score_plot import ScoreAdvantagePlot
-from rlattr.training.seams import IterationContext
+from rlattr.training.seams import PRIMARY_PREFIX, IterationContext
 
 #: Every scalar tag rlattr writes, with its meaning ({q} stands for p01, p10, p50, p90, p99).
 TAGS: dict[str, str] = {
@@ -78,8 +78,9 @@ TAGS: dict[str, str] = {
     "time/run_log_mib": "MiB of run log on disk so far",
 }
 GROUPS = ("bottom", "top", "dropped", "kept")
-#: The prefix of the score set that gets the advantage diagnosis (the return target's).
-PRIMARY = "scores"
+#: The prefix of the score set that gets the advantage diagnosis and the fidelity check:
+#: scores on the return target, own buffer, GAE (``rlattr.training.seams.score_prefix``).
+PRIMARY = PRIMARY_PREFIX
 
 
 def tensorboard_writer(logger: Logger) -> SummaryWriter | None:

@@ -34,7 +34,13 @@ from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, bud
 from rlattr.scoring.influence import snapshot_scores
 from rlattr.scoring.rules import MATCHED, NEEDS_FRACTION, RULES, Rule
 from rlattr.scoring.targets import ReturnTarget, Target
-from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
+from rlattr.training.seams import (
+    FilterDecision,
+    IterationContext,
+    KeepMaskFilter,
+    StoredScores,
+    score_prefix,
+)
 
 _MATCHED = MATCHED  # drop as many as ``like`` would
 _NEEDS_FRACTION = NEEDS_FRACTION
@@ -268,7 +274,9 @@ class IIFFilter(KeepMaskFilter):
             ).detach()
         stored = {
             score_name(config.scorer, target, config.params): StoredScores(
-                scores.cpu(), {"method": config.scorer, "target": target.name, "during": "iif"}
+                scores.cpu(),
+                {"method": config.scorer, "target": target.name, "during": "iif"},
+                score_prefix(target),
             )
         }
         if warming_up:

@@ -22,7 +22,7 @@ from rlattr.scoring.grads import Backend, ParamSelection
 from rlattr.scoring.influence import snapshot_scores
 from rlattr.scoring.live_tracin import METHOD, LiveTracIn, LiveTracInScorer
 from rlattr.scoring.targets import ReturnTarget, Target
-from rlattr.training.seams import IterationContext, StoredScores
+from rlattr.training.seams import IterationContext, StoredScores, score_prefix
 
 Epochs = Iterable[tuple[int, Iterable[torch.Tensor]]]
 
@@ -118,7 +118,7 @@ class ScoreHook:
         }
         return {
             score_name("snapshot", target, self.params): StoredScores(
-                scores.cpu(), meta, _prefix(target)
+                scores.cpu(), meta, score_prefix(target)
             )
         }
 
@@ -131,15 +131,6 @@ class ScoreHook:
             config = replace(config, target=self.target)
         scorer = LiveTracInScorer(context.policy, context.target_context(), config)
         return _LiveTracInObserver(scorer, config, self)
-
-
-def _prefix(target: Target, method: str = "") -> str:
-    # The return target's snapshot scores get the full diagnosis under "scores"; others
-    # keep their own prefix so that two kinds never mix in one curve.
-    if not method and isinstance(target, ReturnTarget):
-        return "scores"
-    name = f"scores_{target.name}"
-    return f"{name}_{method.replace('-', '_')}" if method else name
 
 
 class _LiveTracInObserver:
@@ -165,7 +156,7 @@ class _LiveTracInObserver:
         target = self.scorer.target
         meta = {**self.config.describe(), "during": "training", "describes": "the update"}
         name = score_name(self.config.method, target, self.config.params)
-        return {name: StoredScores(scores.cpu(), meta, _prefix(target, METHOD))}
+        return {name: StoredScores(scores.cpu(), meta, score_prefix(target, METHOD))}
 
 
 class UpdateObservers:

@@ -27,7 +27,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from rlattr.record.loss import PPOLossConfig
 from rlattr.record.plan import MINIBATCHING, Minibatching, UpdatePlan
 from rlattr.record.records import Records
-from rlattr.scoring.targets import TargetContext
+from rlattr.scoring.targets import ReturnTarget, Target, TargetContext
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,23 @@ class IterationContext:
     def target_context(self) -> TargetContext:
         """The ``TargetContext`` targets are evaluated with."""
         return TargetContext(self.records, self.gamma, self.gae_lambda)
+
+
+# The TensorBoard prefix of the return target's scores: the board adds the advantage
+# diagnosis, images, record tables and the fidelity check, all made for that target.
+PRIMARY_PREFIX = "scores"
+
+
+def score_prefix(target: Target, method: str = "") -> str:
+    """The TensorBoard prefix of scores on ``target``: ``scores`` only for the return
+    target on the iteration's own buffer with GAE advantages (what the board's advantage
+    diagnosis and fidelity check assume), ``scores_<target>[_<method>]`` otherwise, so that
+    two kinds of scores never share one curve."""
+    if not method and isinstance(target, ReturnTarget) and target.identity == "return":
+        return PRIMARY_PREFIX
+    name = target.identity if isinstance(target, ReturnTarget) else target.name
+    name = f"scores_{name}".replace("-", "_")
+    return f"{name}_{method.replace('-', '_')}" if method else name
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from rlattr.analysis.fidelity import fidelity
 from rlattr.record.runlog import RunLog
 from rlattr.scoring.targets import ReturnTarget
 from rlattr.training.board import BoardConfig
+from rlattr.training.seams import score_prefix
 
 
-def _train(run_dir: Path, board: BoardConfig) -> AttributedPPO:
+def _train(run_dir: Path, board: BoardConfig, iif: IIF | None = None) -> AttributedPPO:
     model = AttributedPPO(
         "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=64, batch_size=32, n_epochs=2,
-        seed=0, device="cpu", iif=IIF(fraction=0.25), board=board,
+        seed=0, device="cpu", iif=iif or IIF(fraction=0.25), board=board,
     )  # fmt: skip
     return model.learn(3 * 64)
 
@@ -57,3 +58,34 @@ def test_live_lds_is_the_post_hoc_lds_and_training_is_unchanged(tmp_path: Path) 
 def test_fidelity_settings_are_validated(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         BoardConfig(**{field: value})
+
+
+def test_scores_on_another_return_target_are_not_checked_against_the_default_one(
+    tmp_path: Path,
+) -> None:
+    """IIF scoring Monte-Carlo advantages logs under its own prefix; the fidelity check,
+    made for the GAE return target, does not run on them (it would report the LDS of
+    scores against a target they were not computed for)."""
+    iif = IIF(fraction=0.25, target=ReturnTarget(advantage="mc"))
+    _train(tmp_path / "mc", BoardConfig(fidelity_every=1, fidelity_subsets=6), iif)
+    [events_dir] = (tmp_path / "mc" / "tb").iterdir()
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "fidelity/lds" not in tags
+    assert any(tag.startswith("scores_return_mc/") for tag in tags)
+    assert not any(tag.startswith("scores/") for tag in tags)
+
+
+@pytest.mark.parametrize(
+    ("target", "method", "prefix"),
+    [
+        (ReturnTarget(), "", "scores"),
+        (ReturnTarget(advantage="mc"), "", "scores_return_mc"),
+        (ReturnTarget(), "tracin", "scores_return_tracin"),
+    ],
+)
+def test_only_the_default_return_target_gets_the_primary_prefix(
+    target: ReturnTarget, method: str, prefix: str
+) -> None:
+    assert score_prefix(target, method) == prefix
