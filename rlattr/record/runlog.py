@@ -608,6 +608,19 @@ class RunLog:
         self, iteration: int, device: torch.device | str
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Replay from the nearest full (or already rebuilt) state up to ``iteration``."""
+        # Replay is bit-exact on the device that trained (float kernels differ between
+        # devices): rebuild there, then hand the result over on the device asked for.
+        trained_on = self.meta.get("algorithm", {}).get("device")
+        if trained_on is not None and torch.device(trained_on).type != torch.device(device).type:
+            if torch.device(trained_on).type == "cuda" and not torch.cuda.is_available():
+                raise RunLogError(
+                    f"{self.path}: checkpoint {iteration} is sparse and is rebuilt by replay "
+                    f"on the device the run trained on ({trained_on}), which this machine "
+                    "lacks; load it where that device exists, or record with "
+                    "Retention(checkpoint_every=1) to keep every checkpoint full"
+                )
+            tensors, meta = self._rebuild_checkpoint(iteration, trained_on)
+            return {name: value.to(device) for name, value in tensors.items()}, meta
         where = str(torch.device(device))
         start = iteration
         while _SPARSE in self.checkpoint_meta(start):

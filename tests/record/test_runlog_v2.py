@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlattr import IIF, AttributedPPO, Retention, RunLog, build_policy, load_iteration, replay
-from rlattr.errors import CorruptRunLogError
+from rlattr.errors import CorruptRunLogError, RunLogError
 from rlattr.record.io import atomic_write_tensors, read_tensors
 from rlattr.record.plan import DERIVED, UpdatePlan
 from rlattr.record.runlog import writing_format
@@ -304,6 +304,24 @@ def test_a_kill_while_a_checkpoint_turns_sparse_leaves_a_leftover_that_resume_re
     resumed.learn(32, reset_num_timesteps=False)
     report = RunLog(run_dir).verify()
     assert report.ok and not report.leftovers
+
+
+def test_a_sparse_checkpoint_is_rebuilt_on_the_device_that_trained(tmp_path: Path) -> None:
+    """Replay is bit-exact only on the training device: a run recorded on CUDA is not
+    silently rebuilt on the CPU (on a machine without CUDA: a clear error)."""
+    kwargs = {"batch_size": 16, "n_epochs": 1, "retention": Retention(checkpoint_every=4)}
+    run_dir = tmp_path / "run"
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, **SMALL, **kwargs).learn(3 * 32)
+    log = RunLog(run_dir)
+    assert not log.is_full_checkpoint(1)
+    log.load_checkpoint(1)  # trained on the CPU: rebuilt here
+    log.meta["algorithm"]["device"] = "cuda:0"  # as if trained on a GPU
+    if torch.cuda.is_available():
+        tensors, _ = log.load_checkpoint(1)
+        assert all(t.device.type == "cpu" for t in tensors.values())
+    else:
+        with pytest.raises(RunLogError, match="on the device the run trained on"):
+            log.load_checkpoint(1)
 
 
 def test_default_spacing_is_fixed_per_run_from_its_rollout(tmp_path: Path) -> None:
