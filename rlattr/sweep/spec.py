@@ -154,9 +154,8 @@ class SweepSpec:
         if len(set(names)) != len(names):
             raise SweepSpecError(f"task names repeat in {names}: give each a distinct name")
         arms = tuple(_as_list(self.arms, "arms"))
-        for arm in arms:
-            parse_arm(arm)
-        if not arms or len(set(arms)) != len(arms):
+        parsed = [parse_arm(arm) for arm in arms]  # iif_p25 and iif_p25.0 are one arm
+        if not arms or len(set(parsed)) != len(parsed):
             raise SweepSpecError(f"arms must be distinct names of {list(ARMS)}, got {list(arms)}")
         seeds = self.seeds
         if isinstance(seeds, int) and not isinstance(seeds, bool):

@@ -167,8 +167,9 @@ def test_the_measured_graph_memory_stays_within_the_budget(run_dir: Path) -> Non
         result = metagradient_scores(data, policy, ReturnTarget(), context, memory_budget=budget)
     assert result.segment_steps is not None and result.memory is not None
     assert meter.peak <= result.memory.peak(result.segment_steps) <= budget
-    # fp32: float rounding of a different summation order (measured ≤ 2e-9 of the largest).
+    # fp32: float rounding of a different summation order (measured ≤ 2e-9 of the largest;
+    # the bound is fp32's epsilon, 1.2e-7, of the largest score).
     scale = float(whole.scores.abs().max())
     np.testing.assert_allclose(
-        result.scores.numpy(), whole.scores.numpy(), rtol=1e-5, atol=1e-6 * scale
+        result.scores.numpy(), whole.scores.numpy(), rtol=0, atol=1.2e-7 * scale
     )

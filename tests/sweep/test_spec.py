@@ -72,6 +72,7 @@ def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
         ({"arms": ["iif_p-5"]}, "unknown arm 'iif_p-5'"),
         ({"arms": ["iif_pabc"]}, "unknown arm 'iif_pabc'"),
         ({"arms": ["iif", "iif"]}, "arms must be distinct names of"),
+        ({"arms": ["iif_p25", "iif_p25.0"]}, "arms must be distinct names of"),
         ({"seeds": [0, 0]}, "seeds must be distinct"),
         ({"seeds": -1}, "seeds must be a whole number >= 1"),
         ({"rounds": 0}, "rounds must be a whole number >= 1"),
