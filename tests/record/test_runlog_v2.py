@@ -15,7 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlattr import IIF, AttributedPPO, Retention, RunLog, build_policy, load_iteration, replay
+from rlattr import (
+    IIF,
+    AttributedPPO,
+    Intervention,
+    Retention,
+    ReturnTarget,
+    RunLog,
+    build_policy,
+    load_iteration,
+    replay,
+)
 from rlattr.errors import CorruptRunLogError, RunLogError
 from rlattr.record.io import atomic_write_tensors, read_tensors
 from rlattr.record.plan import DERIVED, UpdatePlan
@@ -75,6 +85,19 @@ CASES = {
         "batch_size": 8,
         "n_epochs": 2,
         "iif": IIF(rule="neg_bottom", fraction=0.5, minibatching="recut"),
+    },
+    # A learning-rate schedule and target_kl early stops (steps per iteration vary).
+    "schedule-target-kl": {
+        "batch_size": 8,
+        "n_epochs": 4,
+        "learning_rate": lambda progress: 3e-3 * progress,
+        "target_kl": 0.002,
+    },
+    # Down-weighted records: the plan stores fractional loss weights.
+    "weighted-intervention": {
+        "batch_size": 8,
+        "n_epochs": 2,
+        "intervention": Intervention(target=ReturnTarget(), budget=0.25, weight=0.5),
     },
 }
 
