@@ -1002,8 +1002,18 @@ def suite() -> list[Row]:
     return rows
 
 
+def profiles() -> list[Row]:
+    """The performance profile of all four arms over all four tasks (share above τ)."""
+    source = "suite/profiles-ppo-iif-random_like-advantage_like.md"
+    rows: list[Row] = []
+    for r in _markdown_table((RESULTS / source).read_text(), "arm"):
+        rows.append((f"{r['arm']}: runs above τ = 0.5", r["runs above τ = 0.5"], source))
+    return rows
+
+
 SECTIONS = {
     "The paper suite": suite,
+    "Performance profiles": profiles,
     "The paper suite's p sweep": p_sweep,
     "Fidelity": fidelity,
     "Smoothness of the update map (ratio clipping)": smoothness,
