@@ -97,10 +97,19 @@ def trial_path(task: str, arm: str, seed: int) -> Path:
 
 
 def run_trial(
-    task_name: str, arm: str, seed: int, rounds: int, episodes: int, device: str = "cpu"
+    task_name: str,
+    arm: str,
+    seed: int,
+    rounds: int,
+    episodes: int,
+    device: str = "cpu",
+    record_dir: Path | None = None,
 ) -> Path:
     """Train one arm on one seed for ``rounds`` rounds, evaluating after every round
-    (``rlattr.sweep.trial.run_trial``, which ``rlattr sweep`` runs too; same result file)."""
+    (``rlattr.sweep.trial.run_trial``, which ``rlattr sweep`` runs too; same result file).
+    With ``record_dir`` the trial also keeps its run directory (TensorBoard events and the
+    run log, for ``rlattr diagnose``) in ``record_dir/<task>/<arm>-s<seed>``: recording
+    leaves training bit-identical, so the curve is the one an unrecorded trial gives."""
     path = trial_path(task_name, arm, seed)
     if is_done(path):
         return path
@@ -122,6 +131,8 @@ def run_trial(
         commit=git_commit(),
         extra={"evaluation": {"paper_episodes": task.paper_episodes}},
         on_point=report,
+        run_dir=None if record_dir is None else record_dir / task_name / f"{arm}-s{seed}",
+        record=record_dir is not None,
     )
     return path
 
@@ -633,6 +644,12 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, help="override the evaluation episodes")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th trial from I")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--record-dir",
+        type=Path,
+        help="keep each trial's run directory (run log, TensorBoard) under this folder "
+        "(outside the repository: a run log is megabytes), for `rlattr diagnose`",
+    )
     parser.add_argument("--summarize", action="store_true")
     parser.add_argument(
         "--p-sweep", action="store_true", help="summarize the p sweep (iif_p<percent> arms)"
@@ -673,6 +690,7 @@ def main() -> None:
             rounds=args.rounds or spec.rounds,
             episodes=args.episodes or spec.episodes,
             device=args.device,
+            record_dir=args.record_dir,
         )
 
 
