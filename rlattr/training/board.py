@@ -355,10 +355,9 @@ class Board:
         if self._plot is None:
             self._plot = ScoreAdvantagePlot()
         image = self._plot.render(records, scores, reference, keep_mask)
-        if image is not None:
-            self.writer._get_file_writer().add_summary(
-                _png_summary("records/score_vs_advantage", image), step
-            )
+        self.writer._get_file_writer().add_summary(
+            _png_summary("records/score_vs_advantage", image), step
+        )
         table = record_table(records, scores, reference, keep_mask, self.config.top_k)
         self.writer.add_text("records/most_harmful_and_helpful", table, step)
 

@@ -72,14 +72,12 @@ def data_range(values: np.ndarray, include: float | None = None) -> tuple[float,
 
 
 class ScoreAdvantagePlot:
-    """Renders score against Â as an ``[H, W, 3]`` uint8 image (None without Pillow)."""
+    """Renders score against Â as an ``[H, W, 3]`` uint8 image."""
 
     def __init__(self) -> None:
-        try:
-            from PIL import Image, ImageDraw, ImageFont
-        except ImportError:
-            self._pil = None
-            return
+        # Imported here, not at module level: only a board that draws pays Pillow's import.
+        from PIL import Image, ImageDraw, ImageFont
+
         self._pil = (Image, ImageDraw)
         font_path = _dejavu()
         if font_path is not None:
@@ -106,10 +104,8 @@ class ScoreAdvantagePlot:
         scores: torch.Tensor,
         reference: torch.Tensor,
         keep_mask: torch.Tensor | None,
-    ) -> np.ndarray | None:
+    ) -> np.ndarray:
         """This iteration's records: score (y) against Â (x), coloured by |Ā − Â|."""
-        if self._pil is None:
-            return None
         image_module, draw_module = self._pil
         y = scores.detach().cpu().double().numpy().reshape(-1)
         x = records.advantages.detach().cpu().double().numpy().reshape(-1)
