@@ -46,6 +46,7 @@ from rlattr.training.seams import (
     as_keep_mask_filter,
     call_record_hook,
     filter_seed,
+    scores_by_prefix,
 )
 
 _RNG_FILTER = "rng.filter"  # checkpoint key of a keep-mask filter's own generator
@@ -456,7 +457,7 @@ class AttributedPPO(PPO):
                 step=self.num_timesteps,  # the x of this rollout's rollout/ep_rew_mean
                 iteration=self.iteration,
                 records=records,
-                scores={v.log_as: v.scores for v in stored.values() if v.log_as is not None},
+                scores=scores_by_prefix(stored),
                 keep_mask=keep_mask,
                 filtering=self.keep_mask_fn is not None,
                 timing=timing,

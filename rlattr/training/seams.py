@@ -101,6 +101,29 @@ class StoredScores:
     log_as: str | None = "scores"
 
 
+def scores_by_prefix(stored: Mapping[str, StoredScores]) -> dict[str, torch.Tensor]:
+    """The scores to log, by TensorBoard prefix, from an iteration's stored scores (in the
+    order they were made: hooks, then the filter, then update observers).
+
+    Two sets can ask for one prefix (a ``ScoreHook`` and IIF each scoring the return
+    target with different params both ask for ``scores``). The later keeps it — the
+    filter's scores are the ones behind the drops the board shows beside them — and the
+    earlier moves to ``<prefix>_<its name>``, so neither is lost and no curve mixes two.
+    """
+    by_prefix: dict[str, torch.Tensor] = {}
+    owner: dict[str, str] = {}
+    for name, value in stored.items():
+        prefix = value.log_as
+        if prefix is None:
+            continue
+        if prefix in by_prefix:
+            moved = f"{prefix}_{owner[prefix]}".replace("-", "_")
+            by_prefix[moved] = by_prefix.pop(prefix)
+        by_prefix[prefix] = value.scores
+        owner[prefix] = name
+    return by_prefix
+
+
 @dataclass(frozen=True)
 class FilterDecision:
     """What a keep-mask filter decided for one iteration.

@@ -143,3 +143,32 @@ def test_a_run_with_an_explicit_iif_seed_resumes_with_the_default(run_dir: Path)
         "MlpPolicy", "CartPole-v1", iif=IIF(rule="random"), resume=True, **kwargs
     ).learn(64, reset_num_timesteps=False)
     assert resumed.iteration == 2
+
+
+def test_two_score_sets_on_one_prefix_are_both_logged(run_dir: Path) -> None:
+    # A hook and IIF both ask for the "scores" prefix: the filter's set keeps it (its
+    # scores drove the drops), the hook's moves to "scores_<its name>".
+    def advantage_hook(context: IterationContext) -> dict[str, StoredScores]:
+        return {"advantage": StoredScores(context.records.advantages.double(), {}, "scores")}
+
+    AttributedPPO(
+        "MlpPolicy",
+        "CartPole-v1",
+        run_dir=run_dir,
+        record_hooks=[advantage_hook],
+        iif=IIF(fraction=0.5),
+        **SMALL,
+    ).learn(128)
+    log = RunLog(run_dir)
+    last = log.iterations()[-1]
+    assert log.score_names(last) == ["advantage", "snapshot-return"]
+    event_dir = next((run_dir / "tb").rglob("events.out.tfevents.*")).parent
+    accumulator = EventAccumulator(str(event_dir))
+    accumulator.Reload()
+    shares = {}
+    for prefix, name in [("scores", "snapshot-return"), ("scores_advantage", "advantage")]:
+        scores, _ = log.load_scores(last, name)
+        shares[prefix] = float((scores < 0).double().mean())
+        logged = accumulator.Scalars(f"{prefix}/fraction_negative")[-1].value
+        assert logged == pytest.approx(shares[prefix], abs=1e-6)
+    assert shares["scores"] != shares["scores_advantage"]  # two sets, not one twice
