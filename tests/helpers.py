@@ -8,8 +8,10 @@ from typing import Any
 
 import stable_baselines3.common.policies as sb3_policies
 import torch
+from gymnasium import spaces
 from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from rlattr import AttributedPPO, Records
 from rlattr.extractors import SmallImageCNN
@@ -31,6 +33,18 @@ def fp64_observations() -> Iterator[None]:
         yield
     finally:
         sb3_policies.preprocess_obs = original
+
+
+class LinearFeatures(BaseFeaturesExtractor):
+    """A features extractor with parameters (SB3's default Flatten has none), so that a
+    policy with ``share_features_extractor=False`` has two distinct ones to train."""
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 8):
+        super().__init__(observation_space, features_dim)
+        self.linear = torch.nn.Linear(int(observation_space.shape[0]), features_dim)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.linear(observations))
 
 
 def _minigrid(n_envs: int, seed: int) -> Any:

@@ -46,6 +46,27 @@ def build_policy(log: RunLog, device: torch.device | str = "cpu") -> ActorCritic
     return policy.to(device)
 
 
+def workspace_policy(model: Any, device: torch.device | str | None = None) -> ActorCriticPolicy:
+    """A policy (and optimiser) of an SB3 on-policy model's architecture, to replay into.
+
+    Built the way the model built its own (``policy_class`` with the spaces, learning-rate
+    schedule and ``policy_kwargs``), not from ``policy._get_constructor_parameters()``:
+    SB3 leaves ``share_features_extractor`` out of those, and a policy rebuilt from them
+    ties two separate features extractors into one. Its weights mean nothing until a
+    checkpoint is restored into it (as ``build_policy``'s from a run log); the caller's
+    torch RNG is left untouched (initialisation draws from it).
+    """
+    with torch.random.fork_rng(devices=[]):
+        policy = model.policy_class(
+            model.observation_space,
+            model.action_space,
+            model.lr_schedule,
+            use_sde=False,
+            **model.policy_kwargs,
+        )
+    return policy.to(device if device is not None else model.device)
+
+
 @dataclass
 class IterationData:
     """Everything needed to replay iteration ``iteration``, loaded once."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +177,8 @@ class Board:
         gamma: the run's discount (for the Monte-Carlo advantages).
         discrete_observations: also compute the within-buffer empirical advantage.
         config: see ``BoardConfig``.
+        workspace: builds a policy of the run's architecture to replay into
+            (``AttributedPPO.workspace_policy``); needed by ``config.fidelity_every``.
     """
 
     def __init__(
@@ -185,11 +187,15 @@ class Board:
         gamma: float,
         discrete_observations: bool = False,
         config: BoardConfig | None = None,
+        workspace: Callable[[], ActorCriticPolicy] | None = None,
     ):
         self.writer = writer
         self.gamma = gamma
         self.discrete_observations = discrete_observations
         self.config = config or BoardConfig()
+        if self.config.fidelity_every and workspace is None:
+            raise ValueError("BoardConfig.fidelity_every needs a workspace policy builder")
+        self._make_workspace = workspace
         self._plot: ScoreAdvantagePlot | None = None
         self._workspace: ActorCriticPolicy | None = None
 
@@ -281,13 +287,10 @@ class Board:
         # that training draws from either: both run on a fork of it.
         with torch.random.fork_rng(devices=[]):
             if self._workspace is None:
-                # A policy of the same architecture to replay into (as SB3's policy
-                # save/load rebuilds one); replay overwrites its parameters and optimiser
-                # state from the start checkpoint, so it is built once.
-                policy = context.policy
-                self._workspace = type(policy)(**policy._get_constructor_parameters()).to(
-                    policy.device
-                )
+                # Replay overwrites the workspace's parameters and optimiser state from the
+                # start checkpoint, so it is built once.
+                assert self._make_workspace is not None  # checked in __init__
+                self._workspace = self._make_workspace()
             report = check_scores(
                 update,
                 self._workspace,

@@ -34,6 +34,7 @@ from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.record.plan import cut_minibatches
 from rlattr.record.records import Records
+from rlattr.record.replay import workspace_policy
 from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
 from rlattr.training.rundir import (
@@ -114,14 +115,7 @@ class RecordRun(BaseCallback):
             # SB3 configured its logger before calling us; give it the run's TensorBoard.
             logger = configure_logger(model.verbose, str(self.run_log.tb_dir), "PPO", True)
             model.set_logger(logger)
-        with torch.random.fork_rng(devices=[]):  # building a policy draws initial weights
-            self._workspace = model.policy_class(
-                model.observation_space,
-                model.action_space,
-                model.lr_schedule,
-                use_sde=False,
-                **model.policy_kwargs,
-            ).to(model.device)
+        self._workspace = workspace_policy(model)
 
     def _on_training_start(self) -> None:
         assert self.run_log is not None

@@ -21,7 +21,7 @@ from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.record.loss import PPOLossConfig
 from rlattr.record.plan import UpdatePlan, mask_minibatches, sample_epoch_minibatches
 from rlattr.record.records import RecordingRolloutBuffer, Records
-from rlattr.record.replay import IterationData
+from rlattr.record.replay import IterationData, workspace_policy
 from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
 from rlattr.training.board import Board, BoardConfig, IterationTiming, tensorboard_writer
@@ -287,6 +287,7 @@ class AttributedPPO(PPO):
             float(self.gamma),
             discrete_observations=isinstance(self.observation_space, spaces.Discrete),
             config=self.board_config,
+            workspace=self.workspace_policy,
         )
         self._board.write_configuration(
             {"seed": self.seed, **self._run_metadata}, ("rollout/ep_rew_mean",)
@@ -653,15 +654,7 @@ class AttributedPPO(PPO):
         """A policy (and optimiser) of this model's architecture that scorers may overwrite;
         its weights mean nothing until a checkpoint is restored into it (as
         ``rlattr.build_policy`` from a run log). The torch RNG is left untouched."""
-        with torch.random.fork_rng(devices=[]):
-            workspace = self.policy_class(
-                self.observation_space,
-                self.action_space,
-                self.lr_schedule,
-                use_sde=False,
-                **self.policy_kwargs,
-            )
-        return workspace.to(device if device is not None else self.device)
+        return workspace_policy(self, device)
 
     def attribute(
         self,

@@ -4,6 +4,7 @@ post-hoc check on the logged iteration, and training unchanged by it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,20 +16,39 @@ from rlattr.record.runlog import RunLog
 from rlattr.scoring.targets import ReturnTarget
 from rlattr.training.board import BoardConfig
 from rlattr.training.seams import score_prefix
+from tests.helpers import LinearFeatures
 
 
-def _train(run_dir: Path, board: BoardConfig, iif: IIF | None = None) -> AttributedPPO:
+def _train(
+    run_dir: Path,
+    board: BoardConfig,
+    iif: IIF | None = None,
+    policy_kwargs: dict[str, Any] | None = None,
+) -> AttributedPPO:
     model = AttributedPPO(
         "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=64, batch_size=32, n_epochs=2,
         seed=0, device="cpu", iif=iif or IIF(fraction=0.25), board=board,
+        policy_kwargs=policy_kwargs,
     )  # fmt: skip
     return model.learn(3 * 64)
 
 
-def test_live_lds_is_the_post_hoc_lds_and_training_is_unchanged(tmp_path: Path) -> None:
+# The second case has two features extractors with parameters: the board's replay must
+# rebuild that architecture (SB3's policy constructor parameters omit
+# share_features_extractor, and a rebuilt policy then ties the two together).
+SEPARATE_EXTRACTORS = {
+    "share_features_extractor": False,
+    "features_extractor_class": LinearFeatures,
+}
+
+
+@pytest.mark.parametrize("policy_kwargs", [None, SEPARATE_EXTRACTORS], ids=["mlp", "separate"])
+def test_live_lds_is_the_post_hoc_lds_and_training_is_unchanged(
+    tmp_path: Path, policy_kwargs: dict[str, Any] | None
+) -> None:
     config = BoardConfig(fidelity_every=2, fidelity_subsets=6, fidelity_ceiling=True)
-    checked = _train(tmp_path / "checked", config)
-    plain = _train(tmp_path / "plain", BoardConfig())
+    checked = _train(tmp_path / "checked", config, policy_kwargs=policy_kwargs)
+    plain = _train(tmp_path / "plain", BoardConfig(), policy_kwargs=policy_kwargs)
     for a, b in zip(checked.policy.parameters(), plain.policy.parameters(), strict=True):
         assert torch.equal(a, b)
 
