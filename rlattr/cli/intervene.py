@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,8 @@ from rlattr.analysis.whatif import (
     whatif_iterations,
     write_whatif_report,
 )
+from rlattr.argtypes import at_least
+from rlattr.cli.paths import output_folder, run_directory
 from rlattr.record.runlog import RunLog
 
 console = Console()
@@ -38,15 +39,23 @@ def _help(name: str) -> str:
 
 
 def add_intervene(
-    sub: Any, formatter: type, count: Callable[[str], int], device: Callable[[str], str]
+    sub: Any,
+    formatter: type,
+    count: Callable[[str], int],
+    device: Callable[[str], str],
+    fraction: Callable[[str], float],
 ) -> None:
-    """Register ``rlattr intervene``."""
+    """Register ``rlattr intervene`` (``count``, ``device`` and ``fraction`` are the
+    command line's argparse types: N >= 1, a present device, a share in (0, 1))."""
     parser = sub.add_parser(
         "intervene",
         help="what-if: retrain an iteration without chosen records, compare the returns",
         formatter_class=formatter,
     )
-    parser.add_argument("run", nargs="+", help="run directory (several: one box per iteration)")
+    parser.add_argument(
+        "run", nargs="+", type=run_directory,
+        help="run directory (several: one box per iteration)",
+    )  # fmt: skip
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--iteration", type=int, nargs="+", metavar="K",
@@ -57,10 +66,14 @@ def add_intervene(
     )
     defaults = WhatIfConfig()
     parser.add_argument("--rule", default=defaults.rule, choices=WHATIF_RULES, help=_help("rule"))
-    parser.add_argument("--fraction", type=float, default=defaults.fraction, help=_help("fraction"))
-    parser.add_argument("--episodes", type=count, default=defaults.episodes, help=_help("episodes"))
     parser.add_argument(
-        "--eval-seed", type=int, default=defaults.eval_seed, help=_help("eval_seed")
+        "--fraction", type=fraction, default=defaults.fraction, help=_help("fraction")
+    )
+    parser.add_argument(
+        "--episodes", type=at_least(2), default=defaults.episodes, help=_help("episodes")
+    )
+    parser.add_argument(
+        "--eval-seed", type=at_least(0), default=defaults.eval_seed, help=_help("eval_seed")
     )
     parser.add_argument(
         "--no-control", action="store_true", help="skip the random drop of the same count"
@@ -71,7 +84,9 @@ def add_intervene(
         help=f"compute and store missing {DEFAULT_SCORES!r} scores (snapshot, return target)",
     )  # fmt: skip
     parser.add_argument(
-        "--out", type=Path, help="folder for whatif.csv/.md/.png (default: RUN/reports/whatif)"
+        "--out",
+        type=output_folder,
+        help="folder for whatif.csv/.md/.png (default: RUN/reports/whatif)",
     )
     parser.add_argument("--device", type=device, default="cpu", help="where to replay")
     parser.set_defaults(func=run_intervene)
@@ -92,7 +107,11 @@ def _ensure_scores(log: RunLog, iterations: list[int], name: str, compute: bool)
     if not compute:
         return
     if name != DEFAULT_SCORES:
-        raise WhatIfError(f"--compute-scores computes {DEFAULT_SCORES!r} only, not {name!r}")
+        raise WhatIfError(
+            f"--compute-scores computes {DEFAULT_SCORES!r} only, not {name!r}: drop --scores "
+            f"to use {DEFAULT_SCORES!r}, or drop --compute-scores and store {name!r} first "
+            "(rlattr attribute)"
+        )
     from rlattr.scoring.attribute import attribute
     from rlattr.scoring.targets import ReturnTarget
 

@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from rlattr.argtypes import at_least as _at_least
 from rlattr.argtypes import format_memory_size, memory_size
 from rlattr.cli.intervene import add_intervene
+from rlattr.cli.paths import output_file, output_folder, run_directory
 from rlattr.cli.reports import add_diagnose, add_formation
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import RunLog
@@ -266,11 +267,12 @@ def _train(args: argparse.Namespace) -> int:
     elif args.resume:
         console.print(f"[yellow]{run_dir} holds no run yet; starting a new one[/]")
     _import_project_envs()
+    spaces_ = _environment_spaces(preset, args.seed)
     if iif is not None:
         console.print(
             f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}, minibatches {iif.minibatching}"
         )
-    intervention = _intervention(preset, args, iif)
+    intervention = _intervention(args, iif, spaces_)
     if intervention is not None:
         console.print(
             f"intervention on: {intervention.rule}, budget "
@@ -312,16 +314,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _intervention(preset: Preset, args: argparse.Namespace, iif: Any) -> Any:
+def _environment_spaces(preset: Preset, seed: int) -> tuple[Any, Any]:
+    """The preset's observation and action spaces, from its environment made once before
+    anything is written: a wrong ``env_id`` or ``env_kwargs`` is the preset's error."""
+    import gymnasium
+
+    try:
+        env = preset.make_env(seed)
+    except (gymnasium.error.Error, TypeError) as err:
+        # TypeError: gymnasium's report of an env_kwargs key the environment does not take.
+        raise PresetError(
+            f"preset {preset.name!r} cannot make its environment {preset.env_id!r}: {err}; "
+            "correct env_id or env_kwargs in the preset"
+        ) from err
+    spaces_ = (env.observation_space, env.action_space)
+    env.close()
+    return spaces_
+
+
+def _intervention(args: argparse.Namespace, iif: Any, spaces_: tuple[Any, Any]) -> Any:
     """The ``--intervene`` configuration (IIF inside it when ``--iif`` is given), checked
     against the preset's spaces before anything trains; None without ``--intervene``."""
     if args.intervene is None:
         return None
     from rlattr.training.intervention import intervention_from_spec
 
-    env = preset.make_env(args.seed)  # only for its spaces
-    spaces_ = (env.observation_space, env.action_space)
-    env.close()
     options: dict[str, Any] = {"with_iif": iif}
     if args.intervene_weight is not None:
         options["weight"] = args.intervene_weight
@@ -687,6 +704,7 @@ def _attribute(args: argparse.Namespace) -> int:
 
         table = scores_table(log, [args.iteration])
         table[f"score:{name}"] = scores.cpu().numpy()  # also when --no-store
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # as every other --out does
         console.print(f"wrote {write_table(table, args.out)}", soft_wrap=True)
     order = torch.argsort(scores, descending=True)
     for title, picks in (
@@ -935,7 +953,9 @@ def _add_train(sub: Any) -> None:
         "--timesteps", type=_at_least(1), help="training budget (default: the preset's)"
     )
     train.add_argument("--seed", type=_at_least(0), default=0, help="seed of the whole run")
-    train.add_argument("--run-dir", help="run directory (default: runs/<preset>-s<seed>)")
+    train.add_argument(
+        "--run-dir", type=output_folder, help="run directory (default: runs/<preset>-s<seed>)"
+    )
     train.add_argument("--device", type=_device, default="auto", help="cpu, cuda[:N], mps, auto")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -1030,14 +1050,14 @@ def _add_run_commands(sub: Any) -> None:
         help="summarise and verify a run directory (exit status 1 if a problem is found)",
         formatter_class=_HelpFormatter,
     )
-    inspect_.add_argument("run", help="run directory")
+    inspect_.add_argument("run", type=run_directory, help="run directory")
     inspect_.set_defaults(func=_inspect)
 
     replay = sub.add_parser(
         "replay", help="replay logged iterations and check bit-exactness",
         formatter_class=_HelpFormatter,
     )  # fmt: skip
-    replay.add_argument("run", help="run directory")
+    replay.add_argument("run", type=run_directory, help="run directory")
     replay.add_argument(
         "--iteration", type=_at_least(0), action="append",
         help="iteration to replay; repeatable (default: all)",
@@ -1054,7 +1074,7 @@ def _add_attribute(sub: Any) -> None:
         "attribute", help="score the records of a logged iteration",
         formatter_class=_HelpFormatter,
     )  # fmt: skip
-    attribute.add_argument("run", help="run directory")
+    attribute.add_argument("run", type=run_directory, help="run directory")
     attribute.add_argument(
         "--iteration", type=_at_least(0), required=True, help="a committed iteration"
     )
@@ -1080,7 +1100,7 @@ def _add_attribute(sub: Any) -> None:
     attribute.add_argument("--device", type=_compute_device, default="cpu", help="where to score")
     _add_memory_budget(attribute, "with --method metagrad")
     attribute.add_argument(
-        "--out", type=Path, metavar="FILE.csv|FILE.parquet",
+        "--out", type=output_file(".csv", ".parquet"), metavar="FILE.csv|FILE.parquet",
         help="also write one row per record (env, step, episode, observation, action, reward, "
         "advantages, scores, kept)",
     )  # fmt: skip
@@ -1092,7 +1112,7 @@ def _add_fidelity(sub: Any) -> None:
         "fidelity", help="check scores against leave-subset-out replay",
         formatter_class=_HelpFormatter,
     )  # fmt: skip
-    fidelity.add_argument("run", help="run directory")
+    fidelity.add_argument("run", type=run_directory, help="run directory")
     fidelity.add_argument(
         "--iteration", type=_at_least(0), required=True, help="a committed iteration"
     )
@@ -1126,7 +1146,7 @@ def _add_stages(sub: Any) -> None:
         "stages", help="which training stages account for a behaviour",
         formatter_class=_HelpFormatter,
     )  # fmt: skip
-    stages.add_argument("run", help="run directory (every iteration recorded)")
+    stages.add_argument("run", type=run_directory, help="run directory (every iteration recorded)")
     stages.add_argument(
         "--stages", type=_stage_spec, default="4",
         help="K equal spans, or a:b,c:d (iterations a to b-1)",
@@ -1184,7 +1204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stages(sub)
     add_diagnose(sub, _HelpFormatter, _at_least(1))
     add_formation(sub, _HelpFormatter, _at_least(1), _target_spec, _load_target)
-    add_intervene(sub, _HelpFormatter, _at_least(1), _compute_device)
+    add_intervene(sub, _HelpFormatter, _at_least(1), _compute_device, _share(open_low=True))
     add_sweep_parser(sub, formatter_class=_HelpFormatter)
     add_compare_parser(sub, formatter_class=_HelpFormatter)
     return parser
@@ -1211,6 +1231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _report("interrupted")
         return EXIT_INTERRUPTED
+    except OSError as err:
+        # A path the file system refused (read-only, full, not a folder, /proc): the
+        # person can act on it; an OSError without a path is not theirs to fix.
+        if err.filename is None:
+            raise
+        _report(f"{err.filename}: {err.strerror or err}; check that path, or choose another")
+        return EXIT_USAGE
     except SystemExit as exit_:  # --help and --version: printed, and done
         return exit_.code if isinstance(exit_.code, int) else 0
 

@@ -11,13 +11,14 @@ import functools
 import importlib
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from rlattr.analysis.diagnose import DiagnoseConfig, diagnose
 from rlattr.analysis.formation import GROUPINGS, FormationConfig, formation, write_formation_report
+from rlattr.argtypes import at_least
+from rlattr.cli.paths import output_file, output_folder, run_directory
 from rlattr.errors import RlattrError
 from rlattr.record.runlog import RunLog
 
@@ -52,20 +53,20 @@ def add_diagnose(sub: Any, formatter: type, count: Callable[[str], int]) -> None
         help="an HTML report: learning curve, advantage diagnosis, rank plots, fidelity",
         formatter_class=formatter,
     )
-    parser.add_argument("run", help="run directory")
+    parser.add_argument("run", type=run_directory, help="run directory")
     parser.add_argument(
-        "--out", type=Path, help="report file (default: RUN/reports/diagnosis.html)"
+        "--out", type=output_file(), help="report file (default: RUN/reports/diagnosis.html)"
     )
     defaults = DiagnoseConfig()
     parser.add_argument(
         "--every", type=count, default=defaults.every, help=_help(DiagnoseConfig, "every")
     )
     parser.add_argument(
-        "--fidelity-iterations", type=int, default=defaults.fidelity_iterations,
+        "--fidelity-iterations", type=at_least(0), default=defaults.fidelity_iterations,
         help=_help(DiagnoseConfig, "fidelity_iterations"),
     )  # fmt: skip
     parser.add_argument(
-        "--fidelity-subsets", type=int, default=defaults.fidelity_subsets,
+        "--fidelity-subsets", type=at_least(4), default=defaults.fidelity_subsets,
         help=_help(DiagnoseConfig, "fidelity_subsets"),
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress messages")
@@ -108,7 +109,9 @@ def add_formation(
         help="which records, of which kind, built a behaviour, iteration by iteration",
         formatter_class=formatter,
     )
-    parser.add_argument("run", help="run directory (every analysed iteration recorded)")
+    parser.add_argument(
+        "run", type=run_directory, help="run directory (every analysed iteration recorded)"
+    )
     parser.add_argument(
         "--behavior", type=target_spec, required=True,
         help="the behaviour: action:FILE (observations and actions, .npz or .safetensors)",
@@ -127,7 +130,7 @@ def add_formation(
         "--every", type=count, default=defaults.every, help=_help(FormationConfig, "every")
     )
     parser.add_argument(
-        "--out", type=Path, help="folder for CSV and figures (default: RUN/reports)"
+        "--out", type=output_folder, help="folder for CSV and figures (default: RUN/reports)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress messages")
     parser.set_defaults(func=functools.partial(run_formation, load_target=load_target))

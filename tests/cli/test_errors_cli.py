@@ -376,3 +376,113 @@ def test_fidelity_shows_progress_on_stderr(trained: Path, capsys, monkeypatch) -
     assert main([*argv, "--subsets", "2", "--orders", "1"]) == 0
     assert "snapshot: scoring, then 2 leave-subset-out replays" in terminal.getvalue()
     assert "LDS" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- paths
+# Every command that reads a run names it as its first argument; the folder is checked
+# before the command opens anything.
+RUN_COMMANDS = [
+    ["inspect"],
+    ["replay"],
+    ["attribute", "--iteration", "0"],
+    ["fidelity", "--iteration", "0"],
+    ["stages"],
+    ["diagnose"],
+    ["formation", "--behavior", "return"],
+    ["intervene", "--iteration", "0"],
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("missing", "it does not exist; give the folder `rlattr train --run-dir` wrote"),
+        ("file", "it is a file; give the folder that holds run.json"),
+        ("run.json", "but the run's run.json: give its folder, {run}"),
+        ("parent", "(no run.json): give the folder `rlattr train --run-dir` wrote (runs "
+         "inside it: {run})"),
+    ],
+    ids=["missing", "file", "run.json", "parent"],
+)  # fmt: skip
+@pytest.mark.parametrize("command", RUN_COMMANDS, ids=[c[0] for c in RUN_COMMANDS])
+def test_a_path_that_is_not_a_run_directory(
+    trained: Path, tmp_path: Path, capsys, where: str, message: str, command: list[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a run")
+    path = {
+        "missing": tmp_path / "nothing",
+        "file": tmp_path / "notes.txt",
+        "run.json": trained / "run.json",
+        "parent": trained.parent,  # the folder above the run (runs/, say)
+    }[where]
+    line = _error(capsys, [command[0], str(path), *command[1:]])
+    assert f"{path} is not an rlattr run directory" in line
+    assert message.format(run=trained) in line, line
+
+
+@pytest.mark.usefixtures("nothing_loaded")
+def test_attribute_out_is_checked_before_scoring(trained: Path, tmp_path: Path, capsys) -> None:
+    argv = ["attribute", str(trained), "--iteration", "1", "--out"]
+    line = _error(capsys, [*argv, str(tmp_path)])
+    assert f"{tmp_path} is a folder: give a file to write, e.g. {tmp_path / 'report.csv'}" in line
+    line = _error(capsys, [*argv, str(tmp_path / "scores.txt")])
+    assert "scores.txt: the file must end in .csv or .parquet" in line
+    (tmp_path / "notes.txt").write_text("a file")
+    line = _error(capsys, [*argv, str(tmp_path / "notes.txt" / "scores.csv")])
+    assert f"{tmp_path / 'notes.txt'} is a file, not a folder; choose another path" in line
+
+
+def test_train_run_dir_that_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("a file")
+    argv = ["train", "cartpole", "--timesteps", "256", *QUIET, "--run-dir"]
+    line = _error(capsys, [*argv, str(tmp_path / "notes.txt")])
+    assert "notes.txt is a file, not a folder: give a folder" in line
+    line = _error(capsys, [*argv, str(tmp_path / "notes.txt" / "run")])
+    assert "notes.txt is a file, not a folder; choose another path" in line
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
+def test_a_path_the_file_system_refuses_is_one_line(
+    trained: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # What a read-only mount, a full disk or /proc gives: seen only when writing.
+    import rlattr.analysis.tables
+
+    out = tmp_path / "scores.csv"
+
+    def refuse(table, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(rlattr.analysis.tables, "write_table", refuse)
+    argv = ["attribute", str(trained), "--iteration", "1", "--no-store", "--out", str(out)]
+    line = _error(capsys, argv)
+    assert f"{out}: Permission denied; check that path, or choose another" in line
+
+    def broken(table, path):
+        raise OSError("not about a path")  # a bug, not the user's: keeps its traceback
+
+    monkeypatch.setattr(rlattr.analysis.tables, "write_table", broken)
+    with pytest.raises(OSError, match="not about a path"):
+        main(argv)
+
+
+# ---------------------------------------------------------------------- environments
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"env_id": "CartPol-v1"}, "Did you mean: `CartPole`?"),
+        ({"env_kwargs": {"render_mod": "rgb_array"}}, "unexpected keyword argument 'render_mod'"),
+    ],
+    ids=["env_id", "env_kwargs"],
+)  # fmt: skip
+def test_preset_whose_environment_cannot_be_made(
+    tmp_path: Path, capsys, edit: dict, message: str
+) -> None:
+    payload = {**yaml.safe_load((AGENTS / "cartpole.yaml").read_text()), **edit}
+    preset = tmp_path / "edited.yaml"
+    preset.write_text(yaml.safe_dump(payload))
+    run = tmp_path / "never"
+    line = _error(capsys, ["train", str(preset), "--run-dir", str(run), *QUIET])
+    assert "preset 'cartpole' cannot make its environment" in line and message in line
+    assert "correct env_id or env_kwargs in the preset" in line
+    assert not run.exists()

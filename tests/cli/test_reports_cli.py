@@ -56,9 +56,41 @@ def test_formation_refuses_an_unknown_grouping(run: Path, tmp_path: Path, capsys
     assert err.startswith("error: --group-by 'colour': use one of") and "\n" not in err
 
 
-def test_diagnose_refuses_too_few_subsets(run: Path, capsys) -> None:
-    assert main(["diagnose", str(run), "--fidelity-subsets", "2"]) == 2
-    assert "fidelity_subsets must be >= 4" in capsys.readouterr().err
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run ``rlattr argv``; assert exit status 2 and one ``error:`` line; return it."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [("--fidelity-subsets", "2", ">= 4, got 2"), ("--fidelity-iterations", "-1", ">= 0, got -1")],
+)
+def test_diagnose_names_the_option_out_of_range(
+    run: Path, capsys, option: str, value: str, expected: str
+) -> None:
+    line = _error(capsys, ["diagnose", str(run), option, value])
+    assert f"argument {option}: expected a whole number {expected}" in line
+
+
+def test_report_out_of_the_wrong_kind_is_refused_before_any_work(
+    run: Path, tmp_path: Path, capsys
+) -> None:
+    (tmp_path / "notes.txt").write_text("a file")
+    line = _error(capsys, ["diagnose", str(run), "--out", str(tmp_path)])
+    assert f"{tmp_path} is a folder: give a file to write" in line
+    argv = ["formation", str(run), "--behavior", "return", "--out", str(tmp_path / "notes.txt")]
+    assert "notes.txt is a file, not a folder" in _error(capsys, argv)
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+    assert not (run / "reports").exists()  # nothing was computed, nothing written
+
+
+def test_attribute_out_in_a_new_folder(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new" / "scores.csv"  # its folder is made, as every --out's is
+    assert main(["attribute", str(run), "--iteration", "1", "--no-store", "--out", str(out)]) == 0
+    assert len(pandas.read_csv(out)) == 128
 
 
 def test_attribute_writes_a_table(run: Path, tmp_path: Path, capsys) -> None:

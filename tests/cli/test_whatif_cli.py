@@ -67,12 +67,25 @@ def test_compute_scores_fills_in_missing_scores(runs: dict[str, Path], capsys) -
         (["{scored}", "--iteration", "0", "--rule", "drop_positive"], "invalid choice"),
         (["{scored}", "--iteration", "0", "--rule", "bottom", "--fraction", "1.5"], "fraction"),
         (["{scored}"], "one of the arguments --iteration --every is required"),
+        (["{scored}", "--iteration", "0", "--fraction", "2"], "argument --fraction: must be"),
+        (["{scored}", "--iteration", "0", "--episodes", "1"], "argument --episodes: expected"),
+        (["{scored}", "--iteration", "0", "--eval-seed", "-1"], "argument --eval-seed: expected"),
+        (["{scored}", "--iteration", "0", "--out", "{file}"], "is a file, not a folder"),
+        (
+            ["{scored}", "--iteration", "0", "--scores", "tracin-return", "--compute-scores"],
+            "drop --scores to use 'snapshot-return'",
+        ),
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(
     runs: dict[str, Path], tmp_path: Path, capsys, args: list[str], message: str
 ) -> None:
-    paths = {"missing": tmp_path / "nothing", **{k: str(v) for k, v in runs.items()}}
+    (tmp_path / "notes.txt").write_text("a file")
+    paths = {
+        "missing": tmp_path / "nothing",
+        "file": tmp_path / "notes.txt",
+        **{k: str(v) for k, v in runs.items()},
+    }
     argv = ["intervene", *(a.format(**paths) for a in args)]
     if "bare" in args[0]:  # a bare run's scores could be computed: not asked for, refused
         assert "snapshot-return" not in RunLog(runs["bare"]).score_names(0)
