@@ -17,6 +17,18 @@ def test_verdict_compares_the_lds_with_the_ceiling() -> None:
     assert "usefully" in _verdict(0.6, math.nan)
 
 
+def test_an_order_dominated_ground_truth_makes_no_lds_evidence() -> None:
+    # BipedalWalker (Adam, 10 epochs): LDS 0.39 against a ceiling of -0.12 was reported
+    # as "about as well as the ground truth allows".
+    for lds in (0.39, 0.9, -0.5):
+        verdict = _verdict(lds, -0.12)
+        assert "depends on the minibatch order" in verdict and "not</b> evidence" in verdict
+    assert "depends on the minibatch order" in _verdict(0.8, 0.29)
+    assert "depends on the minibatch order" not in _verdict(0.8, 0.31)
+    check = {"iteration": 100, "lds": 0.39, "ceiling": -0.12, "sign_agreement": 0.2, "seconds": 1}
+    assert "right in only" not in _trust([check])  # no sign advice on an order-made effect
+
+
 def test_a_wrong_sign_is_said_beside_a_good_ranking() -> None:
     check = {"iteration": 24, "lds": 0.67, "ceiling": 0.94, "sign_agreement": 0.31, "seconds": 1}
     assert "right in only 31% of subsets" in _trust([check])
