@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import shlex
 import shutil
 import sys
@@ -118,6 +119,18 @@ def _device(text: str) -> str:
             f"unsupported device {text!r}: use cpu, cuda, cuda:N, mps or auto"
         )
     return text
+
+
+def _threads(text: str) -> int:
+    """An argparse type: torch CPU threads, 1 to this machine's CPU count (more never
+    helps, and OpenMP crashes outright on a slip such as 100000)."""
+    count = _at_least(1)(text)
+    cpus = os.cpu_count() or 1
+    if count > cpus:
+        raise argparse.ArgumentTypeError(
+            f"{count} threads on a machine with {cpus} CPU(s): use 1 to {cpus}"
+        )
+    return count
 
 
 def _compute_device(text: str) -> str:
@@ -579,6 +592,8 @@ def _replay(args: argparse.Namespace) -> int:
 
     log = RunLog(args.run)
     iterations = args.iteration or log.iterations()
+    if not iterations:
+        raise UsageError(f"{log.path} holds no committed iteration to replay")
     for k in iterations:
         log.iteration_meta(k)  # every requested iteration exists, before any replay
     policy = build_policy(log, args.device)
@@ -1191,7 +1206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rlattr {_version()}")
     parser.add_argument(
-        "--threads", type=_at_least(1), default=1,
+        "--threads", type=_threads, default=1,
         help="torch CPU threads; small policies run fastest on one (two threads made a "
         "FrozenLake replay 4.6× slower on a busy 2-core machine), CNNs on big batches may "
         "gain from more",

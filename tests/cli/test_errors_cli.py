@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -486,3 +487,18 @@ def test_preset_whose_environment_cannot_be_made(
     assert "preset 'cartpole' cannot make its environment" in line and message in line
     assert "correct env_id or env_kwargs in the preset" in line
     assert not run.exists()
+
+
+# ---------------------------------------------------------------------- counts
+def test_more_threads_than_cpus(trained: Path, capsys) -> None:
+    # OpenMP segfaulted on --threads 100000 (exit status 139, no message).
+    cpus = os.cpu_count() or 1
+    line = _error(capsys, ["--threads", str(cpus + 1), "inspect", str(trained)])
+    assert f"argument --threads: {cpus + 1} threads on a machine with {cpus} CPU(s)" in line
+    assert f"use 1 to {cpus}" in line
+
+
+def test_replay_of_a_run_without_iterations(copy_of: Path, capsys) -> None:
+    shutil.rmtree(copy_of / "iterations")  # was: exit status 0, having replayed nothing
+    line = _error(capsys, ["replay", str(copy_of)])
+    assert f"{copy_of} holds no committed iteration to replay" in line
