@@ -293,10 +293,11 @@ def _train(args: argparse.Namespace) -> int:
             f"{intervention.weight:g}" + (" (with IIF)" if iif is not None else "")
         )
         iif = None  # it travels inside the intervention (with_iif)
-    model = preset.build(
-        run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif,
-        **({"intervention": intervention} if intervention is not None else {}),
-    )  # fmt: skip
+    with _sb3_checks(preset):
+        model = preset.build(
+            run_dir=run_dir, seed=args.seed, device=args.device, resume=resuming, iif=iif,
+            **({"intervention": intervention} if intervention is not None else {}),
+        )  # fmt: skip
     remaining = preset.total_timesteps - model.num_timesteps
     if remaining <= 0:
         console.print(f"{run_dir} has already trained {model.num_timesteps} steps; nothing to do")
@@ -343,6 +344,28 @@ def _environment_spaces(preset: Preset, seed: int) -> tuple[Any, Any]:
     spaces_ = (env.observation_space, env.action_space)
     env.close()
     return spaces_
+
+
+@contextlib.contextmanager
+def _sb3_checks(preset: Preset) -> Iterator[None]:
+    """Report SB3's own checks of a preset's values as the preset's error.
+
+    SB3 checks some values with ``assert`` (``n_steps * n_envs > 1``, ``CnnPolicy`` only
+    on images); only an assertion raised in SB3's code is taken as one: an assertion in
+    rlattr is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    except AssertionError as err:
+        frame = err.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        module = frame.tb_frame.f_globals.get("__name__", "") if frame else ""
+        if not module.startswith("stable_baselines3."):
+            raise
+        raise PresetError(
+            f"preset {preset.name!r} cannot be trained as written: {err}; correct the preset"
+        ) from err
 
 
 def _intervention(args: argparse.Namespace, iif: Any, spaces_: tuple[Any, Any]) -> Any:

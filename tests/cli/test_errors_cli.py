@@ -502,3 +502,35 @@ def test_replay_of_a_run_without_iterations(copy_of: Path, capsys) -> None:
     shutil.rmtree(copy_of / "iterations")  # was: exit status 0, having replayed nothing
     line = _error(capsys, ["replay", str(copy_of)])
     assert f"{copy_of} holds no committed iteration to replay" in line
+
+
+# ---------------------------------------------------------------------- SB3's own checks
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"n_envs": 1, "ppo": {"n_steps": 1}}, "`n_steps * n_envs` must be greater than 1"),
+        ({"policy": "CnnPolicy"}, "You should use NatureCNN only with images"),
+    ],
+    ids=["one-record-buffer", "cnn-on-a-vector"],
+)
+def test_preset_that_sb3_refuses(tmp_path: Path, capsys, edit: dict, message: str) -> None:
+    payload = yaml.safe_load((AGENTS / "cartpole.yaml").read_text())
+    payload["ppo"].update(edit.pop("ppo", {}))
+    preset = tmp_path / "edited.yaml"
+    preset.write_text(yaml.safe_dump({**payload, **edit}))
+    run = tmp_path / "never"
+    line = _error(capsys, ["train", str(preset), "--run-dir", str(run), *QUIET])
+    assert "preset 'cartpole' cannot be trained as written: " in line and message in line
+    assert line.endswith("; correct the preset")
+    assert not run.exists()
+
+
+def test_an_assertion_in_rlattr_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
+    from rlattr.training.presets import Preset
+
+    def broken(self, *args, **kwargs):
+        raise AssertionError("a bug in rlattr")
+
+    monkeypatch.setattr(Preset, "build", broken)
+    with pytest.raises(AssertionError, match="a bug in rlattr"):
+        main(["train", "cartpole", "--run-dir", str(tmp_path / "run"), *QUIET])
