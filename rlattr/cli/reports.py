@@ -151,7 +151,24 @@ def group_by_option(text: str) -> Any:
         raise ReportUsageError(f"--group-by {text!r}: cannot import it ({err})") from err
     if not callable(function):
         raise ReportUsageError(f"--group-by {text!r} is not callable")
-    return function
+    return functools.partial(_labels_of, function, text)
+
+
+def _labels_of(function: Callable[[Any], Any], text: str, records: Any) -> list[Any]:
+    """``function(records)``, one label per record, or a ``ReportUsageError`` saying what
+    a ``--group-by`` function must do (the person's own code, called with rlattr's input)."""
+    what = "it must take the records (rlattr Records) and return one label per record"
+    try:
+        labels = list(function(records))
+    except Exception as err:
+        raise ReportUsageError(
+            f"--group-by {text!r} failed ({type(err).__name__}: {err}): {what}"
+        ) from err
+    if len(labels) != len(records):
+        raise ReportUsageError(
+            f"--group-by {text!r} returned {len(labels)} labels for {len(records)} records: {what}"
+        )
+    return labels
 
 
 def run_formation(args: argparse.Namespace, load_target: Callable[[Any, RunLog], Any]) -> int:

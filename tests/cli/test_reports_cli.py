@@ -65,6 +65,23 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("os:getcwd", "failed (TypeError: "),  # takes no records
+        ("builtins:dir", "returned "),  # a list, but not one label per record
+    ],
+)
+def test_formation_group_by_function_that_does_not_label_records(
+    run: Path, tmp_path: Path, capsys, function: str, message: str
+) -> None:
+    argv = ["formation", str(run), "--behavior", "return", "--group-by", function,
+            "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+    line = _error(capsys, argv)
+    assert f"--group-by '{function}' {message}" in line
+    assert "it must take the records (rlattr Records) and return one label per record" in line
+
+
+@pytest.mark.parametrize(
     ("option", "value", "expected"),
     [("--fidelity-subsets", "2", ">= 4, got 2"), ("--fidelity-iterations", "-1", ">= 0, got -1")],
 )
