@@ -166,6 +166,11 @@ def _target_spec(text: str) -> TargetSpec:
                 "action needs a file: action:FILE (.safetensors or .npz holding "
                 "observations and actions)"
             )
+        if Path(argument).is_dir():
+            raise argparse.ArgumentTypeError(
+                f"action target {argument} is a folder: give the .npz or .safetensors file "
+                "in it that holds the observations and actions"
+            )
         if not Path(argument).is_file():
             raise argparse.ArgumentTypeError(f"action target file {argument} does not exist")
         return TargetSpec(text, kind, argument)

@@ -229,6 +229,8 @@ def test_unreadable_or_incomplete_action_file(trained: Path, tmp_path: Path, cap
     assert "lacks ['actions']" in _error(capsys, [*argv, f"action:{half}"])
     missing = tmp_path / "missing.npz"
     assert "does not exist" in _error(capsys, [*argv, f"action:{missing}"])
+    line = _error(capsys, [*argv, f"action:{tmp_path}"])  # was: "does not exist"
+    assert f"action target {tmp_path} is a folder: give the .npz or .safetensors file" in line
 
 
 # ---------------------------------------------------------------------- Ctrl-C
