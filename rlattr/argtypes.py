@@ -97,3 +97,49 @@ def format_memory_size(size: int | None) -> str:
         if size >= scale:
             return f"{size / scale:.4g}{unit}"
     return f"{size}B"
+
+
+def check_device(text: str) -> str:
+    """``text`` if it names a torch device present on this machine (or is ``auto``).
+
+    SB3 quietly falls back to the CPU when CUDA is asked for and missing; a person who
+    asked for ``cuda`` wants to know instead. Used by the command line's ``--device`` and by
+    a sweep's trials, on the machine that runs them.
+
+    Raises:
+        ValueError: an unknown device, or one this machine lacks, with what to use.
+    """
+    import torch  # here, not at the top: argparse types load before torch is needed
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"unknown device {text!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU"
+            raise ValueError(
+                f"{text}: CUDA is not available here ({why}; torch {torch.__version__}); "
+                "use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{text}: MPS is not available here; use cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {text!r}: use cpu, cuda, cuda:N, mps or auto")
+    return text
+
+
+def device(text: str) -> str:
+    """An argparse type: ``check_device``, its refusal as the argument's error."""
+    try:
+        return check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -31,6 +31,7 @@ from rich.table import Table
 from safetensors import SafetensorError
 
 from rlattr.argtypes import at_least as _at_least
+from rlattr.argtypes import device as _device
 from rlattr.argtypes import format_memory_size, memory_size
 from rlattr.cli.intervene import add_intervene
 from rlattr.cli.paths import output_file, output_folder, run_directory
@@ -83,42 +84,6 @@ def _share(open_low: bool) -> Callable[[str], float]:
 
     parse.__name__ = "fraction"
     return parse
-
-
-def _device(text: str) -> str:
-    """An argparse type: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, present here.
-
-    SB3 quietly falls back to the CPU when CUDA is asked for and missing; a person who
-    typed ``--device cuda`` wants to know instead.
-    """
-    if text == "auto":
-        return text
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            f"unknown device {text!r}: use cpu, cuda, cuda:N, mps or auto"
-        ) from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU"
-            raise argparse.ArgumentTypeError(
-                f"{text}: CUDA is not available here ({why}; torch {torch.__version__}); "
-                "use --device cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-            )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: MPS is not available here; use cpu")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(
-            f"unsupported device {text!r}: use cpu, cuda, cuda:N, mps or auto"
-        )
-    return text
 
 
 def _threads(text: str) -> int:

@@ -33,6 +33,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from rlattr.argtypes import check_device
 from rlattr.sweep.backends import Outcome, TrialFn, ray_available, run_local, run_ray
 from rlattr.sweep.report import result_path, write_report
 from rlattr.sweep.spec import SweepError, SweepSpec, Trial, plan_trials
@@ -237,6 +238,13 @@ def run_sweep(
     chosen = resolve_backend(backend)
     if address is not None and chosen != "ray":
         raise SweepError("--address names a Ray cluster: use it with --backend ray")
+    if address is None:
+        # The trials run on this machine: refuse a device it lacks before any starts (on a
+        # cluster only the workers know; each trial checks where it runs).
+        try:
+            check_device(spec.device)
+        except ValueError as error:
+            raise SweepError(f"device {error}") from None
     console = console or Console()
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     jobs, skipped = plan_jobs(spec, command)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rlattr.argtypes import check_device
 from rlattr.sweep.spec import Trial, parse_arm
 from rlattr.versions import package_versions
 
@@ -214,6 +215,8 @@ def run_trial(
     torch.set_num_threads(1)
     if record and run_dir is None:
         raise ValueError("record=True keeps the run log in the trial's run_dir: give run_dir")
+    # On the machine that trains (a cluster's worker): SB3 would fall back to the CPU.
+    check_device(trial.device)
     try:
         preset = Preset.load(trial.preset)
         iif = arm_iif(preset, trial.arm, trial.seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlattr.cli.main import main as rlattr
 from rlattr.sweep.backends import ray_available
@@ -75,3 +76,40 @@ def test_sweep_and_compare_errors_are_one_line_and_exit_2(
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err, (argv, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SB3 alone would train every trial on the CPU without a word.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"tasks: [cartpole]\narms: [ppo]\nrounds: 1\nout: {tmp_path / 'r'}\n")
+    spec_cuda = tmp_path / "cuda.yaml"
+    spec_cuda.write_text(spec.read_text() + "device: cuda\n")
+    cases = [
+        (["compare", "cartpole", "--device", "cuda", "--out", str(tmp_path / "c")], "CUDA"),
+        (["compare", "cartpole", "--device", "tpu", "--out", str(tmp_path / "c")], "'tpu'"),
+        (["sweep", str(spec_cuda), "--backend", "local"], "CUDA is not available here"),
+    ]
+    for argv, message in cases:
+        assert rlattr([*argv, "--no-progress"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: device ") and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_trial_checks_its_device_where_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a cluster the driver cannot know the workers' devices: the trial refuses, and
+    # the sweep records that as the trial's error.
+    from rlattr.sweep.spec import Trial
+    from rlattr.sweep.trial import run_trial
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    trial = Trial("cartpole", "cartpole", "ppo", 0, 1, 2, device="cuda")
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        run_trial(trial, tmp_path / "r.json", tmp_path / "run")
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "run").exists()
