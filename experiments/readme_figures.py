@@ -985,17 +985,17 @@ def p_sweep() -> list[Row]:
 
 
 def suite() -> list[Row]:
-    """SE_ave and AUC per arm of each task's suite table (the first table of <task>.md)."""
+    """SE_ave, SE_peak and AUC per arm of each task's suite table (the first table of <task>.md)."""
     rows: list[Row] = []
-    for task in ("frozenlake", "acrobot", "minigrid", "lunarlander"):
+    for task in ("frozenlake", "acrobot", "minigrid", "lunarlander", "bipedalwalker"):
         source = f"suite/{task}.md"
         for r in _markdown_table((RESULTS / source).read_text(), "arm"):
             if r["arm"].startswith("**"):  # the paper's row
                 continue
             rows.append(
                 (
-                    f"{task}, {r['arm']}: seeds; SE_ave %; AUC",
-                    f"{r['seeds']}; {r['SE_ave %']}; {r['AUC']}",
+                    f"{task}, {r['arm']}: seeds; SE_ave %; SE_peak %; AUC",
+                    f"{r['seeds']}; {r['SE_ave %']}; {r['SE_peak %']}; {r['AUC']}",
                     source,
                 )
             )
