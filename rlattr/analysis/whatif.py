@@ -397,12 +397,18 @@ def whatif_markdown(results: dict[str, list[WhatIfResult]], title: str) -> str:
             f"{significant}/{len(items)} |"
         )
     every = [r for items in results.values() for r in items]
+    controlled = [r for r in every if not math.isnan(r.control_delta)]
+    control = (
+        f"random control mean {np.mean([r.control_delta for r in controlled]):+.4f}; rule "
+        f"above control in {sum(r.delta > r.control_delta for r in controlled)} of "
+        f"{len(controlled)}"
+        if controlled
+        else "no random control was run"
+    )
     lines += [
         "",
         f"Over all {len(every)} (run, iteration) pairs: Δ rule mean "
-        f"{np.mean([r.delta for r in every]):+.4f}, random control mean "
-        f"{np.nanmean([r.control_delta for r in every]):+.4f}; rule above control in "
-        f"{sum(r.delta > r.control_delta for r in every)} of {len(every)}.",
+        f"{np.mean([r.delta for r in every]):+.4f}, {control}.",
         "",
         "![box plot](whatif.png)",
         "",

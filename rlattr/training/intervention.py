@@ -373,6 +373,11 @@ def read_action_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         ValueError: the file cannot be read or lacks one of the two arrays.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"action target {path} is a folder: give the .npz or .safetensors file in it "
+            "that holds the observations and actions"
+        )
     if not path.is_file():
         raise ValueError(f"action target file {path} does not exist")
     try:

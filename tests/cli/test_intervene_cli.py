@@ -56,12 +56,18 @@ def test_train_intervenes_on_the_unwanted_pairs(tmp_path: Path, trap_pairs: Path
             "error: argument --intervene-rule:",
         ),
         (["--intervene", "action:{pairs}", "--budget", "1.5"], "error: argument --budget:"),
+        (
+            ["--intervene", "action:{folder}"],
+            "error: --intervene action:{folder}: action target {folder} is a folder: give the "
+            ".npz or .safetensors file in it",
+        ),
     ],
 )
 def test_bad_intervention_options_are_one_line(
     tmp_path: Path, trap_pairs: Path, capsys, extra: list[str], message: str
 ) -> None:
-    extra = [part.format(pairs=trap_pairs) for part in extra]
+    extra = [part.format(pairs=trap_pairs, folder=tmp_path) for part in extra]
+    message = message.format(folder=tmp_path)
     args = ["train", "trap_grid", "--timesteps", "512", "--run-dir", str(tmp_path / "r"), *extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

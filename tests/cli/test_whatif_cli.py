@@ -5,6 +5,7 @@ scores and an unknown rule."""
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import pytest
@@ -47,13 +48,19 @@ def test_intervene_reports_delta_and_writes_the_box_plot(
     assert (out / "whatif.png").exists() and (out / "whatif.md").exists()
 
 
-def test_compute_scores_fills_in_missing_scores(runs: dict[str, Path], capsys) -> None:
+def test_compute_scores_fills_in_missing_scores(
+    runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
     bare = runs["bare"]
     assert "snapshot-return" not in RunLog(bare).score_names(1)
+    out = tmp_path / "report"
     args = ["intervene", str(bare), "--iteration", "1", "--episodes", "3", "--compute-scores",
-            "--no-control"]  # fmt: skip
-    assert main(args) == 0
+            "--no-control", "--out", str(out)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # was numpy's "Mean of empty slice"
+        assert main(args) == 0
     assert "random control" not in capsys.readouterr().out
+    assert "no random control was run" in (out / "whatif.md").read_text()
     assert "snapshot-return" in RunLog(bare).score_names(1)
 
 
