@@ -319,16 +319,18 @@ def summarize(task: str, arms: list[str]) -> None:
         return f"{est.estimate:.{digits}f} [{est.low:.{digits}f}, {est.high:.{digits}f}]"
 
     d = 3 if max(abs(v) for a in per_arm.values() for v in a["final"]) < 10 else 1
-    commits = sorted({t["git_commit"] for arm in runs.values() for t in arm.values()})
+    shown = [runs[arm][seed] for arm in {"ppo", *arms} for seed in runs[arm]]
+    commits = sorted({t["git_commit"] for t in shown})
+    commands = sorted({t["command"] for t in shown})
     versions = next(iter(runs["ppo"].values()))["versions"]
-    episodes = sorted({t["evaluation"]["episodes"] for arm in runs.values() for t in arm.values()})
-    rounds = sorted({t["rounds"] for arm in runs.values() for t in arm.values()})
+    episodes = sorted({t["evaluation"]["episodes"] for t in shown})
+    rounds = sorted({t["rounds"] for t in shown})
     lines = [
         f"# {task}: IIF paper suite ({spec.preset}, {rounds} rounds of 2048 steps)",
         "",
-        f"Trials: `python experiments/paper_suite.py --tasks {task} --seeds 0 1 2 3 4` "
-        f"(two processes: `--shard 0/2` and `--shard 1/2`); this table: "
-        f"`python experiments/paper_suite.py --tasks {task} --summarize`.  ",
+        "Trials, as run (each trial's JSON holds its command): "
+        + "; ".join(f"`{c}`" for c in commands)
+        + f".  \nThis table: `python experiments/paper_suite.py --tasks {task} --summarize`.  ",
         f"Code: git commit(s) {', '.join(commits)}.  ",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".  ",
         f"Evaluation: stochastic policy after every round, {episodes} episodes (the paper: "
