@@ -42,11 +42,11 @@ from rlattr.training.seams import (
     IterationContext,
     KeepMaskFilter,
     RecordHook,
+    ScorePrefixes,
     StoredScores,
     as_keep_mask_filter,
     call_record_hook,
     filter_seed,
-    scores_by_prefix,
 )
 
 _RNG_FILTER = "rng.filter"  # checkpoint key of a keep-mask filter's own generator
@@ -152,6 +152,7 @@ class AttributedPPO(PPO):
         self.keep_mask_fn = keep_mask_fn
         self.board_config = board or BoardConfig()
         self._board: Board | None = None
+        self._score_prefixes = ScorePrefixes()
         self.retention = retention or Retention()
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.run_log: RunLog | None = None
@@ -336,6 +337,7 @@ class AttributedPPO(PPO):
             "_ground_truth",
             "_last_start",
             "_board",
+            "_score_prefixes",
         ]
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
@@ -458,7 +460,7 @@ class AttributedPPO(PPO):
                 step=self.num_timesteps,  # the x of this rollout's rollout/ep_rew_mean
                 iteration=self.iteration,
                 records=records,
-                scores=scores_by_prefix(stored),
+                scores=self._score_prefixes.assign(stored),
                 keep_mask=keep_mask,
                 filtering=self.keep_mask_fn is not None,
                 timing=timing,

@@ -101,27 +101,44 @@ class StoredScores:
     log_as: str | None = "scores"
 
 
-def scores_by_prefix(stored: Mapping[str, StoredScores]) -> dict[str, torch.Tensor]:
-    """The scores to log, by TensorBoard prefix, from an iteration's stored scores (in the
-    order they were made: hooks, then the filter, then update observers).
+class ScorePrefixes:
+    """The TensorBoard prefix of every stored score set, fixed for the run.
 
     Two sets can ask for one prefix (a ``ScoreHook`` and IIF each scoring the return
-    target with different params both ask for ``scores``). The later keeps it — the
-    filter's scores are the ones behind the drops the board shows beside them — and the
-    earlier moves to ``<prefix>_<its name>``, so neither is lost and no curve mixes two.
+    target with different params both ask for ``scores``). The first set seen under a
+    prefix keeps it for the whole run, and a later one moves to ``<prefix>_<its name>``
+    (numbered if that is taken too), so no curve ever mixes two sets and none is lost.
+    Within one iteration the filter's set is seen first (its scores drove the drops the
+    board shows beside them); a filter that stores nothing yet (metagradients warming up)
+    finds the prefix taken.
     """
-    by_prefix: dict[str, torch.Tensor] = {}
-    owner: dict[str, str] = {}
-    for name, value in stored.items():
-        prefix = value.log_as
-        if prefix is None:
-            continue
-        if prefix in by_prefix:
-            moved = f"{prefix}_{owner[prefix]}".replace("-", "_")
-            by_prefix[moved] = by_prefix.pop(prefix)
-        by_prefix[prefix] = value.scores
-        owner[prefix] = name
-    return by_prefix
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, str] = {}
+
+    def assign(self, stored: Mapping[str, StoredScores]) -> dict[str, torch.Tensor]:
+        """This iteration's scores by prefix, from its stored sets in the order they were
+        made (hooks, then the filter, then update observers)."""
+        by_prefix: dict[str, torch.Tensor] = {}
+        for name, value in reversed(list(stored.items())):
+            if value.log_as is None:
+                continue
+            prefix = self._by_name.get(name)
+            if prefix is None:
+                prefix = self._free(value.log_as, name)
+                self._by_name[name] = prefix
+            by_prefix[prefix] = value.scores
+        return by_prefix
+
+    def _free(self, wanted: str, name: str) -> str:
+        taken = set(self._by_name.values())
+        if wanted not in taken:
+            return wanted
+        base = f"{wanted}_{name}".replace("-", "_")
+        candidate, number = base, 2
+        while candidate in taken:
+            candidate, number = f"{base}_{number}", number + 1
+        return candidate
 
 
 @dataclass(frozen=True)

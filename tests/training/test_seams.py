@@ -15,6 +15,7 @@ from rlattr.training.seams import (
     FilterDecision,
     IterationContext,
     KeepMaskFilter,
+    ScorePrefixes,
     StoredScores,
     as_keep_mask_filter,
 )
@@ -172,3 +173,28 @@ def test_two_score_sets_on_one_prefix_are_both_logged(run_dir: Path) -> None:
         logged = accumulator.Scalars(f"{prefix}/fraction_negative")[-1].value
         assert logged == pytest.approx(shares[prefix], abs=1e-6)
     assert shares["scores"] != shares["scores_advantage"]  # two sets, not one twice
+
+
+def test_a_prefix_keeps_its_owner_for_the_whole_run() -> None:
+    def sets(**wanted: str) -> dict[str, StoredScores]:
+        return {
+            name: StoredScores(torch.full((2,), float(i)), {}, prefix)
+            for i, (name, prefix) in enumerate(wanted.items())
+        }
+
+    prefixes = ScorePrefixes()
+    # A metagradient filter warming up stores nothing: the hook's set takes "scores" ...
+    assert list(prefixes.assign(sets(hook="scores"))) == ["scores"]
+    # ... and keeps it once the filter's set arrives, which moves aside, iteration after
+    # iteration (no curve switches from one set to the other).
+    for _ in range(2):
+        logged = prefixes.assign(sets(hook="scores", iif="scores"))
+        assert float(logged["scores"][0]) == 0.0 and float(logged["scores_iif"][0]) == 1.0
+    # A moved name that another set asks for as its own prefix: numbered, nothing lost.
+    fresh = ScorePrefixes()
+    logged = fresh.assign(sets(a="scores", b="scores", c="scores_a"))
+    assert {p: float(v[0]) for p, v in logged.items()} == {
+        "scores_a": 2.0,  # c's own prefix, seen first
+        "scores": 1.0,  # b, seen before a (the later-made set, e.g. the filter's)
+        "scores_a_2": 0.0,
+    }
