@@ -238,16 +238,17 @@ def run_sweep(
     chosen = resolve_backend(backend)
     if address is not None and chosen != "ray":
         raise SweepError("--address names a Ray cluster: use it with --backend ray")
-    if address is None:
-        # The trials run on this machine: refuse a device it lacks before any starts (on a
-        # cluster only the workers know; each trial checks where it runs).
-        try:
-            check_device(spec.device)
-        except ValueError as error:
-            raise SweepError(f"device {error}") from None
     console = console or Console()
     command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     jobs, skipped = plan_jobs(spec, command)
+    if jobs and address is None:
+        # The trials run on this machine: refuse a device it lacks before any starts (on a
+        # cluster only the workers know; each trial checks where it runs). A finished
+        # sweep still rebuilds its report anywhere.
+        try:
+            check_device(spec.device)
+        except ValueError as error:
+            raise SweepError(str(error)) from None
     result = SweepOutcome(spec, chosen, skipped=skipped)
     for job in jobs:  # an unfinished result is a killed attempt's: the trial starts anew
         Path(job.result_path).unlink(missing_ok=True)

@@ -210,13 +210,13 @@ def run_trial(
     from rlattr.training.evaluation import EvalEveryRound
     from rlattr.training.presets import Preset
 
-    # One thread per trial: trials run side by side, and one thread is deterministic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     if record and run_dir is None:
         raise ValueError("record=True keeps the run log in the trial's run_dir: give run_dir")
     # On the machine that trains (a cluster's worker): SB3 would fall back to the CPU.
     check_device(trial.device)
+    # One thread per trial: trials run side by side, and one thread is deterministic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         preset = Preset.load(trial.preset)
         iif = arm_iif(preset, trial.arm, trial.seed)

@@ -84,7 +84,10 @@ def test_a_device_this_machine_lacks_is_refused_before_any_trial(
     # SB3 alone would train every trial on the CPU without a word.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     spec = tmp_path / "s.yaml"
-    spec.write_text(f"tasks: [cartpole]\narms: [ppo]\nrounds: 1\nout: {tmp_path / 'r'}\n")
+    spec.write_text(
+        f"tasks: [cartpole]\narms: [ppo]\nseeds: [0]\nrounds: 1\neval_episodes: 4\n"
+        f"out: {tmp_path / 'r'}\n"
+    )
     spec_cuda = tmp_path / "cuda.yaml"
     spec_cuda.write_text(spec.read_text() + "device: cuda\n")
     cases = [
@@ -95,9 +98,18 @@ def test_a_device_this_machine_lacks_is_refused_before_any_trial(
     for argv, message in cases:
         assert rlattr([*argv, "--no-progress"]) == 2, argv
         err = capsys.readouterr().err
-        assert err.startswith("error: device ") and message in err, (argv, err)
+        assert err.startswith("error: ") and message in err, (argv, err)
+        assert "device unknown device" not in err
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "c").exists() and not (tmp_path / "r").exists()
+    # A finished sweep rebuilds its report on any machine: nothing is left to train.
+    monkeypatch.undo()
+    assert rlattr(["sweep", str(spec), "--backend", "local", "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert rlattr(["sweep", str(spec_cuda), "--backend", "local", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 trial(s) already finished" in printed and "done, final" not in printed
 
 
 def test_a_trial_checks_its_device_where_it_runs(
@@ -110,6 +122,12 @@ def test_a_trial_checks_its_device_where_it_runs(
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     trial = Trial("cartpole", "cartpole", "ppo", 0, 1, 2, device="cuda")
-    with pytest.raises(ValueError, match="CUDA is not available here"):
-        run_trial(trial, tmp_path / "r.json", tmp_path / "run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            run_trial(trial, tmp_path / "r.json", tmp_path / "run")
+        assert torch.get_num_threads() == 2  # the caller's threads, untouched
+    finally:
+        torch.set_num_threads(threads)
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "run").exists()
