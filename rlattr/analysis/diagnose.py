@@ -181,6 +181,7 @@ def diagnose(
                 "lds": report.lds,
                 "ceiling": report.ceiling,
                 "sign_agreement": report.sign_agreement,
+                "subsets": config.fidelity_subsets,
                 "seconds": time.perf_counter() - start,
             }
         )
@@ -287,24 +288,28 @@ def _mean(rows: list[dict[str, float]], key: str) -> str:
     return f"{np.mean(values):.3g}" if values else "–"
 
 
-# Below this agreement of the ground truth with itself across two minibatch orders, the
-# effect of removing records is mostly the order's doing: with the report's 16 subsets a
-# Spearman correlation of 0.3 is about one standard error from 0.
-ORDER_DOMINATED_CEILING = 0.3
+def order_noise(subsets: int) -> float:
+    """About one standard error of a Spearman correlation over ``subsets`` points when
+    the truth is 0, 1/√(n − 1): a ceiling below it is indistinguishable from none."""
+    return 1.0 / math.sqrt(subsets - 1)
 
 
-def _order_dominated(ceiling: float) -> bool:
-    return bool(np.isfinite(ceiling)) and ceiling < ORDER_DOMINATED_CEILING
+def _order_dominated(ceiling: float, subsets: int) -> bool:
+    # The ground truth barely agrees with itself across two minibatch orders: what
+    # removing records does is mostly the order's doing.
+    return bool(np.isfinite(ceiling)) and ceiling < order_noise(subsets)
 
 
-def _verdict(lds: float, ceiling: float) -> str:
-    """What an LDS means, next to the ground truth's own agreement across orders."""
-    if _order_dominated(ceiling):
+def _verdict(lds: float, ceiling: float, subsets: int) -> str:
+    """What an LDS over ``subsets`` subsets means, next to the ground truth's own
+    agreement across orders."""
+    if _order_dominated(ceiling, subsets):
         return (
             "what removing records does here depends on the minibatch order more than on "
             "the records (the ground truth agrees with itself across two orders only at "
-            f"{ceiling:.2f}), so no score that ignores the order can predict it and this LDS "
-            "is <b>not</b> evidence either way; read the tables as descriptions of the scores"
+            f"{ceiling:.2f}, within noise of 0 over {subsets} subsets), so no score that "
+            "ignores the order can predict it and this LDS is <b>not</b> evidence either "
+            "way; read the tables as descriptions of the scores"
         )
     reachable = max(ceiling, 0.0) if np.isfinite(ceiling) else 1.0
     if lds > 0.3 and lds >= 0.8 * reachable:
@@ -326,8 +331,9 @@ def _trust(checks: list[dict[str, float]]) -> str:
     items = []
     for check in checks:
         lds, ceiling, signs = check["lds"], check["ceiling"], check["sign_agreement"]
-        verdict = _verdict(lds, ceiling)
-        if lds > 0.3 and signs < 0.5 and not _order_dominated(ceiling):
+        subsets = int(check["subsets"])
+        verdict = _verdict(lds, ceiling, subsets)
+        if lds > 0.3 and signs < 0.5 and not _order_dominated(ceiling, subsets):
             # Dropping records also rescales the rest of the update (the minibatch mean
             # divides by fewer records), which shifts every subset's effect alike.
             verdict += (
