@@ -388,12 +388,14 @@ def whatif_markdown(results: dict[str, list[WhatIfResult]], title: str) -> str:
     ]
     for k in sorted(by_iteration):
         items = by_iteration[k]
-        better = sum(r.delta > r.control_delta for r in items if not math.isnan(r.control_delta))
+        with_control = [r for r in items if not math.isnan(r.control_delta)]
+        better = sum(r.delta > r.control_delta for r in with_control)
         significant = sum(r.delta > 2 * r.delta_se for r in items)
         lines.append(
             f"| {k} | {len(items)} | {np.mean([r.n_dropped for r in items]):.0f} | "
             f"{_summary([r.delta for r in items])} | "
-            f"{_summary([r.control_delta for r in items])} | {better}/{len(items)} | "
+            f"{_summary([r.control_delta for r in with_control])} | "
+            f"{f'{better}/{len(with_control)}' if with_control else '–'} | "
             f"{significant}/{len(items)} |"
         )
     every = [r for items in results.values() for r in items]

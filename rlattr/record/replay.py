@@ -33,17 +33,13 @@ def build_policy(log: RunLog, device: torch.device | str = "cpu") -> ActorCritic
     meaning. The caller's torch RNG is left untouched (initialisation draws from it).
     """
     spec = log.meta["policy"]
-    policy_class = import_class(spec["class"])
-    kwargs = decode(spec["kwargs"])
-    with torch.random.fork_rng(devices=[]):
-        policy = policy_class(
-            space_from_json(spec["observation_space"]),
-            space_from_json(spec["action_space"]),
-            lambda _: 0.0,  # the real learning rate comes from the checkpoint and the plan
-            use_sde=False,
-            **kwargs,
-        )
-    return policy.to(device)
+    return _construct(
+        import_class(spec["class"]),
+        space_from_json(spec["observation_space"]),
+        space_from_json(spec["action_space"]),
+        lambda _: 0.0,  # the real learning rate comes from the checkpoint and the plan
+        decode(spec["kwargs"]),
+    ).to(device)
 
 
 def workspace_policy(model: Any, device: torch.device | str | None = None) -> ActorCriticPolicy:
@@ -56,15 +52,27 @@ def workspace_policy(model: Any, device: torch.device | str | None = None) -> Ac
     checkpoint is restored into it (as ``build_policy``'s from a run log); the caller's
     torch RNG is left untouched (initialisation draws from it).
     """
-    with torch.random.fork_rng(devices=[]):
-        policy = model.policy_class(
-            model.observation_space,
-            model.action_space,
-            model.lr_schedule,
-            use_sde=False,
-            **model.policy_kwargs,
-        )
+    policy = _construct(
+        model.policy_class,
+        model.observation_space,
+        model.action_space,
+        model.lr_schedule,
+        model.policy_kwargs,
+    )
     return policy.to(device if device is not None else model.device)
+
+
+def _construct(
+    policy_class: type[ActorCriticPolicy],
+    observation_space: Any,
+    action_space: Any,
+    lr_schedule: Any,
+    kwargs: dict[str, Any],
+) -> ActorCriticPolicy:
+    # Initialisation draws weights from the torch RNG: on a fork of it, so building a
+    # workspace never moves the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        return policy_class(observation_space, action_space, lr_schedule, use_sde=False, **kwargs)
 
 
 @dataclass

@@ -366,11 +366,11 @@ class InterventionFilter(KeepMaskFilter):
 
 
 # ---------------------------------------------------------------------- command line
-def read_action_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(observations, actions) from a ``.npz`` or safetensors file holding both.
+def check_action_file(path: str | Path) -> Path:
+    """``path`` if it is a file, before anything reads it.
 
     Raises:
-        ValueError: the file cannot be read or lacks one of the two arrays.
+        ValueError: a folder (with what to give instead) or a path that does not exist.
     """
     path = Path(path)
     if path.is_dir():
@@ -380,6 +380,16 @@ def read_action_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if not path.is_file():
         raise ValueError(f"action target file {path} does not exist")
+    return path
+
+
+def read_action_pairs(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(observations, actions) from a ``.npz`` or safetensors file holding both.
+
+    Raises:
+        ValueError: the file cannot be read or lacks one of the two arrays.
+    """
+    path = check_action_file(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as arrays:

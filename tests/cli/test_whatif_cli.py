@@ -60,7 +60,11 @@ def test_compute_scores_fills_in_missing_scores(
         warnings.simplefilter("error", RuntimeWarning)  # was numpy's "Mean of empty slice"
         assert main(args) == 0
     assert "random control" not in capsys.readouterr().out
-    assert "no random control was run" in (out / "whatif.md").read_text()
+    report = (out / "whatif.md").read_text()
+    assert "no random control was run" in report
+    [row] = [line for line in report.splitlines() if line.startswith("| 1 |")]
+    # Neither a control Δ nor "rule > control 0/1", which would read as the rule losing.
+    assert row.split("|")[5:7] == [" – ", " – "], row
     assert "snapshot-return" in RunLog(bare).score_names(1)
 
 
