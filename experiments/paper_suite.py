@@ -112,6 +112,8 @@ def run_trial(
     leaves training bit-identical, so the curve is the one an unrecorded trial gives."""
     path = trial_path(task_name, arm, seed)
     if is_done(path):
+        if record_dir is not None:
+            print(f"{task_name} {arm} s{seed}: finished before, skipped; nothing recorded")
         return path
     task = TASKS[task_name]
     trial = Trial(task_name, task.preset, arm, seed, rounds, episodes, device, EVAL_SEED, EVAL_ENVS)

@@ -131,13 +131,12 @@ def _target_spec(text: str) -> TargetSpec:
                 "action needs a file: action:FILE (.safetensors or .npz holding "
                 "observations and actions)"
             )
-        if Path(argument).is_dir():
-            raise argparse.ArgumentTypeError(
-                f"action target {argument} is a folder: give the .npz or .safetensors file "
-                "in it that holds the observations and actions"
-            )
-        if not Path(argument).is_file():
-            raise argparse.ArgumentTypeError(f"action target file {argument} does not exist")
+        from rlattr.training.intervention import check_action_file
+
+        try:
+            check_action_file(argument)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
         return TargetSpec(text, kind, argument)
     raise argparse.ArgumentTypeError(
         f"unknown target {text!r}: use return, return:mc or action:FILE"
@@ -286,6 +285,14 @@ def _train(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         return _interrupted(run_dir)
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # A write the file system refused mid-run (a full disk): what was committed
+        # stays, and the person needs the command that continues once it is fixed.
+        _report(f"{err.filename}: {err.strerror or err}; make room or fix that path")
+        error_console.print(_committed(run_dir), markup=False, emoji=False, soft_wrap=True)
+        return EXIT_USAGE
     log = RunLog(run_dir)
     if iif is not None:
         console.print(f"IIF dropped {_dropped_share(log, log.iterations())}")
@@ -383,9 +390,16 @@ def _check_resumable(run_dir: Path, preset: Preset, args: argparse.Namespace) ->
 
 def _interrupted(run_dir: Path) -> int:
     """After Ctrl-C: what is safe on disk and the exact command that continues."""
+    error_console.print(
+        f"interrupted: {_committed(run_dir)}", markup=False, emoji=False, soft_wrap=True
+    )
+    return EXIT_INTERRUPTED
+
+
+def _committed(run_dir: Path) -> str:
+    """What a stopped run kept on disk, and the exact command that continues it."""
     if not (run_dir / "run.json").exists():
-        error_console.print("interrupted before the run started; nothing to resume")
-        return EXIT_INTERRUPTED
+        return "the run had not started; nothing to resume"
     log = RunLog(run_dir)
     committed = log.iterations()
     if committed:
@@ -393,13 +407,7 @@ def _interrupted(run_dir: Path) -> int:
         done = f"iteration {committed[-1]} is the last committed ({steps} steps)"
     else:
         done = "no iteration was committed yet"
-    error_console.print(
-        f"interrupted: {done}; nothing committed is lost.\nresume with: {resume_command(log)}",
-        markup=False,
-        emoji=False,
-        soft_wrap=True,
-    )
-    return EXIT_INTERRUPTED
+    return f"{done}; nothing committed is lost.\nresume with: {resume_command(log)}"
 
 
 def resume_command(log: RunLog) -> str:

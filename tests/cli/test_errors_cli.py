@@ -266,6 +266,35 @@ def test_ctrl_c_during_train_prints_how_to_resume(tmp_path: Path, capsys, monkey
     assert RunLog(run).iterations() == [0, 1, 2, 3]
 
 
+def test_a_full_disk_during_train_says_what_and_how_to_resume(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from rlattr.training.ppo import AttributedPPO
+
+    collect = AttributedPPO.collect_rollouts
+    calls = []
+    run = tmp_path / "run"
+
+    def disk_full_on_third_rollout(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(run / "iterations"))
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttributedPPO, "collect_rollouts", disk_full_on_third_rollout)
+    argv = ["train", "cartpole", "--timesteps", "1024", "--run-dir", str(run), *QUIET]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert (
+        lines[0]
+        == f"error: {run / 'iterations'}: No space left on device; make room or fix that path"
+    )
+    assert "iteration 1 is the last committed (512 steps)" in lines[1]
+    assert lines[2].startswith("resume with: ") and lines[2].endswith("--resume")
+
+
 def test_resume_command_spells_out_iif_options(tmp_path: Path, capsys, monkeypatch) -> None:
     run = tmp_path / "run"
     argv = ["train", "cartpole", "--timesteps", "256", "--run-dir", str(run), *QUIET]
