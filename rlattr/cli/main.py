@@ -249,7 +249,7 @@ def _train(args: argparse.Namespace) -> int:
     elif args.resume:
         console.print(f"[yellow]{run_dir} holds no run yet; starting a new one[/]")
     _import_project_envs()
-    spaces_ = _environment_spaces(preset, args.seed)
+    spaces_ = preset.environment_spaces(args.seed)
     if iif is not None:
         console.print(
             f"IIF on: rule {iif.rule}, fraction {iif.fraction:g}, minibatches {iif.minibatching}"
@@ -303,24 +303,6 @@ def _train(args: argparse.Namespace) -> int:
         f"  TensorBoard: {_command('tensorboard')} --logdir {log.tb_dir}"
     )
     return 0
-
-
-def _environment_spaces(preset: Preset, seed: int) -> tuple[Any, Any]:
-    """The preset's observation and action spaces, from its environment made once before
-    anything is written: a wrong ``env_id`` or ``env_kwargs`` is the preset's error."""
-    import gymnasium
-
-    try:
-        env = preset.make_env(seed)
-    except (gymnasium.error.Error, TypeError) as err:
-        # TypeError: gymnasium's report of an env_kwargs key the environment does not take.
-        raise PresetError(
-            f"preset {preset.name!r} cannot make its environment {preset.env_id!r}: {err}; "
-            "correct env_id or env_kwargs in the preset"
-        ) from err
-    spaces_ = (env.observation_space, env.action_space)
-    env.close()
-    return spaces_
 
 
 @contextlib.contextmanager

@@ -249,6 +249,11 @@ def run_sweep(
             check_device(spec.device)
         except ValueError as error:
             raise SweepError(str(error)) from None
+        # ... and a preset whose environment cannot be made, once, not once per trial.
+        from rlattr.training.presets import Preset
+
+        for preset in sorted({job.trial.preset for job in jobs}):
+            Preset.load(preset).environment_spaces()
     result = SweepOutcome(spec, chosen, skipped=skipped)
     for job in jobs:  # an unfinished result is a killed attempt's: the trial starts anew
         Path(job.result_path).unlink(missing_ok=True)

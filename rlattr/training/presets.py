@@ -325,6 +325,26 @@ class Preset:
             wrapper_class=wrap if wrapper_classes else None,
         )
 
+    def environment_spaces(self, seed: int = 0) -> tuple[Any, Any]:
+        """The observation and action spaces, from the environment made once: call it
+        before anything is written, so that a wrong ``env_id`` or ``env_kwargs`` is the
+        preset's error rather than a failure deep inside training.
+
+        Raises:
+            PresetError: the environment cannot be made as the preset says.
+        """
+        try:
+            env = self.make_env(seed)
+        except (gym.error.Error, TypeError) as err:
+            # TypeError: gymnasium's report of an env_kwargs key the environment does not take.
+            raise PresetError(
+                f"preset {self.name!r} cannot make its environment {self.env_id!r}: {err}; "
+                "correct env_id or env_kwargs in the preset"
+            ) from err
+        spaces = (env.observation_space, env.action_space)
+        env.close()
+        return spaces
+
     def ppo_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.ppo)
         for key in _SCHEDULED:

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rlattr.cli.main import main as rlattr
 from rlattr.sweep.backends import ray_available
+
+AGENTS = Path(__file__).resolve().parents[2] / "agents"
 
 
 def test_compare_prints_the_table_and_the_tensorboard_command(
@@ -131,3 +134,19 @@ def test_a_trial_checks_its_device_where_it_runs(
     finally:
         torch.set_num_threads(threads)
     assert not (tmp_path / "r.json").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_preset_whose_environment_cannot_be_made_is_refused_before_any_trial(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preset = yaml.safe_load((AGENTS / "cartpole.yaml").read_text())
+    preset["env_id"] = "CartPol-v1"
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    out = tmp_path / "c"
+    argv = ["compare", str(path), "--arms", "ppo", "--seeds", "2", "--rounds", "1"]
+    assert rlattr([*argv, "--out", str(out), "--backend", "local", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: preset 'cartpole' cannot make its environment 'CartPol-v1'")
+    assert "correct env_id" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused once, before any trial (was: every trial failed)
