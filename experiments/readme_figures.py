@@ -987,7 +987,8 @@ def p_sweep() -> list[Row]:
 def suite() -> list[Row]:
     """SE_ave, SE_peak and AUC per arm of each task's suite table (the first table of <task>.md)."""
     rows: list[Row] = []
-    for task in ("frozenlake", "acrobot", "minigrid", "lunarlander", "bipedalwalker"):
+    tasks = ("frozenlake", "acrobot", "minigrid", "lunarlander", "bipedalwalker", "highway")
+    for task in tasks:
         source = f"suite/{task}.md"
         for r in _markdown_table((RESULTS / source).read_text(), "arm"):
             if r["arm"].startswith("**"):  # the paper's row
