@@ -104,19 +104,24 @@ def run_trial(
     episodes: int,
     device: str = "cpu",
     record_dir: Path | None = None,
+    eval_every: int = 1,
 ) -> Path:
     """Train one arm on one seed for ``rounds`` rounds, evaluating after every round
     (``rlattr.sweep.trial.run_trial``, which ``rlattr sweep`` runs too; same result file).
     With ``record_dir`` the trial also keeps its run directory (TensorBoard events and the
     run log, for ``rlattr diagnose``) in ``record_dir/<task>/<arm>-s<seed>``: recording
-    leaves training bit-identical, so the curve is the one an unrecorded trial gives."""
+    leaves training bit-identical, so the curve is the one an unrecorded trial gives. A
+    recorded trial that was killed resumes from its run log's last checkpoint."""
     path = trial_path(task_name, arm, seed)
     if is_done(path):
         if record_dir is not None:
             print(f"{task_name} {arm} s{seed}: finished before, skipped; nothing recorded")
         return path
     task = TASKS[task_name]
-    trial = Trial(task_name, task.preset, arm, seed, rounds, episodes, device, EVAL_SEED, EVAL_ENVS)
+    trial = Trial(
+        task_name, task.preset, arm, seed, rounds, episodes, device, EVAL_SEED, EVAL_ENVS,
+        eval_every,
+    )  # fmt: skip
 
     def report(_: Trial, point: Any) -> None:
         print(
@@ -647,6 +652,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--rounds", type=int, help="override the paper's budget (rounds)")
     parser.add_argument("--episodes", type=int, help="override the evaluation episodes")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        help="evaluate after every N rounds (and the last), for budgets whose evaluations "
+        "would cost more than the training",
+    )
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th trial from I")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -696,6 +708,7 @@ def main() -> None:
             episodes=args.episodes or spec.episodes,
             device=args.device,
             record_dir=args.record_dir,
+            eval_every=args.eval_every,
         )
 
 

@@ -10,6 +10,7 @@ A spec file (``rlattr sweep SPEC.yaml``)::
     seeds: [0, 1, 2]            # or a count: 3 (seeds 0, 1, 2)
     rounds: null                # rounds per trial; null: the preset's total_timesteps
     eval_episodes: 100          # stochastic evaluation episodes after every round
+    eval_every: 1               # evaluate after every N rounds only (and the last)
     out: runs/sweep             # results: <out>/<task>/<arm>-s<seed>.json and run dirs
     retries: 2                  # a failed or killed trial is run again up to this often
     device: cpu
@@ -98,6 +99,10 @@ class TaskSpec:
     eval_episodes: int | None = field(
         default=None, metadata=_help("evaluation episodes for this task (default: the sweep's)")
     )
+    eval_every: int | None = field(
+        default=None,
+        metadata=_help("evaluate after every N rounds for this task (default: the sweep's)"),
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.preset, str) or not self.preset:
@@ -109,6 +114,7 @@ class TaskSpec:
             raise SweepSpecError(f"task name {self.name!r} must be a plain folder name")
         _check_count(self.rounds, f"task {self.name!r} rounds", nullable=True)
         _check_count(self.eval_episodes, f"task {self.name!r} eval_episodes", nullable=True)
+        _check_count(self.eval_every, f"task {self.name!r} eval_every", nullable=True)
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,13 @@ class SweepSpec:
     )
     eval_episodes: int = field(
         default=100, metadata=_help("stochastic evaluation episodes after every round")
+    )
+    eval_every: int = field(
+        default=1,
+        metadata=_help(
+            "evaluate after every N rounds (and the last): for budgets whose evaluations "
+            "would cost more than the training; SE metrics then resolve rounds to N"
+        ),
     )
     out: str = field(default="runs/sweep", metadata=_help("results folder"))
     retries: int = field(default=2, metadata=_help("times a failed or killed trial is run again"))
@@ -168,6 +181,7 @@ class SweepSpec:
             raise SweepSpecError(f"seeds must be distinct whole numbers >= 0, got {list(seeds)}")
         _check_count(self.rounds, "rounds", nullable=True)
         _check_count(self.eval_episodes, "eval_episodes")
+        _check_count(self.eval_every, "eval_every")
         _check_count(self.retries, "retries", low=0)
         for key in ("out", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
@@ -227,6 +241,7 @@ class Trial:
         device: torch device.
         eval_seed: episode j of every evaluation resets with ``eval_seed + j``.
         eval_envs: evaluation environments stepped side by side.
+        eval_every: evaluate after every this many rounds (and after the last).
     """
 
     task: str
@@ -238,6 +253,7 @@ class Trial:
     device: str = "cpu"
     eval_seed: int = EVAL_SEED
     eval_envs: int = EVAL_ENVS
+    eval_every: int = 1
 
     @property
     def key(self) -> str:
@@ -267,11 +283,21 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
     for task in spec.tasks:
         rounds = task.rounds or spec.rounds or preset_rounds(task.preset)
         episodes = task.eval_episodes or spec.eval_episodes
+        every = task.eval_every or spec.eval_every
         for group in (main, others):
             for seed in spec.seeds:
                 for arm in group:
                     trials.append(
-                        Trial(task.name, task.preset, arm, seed, rounds, episodes, spec.device)
+                        Trial(
+                            task.name,
+                            task.preset,
+                            arm,
+                            seed,
+                            rounds,
+                            episodes,
+                            spec.device,
+                            eval_every=every,
+                        )
                     )
     return trials
 

@@ -2,7 +2,9 @@
 
 The trial writes its result JSON after every round, atomically (temp file + rename), with
 the command, versions, git commit and settings; ``status`` is ``running`` until the
-budget is spent, then ``done``. A trial has no checkpoint: one that was killed starts anew.
+budget is spent, then ``done``. A trial that keeps its run log (``record``) resumes after a
+kill from the log's last checkpoint, its curve kept up to there; one without a run log
+starts anew.
 Its run directory, if given, receives the TensorBoard events of the run (``eval/*`` after
 every round, SB3's ``train/*`` and rlattr's ``iif/*``), named by the directory.
 
@@ -207,7 +209,7 @@ def run_trial(
     """
     import torch
 
-    from rlattr.training.evaluation import EvalEveryRound
+    from rlattr.training.evaluation import EvalEveryRound, EvalPoint
     from rlattr.training.presets import Preset
 
     if record and run_dir is None:
@@ -220,10 +222,17 @@ def run_trial(
     try:
         preset = Preset.load(trial.preset)
         iif = arm_iif(preset, trial.arm, trial.seed)
-        if run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
         run_log_dir = run_dir / RUN_LOG_FOLDER if record and run_dir is not None else None
-        model = preset.build(run_dir=run_log_dir, seed=trial.seed, device=trial.device, iif=iif)
+        before = _resumable(result_path, trial, run_log_dir)
+        if run_dir is not None and before is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        model = preset.build(
+            run_dir=run_log_dir,
+            seed=trial.seed,
+            device=trial.device,
+            iif=iif,
+            resume=before is not None,
+        )
         if run_dir is not None:
             from stable_baselines3.common.logger import configure
 
@@ -244,6 +253,7 @@ def run_trial(
             "iif": None if iif is None else {k: str(v) for k, v in vars(iif).items()},
             "evaluation": {
                 "episodes": trial.episodes,
+                "every": trial.eval_every,
                 "policy": "stochastic",
                 "episode_seeds": f"{trial.eval_seed} + j",
                 "sampling_seed": trial.eval_seed,
@@ -268,17 +278,44 @@ def run_trial(
             if on_point is not None:
                 on_point(trial, point)
 
-        callback = EvalEveryRound(
+        def write_clock(rounds: int, wall: float, cpu: float) -> None:
+            # What a resume reads back: the training clocks at the latest round.
+            payload["clock"] = {
+                "rounds": rounds,
+                "train_seconds": wall,
+                "train_cpu_seconds": cpu,
+                "wall_seconds": time.perf_counter() - start,
+            }
+            write_atomic(result_path, payload)
+
+        start = time.perf_counter()
+        evaluation = EvalEveryRound(
             make_eval_env_factory(preset),
             episodes=trial.episodes,
             seed=trial.eval_seed,
             n_envs=trial.eval_envs,
             on_point=record,
+            every=trial.eval_every,
+            on_round=write_clock,
         )
-        start = time.perf_counter()
-        model.learn(trial.rounds * steps_per_round, callback=callback)
+        if before is not None:
+            rounds_done = model.iteration
+            kept, clock = _curve_before(before, rounds_done)
+            payload["curve"] = kept
+            payload["resumed"] = [*before.get("resumed", []), {"round": rounds_done}]
+            payload["wall_seconds_before"] = before.get("wall_seconds_before", 0.0) + before.get(
+                "clock", {}
+            ).get("wall_seconds", 0.0)
+            evaluation.resume([EvalPoint(**p) for p in kept], rounds_done, clock)
+        model.learn(
+            trial.rounds * steps_per_round - model.num_timesteps,
+            callback=evaluation,
+            reset_num_timesteps=before is None,
+        )
         payload["status"] = "done"
-        payload["wall_seconds"] = time.perf_counter() - start
+        payload["wall_seconds"] = (
+            time.perf_counter() - start + payload.get("wall_seconds_before", 0.0)
+        )
         payload["date_finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
         write_atomic(result_path, payload)
         model.env.close()
@@ -288,12 +325,41 @@ def run_trial(
         torch.set_num_threads(threads)
 
 
+def _resumable(result_path: Path, trial: Trial, run_log_dir: Path | None) -> dict[str, Any] | None:
+    """The unfinished result of ``trial`` when its run log can resume it, else None."""
+    if run_log_dir is None or not (run_log_dir / "run.json").exists():
+        return None
+    payload = read_result(result_path)
+    if payload is None or payload.get("status") != "running" or not same_trial(payload, trial):
+        return None
+    from rlattr.record.runlog import RunLog
+
+    start = RunLog(run_log_dir).resume_point()
+    return payload if start else None
+
+
+def _curve_before(payload: dict[str, Any], rounds: int) -> tuple[list[dict[str, Any]], Any]:
+    """The points of a stopped trial before round ``rounds``, and its training clocks at
+    that round: the last written clock, scaled by rounds (what ran after it is unknown)."""
+    kept = [p for p in payload["curve"] if p["round"] < rounds]
+    clock = payload.get("clock", {})
+    if clock.get("rounds"):
+        share = rounds / clock["rounds"]
+        return kept, (clock["train_seconds"] * share, clock["train_cpu_seconds"] * share)
+    last = kept[-1] if kept else {"train_seconds": 0.0, "train_cpu_seconds": 0.0}
+    return kept, (last["train_seconds"], last["train_cpu_seconds"])
+
+
 def same_trial(payload: dict[str, Any], trial: Trial) -> bool:
     """Whether a stored result was made for ``trial`` (task, arm, seed, rounds, episodes)."""
     ours = asdict(trial)
     if any(payload.get(key) != ours[key] for key in _IDENTITY):
         return False
-    return payload.get("evaluation", {}).get("episodes") == trial.episodes
+    evaluation = payload.get("evaluation", {})
+    return (
+        evaluation.get("episodes") == trial.episodes
+        and evaluation.get("every", 1) == trial.eval_every
+    )
 
 
 def curve_key(payload: dict[str, Any]) -> list[tuple[Any, ...]]:

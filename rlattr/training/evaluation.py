@@ -135,6 +135,12 @@ class EvalEveryRound(BaseCallback):
             curve to disk incrementally).
         dump: dump the logger after recording (so the point lands at this
             ``num_timesteps``); False leaves it to SB3's next dump.
+        every: evaluate after every ``every``-th round only (rounds 0, every, 2 every, ...)
+            and after the last: for long budgets whose evaluations would cost more than
+            the training. Level-crossing metrics (SE_ave, SE_peak) then resolve rounds only
+            to within ``every``.
+        on_round: called after every round's update with (rounds done, training wall
+            seconds, training CPU seconds), e.g. to keep the clocks a resume continues.
     """
 
     def __init__(
@@ -145,12 +151,17 @@ class EvalEveryRound(BaseCallback):
         n_envs: int = 32,
         on_point: Callable[[EvalPoint], None] | None = None,
         dump: bool = True,
+        every: int = 1,
+        on_round: Callable[[int, float, float], None] | None = None,
     ):
         super().__init__()
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a whole number >= 1, got {every!r}")
         self.make_env, self.episodes, self.seed, self.n_envs = make_env, episodes, seed, n_envs
-        self.on_point, self.dump = on_point, dump
+        self.on_point, self.dump, self.every = on_point, dump, every
+        self.on_round = on_round
         self.curve: list[EvalPoint] = []
         self._rounds = 0
         self._eval_seconds = 0.0
@@ -158,18 +169,43 @@ class EvalEveryRound(BaseCallback):
         self._started = 0.0
         self._started_cpu = 0.0
         self._last_timesteps: int | None = None
+        # Training clocks carried over from before a resume (see ``resume``).
+        self._clock_offset = (0.0, 0.0)
+        self._rollouts = 0
+
+    def resume(self, curve: list[EvalPoint], rounds: int, clock: tuple[float, float]) -> None:
+        """Continue a curve after the model resumed with ``rounds`` updates done.
+
+        Args:
+            curve: the points evaluated before the stop, each with ``round < rounds`` (the
+                policy after ``rounds`` updates is evaluated again: same parameters and
+                episode seeds, so the same point).
+            rounds: updates the resumed model has done.
+            clock: training (wall, CPU) seconds spent before the stop, which later points
+                add to their own.
+        """
+        if any(point.round >= rounds for point in curve):
+            raise ValueError(f"a resumed curve holds points from round {rounds} on")
+        self.curve = list(curve)
+        self._rounds = rounds
+        self._clock_offset = clock
 
     def _on_training_start(self) -> None:
         self._started = time.perf_counter()
         self._started_cpu = time.process_time()
         self._eval_seconds = 0.0
         self._eval_cpu_seconds = 0.0
+        self._rollouts = 0
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_start(self) -> None:
-        self._evaluate()
+        if self.on_round is not None and self._rollouts > 0:  # an update has just ended
+            self.on_round(self._rounds, *self.training_clock())
+        self._rollouts += 1
+        if self._rounds % self.every == 0:
+            self._evaluate()
         self._rounds += 1
 
     def _on_training_end(self) -> None:
@@ -179,8 +215,10 @@ class EvalEveryRound(BaseCallback):
         if self._last_timesteps == self.num_timesteps:  # already evaluated this policy
             return
         start, start_cpu = time.perf_counter(), time.process_time()
-        train_seconds = start - self._started - self._eval_seconds
-        train_cpu_seconds = start_cpu - self._started_cpu - self._eval_cpu_seconds
+        train_seconds = start - self._started - self._eval_seconds + self._clock_offset[0]
+        train_cpu_seconds = (
+            start_cpu - self._started_cpu - self._eval_cpu_seconds + self._clock_offset[1]
+        )
         dropped = _fraction_dropped(self.model)
         returns = evaluate_policy_batched(
             self.model.policy, self.make_env, self.episodes, self.seed, self.n_envs
@@ -208,6 +246,16 @@ class EvalEveryRound(BaseCallback):
             self.logger.dump(step=self.num_timesteps)
         if self.on_point is not None:
             self.on_point(point)
+
+    def training_clock(self) -> tuple[float, float]:
+        """Training (wall, CPU) seconds so far, evaluations excluded, resumes included."""
+        return (
+            time.perf_counter() - self._started - self._eval_seconds + self._clock_offset[0],
+            time.process_time()
+            - self._started_cpu
+            - self._eval_cpu_seconds
+            + self._clock_offset[1],
+        )
 
     def result(self) -> list[EvalPoint]:
         """The curve so far (one point per evaluated round)."""

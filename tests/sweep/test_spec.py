@@ -57,6 +57,14 @@ def test_a_yaml_spec_is_read_with_paths_from_its_folder(tmp_path: Path) -> None:
     assert {(t.rounds, t.episodes) for t in trials if t.task == "cartpole"} == {(3, 10)}
 
 
+def test_eval_every_reaches_the_trials_a_task_value_first() -> None:
+    spec = SweepSpec(
+        tasks=("cartpole", {"preset": "frozenlake", "eval_every": 5}), arms=("ppo",), seeds=(0,),
+        eval_every=3,
+    )  # fmt: skip
+    assert [trial.eval_every for trial in plan_trials(spec)] == [3, 5]
+
+
 def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
     (trial,) = plan_trials(SweepSpec(tasks=("frozenlake",), arms=("ppo",), seeds=(0,)))
     assert trial.rounds == 50  # 102400 steps in rounds of 2048
@@ -78,6 +86,8 @@ def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
         ({"rounds": 0}, "rounds must be a whole number >= 1"),
         ({"eval_episodes": 2.5}, "eval_episodes must be a whole number"),
         ({"retries": -1}, "retries must be a whole number >= 0"),
+        ({"eval_every": 0}, "eval_every must be a whole number >= 1"),
+        ({"tasks": [{"preset": "cartpole", "eval_every": 0}]}, "'cartpole' eval_every must be"),
         ({"tasks": []}, "tasks is empty"),
         ({"tasks": ["cartpole", "cartpole"]}, "task names repeat"),
         ({"tasks": [{"name": "x"}]}, "a task mapping needs 'preset'"),

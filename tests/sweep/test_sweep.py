@@ -175,3 +175,43 @@ def test_record_without_a_run_dir_is_refused(tmp_path: Path) -> None:
     trial = Trial("cartpole", "cartpole", "ppo", 0, 1, 2)
     with pytest.raises(ValueError, match="give run_dir"):
         run_trial(trial, tmp_path / "r.json", None, record=True)
+
+
+class _KilledError(Exception):
+    """Stands in for a kill: raised from the trial's own progress hook."""
+
+
+def test_a_recording_trial_resumes_after_a_kill(tmp_path: Path) -> None:
+    from rlattr import RunLog, replay_iteration
+    from rlattr.record.replay import state_matches
+    from rlattr.sweep.spec import Trial
+    from rlattr.sweep.trial import run_trial
+
+    trial = Trial("cartpole", "cartpole", "iif", 0, 6, 4, eval_every=2)
+    whole = run_trial(trial, tmp_path / "whole.json", tmp_path / "whole", record=True)
+    assert [p["round"] for p in whole["curve"]] == [0, 2, 4, 6]
+
+    def kill_at_round_4(_: Trial, point: object) -> None:
+        if point.round == 4:  # after round 4's point is written, as a kill would leave it
+            raise _KilledError
+
+    path, run_dir = tmp_path / "cut.json", tmp_path / "cut"
+    with pytest.raises(_KilledError):
+        run_trial(trial, path, run_dir, record=True, on_point=kill_at_round_4)
+    assert json.loads(path.read_text())["status"] == "running"
+    resumed = run_trial(trial, path, run_dir, record=True)
+    log = RunLog(run_dir / "runlog")
+    start = resumed["resumed"][0]["round"]
+    assert 0 < start <= 4
+    assert resumed["status"] == "done"
+    assert log.iterations() == list(range(6))
+    assert [p["round"] for p in resumed["curve"]] == [0, 2, 4, 6]
+    # Up to the resume point the policy is the uninterrupted one's, so are its points
+    # (the round-4 point was evaluated again if the resume went back to round 4 or before).
+    for mine, theirs in zip(resumed["curve"], whole["curve"], strict=True):
+        if mine["round"] <= start:
+            assert mine["return_mean"] == theirs["return_mean"]
+    assert resumed["curve"][-1]["train_cpu_seconds"] > resumed["curve"][-2]["train_cpu_seconds"]
+    # The resumed run log replays bit for bit across the resume.
+    for k in (start - 1, start):
+        assert state_matches(replay_iteration(log, k), log.load_checkpoint(k + 1)[0]) == []
