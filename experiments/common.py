@@ -4,15 +4,11 @@ git commit of the code that made them."""
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from rlattr.versions import package_versions
+from rlattr.provenance import describe_git, git_state
+from rlattr.provenance import provenance as _provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -20,67 +16,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CODE_PATHS = ("rlattr", "experiments", "pyproject.toml", ":(exclude)experiments/results")
 
 
-def git_state() -> dict[str, Any]:
-    """``git rev-parse HEAD`` of the checkout, and whether the code differs from it.
-
-    ``dirty`` is True when ``CODE_PATHS`` hold uncommitted or untracked changes; up to 20 of
-    those paths are listed (``dirty_paths``, ``dirty_count`` counts them all). Outside a
-    git checkout the commit reads ``"unknown"`` and ``dirty`` None.
-    """
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
-        ).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        status = git("status", "--porcelain", "--", *CODE_PATHS)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": "unknown", "dirty": None, "dirty_paths": [], "dirty_count": 0}
-    paths = [line[3:] for line in status.splitlines() if line.strip()]
-    return {
-        "commit": commit,
-        "dirty": bool(paths),
-        "dirty_paths": paths[:20],
-        "dirty_count": len(paths),
-    }
-
-
 # Taken when a script starts (it imports this module first): a long run's result names the
 # code it ran, not whatever the checkout holds when the result is finally written.
-GIT_AT_START = git_state()
-
-
-def describe_git(state: dict[str, Any]) -> str:
-    """``abc1234…`` plus ``(clean)`` or ``(+ uncommitted changes in N paths: …)``."""
-    commit = state.get("commit", "unknown")
-    if state.get("dirty") is None:
-        return f"{commit} (cleanliness unknown)"
-    if not state["dirty"]:
-        return f"{commit} (clean)"
-    shown = ", ".join(state["dirty_paths"][:5])
-    more = state["dirty_count"] - min(5, len(state["dirty_paths"]))
-    return f"{commit} (+ uncommitted changes in {state['dirty_count']} paths: {shown}" + (
-        f", … {more} more)" if more > 0 else ")"
-    )
+GIT_AT_START = git_state(CODE_PATHS)
 
 
 def provenance() -> dict[str, Any]:
-    """The command, code commit, versions and machine a result came from."""
-    return {
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "git": GIT_AT_START,
-        "versions": package_versions(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            # Timings taken beside other jobs are slower and noisier: say how busy it was.
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        },
-    }
+    """The command, code commit (at the script's start), versions and machine."""
+    return _provenance(git=GIT_AT_START)
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:

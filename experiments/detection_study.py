@@ -9,7 +9,7 @@ and precision@k (k = the number flagged; ``rlattr.analysis.detection``), against
 attribution-free baselines: −Â, |Â|, the per-record PPO loss at θ_k, and a random ranking
 (its exact expected AUPRC, about the base rate).
 
-Direction: a harmful record has a *negative* score on the return target (SCIENCE.md §2),
+Direction: a harmful record has a *negative* score on the return target (docs/science.md §2),
 and the behaviour targets below are behaviours the planted records work *against*, so
 every score ranks by **−score** (most negative first). The other directions (+score and
 |score|) are kept in the CSV as diagnostics; they never enter the goal.
@@ -441,7 +441,7 @@ def write_results(
     lines = [*markdown_header("Detection study: do scores rank the planted records first?", meta)]
     lines += [
         "Each recorded iteration of plain PPO is scored post hoc; every ranking is by "
-        "**−score** (a harmful record has a negative return-target score, SCIENCE.md §2; "
+        "**−score** (a harmful record has a negative return-target score, docs/science.md §2; "
         "the behaviour targets are behaviours the planted records work against). AUPRC = "
         "average precision; precision@k with k = the number of planted records. Per seed "
         "the metric is averaged over the scored iterations; the table gives the IQM over "

@@ -381,7 +381,7 @@ def write_fidelity_markdown(payload: dict[str, Any]) -> None:
     lines = markdown_header("Score fidelity by replay on the tiny offline LM task", meta)
     lines += [
         "GRPO scored on the validation target while dropping nothing; each checked round is",
-        "replayed from its record with the same plan and pairs removed (SCIENCE.md §2). LDS:",
+        "replayed from its record with the same plan and pairs removed (docs/science.md §2). LDS:",
         "Spearman of Σ scores against the actual change of the target over 32 random",
         "subsets of 10 % of the pairs. What-if: the target's change when the negatively",
         "scored pairs are removed, against 16 random subsets of the same size. One plan is",

@@ -1,6 +1,6 @@
 """The IIF paper's experiment suite: tasks × arms × seeds, evaluated after every round.
 
-Each task uses its preset with the paper's settings (agents/*.yaml, SCIENCE.md §6) and the
+Each task uses its preset with the paper's settings (agents/*.yaml, docs/science.md §6) and the
 paper's budget in rounds of 2048 steps. Arms: ``ppo`` (plain PPO), ``iif`` (the preset's
 IIF rule, the paper's neg_bottom with the task's p), ``random_like`` (drops as many
 records as the IIF rule would, at random) and ``advantage_like`` (as many, those with the
@@ -33,8 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, provenance
+from rlattr.provenance import git_commit as _git_commit
 from rlattr.sweep.spec import Trial, parse_arm
-from rlattr.sweep.trial import git_commit as _git_commit
 from rlattr.sweep.trial import is_done
 from rlattr.sweep.trial import run_trial as _run_trial
 
@@ -47,7 +47,7 @@ STEPS_PER_ROUND = 2048
 
 @dataclass(frozen=True)
 class Task:
-    """One task of the paper's IIF experiments (SCIENCE.md §6, arXiv 2505.19281 Fig. 6(b)).
+    """One task of the paper's IIF experiments (docs/science.md §6, arXiv 2505.19281 Fig. 6(b)).
 
     Attributes:
         preset: the agents/ preset with the paper's settings.
@@ -344,7 +344,7 @@ def summarize(task: str, arms: list[str]) -> None:
         f"{spec.paper_episodes}), episode j on seed {EVAL_SEED} + j for every arm, seed and "
         "round.",
         "",
-        "Metrics (SCIENCE.md §6, `rlattr.analysis.efficiency`), per seed against PPO on the "
+        "Metrics (docs/science.md §6, `rlattr.analysis.efficiency`), per seed against PPO on the "
         "same seed, in percent: SE_ave over PPO's successive running maxima (the paper does "
         "not list its levels), SE_peak at PPO's peak, RT_peak on the process's CPU clock "
         "(the wall clock of a shared machine measures the neighbours; `RT_peak wall` "
@@ -376,7 +376,7 @@ def summarize(task: str, arms: list[str]) -> None:
         )
     paper = spec.paper
     lines += [
-        # SCIENCE.md §6: the paper ran 3 seeds for most tables, 5 for Fig. 6 and Table 4.
+        # docs/science.md §6: the paper ran 3 seeds for most tables, 5 for Fig. 6 and Table 4.
         f"| **paper, IIF** (Fig. 6(b), 5 seeds, {spec.paper_episodes} episodes) | 5 | "
         f"{paper['SE_ave']} | {paper['SE_peak']} | | {paper['RT_peak']} | | | | | | |",
         "",

@@ -7,7 +7,7 @@ retrained from θ_k without its negatively scored records (``drop_negative``, th
 what-if) and without as many random records (the control); θ_{k+1} and both retrained
 policies play the same 200 seeded episodes (stochastic policy). The paper reports that
 dropping the negatives "consistently improves" the test return, except where PPO itself
-dips (SCIENCE.md §6).
+dips (docs/science.md §6).
 
     python experiments/whatif_frozenlake.py [--seeds 3]
 """

@@ -7,7 +7,7 @@ when ranking the records by it puts the flagged ones first. Every function here 
 into a suspicion in the direction that should flag the planted records:
 
 - return-target scores (snapshot, TracIn, metagradient): a harmful record has a
-  *negative* score (SCIENCE.md §2), so the suspicion is ``-score``;
+  *negative* score (docs/science.md §2), so the suspicion is ``-score``;
 - a behaviour target the planted records work *against* (the behaviour they corrupt):
   also ``-score``;
 - baselines that need no attribution: ``-advantage`` (the most negative advantages first),
@@ -120,7 +120,7 @@ def expected_random_average_precision(n_records: int, n_planted: int) -> float:
 def per_record_losses(
     policy: ActorCriticPolicy, records: Records, loss_config: PPOLossConfig
 ) -> torch.Tensor:
-    """ℓ_i(θ_k) of SCIENCE.md §1 for every record, at the policy's current parameters.
+    """ℓ_i(θ_k) of docs/science.md §1 for every record, at the policy's current parameters.
 
     Evaluate it with the policy at θ_k (the parameters that collected ``records``): the
     ratio is then 1. Advantages are normalised over the whole buffer, as the snapshot

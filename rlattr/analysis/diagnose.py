@@ -1,6 +1,6 @@
 """``rlattr diagnose RUN``: a self-contained HTML report of what the scores say about learning.
 
-The IIF paper's diagnosis of learning (SCIENCE.md §5), post hoc, on a recorded run:
+The IIF paper's diagnosis of learning (docs/science.md §5), post hoc, on a recorded run:
 
 - the learning curve with the per-iteration diagnostics aligned beneath it (share of
   negative scores, advantage error and sign mismatch of the bottom vs the top records,

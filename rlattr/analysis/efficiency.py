@@ -1,6 +1,6 @@
 """Sample- and time-efficiency metrics of the IIF paper, and their aggregation over seeds.
 
-Definitions (SCIENCE.md §6, arXiv 2505.19281 §5), with rounds as the unit. A *curve* is
+Definitions (docs/science.md §6, arXiv 2505.19281 §5), with rounds as the unit. A *curve* is
 one evaluation return per round: ``curve[r]`` is the return of the policy after ``r``
 updates (``curve[0]`` the initial policy), as ``rlattr.training.evaluation`` records it.
 

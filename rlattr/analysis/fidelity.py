@@ -1,4 +1,4 @@
-"""Fidelity of scores: how well they predict leave-subset-out replay (SCIENCE.md §2)."""
+"""Fidelity of scores: how well they predict leave-subset-out replay (docs/science.md §2)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def fidelity(
     device: str = "cpu",
     memory_budget: MemoryBudget = DEFAULT_MEMORY_BUDGET,
 ) -> FidelityReport:
-    """LDS & co. of ``method``'s scores against leave-subset-out replay (SCIENCE.md §2).
+    """LDS & co. of ``method``'s scores against leave-subset-out replay (docs/science.md §2).
 
     ``memory_budget``: the metagradient's graph memory (``metagradient_scores``).
     """

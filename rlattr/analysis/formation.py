@@ -1,6 +1,6 @@
 """Behaviour formation: which records, of which kind, built a behaviour, iteration by iteration.
 
-SCIENCE.md §5 and the IIF paper's temporal analysis. For a behaviour target f (e.g. the
+docs/science.md §5 and the IIF paper's temporal analysis. For a behaviour target f (e.g. the
 mean log π(a*|s*) of analyst-given state–action pairs) and every recorded iteration k:
 
 - the behaviour's value f(θ_k), and its actual change over the update, f(θ_{k+1}) − f(θ_k)

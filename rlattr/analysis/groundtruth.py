@@ -1,6 +1,6 @@
 """Ground truth for scores: leave-subset-out replay, and agreement metrics (LDS & co).
 
-SCIENCE.md §2. The implementation lives one layer down, in ``rlattr.record.counterfactual``,
+docs/science.md §2. The implementation lives one layer down, in ``rlattr.record.counterfactual``,
 so that training (the board's ``fidelity_every`` check) and analysis share it; this module
 keeps the analysis layer's names for it.
 """

@@ -1,6 +1,6 @@
 """Stage effects: how much each span of training accounts for a behaviour of the final agent.
 
-SCIENCE.md §4. Stage k spans iterations [start, end). Its effect on a behaviour f of the
+docs/science.md §4. Stage k spans iterations [start, end). Its effect on a behaviour f of the
 final parameters θ_T is τ_k = f(θ_T) − f(θ_T^{(−k)}), where θ_T^{(−k)} is training with
 stage k's updates not executed.
 
@@ -539,7 +539,7 @@ def stage_effects(
     optimizer_state: str = "rollback",
     device: str = "cpu",
 ) -> list[Any]:
-    """Stage effects on a behaviour of the final policy (SCIENCE.md §4).
+    """Stage effects on a behaviour of the final policy (docs/science.md §4).
 
     Args:
         log: the run; every iteration must be recorded (``record_every=1``, no ``keep_last``).

@@ -1,4 +1,4 @@
-"""The paper's what-if intervention, post hoc (issue 13.4; SCIENCE.md §6 "What-if").
+"""The paper's what-if intervention, post hoc (issue 13.4; docs/science.md §6 "What-if").
 
 For a recorded iteration k: choose records by their stored scores (``drop_negative``: every
 record with a negative return-target score), retrain iteration k from θ_k without them —

@@ -13,7 +13,7 @@ ScoreBackend = Literal["ghost", "naive"]
 
 @dataclass(frozen=True)
 class LLMIIF:
-    """Iterative influence-based filtering of prompt–completion pairs (SCIENCE.md §3, §6 RLHF).
+    """Iterative influence-based filtering of prompt–completion pairs (docs/science.md §3, §6 RLHF).
 
     Every round (one generation batch) the pairs are scored at the round's starting
     parameters, ``score_i = -<∇f, ∇ℓ_i>`` with ℓ_i the trainer's per-sequence loss, a rule

@@ -1,4 +1,4 @@
-"""Ground truth for pair scores by replay: leave-subset-out effects on the target (SCIENCE §2).
+"""Ground truth for pair scores by replay: leave-subset-out effects (docs/science.md §2).
 
 For a recorded round k, the update is replayed from θ_k with the same plan and with the
 pairs of a subset S removed from every micro-batch; the actual effect of S on the target

@@ -1,10 +1,10 @@
-"""Exact replay of a recorded round's update (SCIENCE.md §1: the update plan).
+"""Exact replay of a recorded round's update (docs/science.md §1: the update plan).
 
 From θ_k, the optimiser state at the start of round k, the round's pairs and its plan
 (rows of every micro-step, learning rates, accumulation, RNG states), the trainer's own
 loss, backward pass, gradient clipping and optimiser step are run again. On CPU the result
 is θ_{k+1} bit for bit (tested). A ``keep`` override replays a counterfactual: the same
-plan with other pairs removed (the leave-subset-out ground truth of SCIENCE.md §2).
+plan with other pairs removed (the leave-subset-out ground truth of docs/science.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Snapshot influence of prompt–completion pairs on a sequence target (SCIENCE.md §2, §6).
+"""Snapshot influence of prompt–completion pairs on a sequence target (docs/science.md §2, §6).
 
 score_i = -⟨∇f(θ_k), ∇ℓ_i(θ_k)⟩: positive when training on pair i raises the target.
 ℓ_i is the trainer's per-pair GRPO loss (``rlattr.llm.loss``); the target is the paper's

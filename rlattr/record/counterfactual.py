@@ -1,6 +1,6 @@
 """Counterfactual ground truth for scores: leave-subset-out replay, and agreement metrics.
 
-SCIENCE.md §2. Remove a subset S of records from every minibatch of iteration k's logged
+docs/science.md §2. Remove a subset S of records from every minibatch of iteration k's logged
 plan, replay, and compare Δ_S = f(θ_{k+1}) − f(θ_{k+1}^{−S}) with the predicted
 Σ_{i∈S} I_i over many random subsets (the LDS: Spearman over subsets). The ground truth
 depends on the minibatch order, so its own agreement under two independent orders (the
@@ -186,7 +186,7 @@ def check_scores(
     seed: int = 0,
     orders: int = 1,
 ) -> FidelityReport:
-    """Compare ``scores`` with leave-subset-out replays of ``data`` (SCIENCE.md §2).
+    """Compare ``scores`` with leave-subset-out replays of ``data`` (docs/science.md §2).
 
     Args:
         data: the logged iteration.

@@ -77,6 +77,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: a reader sees the old file or the whole new one."""
+    atomic_write_bytes(path, text.encode())
+
+
 def atomic_write_json(path: Path, payload: dict[str, Any], compact: bool = False) -> str:
     """Write ``payload`` as JSON atomically; returns the SHA-256 of the bytes.
 

@@ -153,7 +153,7 @@ def per_record_ppo_losses(
     advantages: torch.Tensor,
     config: PPOLossConfig,
 ) -> torch.Tensor:
-    """ℓ_i of SCIENCE.md §1: SB3's minibatch loss is the mean of these over the minibatch.
+    """ℓ_i of docs/science.md §1: SB3's minibatch loss is the mean of these over the minibatch.
 
     Args:
         outputs: the policy's values, log-probabilities and entropies for the records.
@@ -184,7 +184,7 @@ def weighted_minibatch_loss(
     weights: torch.Tensor,
     normalization: str = "weights",
 ) -> LossTerms:
-    """PPO loss with per-record weights w (SCIENCE.md §2, metagradient setting).
+    """PPO loss with per-record weights w (docs/science.md §2, metagradient setting).
 
     The loss is Σ w_i ℓ_i / D with D = Σ w_i (``normalization="weights"``: w_i = 0 is
     exactly removal, advantage statistics included) or D = |b| (``"count"``: w_i = 0

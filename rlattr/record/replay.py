@@ -3,7 +3,7 @@
 Replay runs the *same* code path as training (``rlattr.record.update.run_update``) from the
 logged start-of-iteration checkpoint, records and update plan, so on the same device it
 reproduces θ_{k+1} bit for bit. With a keep mask it gives the leave-subset-out ground
-truth of SCIENCE.md §2: the records outside the mask are removed from every minibatch of
+truth of docs/science.md §2: the records outside the mask are removed from every minibatch of
 the plan, which otherwise stays as logged (same order, same learning rates).
 """
 

@@ -122,7 +122,7 @@ def attribute(
         iteration: a recorded iteration.
         target: the behaviour to explain (``ReturnTarget()``, ``ActionTarget(...)``, ...).
         method: ``"snapshot"`` (θ_k only), ``"tracin"`` (replayed over the update) or
-            ``"metagrad"`` (exact derivative through the replayed update, SCIENCE.md §2).
+            ``"metagrad"`` (exact derivative through the replayed update, docs/science.md §2).
         params, backend: see ``rlattr.scoring.grads``.
         device: where to compute.
         store: also store the scores in the run log, named by ``score_name`` (run logs

@@ -1,6 +1,6 @@
 """Diagnosis of learning: do the most harmful records carry wrong advantage estimates?
 
-SCIENCE.md §5 and the IIF paper's "diagnosis of learning": the bottom-scored records tend to
+docs/science.md §5 and the IIF paper's "diagnosis of learning": the bottom-scored records tend to
 have an advantage estimate Â whose sign disagrees with a better estimate Ā, or that is far
 from it. These statistics are cheap (a few tensor operations on one buffer), so training
 logs them live and ``rlattr diagnose`` reports them post hoc.

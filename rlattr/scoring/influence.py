@@ -1,6 +1,6 @@
 """Scorers: the influence of each record of one iteration on a target (positive = helpful).
 
-SCIENCE.md §2. One SGD step on ℓ_i changes f by −η⟨∇f, ∇ℓ_i⟩, so every score carries that
+docs/science.md §2. One SGD step on ℓ_i changes f by −η⟨∇f, ∇ℓ_i⟩, so every score carries that
 minus sign.
 
 - ``snapshot_scores``: I_i = −⟨∇f(θ_k), ∇ℓ_i(θ_k)⟩ at the start of the iteration (the IIF

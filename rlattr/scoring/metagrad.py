@@ -1,6 +1,6 @@
 """Metagradient scores: the exact derivative of the target after the update w.r.t. record weights.
 
-SCIENCE.md §2. Every record gets a weight w_i in the replayed update of iteration k (the
+docs/science.md §2. Every record gets a weight w_i in the replayed update of iteration k (the
 minibatch loss Σ w_i ℓ_i / Σ w_i with w-weighted advantage normalisation, so w_i = 0 is
 removal). With the plan fixed, w ↦ θ_{k+1}(w) is a deterministic, piecewise-smooth map,
 and the score is +∂f(θ_{k+1}(w))/∂w_i at w = 1, obtained here by reverse-mode

@@ -8,7 +8,7 @@ message naming it, and returns the ``OptimizerModel`` that the three forms hang 
 
 (a) ``OptimizerModel.step``: the functional, differentiable step (metagradients). It is
     torch's update as tensor arithmetic, returning new tensors instead of updating in place.
-(b) ``OptimizerModel.linearised_step``: the tangent of one step (stage effects, SCIENCE.md
+(b) ``OptimizerModel.linearised_step``: the tangent of one step (stage effects, docs/science.md
     §4). A parameter difference e, a first-slot difference (momentum buffer / Adam's m) and,
     at second order, a second-moment difference are carried through the step. First order
     keeps only what does not depend on the data (learning rate, weight decay, momentum,
@@ -16,7 +16,7 @@ message naming it, and returns the ``OptimizerModel`` that the three forms hang 
     Hessian-vector product) and, for Adam, its effect on v (δv = 2 g ⊙ δg) and on √v̂.
 (c) ``OptimizerModel.displacement_multipliers`` / ``slot_multipliers``: how a unit gradient
     at step t moves θ (and the first slot) by the end of a span of steps, v̂ held fixed
-    (replay TracIn, SCIENCE.md §2, and the per-record split of a stage).
+    (replay TracIn, docs/science.md §2, and the per-record split of a stage).
 
 All three are built from the same primitives (weight decay, the first moment, Adam's
 second moment and denominator), so each formula is written once.
@@ -254,7 +254,7 @@ class OptimizerModel:
     ) -> Tangent:
         """Carry a perturbation of one parameter tensor through one step: e ← A_t e.
 
-        First order (``gradient_change`` None) is SCIENCE.md §4's recursion: the data's
+        First order (``gradient_change`` None) is docs/science.md §4's recursion: the data's
         gradient is held fixed, only weight decay, momentum / m and Adam's 1/D (with v̂
         from the run) act. Second order is the exact tangent of the step for a gradient
         change δg: Adam's second moment moves too, δv = 2 g ⊙ δg with g the decayed
@@ -309,7 +309,7 @@ class OptimizerModel:
         """u_t: how far a unit gradient at step t moves θ by the end of the steps.
 
         θ_T changes by −u_t ⊙ δg_t for a gradient change δg_t at step t, with later
-        gradients and Adam's v̂ held fixed (SCIENCE.md §2): η_t for plain SGD,
+        gradients and Adam's v̂ held fixed (docs/science.md §2): η_t for plain SGD,
         Σ_{s≥t} η_s μ^{s−t} with momentum (Nesterov adds the step's own η_t),
         (1 − β₁) Σ_{s≥t} η_s β₁^{s−t} / D_s for Adam. Weight decay is not included: a
         record's gradient contribution is counted as it enters.

@@ -1,4 +1,4 @@
-"""Keep-mask rules of IIF as pure functions of the scores (SCIENCE.md §3).
+"""Keep-mask rules of IIF as pure functions of the scores (docs/science.md §3).
 
 One implementation for every filter: ``rlattr.training`` (IIF in PPO) and ``rlattr.llm``
 (IIF in TRL) are one layer and may not import each other, so the rules live here, below

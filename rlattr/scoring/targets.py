@@ -1,6 +1,6 @@
 """Targets: the scalar behaviours f(θ) that scores explain (to be *maximised*).
 
-SCIENCE.md §1: the return target is the importance-sampled policy-gradient surrogate
+docs/science.md §1: the return target is the importance-sampled policy-gradient surrogate
 f_R(θ) = mean_j [π_θ(a_j|s_j) / π_{θ_k}(a_j|s_j)] · A_j over validation records, whose
 gradient at θ_k is the policy-gradient estimate of the return; the action target is the
 mean log-probability (log-density) of analyst-given (state, action) pairs.

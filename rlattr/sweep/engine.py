@@ -34,17 +34,16 @@ from rich.progress import (
 )
 
 from rlattr.argtypes import check_device
+from rlattr.provenance import git_commit, provenance
+from rlattr.record.io import atomic_write_json
 from rlattr.sweep.backends import Outcome, TrialFn, ray_available, run_local, run_ray
 from rlattr.sweep.report import result_path, write_report
 from rlattr.sweep.spec import SweepError, SweepSpec, Trial, plan_trials
 from rlattr.sweep.trial import (
     TrialJob,
-    git_commit,
-    provenance,
     read_result,
     run_job,
     same_trial,
-    write_atomic,
 )
 
 Backend = Literal["auto", "ray", "local"]
@@ -196,7 +195,7 @@ def _keep_result(outcome: Outcome) -> None:
     path = Path(outcome.job.result_path)
     stored = read_result(path)
     if outcome.payload is not None and (stored is None or stored.get("status") != "done"):
-        write_atomic(path, outcome.payload)
+        atomic_write_json(path, outcome.payload)
 
 
 def _record_failure(job: TrialJob, error: str | None, attempts: int) -> None:
@@ -204,7 +203,7 @@ def _record_failure(job: TrialJob, error: str | None, attempts: int) -> None:
     path = Path(job.result_path)
     payload = read_result(path) or {"task": job.trial.task, "arm": job.trial.arm}
     payload.update(status="failed", error=error, attempts=attempts, seed=job.trial.seed)
-    write_atomic(path, payload)
+    atomic_write_json(path, payload)
 
 
 def run_sweep(

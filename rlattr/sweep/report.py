@@ -1,7 +1,7 @@
 """A sweep's results as one table: per trial (CSV) and per task × arm (Markdown), plots.
 
 Every arm's trial is measured against PPO's trial on the same seed (the paper's pairing,
-``rlattr.analysis.efficiency``, SCIENCE.md §6): rounds until it first reaches PPO's peak
+``rlattr.analysis.efficiency``, docs/science.md §6): rounds until it first reaches PPO's peak
 evaluation return, SE_ave, SE_peak and RT_peak (on the process's CPU clock: on a shared
 machine the wall clock measures the neighbours), beside the arm's own AUC (mean return over
 the rounds), final return and seconds per round. Cells are mean ± sample standard
@@ -12,6 +12,7 @@ IQM with 95 % bootstrap CIs and the probability of improvement over PPO.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rlattr.analysis.efficiency import auc, efficiency, final_return, first_reach
+from rlattr.record.io import atomic_write_text
 from rlattr.sweep.spec import SweepSpec
 from rlattr.sweep.trial import read_result
 
@@ -177,14 +179,12 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
 
 def write_trials_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """The per-trial rows as CSV (written to a temp file, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(TRIAL_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_cell(row[k]) for k in TRIAL_COLUMNS})
-    tmp.replace(path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row[k]) for k in TRIAL_COLUMNS})
+    atomic_write_text(path, buffer.getvalue())
     return path
 
 
@@ -327,9 +327,7 @@ def write_report(spec: SweepSpec, final: bool = False) -> dict[str, Path]:
     rows = trial_rows(results)
     paths = {"csv": write_trials_csv(rows, out / "summary.csv")}
     md = out / "summary.md"
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(markdown(spec, rows, results, statistics=final))
-    tmp.replace(md)
+    atomic_write_text(md, markdown(spec, rows, results, statistics=final))
     paths["markdown"] = md
     if final:
         for task, arms in results.items():

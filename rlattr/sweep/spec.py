@@ -33,7 +33,7 @@ from rlattr.errors import RlattrError
 ARMS = ("ppo", "iif", "random_like", "advantage_like", "iif_metagrad")
 # Any arm but ppo may name its own drop fraction p as a percent suffix: ``iif_p25`` is the
 # preset's rule at p = 25 %, ``random_like_p12.5`` drops as many as the rule would at 12.5 %
-# (the paper's p sweep, SCIENCE.md §6).
+# (the paper's p sweep, docs/science.md §6).
 _PERCENT_SUFFIX = "_p"
 
 

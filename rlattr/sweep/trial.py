@@ -15,20 +15,17 @@ The result format is the one ``experiments/paper_suite.py`` has always written (
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rlattr.argtypes import check_device
+from rlattr.provenance import git_commit, provenance
+from rlattr.record.io import atomic_write_json
 from rlattr.sweep.spec import Trial, parse_arm
-from rlattr.versions import package_versions
 
 # A recording trial's run log, inside its run directory.
 RUN_LOG_FOLDER = "runlog"
@@ -82,14 +79,6 @@ def make_eval_env_factory(preset: Any) -> Callable[[], Any]:
     return make
 
 
-def write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temp file and a rename: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
-
-
 def read_result(path: Path) -> dict[str, Any] | None:
     """The result JSON at ``path``; None if it is missing or unreadable (a torn write)."""
     try:
@@ -103,42 +92,6 @@ def is_done(path: Path) -> bool:
     """Whether ``path`` holds a finished trial."""
     payload = read_result(path)
     return payload is not None and payload.get("status") == "done"
-
-
-def git_commit(paths: Sequence[str] = ("rlattr", "agents")) -> str:
-    """HEAD of the repository rlattr is imported from, marked if ``paths`` are modified;
-    ``unknown`` outside a git checkout (an installed wheel)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", *paths],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (" (with uncommitted changes)" if dirty else "")
-
-
-def provenance(command: str | None = None) -> dict[str, Any]:
-    """The command, versions and machine a result came from (as experiments/common.py)."""
-    return {
-        "command": command or " ".join(["python", *sys.argv]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "versions": package_versions(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            # Timings taken beside other jobs are slower and noisier: say how busy it was.
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        },
-    }
 
 
 @dataclass(frozen=True)
@@ -274,7 +227,7 @@ def run_trial(
 
         def record(point: Any) -> None:
             payload["curve"].append(point.to_dict())
-            write_atomic(result_path, payload)
+            atomic_write_json(result_path, payload)
             if on_point is not None:
                 on_point(trial, point)
 
@@ -286,7 +239,7 @@ def run_trial(
                 "train_cpu_seconds": cpu,
                 "wall_seconds": time.perf_counter() - start,
             }
-            write_atomic(result_path, payload)
+            atomic_write_json(result_path, payload)
 
         start = time.perf_counter()
         evaluation = EvalEveryRound(
@@ -317,7 +270,7 @@ def run_trial(
             time.perf_counter() - start + payload.get("wall_seconds_before", 0.0)
         )
         payload["date_finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        write_atomic(result_path, payload)
+        atomic_write_json(result_path, payload)
         model.env.close()
         model.logger.close()
         return payload

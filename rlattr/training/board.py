@@ -115,7 +115,7 @@ class BoardConfig:
             keeps only the time and filter scalars (what the live-cost benchmark compares).
         fidelity_every: every this many iterations, check the return target's scores
             (those logged under ``scores``) against leave-subset-out replay of the update
-            just made: ``fidelity/lds`` (SCIENCE.md §2; ``rlattr.record.counterfactual``).
+            just made: ``fidelity/lds`` (docs/science.md §2; ``rlattr.record.counterfactual``).
             The check replays the update 1 + ``fidelity_subsets`` times (twice that with
             ``fidelity_ceiling``) on a copy of the policy; training is unchanged. 0: never.
             It checks against ``ReturnTarget()`` (GAE advantages, the iteration's own

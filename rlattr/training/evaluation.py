@@ -2,7 +2,7 @@
 
 The paper evaluates the *stochastic* policy after every PPO round on many episodes
 (1000 for FrozenLake, Acrobot, MiniGrid and LunarLander; 100 for Highway and
-BipedalWalker; SCIENCE.md §6). ``EvalEveryRound`` does that with its own environments on
+BipedalWalker; docs/science.md §6). ``EvalEveryRound`` does that with its own environments on
 fixed seeds, so that:
 
 - every arm and every round is evaluated on the same episode seeds (common random numbers:

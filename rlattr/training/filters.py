@@ -1,4 +1,4 @@
-"""Iterative influence-based filtering (IIF, SCIENCE.md §3): drop harmful records, then update.
+"""Iterative influence-based filtering (IIF, docs/science.md §3): drop harmful records, then update.
 
 Each iteration the records are scored against the return target at θ_k (snapshot scores),
 a keep mask is chosen by a rule, and the PPO update runs on the kept records only — in

@@ -1,4 +1,4 @@
-"""Targeted intervention (SCIENCE.md §5): during training, drop or down-weight the records
+"""Targeted intervention (docs/science.md §5): during training, drop or down-weight the records
 that push the policy towards an unwanted behaviour.
 
 Each iteration the buffer is scored against the unwanted behaviour's target f at θ_k

@@ -244,7 +244,7 @@ def test_multipliers_are_the_replayed_response_to_a_gradient_change(optimizer: s
     later gradients stay as they were).
 
     SGD: δg = 1e-3 · e, e random. Adam: the multipliers hold v̂ at the replay's value
-    (SCIENCE.md §2), and a sign flip of g on a random half of the coordinates is a
+    (docs/science.md §2), and a sign flip of g on a random half of the coordinates is a
     change δg = −2g there that leaves g ⊙ g, hence v, exactly as it was; the response is
     then exactly linear in δg, and m, bias corrections, ε and the step count running
     across the two iterations are torch.optim.Adam's own.
