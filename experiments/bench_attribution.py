@@ -41,7 +41,7 @@ from rlattr.scoring.grads import (
     per_record_dots,
     policy_actions,
 )
-from rlattr.scoring.influence import _loss_fn, snapshot_scores, tracin_scores
+from rlattr.scoring.influence import record_loss_fn, snapshot_scores, tracin_scores
 from rlattr.scoring.metagrad import metagradient_scores
 from rlattr.training.presets import Preset
 
@@ -153,7 +153,7 @@ def bench(name: str, repeats: int) -> dict:
         records = data.records
         advantages = normalize_advantages(records.advantages, config)
         indices = torch.arange(len(records))
-        fn = _loss_fn(records, indices, advantages, config)
+        fn = record_loss_fn(records, indices, advantages, config)
         actions = policy_actions(records.actions, policy.action_space)
         backend_s = {
             backend: _timed(

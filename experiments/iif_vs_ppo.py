@@ -155,18 +155,13 @@ def comparisons(arms: list[str]) -> list[tuple[str, str]]:
 
 
 def run(preset: Preset, arm: str, seed: int, args: argparse.Namespace) -> Path:
-    import gymnasium as gym
 
     path = OUT / preset.name / f"{arm}-s{seed}.csv"
     if path.exists():
         return path
     torch.set_num_threads(1)
     model = preset.build(seed=seed, device="cpu", iif=_arm_iif(preset, arm, seed))
-    eval_env = gym.make(preset.env_id, **preset.env_kwargs)
-    for wrapper in preset.wrappers:
-        from rlattr.training.presets import _import_wrapper
-
-        eval_env = _import_wrapper(wrapper)(eval_env)
+    eval_env = preset.env_factory()()
     curve = Curve(eval_env, args.eval_every, args.eval_episodes, eval_seed=10_000)
     start = time.perf_counter()
     model.learn(preset.total_timesteps, callback=curve)

@@ -7,7 +7,7 @@ import torch
 from rlattr.analysis.groundtruth import FidelityReport, check_scores
 from rlattr.record.replay import build_policy, load_iteration
 from rlattr.record.runlog import RunLog
-from rlattr.scoring.attribute import _score, target_context
+from rlattr.scoring.attribute import score_logged_iteration, target_context
 from rlattr.scoring.grads import ParamSelection
 from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, MemoryBudget
 from rlattr.scoring.influence import Method
@@ -35,7 +35,9 @@ def fidelity(
     log = log if isinstance(log, RunLog) else RunLog(log)
     data = load_iteration(log, iteration, device)
     if scores is None:
-        scores = _score(log, data, target, method, params, "auto", device, memory_budget)
+        scores = score_logged_iteration(
+            log, data, target, method, params, "auto", device, memory_budget
+        )
     policy = build_policy(log, device)
     context = target_context(log, data.records)
     return check_scores(data, policy, scores, target, context, n_subsets, fraction, seed, orders)

@@ -422,7 +422,7 @@ def estimate_stage_record_scores(
     """
     from rlattr.record.loss import normalize_advantages
     from rlattr.scoring.grads import per_record_dots, policy_actions
-    from rlattr.scoring.influence import _loss_fn
+    from rlattr.scoring.influence import record_loss_fn
 
     names = _names(policy)
     slot_name = check_supported(policy.optimizer, "stage scores").first_slot
@@ -493,7 +493,7 @@ def estimate_stage_record_scores(
                 slot_part = lam_slot[n] * u_slot if use_slot else 0.0
                 vector[n] = (theta_part - slot_part) * weight
             advantages = normalize_advantages(_data.records.advantages[indices], _config)
-            fn = _loss_fn(_data.records, indices, advantages, _config)
+            fn = record_loss_fn(_data.records, indices, advantages, _config)
             dots = per_record_dots(
                 policy, _data.records.observations[indices], _actions[indices], fn, vector, backend
             )

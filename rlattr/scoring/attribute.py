@@ -86,7 +86,7 @@ def score_iteration(
     return tracin_scores(data, policy, target, context, params, backend)
 
 
-def _score(
+def score_logged_iteration(
     log: RunLog,
     data: IterationData,
     target: Target,

@@ -43,7 +43,7 @@ Method = Literal["snapshot", "tracin", "metagrad"]
 METHODS = ("snapshot", "tracin", "metagrad")
 
 
-def _loss_fn(
+def record_loss_fn(
     records: Records, indices: torch.Tensor, advantages: torch.Tensor, config: PPOLossConfig
 ) -> Callable[[PolicyOutputs, torch.Tensor], torch.Tensor]:
     """Per-record PPO loss for the records ``indices`` trained on with advantages Ã."""
@@ -104,7 +104,7 @@ def snapshot_scores(
         raise ValueError("advantage_normalization must be 'buffer' or 'none'")
     # ρ = 1 at θ_k by construction: the clipped ratio equals the ratio, nothing is clipped.
     all_indices = torch.arange(len(records), device=records.device)
-    fn = _loss_fn(records, all_indices, advantages, loss_config)
+    fn = record_loss_fn(records, all_indices, advantages, loss_config)
     actions = policy_actions(records.actions, policy.action_space)
     scores = []
     for start in range(0, len(records), chunk_size):
@@ -172,7 +172,7 @@ def tracin_scores(
             vector = {n: target_gradient[n] * u[n] * weight for n in names}
         # The minibatch's own advantage normalisation, exactly as the update used it.
         advantages = normalize_advantages(records.advantages[indices], config)
-        fn = _loss_fn(records, indices, advantages, config)
+        fn = record_loss_fn(records, indices, advantages, config)
         dots = per_record_dots(
             policy, records.observations[indices], actions[indices], fn, vector, backend
         )

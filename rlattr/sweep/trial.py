@@ -62,21 +62,8 @@ def arm_iif(preset: Any, arm: str, seed: int) -> Any:
 
 
 def make_eval_env_factory(preset: Any) -> Callable[[], Any]:
-    """One evaluation environment of the preset (gym.make + the preset's wrappers)."""
-    import gymnasium as gym
-
-    from rlattr.training.presets import _import_env_module, _import_wrapper
-
-    _import_env_module(preset.env_id)
-    wrappers = [_import_wrapper(path) for path in preset.wrappers]
-
-    def make() -> Any:
-        env = gym.make(preset.env_id, **preset.env_kwargs)
-        for wrapper in wrappers:
-            env = wrapper(env)
-        return env
-
-    return make
+    """One evaluation environment of the preset (``Preset.env_factory``)."""
+    return preset.env_factory()
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

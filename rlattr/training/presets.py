@@ -7,6 +7,7 @@ import importlib
 import importlib.resources
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,23 +308,40 @@ class Preset:
         return Preset.from_dict(values)
 
     # ------------------------------------------------------------------ building
-    def make_env(self, seed: int | None = None) -> Any:
-        """The vectorised training environment (``DummyVecEnv`` of ``n_envs`` copies)."""
+    def _wrap_function(self) -> Callable[[gym.Env], gym.Env] | None:
+        """The preset's wrappers applied in order (None without wrappers)."""
         _import_env_module(self.env_id)
         wrapper_classes = [_import_wrapper(path) for path in self.wrappers]
+        if not wrapper_classes:
+            return None
 
         def wrap(env: gym.Env) -> gym.Env:
             for wrapper in wrapper_classes:
                 env = wrapper(env)
             return env
 
+        return wrap
+
+    def make_env(self, seed: int | None = None) -> Any:
+        """The vectorised training environment (``DummyVecEnv`` of ``n_envs`` copies)."""
         return make_vec_env(
             self.env_id,
             n_envs=self.n_envs,
             seed=seed,
             env_kwargs=dict(self.env_kwargs),
-            wrapper_class=wrap if wrapper_classes else None,
+            wrapper_class=self._wrap_function(),
         )
+
+    def env_factory(self) -> Callable[[], gym.Env]:
+        """Builds one environment as training sees it (``gym.make`` and the preset's
+        wrappers, unvectorised): for evaluation, never the training environment itself."""
+        wrap = self._wrap_function()
+
+        def make() -> gym.Env:
+            env = gym.make(self.env_id, **self.env_kwargs)
+            return env if wrap is None else wrap(env)
+
+        return make
 
     def environment_spaces(self, seed: int = 0) -> tuple[Any, Any]:
         """The observation and action spaces, from the environment made once: call it

@@ -12,7 +12,7 @@ from tests.helpers import MODEL_CASES, fp64_observations, trained_model
 FAST_BACKENDS = [b for b in BACKENDS if b != "naive"]
 
 
-def _loss_fn(records, config, dtype):
+def record_loss_fn(records, config, dtype):
     generator = torch.Generator().manual_seed(0)
     # Perturbed old log-probs: ratios ≠ 1 and some clipped, so every loss branch is used.
     old_log_prob = (records.log_probs + 0.3 * torch.randn(len(records), generator=generator)).to(
@@ -68,7 +68,7 @@ def test_backends_equal_naive_loop_fp64(name: str, params: str) -> None:
     vector = {
         n: torch.randn(named[n].shape, generator=generator, dtype=torch.float64) for n in names
     }
-    fn = _loss_fn(records, config, torch.float64)
+    fn = record_loss_fn(records, config, torch.float64)
     with fp64_observations():
         reference = per_record_dots(policy, observations, actions, fn, vector, "naive")
         assert reference.abs().max() > 0
@@ -88,7 +88,7 @@ def test_backends_equal_naive_loop_fp32(name: str) -> None:
     named = dict(policy.named_parameters())
     generator = torch.Generator().manual_seed(2)
     vector = {n: torch.randn(named[n].shape, generator=generator) for n in names}
-    fn = _loss_fn(records, config, torch.float32)
+    fn = record_loss_fn(records, config, torch.float32)
     reference = per_record_dots(policy, records.observations, actions, fn, vector, "naive")
     for backend in FAST_BACKENDS:
         dots = per_record_dots(policy, records.observations, actions, fn, vector, backend)
