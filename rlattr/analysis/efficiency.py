@@ -163,6 +163,22 @@ def efficiency(
     )
 
 
+def share_of_peak_level(ppo_curve: ArrayLike, share: float) -> float:
+    """The return ``share`` of the way from PPO's initial return to its peak:
+    ``c_0 + share · (max c − c_0)`` (``share · peak`` when the initial return is 0), so
+    that shares mean the same on tasks whose returns are negative."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    curve = _curve(ppo_curve, "ppo_curve")
+    return float(curve[0] + share * (curve.max() - curve[0]))
+
+
+def rounds_to_share_of_peak(ppo_curve: ArrayLike, curve: ArrayLike, share: float) -> int | None:
+    """The first round at which ``curve`` reaches ``share_of_peak_level(ppo_curve, share)``;
+    None if it never does (PPO itself reaches every share by its peak round)."""
+    return first_reach(curve, share_of_peak_level(ppo_curve, share))
+
+
 def auc(curve: ArrayLike) -> float:
     """Mean evaluation return over the rounds (area under the curve / its length)."""
     return float(np.mean(_curve(curve, "curve")))

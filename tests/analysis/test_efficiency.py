@@ -137,3 +137,17 @@ def test_normalize_by_task_maps_each_tasks_worst_and_best_run_to_0_and_1() -> No
     np.testing.assert_allclose(normalized["iif"], [[0.5, 1.0], [0.5, 0.0]])
     flat = normalize_by_task({"a": [[3.0], [3.0]]})["a"]
     np.testing.assert_array_equal(flat, [[0.0], [0.0]])
+
+
+def test_rounds_to_a_share_of_ppos_peak_measure_from_its_initial_return() -> None:
+    from rlattr.analysis.efficiency import rounds_to_share_of_peak, share_of_peak_level
+
+    ppo = [0.0, 0.2, 0.6, 0.95, 1.0]
+    other = [0.0, 0.55, 0.92, 0.99, 1.0]
+    assert [rounds_to_share_of_peak(ppo, other, s) for s in (0.5, 0.9, 0.99)] == [1, 2, 3]
+    assert [rounds_to_share_of_peak(ppo, ppo, s) for s in (0.5, 0.9, 0.99)] == [2, 3, 4]
+    # Negative returns: halfway from -500 to -100 is -300, not half of -100.
+    assert share_of_peak_level([-500.0, -300.0, -100.0], 0.5) == -300.0
+    assert rounds_to_share_of_peak([-500.0, -100.0], [-500.0, -400.0], 0.5) is None
+    with pytest.raises(ValueError, match="share must be in"):
+        share_of_peak_level(ppo, 0.0)
