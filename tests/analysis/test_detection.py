@@ -159,6 +159,32 @@ def test_per_record_losses_average_to_the_ppo_loss_of_the_whole_buffer(case: str
     assert float(losses.mean()) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("case", ["cartpole", "pendulum_log_std"])
+def test_each_per_record_loss_is_its_single_record_ppo_loss(case: str) -> None:
+    # ℓ_i is PPO's loss on a minibatch of record i alone, its advantage normalised over
+    # the whole buffer (a one-record minibatch is not normalised again: SB3 GH #325).
+    model, records = trained_model(case, n_steps=32)
+    config = model.loss_config()
+    assert config.normalize_advantage
+    losses = per_record_losses(model.policy, records, config)
+    advantages = records.advantages.detach().to(torch.float64)
+    normalised = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    assert float(normalised.abs().max()) > 0.5  # the normalisation changes the advantages
+    for i in range(len(records)):
+        one = slice(i, i + 1)
+        batch = Minibatch(
+            records.observations[one],
+            records.actions[one],
+            records.values[one],
+            records.log_probs[one],
+            normalised[one].to(records.advantages.dtype),
+            records.returns[one],
+        )
+        with torch.no_grad():
+            expected = ppo_minibatch_loss(model.policy, batch, config).loss
+        assert float(losses[i]) == pytest.approx(float(expected), rel=1e-5, abs=1e-6), i
+
+
 def test_detect_rows_and_baselines() -> None:
     model, records = trained_model("cartpole", n_steps=32)
     # Plant the records with the lowest advantages: -advantage must then rank them first.
