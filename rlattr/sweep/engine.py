@@ -4,7 +4,8 @@ the results table current as each trial finishes.
 Layout of ``spec.out``::
 
     <task>/<arm>-s<seed>.json   the trial's result (status running / done / failed)
-    <task>/<arm>-s<seed>/       its run directory: TensorBoard events (eval/return_mean...)
+    <task>/<arm>-s<seed>/       its run directory: TensorBoard events (eval/return_mean...),
+                                under ``spec.runs`` instead where the spec names one
     summary.csv, summary.md     every finished trial, rewritten after each one finishes
     <task>.png                  evaluation curves per arm (at the end)
 
@@ -79,9 +80,9 @@ def resolve_backend(backend: Backend) -> str:
     return backend
 
 
-def run_dir_of(out: Path, trial: Trial) -> Path:
-    """``<out>/<task>/<arm>-s<seed>/``: TensorBoard shows the trials of a task by arm-seed."""
-    return out / trial.task / f"{trial.arm}-s{trial.seed}"
+def run_dir_of(runs: Path, trial: Trial) -> Path:
+    """``<runs>/<task>/<arm>-s<seed>/``: TensorBoard shows the trials of a task by arm-seed."""
+    return runs / trial.task / f"{trial.arm}-s{trial.seed}"
 
 
 def plan_jobs(spec: SweepSpec, command: str | None = None) -> tuple[list[TrialJob], list[str]]:
@@ -111,7 +112,7 @@ def plan_jobs(spec: SweepSpec, command: str | None = None) -> tuple[list[TrialJo
             TrialJob(
                 trial,
                 str(path),
-                str(run_dir_of(out, trial)),
+                str(run_dir_of(spec.runs_dir, trial)),
                 provenance=origin,
                 git_commit=commit,
                 record=spec.record,

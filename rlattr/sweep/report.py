@@ -42,6 +42,9 @@ TRIAL_COLUMNS = (
     "se_ave",
     "se_peak",
     "rt_peak",
+    "rt_peak_wall",
+    "levels",
+    "censored_levels",
     "seconds_per_round",
     "cpu_seconds_per_round",
     "fraction_dropped",
@@ -69,8 +72,8 @@ def load_results(spec: SweepSpec) -> dict[str, dict[str, dict[int, dict[str, Any
     out = Path(spec.out)
     results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
     for task in spec.tasks:
-        for arm in spec.arms:
-            for seed in spec.seeds:
+        for arm in spec.arms_of(task):
+            for seed in spec.seeds_of(task):
                 payload = read_result(result_path(out, task.name, arm, seed))
                 if payload is not None and payload.get("status") == "done":
                     results.setdefault(task.name, {}).setdefault(arm, {})[seed] = payload
@@ -87,8 +90,16 @@ def _per_round(payload: Mapping[str, Any], clock: str) -> float:
     return float(seconds[-1]) / max(len(seconds) - 1, 1)
 
 
-def trial_row(payload: Mapping[str, Any], ppo: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One trial's metrics; those against PPO are NaN without PPO's trial on its seed."""
+def trial_row(
+    payload: Mapping[str, Any], ppo: Mapping[str, Any] | None, ppo_itself: bool = False
+) -> dict[str, Any]:
+    """One trial's metrics; those against PPO are NaN without PPO's trial on its seed.
+
+    The efficiency metrics (SE_ave, SE_peak, RT_peak on the CPU clock and on the wall
+    clock, PPO's levels and how many of them the arm never reached) are NaN for PPO's own
+    trial unless ``ppo_itself``: then PPO is measured against itself (SE 0 by construction;
+    its RT_peak says how early PPO reaches its own peak).
+    """
     curve = _series(payload, "return_mean")
     rounds = len(curve) - 1
     dropped = [p["fraction_dropped"] for p in payload["curve"] if p["fraction_dropped"] is not None]
@@ -106,6 +117,9 @@ def trial_row(payload: Mapping[str, Any], ppo: Mapping[str, Any] | None) -> dict
         "se_ave": math.nan,
         "se_peak": math.nan,
         "rt_peak": math.nan,
+        "rt_peak_wall": math.nan,
+        "levels": math.nan,
+        "censored_levels": math.nan,
         "seconds_per_round": _per_round(payload, "train_seconds"),
         "cpu_seconds_per_round": _per_round(payload, "train_cpu_seconds"),
         "fraction_dropped": float(np.mean(dropped)) if dropped else 0.0,
@@ -121,29 +135,34 @@ def trial_row(payload: Mapping[str, Any], ppo: Mapping[str, Any] | None) -> dict
         rounds_to_ppo_peak=float(len(curve) if reached is None else reached),
         ppo_peak_reached=reached is not None,
     )
-    if payload["arm"] != "ppo":
-        metrics = efficiency(
-            ppo_curve,
-            curve,
-            _series(ppo, "train_cpu_seconds"),
-            _series(payload, "train_cpu_seconds"),
+    if payload["arm"] != "ppo" or ppo_itself:
+        cpu, wall = (
+            efficiency(ppo_curve, curve, _series(ppo, clock), _series(payload, clock))
+            for clock in ("train_cpu_seconds", "train_seconds")
         )
         # RT_peak, like SE_peak, has no meaning when PPO peaks with its initial policy.
-        rt_peak = metrics.rt_peak if metrics.m_ppo_peak > 0 else math.nan
+        meaningful = cpu.m_ppo_peak > 0
         row.update(
-            se_ave=100 * metrics.se_ave, se_peak=100 * metrics.se_peak, rt_peak=100 * rt_peak
+            se_ave=100 * cpu.se_ave,
+            se_peak=100 * cpu.se_peak,
+            rt_peak=100 * cpu.rt_peak if meaningful else math.nan,
+            rt_peak_wall=100 * wall.rt_peak if meaningful else math.nan,
+            levels=len(cpu.levels),
+            censored_levels=cpu.censored_levels,
         )
     return row
 
 
-def trial_rows(results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, Any]]]]) -> list[dict]:
+def trial_rows(
+    results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, Any]]]], ppo_itself: bool = False
+) -> list[dict]:
     """``trial_row`` of every finished trial, task by task, arm by arm, seed by seed."""
     rows = []
     for arms in results.values():
         ppo = arms.get("ppo", {})
         for trials in arms.values():
             for seed in sorted(trials):
-                rows.append(trial_row(trials[seed], ppo.get(seed)))
+                rows.append(trial_row(trials[seed], ppo.get(seed), ppo_itself))
     return rows
 
 
@@ -204,10 +223,11 @@ def markdown(
     lines = [
         "# Sweep results",
         "",
-        f"Arms {', '.join(spec.arms)}; seeds {', '.join(map(str, spec.seeds))}; "
-        f"stochastic evaluation after every round. Metrics against PPO on the same seed "
-        "(rlattr.analysis.efficiency; SE_ave over PPO's successive running maxima, RT_peak "
-        "on the CPU clock; a level never reached counts at round R + 1). Cells: mean ± "
+        f"Arms {', '.join(spec.arms)}; seeds {', '.join(map(str, spec.seeds))} (where a task "
+        "names none of its own); stochastic evaluation after every round. Metrics against "
+        "PPO on the same seed (rlattr.analysis.efficiency; SE_ave over PPO's successive "
+        "running maxima, RT_peak on the CPU clock; a level never reached counts at round "
+        "R + 1). Cells: mean ± "
         "sample standard deviation over the finished seeds.",
         "",
     ]
@@ -291,7 +311,8 @@ def _statistics(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
 def plot_task(
     task: str, arms: Mapping[str, Mapping[int, Mapping[str, Any]]], path: Path
 ) -> Path | None:
-    """Evaluation return per round, mean ± sd over seeds per arm (None without matplotlib)."""
+    """Evaluation return per round, mean ± sd over seeds per arm, and below it the share of
+    records each filtering arm dropped (None without matplotlib)."""
     try:
         import matplotlib
 
@@ -299,19 +320,27 @@ def plot_task(
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    episodes: set[int] = set()
     for arm, seeds in arms.items():
-        curves = [_series(seeds[s], "return_mean") for s in sorted(seeds)]
-        length = min(len(c) for c in curves)
-        matrix = np.array([c[:length] for c in curves])
+        trials = [seeds[s] for s in sorted(seeds)]
+        length = min(len(t["curve"]) for t in trials)
+        x = np.array([p["round"] for p in trials[0]["curve"][:length]])
+        matrix = np.array([_series(t, "return_mean")[:length] for t in trials])
         mean, sd = matrix.mean(0), matrix.std(0)
-        x = np.arange(length)
-        ax.plot(x, mean, label=f"{arm} (n={len(curves)})")
-        ax.fill_between(x, mean - sd, mean + sd, alpha=0.15)
-    ax.set_xlabel("round")
-    ax.set_ylabel("evaluation return (mean ± sd over seeds)")
-    ax.set_title(task)
-    ax.legend()
+        top.plot(x, mean, label=f"{arm} (n={len(trials)})")
+        top.fill_between(x, mean - sd, mean + sd, alpha=0.15)
+        episodes.update(int(t["evaluation"]["episodes"]) for t in trials)
+        if arm != "ppo":
+            dropped = [[p["fraction_dropped"] or 0.0 for p in t["curve"][:length]] for t in trials]
+            bottom.plot(x[1:], np.mean(dropped, axis=0)[1:], label=arm)
+    top.set_ylabel(f"eval return ({_listed(episodes)} stochastic episodes)\nmean ± sd over seeds")
+    top.set_title(task)
+    top.legend()
+    bottom.set_xlabel("round")
+    bottom.set_ylabel("fraction dropped")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

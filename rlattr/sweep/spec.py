@@ -6,16 +6,18 @@ A spec file (``rlattr sweep SPEC.yaml``)::
     tasks:                      # preset names (agents/) or YAML paths, or mappings:
       - cartpole
       - {preset: acrobot_paper, name: acrobot, rounds: 50, eval_episodes: 200}
+      - {preset: highway, rounds: 25, seeds: 3, arms: [ppo, iif]}  # its own arms, seeds
     arms: [ppo, iif]            # ppo, iif, random_like, advantage_like, iif_metagrad
     seeds: [0, 1, 2]            # or a count: 3 (seeds 0, 1, 2)
     rounds: null                # rounds per trial; null: the preset's total_timesteps
     eval_episodes: 100          # stochastic evaluation episodes after every round
     eval_every: 1               # evaluate after every N rounds only (and the last)
     out: runs/sweep             # results: <out>/<task>/<arm>-s<seed>.json and run dirs
+    runs: null                  # run dirs (TensorBoard, run logs) here instead; null: out
     retries: 2                  # a failed or killed trial is run again up to this often
     device: cpu
 
-Relative paths in the file (``out``, preset files) are read from the spec file's folder.
+Relative paths in the file (``out``, ``runs``, preset files) are read from the spec file's folder.
 """
 
 from __future__ import annotations
@@ -103,6 +105,12 @@ class TaskSpec:
         default=None,
         metadata=_help("evaluate after every N rounds for this task (default: the sweep's)"),
     )
+    arms: tuple[str, ...] | None = field(
+        default=None, metadata=_help("arms of this task (default: the sweep's)")
+    )
+    seeds: tuple[int, ...] | None = field(
+        default=None, metadata=_help("seeds of this task, a list or a count (default: the sweep's)")
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.preset, str) or not self.preset:
@@ -115,6 +123,10 @@ class TaskSpec:
         _check_count(self.rounds, f"task {self.name!r} rounds", nullable=True)
         _check_count(self.eval_episodes, f"task {self.name!r} eval_episodes", nullable=True)
         _check_count(self.eval_every, f"task {self.name!r} eval_every", nullable=True)
+        if self.arms is not None:
+            object.__setattr__(self, "arms", _arms(self.arms, f"task {self.name!r} arms"))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", _seeds(self.seeds, f"task {self.name!r} seeds"))
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,13 @@ class SweepSpec:
         ),
     )
     out: str = field(default="runs/sweep", metadata=_help("results folder"))
+    runs: str | None = field(
+        default=None,
+        metadata=_help(
+            "folder of the trials' run directories (TensorBoard events, run logs); None: "
+            "out. Keeps bulky event files out of a results folder that is committed"
+        ),
+    )
     retries: int = field(default=2, metadata=_help("times a failed or killed trial is run again"))
     device: str = field(default="cpu", metadata=_help("torch device of every trial"))
     record: bool = field(
@@ -166,19 +185,8 @@ class SweepSpec:
         names = [task.name for task in tasks]
         if len(set(names)) != len(names):
             raise SweepSpecError(f"task names repeat in {names}: give each a distinct name")
-        arms = tuple(_as_list(self.arms, "arms"))
-        parsed = [parse_arm(arm) for arm in arms]  # iif_p25 and iif_p25.0 are one arm
-        if not arms or len(set(parsed)) != len(parsed):
-            raise SweepSpecError(f"arms must be distinct names of {list(ARMS)}, got {list(arms)}")
-        seeds = self.seeds
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            _check_count(seeds, "seeds")
-            seeds = tuple(range(seeds))
-        seeds = tuple(_as_list(seeds, "seeds"))
-        for seed in seeds:
-            _check_count(seed, "every seed", low=0)
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise SweepSpecError(f"seeds must be distinct whole numbers >= 0, got {list(seeds)}")
+        arms = _arms(self.arms, "arms")
+        seeds = _seeds(self.seeds, "seeds")
         _check_count(self.rounds, "rounds", nullable=True)
         _check_count(self.eval_episodes, "eval_episodes")
         _check_count(self.eval_every, "eval_every")
@@ -186,6 +194,8 @@ class SweepSpec:
         for key in ("out", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise SweepSpecError(f"{key} must be text, got {getattr(self, key)!r}")
+        if self.runs is not None and (not isinstance(self.runs, str) or not self.runs):
+            raise SweepSpecError(f"runs must be text or null, got {self.runs!r}")
         if not isinstance(self.record, bool):
             raise SweepSpecError(f"record must be true or false, got {self.record!r}")
         object.__setattr__(self, "tasks", tasks)
@@ -206,8 +216,9 @@ class SweepSpec:
         values = dict(payload)
         if base is not None:
             values["tasks"] = [_rebased_task(t, base) for t in _as_list(values["tasks"], "tasks")]
-            if isinstance(values.get("out"), str) and not Path(values["out"]).is_absolute():
-                values["out"] = str(base / values["out"])
+            for key in ("out", "runs"):
+                if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
+                    values[key] = str(base / values[key])
         return cls(**values)
 
     @classmethod
@@ -221,6 +232,19 @@ class SweepSpec:
         except yaml.YAMLError as err:
             raise SweepSpecError(f"{path} is not valid YAML: {err}") from err
         return cls.from_dict(payload, base=path.resolve().parent)
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the trials' run directories go: ``runs``, else ``out``."""
+        return Path(self.runs if self.runs is not None else self.out)
+
+    def arms_of(self, task: TaskSpec) -> tuple[str, ...]:
+        """The task's own arms, else the sweep's."""
+        return task.arms if task.arms is not None else self.arms
+
+    def seeds_of(self, task: TaskSpec) -> tuple[int, ...]:
+        """The task's own seeds, else the sweep's."""
+        return task.seeds if task.seeds is not None else self.seeds
 
     def with_overrides(self, **changes: Any) -> SweepSpec:
         """A copy with the given fields replaced (None leaves a field as it is)."""
@@ -278,14 +302,14 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
     for task in spec.tasks:  # a missing or invalid preset stops the sweep before it starts
         Preset.load(task.preset)
     trials = []
-    main = [arm for arm in spec.arms if arm in ("ppo", "iif")]
-    others = [arm for arm in spec.arms if arm not in main]
     for task in spec.tasks:
+        main = [arm for arm in spec.arms_of(task) if arm in ("ppo", "iif")]
+        others = [arm for arm in spec.arms_of(task) if arm not in main]
         rounds = task.rounds or spec.rounds or preset_rounds(task.preset)
         episodes = task.eval_episodes or spec.eval_episodes
         every = task.eval_every or spec.eval_every
         for group in (main, others):
-            for seed in spec.seeds:
+            for seed in spec.seeds_of(task):
                 for arm in group:
                     trials.append(
                         Trial(
@@ -328,6 +352,26 @@ def _rebased_task(entry: Any, base: Path) -> Any:
                 return {**entry, "preset": str(candidate)}
             return str(candidate)
     return entry
+
+
+def _arms(value: Any, name: str) -> tuple[str, ...]:
+    arms = tuple(_as_list(value, name))
+    parsed = [parse_arm(arm) for arm in arms]  # iif_p25 and iif_p25.0 are one arm
+    if not arms or len(set(parsed)) != len(parsed):
+        raise SweepSpecError(f"{name} must be distinct names of {list(ARMS)}, got {list(arms)}")
+    return arms
+
+
+def _seeds(value: Any, name: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        _check_count(value, name)
+        value = tuple(range(value))
+    seeds = tuple(_as_list(value, name))
+    for seed in seeds:
+        _check_count(seed, f"every seed of {name}", low=0)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SweepSpecError(f"{name} must be distinct whole numbers >= 0, got {list(seeds)}")
+    return seeds
 
 
 def _as_list(value: Any, name: str) -> list[Any]:

@@ -222,3 +222,65 @@ def test_the_final_report_adds_iqm_and_a_plot_from_three_seeds(
     assert "1.00 [1.00, 1.00]" in table  # IIF's final return beats PPO's on every pair
     if "plot:cartpole" in paths:  # matplotlib installed
         assert paths["plot:cartpole"].stat().st_size > 0
+
+
+def test_runs_keeps_run_directories_out_of_the_results_folder(tmp_path: Path) -> None:
+    (tmp_path / "sweep.yaml").write_text(
+        "tasks: [cartpole]\narms: [ppo]\nseeds: 1\nrounds: 2\nout: results\nruns: tb\n"
+    )
+    spec = SweepSpec.load(tmp_path / "sweep.yaml")
+    assert spec.runs == str(tmp_path / "tb")
+    (job,) = plan_jobs(spec)[0]
+    assert job.result_path == str(tmp_path / "results" / "cartpole" / "ppo-s0.json")
+    assert job.run_dir == str(tmp_path / "tb" / "cartpole" / "ppo-s0")
+    # Without runs, run directories sit beside the results (as before).
+    (job,) = plan_jobs(_without_runs(spec))[0]
+    assert job.run_dir == str(tmp_path / "results" / "cartpole" / "ppo-s0")
+    with pytest.raises(SweepSpecError, match="runs must be text or null"):
+        SweepSpec(tasks=("cartpole",), runs="")
+
+
+def _without_runs(spec: SweepSpec) -> SweepSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, runs=None)
+
+
+def test_a_task_may_name_its_own_arms_and_seeds(tmp_path: Path) -> None:
+    spec = SweepSpec(
+        tasks=("cartpole", {"preset": "frozenlake", "arms": ["ppo"], "seeds": 1}),
+        arms=("ppo", "iif"), seeds=(0, 1), rounds=2, out=str(tmp_path),
+    )  # fmt: skip
+    keys = [t.key for t in plan_trials(spec)]
+    assert keys == [
+        "cartpole/ppo-s0", "cartpole/iif-s0", "cartpole/ppo-s1", "cartpole/iif-s1",
+        "frozenlake/ppo-s0",
+    ]  # fmt: skip
+    # The report reads each task's own arms and seeds only.
+    for key in ("frozenlake/ppo-s0", "frozenlake/iif-s0"):
+        task, name = key.split("/")
+        arm, seed = name.split("-s")
+        path = result_path(tmp_path, task, arm, int(seed))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"status": "done", "task": task, "arm": arm}))
+    assert list(report.load_results(spec)["frozenlake"]) == ["ppo"]
+    with pytest.raises(SweepSpecError, match="'frozenlake' seeds must be distinct"):
+        SweepSpec(tasks=({"preset": "frozenlake", "seeds": [1, 1]},))
+    with pytest.raises(SweepSpecError, match="unknown arm 'dqn'"):
+        SweepSpec(tasks=({"preset": "frozenlake", "arms": ["dqn"]},))
+
+
+def test_ppo_against_itself_and_the_wall_clock_by_hand() -> None:
+    ppo = _payload("ppo", [0.0, 1.0, 3.0, 2.0], [0.0, 1.0, 2.0, 3.0])
+    iif = _payload("iif", [0.0, 1.0, 1.0, 1.0], [0.0, 2.0, 4.0, 6.0])
+    for point, wall in zip(iif["curve"], [0.0, 1.0, 1.5, 9.0], strict=True):
+        point["train_seconds"] = wall  # the wall clock differs from the CPU clock
+    row = trial_row(iif, ppo)
+    assert row["levels"] == 2 and row["censored_levels"] == 1  # level 3 never reached
+    # Never reached: counted at round R + 1 = 4, on the clock's last value of the run.
+    assert row["rt_peak"] == pytest.approx(100 * (1 - 6.0 / 3.0))
+    assert row["rt_peak_wall"] == pytest.approx(100 * (1 - 9.0 / 3.0))
+    itself = trial_row(ppo, ppo, ppo_itself=True)
+    assert itself["se_ave"] == 0.0 and itself["se_peak"] == 0.0
+    assert itself["rt_peak"] == pytest.approx(100 * (1 - 2.0 / 3.0))  # peak at 2 s of 3 s
+    assert math.isnan(trial_row(ppo, ppo)["rt_peak_wall"])
