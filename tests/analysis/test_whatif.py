@@ -17,6 +17,7 @@ from rlattr import AttributedPPO, RunLog, ScoreHook, build_policy, load_iteratio
 from rlattr.analysis.whatif import (
     WhatIfConfig,
     WhatIfError,
+    WhatIfResult,
     check_iterations,
     eligible_records,
     paired_delta,
@@ -163,3 +164,104 @@ def test_the_report_has_a_row_per_run_and_iteration(scored_run: RunLog, tmp_path
     assert len(lines) == 1 + 3 and lines[1].startswith("a,0,drop_negative,64,64,")
     assert "| 0 | 2 |" in (tmp_path / "whatif.md").read_text()
     assert (tmp_path / "whatif.png").stat().st_size > 0
+
+
+def _parameter_sum(policy) -> float:
+    return float(sum(p.detach().to(torch.float64).sum() for p in policy.parameters()))
+
+
+def test_delta_and_control_from_an_evaluator_that_is_a_known_function_of_the_parameters(
+    scored_run: RunLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Episode j's return is (j + 1) · s(θ) + seed, s(θ) the sum of the parameters: the
+    # returns of each evaluated policy, hence Δ and its SE, follow from the parameters.
+    from rlattr.analysis import whatif as module
+
+    k, episodes, seed = 1, 4, 7
+    masks: list[torch.Tensor] = []
+    real_retrain = module.retrain_without
+
+    def spying_retrain(data, policy, removed: torch.Tensor) -> None:
+        masks.append(removed.detach().cpu().clone())
+        real_retrain(data, policy, removed)
+
+    monkeypatch.setattr(module, "retrain_without", spying_retrain)
+    evaluated: list[tuple[torch.Tensor, float, dict[str, torch.Tensor]]] = []
+
+    def known(policy, n: int, s: int) -> np.ndarray:
+        evaluated.append((masks[-1], _parameter_sum(policy), _state(policy)))
+        return (np.arange(n) + 1.0) * _parameter_sum(policy) + s
+
+    scores = torch.linspace(-1.0, 1.0, 64)[
+        torch.randperm(64, generator=torch.Generator().manual_seed(5))
+    ]
+    expected_removed = scores < 0  # drop_negative, every record trained on in this run
+    config = WhatIfConfig(episodes=episodes, eval_seed=seed, control=True, control_seed=3)
+    result = whatif(scored_run, k, config, known, scores=scores)
+
+    assert len(evaluated) == 3
+    by_role = {}
+    for mask, total, state in evaluated:
+        if not bool(mask.any()):
+            by_role["logged"] = (total, state)
+        elif torch.equal(mask, expected_removed):
+            by_role["rule"] = (total, state, mask)
+        else:
+            by_role["control"] = (total, state, mask)
+    assert set(by_role) == {"logged", "rule", "control"}
+    # The logged policy is θ_{k+1} of the run log.
+    logged_state = scored_run.load_checkpoint(k + 1)[0]
+    logged_sum = float(
+        sum(
+            logged_state["policy." + name].to(torch.float64).sum()
+            for name, _ in build_policy(scored_run).named_parameters()
+        )
+    )
+    assert by_role["logged"][0] == pytest.approx(logged_sum, rel=1e-12)
+    # The control drops as many eligible records as the rule, but others: a random draw.
+    control_mask = by_role["control"][2]
+    assert int(control_mask.sum()) == int(expected_removed.sum()) == result.n_dropped == 32
+    assert not torch.equal(control_mask, expected_removed)
+    assert not all(
+        torch.equal(by_role["rule"][1][n], by_role["control"][1][n]) for n in by_role["rule"][1]
+    )
+    weights = np.arange(episodes) + 1.0  # per-episode difference (j + 1) · (s' − s)
+    for attribute, role in (("delta", "rule"), ("control_delta", "control")):
+        gap = by_role[role][0] - by_role["logged"][0]
+        assert gap != 0.0
+        differences = weights * gap
+        assert getattr(result, attribute) == pytest.approx(differences.mean(), rel=1e-9)
+        assert getattr(result, attribute + "_se") == pytest.approx(
+            differences.std(ddof=1) / np.sqrt(episodes), rel=1e-9
+        )
+    assert result.return_logged == pytest.approx(weights.mean() * by_role["logged"][0] + seed)
+    assert result.return_counterfactual == pytest.approx(weights.mean() * by_role["rule"][0] + seed)
+
+
+def _result(iteration: int, delta: float, control: float) -> WhatIfResult:
+    return WhatIfResult(
+        iteration=iteration, rule="drop_negative", n_records=64, n_eligible=64, n_dropped=5,
+        return_logged=0.0, return_counterfactual=delta, delta=delta, delta_se=0.1,
+        control_delta=control, control_delta_se=0.1, episodes=4, eval_seed=0, seconds=0.0,
+    )  # fmt: skip
+
+
+def test_the_report_counts_the_runs_where_the_rule_beats_the_control(tmp_path: Path) -> None:
+    # Iteration 0: the rule is above its control in runs a and b, not c (a tie is not above);
+    # iteration 1: in run a only. Overall: 3 of 5 pairs.
+    results = {
+        "a": [_result(0, 1.0, 0.5), _result(1, 0.2, -0.1)],
+        "b": [_result(0, -0.1, -0.3)],
+        "c": [_result(0, 0.4, 0.4), _result(1, -1.0, 2.0)],
+    }
+    write_whatif_report(results, tmp_path)
+    report = (tmp_path / "whatif.md").read_text()
+    rows = {
+        int(cells[1]): cells
+        for line in report.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.split("|")])[1].isdigit()
+    }
+    assert rows[0][6] == "2/3" and rows[1][6] == "1/2"
+    assert "rule above control in 3 of 5" in report
+    # Δ means: iteration 0 (1.0 − 0.1 + 0.4) / 3, the control (0.5 − 0.3 + 0.4) / 3.
+    assert rows[0][4].startswith(f"{1.3 / 3:+.3f}") and rows[0][5].startswith(f"{0.6 / 3:+.3f}")
