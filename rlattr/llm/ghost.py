@@ -3,10 +3,11 @@
 For a ``Linear`` layer applied to every token of sequence i, with inputs a_{i,t} and output
 gradients g_{i,t}, ∇_W ℓ_i = Σ_t g_{i,t} a_{i,t}ᵀ, so ⟨V, ∇_W ℓ_i⟩ = Σ_t g_{i,t}ᵀ V a_{i,t}:
 one forward pass (capturing a) and one backward pass (capturing g) give every sequence's
-product ("ghost" products, as ``rlattr.scoring.grads`` does for one-step records, here
-summed over tokens). An ``Embedding`` contributes Σ_t ⟨V[x_{i,t}], g_{i,t}⟩. LoRA adapters
-are ``Linear`` layers inside PEFT's wrappers and are covered the same way; a parameter
-shared by two layers (tied embeddings) gets both layers' contributions.
+product ("ghost" products: ``rlattr.scoring.ghost``, shared with the one-step records of
+``rlattr.scoring.grads``; a sequence is a record whose token rows are summed). An
+``Embedding`` contributes Σ_t ⟨V[x_{i,t}], g_{i,t}⟩. LoRA adapters are ``Linear`` layers
+inside PEFT's wrappers and are covered the same way; a parameter shared by two layers
+(tied embeddings) gets both layers' contributions.
 
 Sequences must be independent given θ (no batch norm; causal LMs with an attention mask
 are). ``"naive"`` loops over sequences, one backward pass each: the reference.
@@ -18,9 +19,9 @@ from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from rlattr.errors import UnsupportedError
+from rlattr.scoring.ghost import hooked_dots
 
 SequenceFn = Callable[[torch.Tensor | None], torch.Tensor]
 """``fn(rows)``: per-sequence scalars ``[k]`` for the sequences ``rows`` (all when None)."""
@@ -69,39 +70,6 @@ def score_parameters(
     return {n: named[n] for n in names}
 
 
-def _ghost_dot(
-    module: torch.nn.Module,
-    inputs: torch.Tensor,
-    out_grad: torch.Tensor,
-    weight_v: torch.Tensor | None,
-    bias_v: torch.Tensor | None,
-) -> torch.Tensor:
-    n = out_grad.shape[0]
-    # Under mixed precision (autocast) activations and their gradients are low precision;
-    # the products are taken in the parameters' dtype.
-    reference = weight_v if weight_v is not None else bias_v
-    dtype = out_grad.dtype if reference is None else reference.dtype
-    out_grad = out_grad.to(dtype)
-    if inputs.is_floating_point():
-        inputs = inputs.to(dtype)
-    total = torch.zeros(n, dtype=dtype, device=out_grad.device)
-    if isinstance(module, torch.nn.Embedding):
-        if module.scale_grad_by_freq or module.max_norm is not None:
-            raise UnsupportedError("Embedding with scale_grad_by_freq or max_norm is not supported")
-        if weight_v is not None:
-            rows = (weight_v[inputs] * out_grad).sum(-1)
-            if module.padding_idx is not None:
-                # The padding row gets no gradient in nn.Embedding.
-                rows = rows * (inputs != module.padding_idx).to(rows.dtype)
-            total = total + rows.reshape(n, -1).sum(1)
-        return total
-    if weight_v is not None:
-        total = total + (F.linear(inputs, weight_v) * out_grad).reshape(n, -1).sum(1)
-    if bias_v is not None:
-        total = total + (out_grad * bias_v).reshape(n, -1).sum(1)
-    return total
-
-
 def _dots_ghost(
     model: torch.nn.Module,
     params: Mapping[str, torch.nn.Parameter],
@@ -115,41 +83,18 @@ def _dots_ghost(
     leftover = [name for name in vector if id(params[name]) not in owners]
     if leftover:
         raise UnsupportedError(f"ghost products need Linear/Embedding parameters, not {leftover}")
-    calls: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = []
-
-    def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        calls.append((module, inputs[0].detach(), output))
-
-    handles = [m.register_forward_hook(hook) for m in modules.values()]
-    try:
-        values = fn(None)
-    finally:
-        for handle in handles:
-            handle.remove()
-    if values.shape != (n,):
-        raise ValueError(
-            f"the per-sequence function returned shape {tuple(values.shape)}, not ({n},)"
-        )
-    dots = torch.zeros(n, dtype=values.dtype, device=values.device)
-    outputs = [out for _, _, out in calls if out.requires_grad]
-    if not outputs:
-        return dots
-    # Sequences are independent, so d(Σ_j ℓ_j)/d(output of sequence i) = dℓ_i/d(output_i).
-    grads = iter(torch.autograd.grad(values.sum(), outputs, allow_unused=True))
-    for module, inputs, out in calls:
-        if not out.requires_grad:
-            continue
-        grad = next(grads)
-        if grad is None:
-            continue
-        if grad.shape[0] != n:
-            raise UnsupportedError(
-                f"{type(module).__name__} saw {grad.shape[0]} rows, not one per sequence ({n})"
-            )
-        weight_v = by_id.get(id(module.weight))
+    layers = []
+    for module in modules.values():
         bias = getattr(module, "bias", None)
-        bias_v = by_id.get(id(bias)) if bias is not None else None
-        dots = dots + _ghost_dot(module, inputs, grad, weight_v, bias_v).to(dots.dtype)
+        layers.append(
+            (
+                module,
+                by_id.get(id(module.weight)),
+                by_id.get(id(bias)) if bias is not None else None,
+            )
+        )
+    # A sequence is one record whose token rows the kernel sums (rlattr.scoring.ghost).
+    _, dots = hooked_dots(layers, lambda: fn(None), n, unit="sequence")
     return dots
 
 

@@ -6,10 +6,11 @@ loss, a log-probability, ... ``per_record_dots`` returns, for a vector ``v`` ove
 of the policy's parameters, the N directional derivatives ⟨v, ∇_θ fn_i⟩. Backends:
 
 - ``"jvp"``: one forward-mode pass (``torch.func.jvp``) gives all N derivatives at once.
-- ``"hooks"``: "ghost" products. For a ``Linear`` layer with input a_i and output
-  gradient g_i, ⟨V, g_i a_iᵀ⟩ = g_iᵀ V a_i, so one forward pass (capturing a_i) and one
-  backward pass (capturing g_i) suffice; ``Conv2d`` likewise via a convolution with V.
-  Parameters outside such layers (SB3's ``log_std``) go through forward mode.
+- ``"hooks"``: "ghost" products (``rlattr.scoring.ghost``). For a ``Linear`` layer with
+  input a_i and output gradient g_i, ⟨V, g_i a_iᵀ⟩ = g_iᵀ V a_i, so one forward pass
+  (capturing a_i) and one backward pass (capturing g_i) suffice; ``Conv2d`` likewise via a
+  convolution with V. Parameters outside such layers (SB3's ``log_std``) go through
+  forward mode.
 - ``"vmap"``: per-record gradients with ``torch.func.vmap(grad(...))``, then dot products.
 - ``"naive"``: a Python loop over records, one backward pass each (the reference).
 
@@ -24,12 +25,12 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch.func import grad, jvp, vmap
 
 from rlattr.record.loss import PolicyOutputs
+from rlattr.scoring import ghost
 
 PerRecordFn = Callable[[PolicyOutputs, torch.Tensor], torch.Tensor]
 """``fn(outputs, index) -> [n]``: per-record scalars for the records at positions ``index``."""
@@ -167,15 +168,14 @@ def _dots_vmap(policy, observations, actions, fn, vector, chunk_size: int | None
 
 def ghost_layers(policy, names: list[str]) -> tuple[dict[str, torch.nn.Module], list[str]]:
     """Linear/Conv2d modules holding selected parameters (those whose per-record gradient
-    is a contraction of the layer's input and output gradient), and the parameters left
-    over."""
+    is a contraction of the layer's input and output gradient, ``rlattr.scoring.ghost``),
+    and the parameters left over."""
     modules: dict[str, torch.nn.Module] = {}
     covered: set[str] = set()
     for module_name, module in policy.named_modules():
-        supported = isinstance(module, torch.nn.Linear) or (
-            isinstance(module, torch.nn.Conv2d) and module.padding_mode == "zeros"
-        )
-        if not supported:
+        # SB3 policies take float observations: an Embedding there is not expected, and
+        # its parameters go through forward mode with the other leftovers.
+        if not isinstance(module, torch.nn.Linear | torch.nn.Conv2d) or not ghost.supports(module):
             continue
         own = [f"{module_name}.{p}" for p, _ in module.named_parameters(recurse=False)]
         if any(n in names for n in own):
@@ -187,53 +187,19 @@ def ghost_layers(policy, names: list[str]) -> tuple[dict[str, torch.nn.Module], 
 def _dots_hooks(policy, observations, actions, fn, vector) -> torch.Tensor:
     names = list(vector)
     modules, leftover = ghost_layers(policy, names)
-    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    layers = [
+        (module, vector.get(f"{name}.weight"), vector.get(f"{name}.bias"))
+        for name, module in modules.items()
+    ]
+    index = torch.arange(len(observations), device=observations.device)
 
-    def make_hook(module_name: str):
-        def hook(module, inputs, output):
-            calls.append((module_name, inputs[0].detach(), output))
+    def run() -> torch.Tensor:
+        return fn(_outputs(tuple(policy.evaluate_actions(observations, actions))), index)
 
-        return hook
-
-    handles = [m.register_forward_hook(make_hook(name)) for name, m in modules.items()]
-    try:
-        index = torch.arange(len(observations), device=observations.device)
-        outputs = _outputs(tuple(policy.evaluate_actions(observations, actions)))
-        total = fn(outputs, index).sum()
-    finally:
-        for handle in handles:
-            handle.remove()
-    dots = torch.zeros(len(observations), dtype=total.dtype, device=observations.device)
-    if calls:
-        # Records are independent, so d(Σ_j fn_j)/d(output_i) = d fn_i / d output_i.
-        output_grads = torch.autograd.grad(total, [out for _, _, out in calls], allow_unused=True)
-        for (module_name, inputs, _), g in zip(calls, output_grads, strict=True):
-            if g is not None:
-                dots = dots + _ghost_dot(modules[module_name], module_name, inputs, g, vector)
+    _, dots = ghost.hooked_dots(layers, run, len(observations))
     if leftover:
         dots = dots + _dots_jvp(policy, observations, actions, fn, {n: vector[n] for n in leftover})
     return dots
-
-
-def _ghost_dot(module, module_name, inputs, out_grad, vector) -> torch.Tensor:
-    weight_v = vector.get(f"{module_name}.weight")
-    bias_v = vector.get(f"{module_name}.bias")
-    n = inputs.shape[0]
-    total = torch.zeros(n, dtype=out_grad.dtype, device=out_grad.device)
-    if isinstance(module, torch.nn.Linear):
-        if weight_v is not None:
-            total = total + (F.linear(inputs, weight_v) * out_grad).reshape(n, -1).sum(1)
-        if bias_v is not None:
-            total = total + (out_grad * bias_v).reshape(n, -1).sum(1)
-        return total
-    if weight_v is not None:
-        conv = F.conv2d(
-            inputs, weight_v, None, module.stride, module.padding, module.dilation, module.groups
-        )
-        total = total + (conv * out_grad).reshape(n, -1).sum(1)
-    if bias_v is not None:
-        total = total + (out_grad.sum(dim=(2, 3)) * bias_v).sum(1)
-    return total
 
 
 def per_record_dots(

@@ -4,12 +4,13 @@ Replay TracIn (``rlattr.scoring.influence.tracin_scores``) replays an update and
 step t, runs an extra forward and backward pass over the minibatch to get the products
 ⟨∇f(θ_t), u_t ⊙ ∇ℓ_i(θ_t)⟩. The update's own backward pass already holds what those
 products need: for a ``Linear`` layer with input a_i and output gradient g_i the record's
-weight gradient is g_i a_iᵀ, so ⟨V, g_i a_iᵀ⟩ = g_iᵀ V a_i (the "ghost" contraction;
-``Conv2d`` likewise through a convolution with V). ``LiveTracInScorer`` keeps a_i and g_i
-of every step (forward hooks, and tensor hooks on the layer outputs, which observe and
-change nothing) and contracts them once the update has ended, when the optimiser's
-multipliers u_t are known: Adam's u_t spreads a step's gradient over the *later* steps,
-Σ_{s≥t} η_s (1−β₁) β₁^{s−t} / D_s, so the products cannot be finished at step t.
+weight gradient is g_i a_iᵀ, so ⟨V, g_i a_iᵀ⟩ = g_iᵀ V a_i (the "ghost" contraction of
+``rlattr.scoring.ghost``; ``Conv2d`` likewise through a convolution with V).
+``LiveTracInScorer`` keeps a_i and g_i of every step (forward hooks, and tensor hooks on the
+layer outputs, which observe and change nothing) and contracts them once the update has
+ended, when the optimiser's multipliers u_t are known: Adam's u_t spreads a step's gradient
+over the *later* steps, Σ_{s≥t} η_s (1−β₁) β₁^{s−t} / D_s, so the products cannot be
+finished at step t.
 
 The multipliers are replay TracIn's, from the one optimiser model
 (``OptimizerModel.stacked_displacement_multipliers``: the numbers of
@@ -36,7 +37,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 
@@ -44,6 +44,7 @@ from rlattr.errors import UnsupportedError
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records
 from rlattr.record.replay import IterationData, replay
+from rlattr.scoring.ghost import layer_dots
 from rlattr.scoring.grads import ParamSelection, ghost_layers, gradient_vector, parameter_names
 from rlattr.scoring.optimizers import EXP_AVG_SQ, STEP, check_supported
 from rlattr.scoring.targets import ActionTarget, ReturnTarget, Target, TargetContext
@@ -504,13 +505,10 @@ class LiveTracInScorer:
             calls = [step.calls[module_name][occurrence] for step in self._steps]
             if all(call.grad is None for call in calls):
                 continue  # the layer's output did not reach the loss
-            inputs = _pad([call.inputs for call in calls], 0.0)
+            inputs = _pad([call.inputs for call in calls], 0)
             grads = _pad([call.output_grad() for call in calls], 0.0)
-            if isinstance(module, torch.nn.Linear):
-                total = total + _linear_dots(inputs, grads, weight, bias)
-            else:
-                assert isinstance(module, torch.nn.Conv2d)
-                total = total + _conv_dots(module, inputs, grads, weight, bias)
+            # Steps are the kernel's stacked blocks: step t's records with its own V_t.
+            total = total + layer_dots(module, inputs, grads, weight, bias, stacked=True)
         return total
 
     def _log_std_dots(self, vector: torch.Tensor) -> torch.Tensor:
@@ -543,52 +541,6 @@ def _pad(tensors: list[torch.Tensor], fill: Any) -> torch.Tensor:
     for t, tensor in enumerate(tensors):
         out[t, : tensor.shape[0]] = tensor
     return out
-
-
-def _linear_dots(
-    inputs: torch.Tensor,
-    grads: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """g_iᵀ V_t a_i + ⟨v_t, g_i⟩ for every step t and record i, as batched products."""
-    if inputs.dim() != 3:
-        raise UnsupportedError("live TracIn: Linear layers must take [batch, features] inputs")
-    total = torch.zeros(grads.shape[:2], dtype=grads.dtype, device=grads.device)
-    if weight is not None:
-        total = total + (torch.bmm(inputs, weight.transpose(1, 2)) * grads).sum(-1)
-    if bias is not None:
-        total = total + (grads * bias.unsqueeze(1)).sum(-1)
-    return total
-
-
-def _conv_dots(
-    module: torch.nn.Conv2d,
-    inputs: torch.Tensor,
-    grads: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """The convolution's ghost products for all steps at once: step t's V_t is one group
-    of a grouped convolution over the steps' inputs laid side by side as channels."""
-    n_steps, width = grads.shape[:2]
-    total = torch.zeros((n_steps, width), dtype=grads.dtype, device=grads.device)
-    if weight is not None:
-        stacked = inputs.transpose(0, 1).reshape(width, -1, *inputs.shape[3:])
-        conv = F.conv2d(
-            stacked,
-            weight.reshape(-1, *weight.shape[2:]),
-            None,
-            module.stride,
-            module.padding,
-            module.dilation,
-            n_steps * module.groups,
-        )
-        conv = conv.reshape(width, n_steps, *grads.shape[2:]).transpose(0, 1)
-        total = total + (conv * grads).flatten(2).sum(-1)
-    if bias is not None:
-        total = total + (grads.sum(dim=(3, 4)) * bias.unsqueeze(1)).sum(-1)
-    return total
 
 
 # --------------------------------------------------------------------------- logged updates
