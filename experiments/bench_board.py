@@ -38,15 +38,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.bench_common import rollout_steps, table, timed_learn, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr.training import board as board_module
-from rlattr.training.board import BoardConfig
-from rlattr.training.presets import Preset
+from rlattr import Preset
+from rlattr.training.board import Board, BoardConfig
 from rlattr.training.score_plot import ScoreAdvantagePlot
 
 # CartPole: 100 iterations so the images land at the default rate (iterations 0, 25, 50, 75).
@@ -65,45 +66,35 @@ print(time.perf_counter() - t, time.process_time() - c)
 @contextmanager
 def _board_timer(totals: dict[str, float]) -> Iterator[None]:
     """Adds the wall and CPU seconds spent in ``Board.write_iteration`` to ``totals``."""
-    original = board_module.Board.write_iteration
+    original = Board.write_iteration
 
-    def timed(self: board_module.Board, *args: object, **kwargs: object) -> None:
+    def timed(self: Board, *args: object, **kwargs: object) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
         original(self, *args, **kwargs)
         totals["wall"] += time.perf_counter() - wall
         totals["cpu"] += time.process_time() - cpu
 
-    board_module.Board.write_iteration = timed  # type: ignore[method-assign]
+    Board.write_iteration = timed  # type: ignore[method-assign]
     try:
         yield
     finally:
-        board_module.Board.write_iteration = original  # type: ignore[method-assign]
+        Board.write_iteration = original  # type: ignore[method-assign]
 
 
-def _config(arm: str, fidelity_every: int) -> BoardConfig:
-    if arm == "fidelity":
-        return BoardConfig(fidelity_every=fidelity_every)
-    return BoardConfig(diagnostics=arm == "on")
-
-
-def _time(
-    preset: Preset, seed: int, arm: str, iterations: int, fidelity_every: int
-) -> dict[str, float]:
+def _time(preset: Preset, seed: int, arm: str, iterations: int, fidelity_every: int) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="bench-board-"))
     totals = {"wall": 0.0, "cpu": 0.0}
+    board = (
+        BoardConfig(fidelity_every=fidelity_every)
+        if arm == "fidelity"
+        else BoardConfig(diagnostics=arm == "on")
+    )
     try:
         model = preset.build(
-            run_dir=run_dir / "run",
-            seed=seed,
-            device="cpu",
-            iif=True,
-            board=_config(arm, fidelity_every),
+            run_dir=run_dir / "run", seed=seed, iif=True, board=board, device="cpu"
         )
-        steps = iterations * preset.n_envs * preset.ppo.get("n_steps", 2048)
         with _board_timer(totals):
-            start, cpu = time.perf_counter(), time.process_time()
-            model.learn(steps)
-            wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+            wall_s, cpu_s = timed_learn(model, iterations * rollout_steps(preset))
         return {
             "wall_s": wall_s,
             "cpu_s": cpu_s,
@@ -115,41 +106,29 @@ def _time(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _cold_start() -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True
-    ).stdout.split()
-    return {"wall_s": float(out[0]), "cpu_s": float(out[1])}
-
-
-def _summarise(
-    name: str, iterations: int, runs: list[dict[str, dict[str, float]]], fidelity_every: int
-) -> dict:
-    def median_ratio(key: str, arm: str = "on", base: str = "off") -> float:
-        return statistics.median(r[arm][key] / r[base][key] for r in runs)
+def _summarise(name: str, iterations: int, runs: list[dict], fidelity_every: int) -> dict:
+    def ratios(key: str, arm: str = "on", base: str = "off") -> list[float]:
+        return [r[arm][key] / r[base][key] for r in runs]
 
     def per_iteration(arm: str, key: str) -> float:
         return statistics.median(r[arm][key] for r in runs) / iterations
 
-    # The board's extra time per iteration, over the off arm's iteration time.
-    share = {
-        key: statistics.median(
-            (r["on"][f"board_{key}_s"] - r["off"][f"board_{key}_s"]) / r["off"][f"{key}_s"]
-            for r in runs
-        )
-        for key in ("wall", "cpu")
-    }
+    def share(key: str) -> float:  # the board's extra time, over the off arm's run time
+        on, off = f"board_{key}_s", f"{key}_s"
+        return statistics.median((r["on"][on] - r["off"][on]) / r["off"][off] for r in runs)
+
+    checks = len(range(0, iterations, fidelity_every))
     return {
         "preset": name,
         "iterations": iterations,
         "repeats": len(runs),
         "runs": runs,
-        "ratio_wall_median": median_ratio("wall_s"),
-        "ratio_cpu_median": median_ratio("cpu_s"),
-        "ratio_wall_iqr": _iqr([r["on"]["wall_s"] / r["off"]["wall_s"] for r in runs]),
-        "ratio_cpu_iqr": _iqr([r["on"]["cpu_s"] / r["off"]["cpu_s"] for r in runs]),
-        "board_share_wall_median": share["wall"],
-        "board_share_cpu_median": share["cpu"],
+        "ratio_wall_median": statistics.median(ratios("wall_s")),
+        "ratio_cpu_median": statistics.median(ratios("cpu_s")),
+        "ratio_wall_iqr": _iqr(ratios("wall_s")),
+        "ratio_cpu_iqr": _iqr(ratios("cpu_s")),
+        "board_share_wall_median": share("wall"),
+        "board_share_cpu_median": share("cpu"),
         "s_per_iteration": {arm: per_iteration(arm, "wall_s") for arm in ARMS},
         "board_ms_per_iteration": {
             arm: {k: 1000 * per_iteration(arm, f"board_{k}_s") for k in ("wall", "cpu")}
@@ -158,12 +137,10 @@ def _summarise(
         "load_median": statistics.median(r[a]["load"] for r in runs for a in ARMS),
         # The optional fidelity check, against diagnostics on without it.
         "fidelity_every": fidelity_every,
-        "fidelity_ratio_wall_median": median_ratio("wall_s", "fidelity", "on"),
-        "fidelity_ratio_cpu_median": median_ratio("cpu_s", "fidelity", "on"),
+        "fidelity_ratio_wall_median": statistics.median(ratios("wall_s", "fidelity", "on")),
+        "fidelity_ratio_cpu_median": statistics.median(ratios("cpu_s", "fidelity", "on")),
         "fidelity_s_per_check": statistics.median(
-            (r["fidelity"]["board_wall_s"] - r["on"]["board_wall_s"])
-            / len(range(0, iterations, fidelity_every))
-            for r in runs
+            (r["fidelity"]["board_wall_s"] - r["on"]["board_wall_s"]) / checks for r in runs
         ),
     }
 
@@ -175,79 +152,43 @@ def _iqr(values: list[float]) -> list[float]:
     return [q[0], q[2]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["cartpole", "frozenlake"])
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved off/on pairs")
-    parser.add_argument(
-        "--fidelity-every", type=int, default=25, help="the fidelity arm's fidelity_every"
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    cold = _cold_start()
-    ScoreAdvantagePlot()  # the import, once, before any arm (see the docstring)
-    rows = []
-    for name in args.presets:
-        preset = Preset.load(name)
-        iterations = ITERATIONS.get(name, 10)
-        runs = []
-        for repeat in range(args.repeats):
-            pair = {}
-            # Same seed in every arm of a repeat; the order rotates between repeats.
-            for arm in ARMS[repeat % 3 :] + ARMS[: repeat % 3]:
-                pair[arm] = _time(preset, repeat, arm, iterations, args.fidelity_every)
-            runs.append(pair)
-            on, off = pair["on"], pair["off"]
-            print(
-                f"{name} repeat {repeat}: wall ratio {on['wall_s'] / off['wall_s']:.3f}, "
-                f"CPU ratio {on['cpu_s'] / off['cpu_s']:.3f}, board on "
-                f"{1000 * on['board_cpu_s'] / iterations:.2f} ms CPU/iteration, off "
-                f"{1000 * off['board_cpu_s'] / iterations:.2f}; load {on['load']:.1f}",
-                flush=True,
-            )
-        rows.append(_summarise(name, iterations, runs, args.fidelity_every))
-    meta = provenance()
-    write_json("bench_board.json", {"rows": rows, "cold_start": cold, **meta})
-    lines = [
-        *markdown_header("Live diagnostics: seconds per iteration, on ÷ off", meta),
-        "| preset | iterations × repeats | off s/iteration | on s/iteration "
+def markdown(rows: list[dict], cold: dict[str, float], meta: dict[str, Any]) -> list[str]:
+    every = rows[0]["fidelity_every"]
+    header = (
+        "preset | iterations × repeats | off s/iteration | on s/iteration "
         "| **wall ratio** (median, IQR) | CPU ratio (median, IQR) "
-        "| board ms/iteration on (off), CPU | **board share** CPU / wall | load (median) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| board ms/iteration on (off), CPU | **board share** CPU / wall | load (median)"
+    )
+    cost = []
     for r in rows:
-        board = r["board_ms_per_iteration"]
-        cells = [
-            r["preset"],
-            f"{r['iterations']} × {r['repeats']}",
-            f"{r['s_per_iteration']['off']:.3f}",
-            f"{r['s_per_iteration']['on']:.3f}",
-            f"**{r['ratio_wall_median']:.3f}** ({r['ratio_wall_iqr'][0]:.3f}–"
-            f"{r['ratio_wall_iqr'][1]:.3f})",
-            f"{r['ratio_cpu_median']:.3f} ({r['ratio_cpu_iqr'][0]:.3f}–"
-            f"{r['ratio_cpu_iqr'][1]:.3f})",
-            f"{board['on']['cpu']:.2f} ({board['off']['cpu']:.2f})",
-            f"**{r['board_share_cpu_median']:.1%}** / {r['board_share_wall_median']:.1%}",
-            f"{r['load_median']:.1f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
+        board, per_iteration = r["board_ms_per_iteration"], r["s_per_iteration"]
+        (w0, w1), (c0, c1) = r["ratio_wall_iqr"], r["ratio_cpu_iqr"]
+        cost.append(
+            f"{r['preset']} | {r['iterations']} × {r['repeats']} | {per_iteration['off']:.3f} "
+            f"| {per_iteration['on']:.3f} | **{r['ratio_wall_median']:.3f}** ({w0:.3f}–{w1:.3f}) "
+            f"| {r['ratio_cpu_median']:.3f} ({c0:.3f}–{c1:.3f}) "
+            f"| {board['on']['cpu']:.2f} ({board['off']['cpu']:.2f}) "
+            f"| **{r['board_share_cpu_median']:.1%}** / {r['board_share_wall_median']:.1%} "
+            f"| {r['load_median']:.1f}"
+        )
+    fidelity = [
+        f"{r['preset']} | {r['fidelity_ratio_wall_median']:.3f} "
+        f"| {r['fidelity_ratio_cpu_median']:.3f} | {r['fidelity_s_per_check']:.3f} "
+        f"| {len(range(0, r['iterations'], every))} | {r['s_per_iteration']['off']:.3f}"
+        for r in rows
+    ]
+    return [
+        *markdown_header("Live diagnostics: seconds per iteration, on ÷ off", meta),
+        *table(header, cost),
         "",
-        f"**Optional live fidelity check** (`BoardConfig(fidelity_every={args.fidelity_every})`, "
+        f"**Optional live fidelity check** (`BoardConfig(fidelity_every={every})`, "
         "8 subsets, no ceiling; off by default), against diagnostics on without it:",
         "",
-        "| preset | wall ratio (median) | CPU ratio (median) | seconds per check "
-        "| checks per run | off s/iteration |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['preset']} | {r['fidelity_ratio_wall_median']:.3f} "
-            f"| {r['fidelity_ratio_cpu_median']:.3f} | {r['fidelity_s_per_check']:.3f} "
-            f"| {len(range(0, r['iterations'], args.fidelity_every))} "
-            f"| {r['s_per_iteration']['off']:.3f} |"
-        )
-    lines += [
+        *table(
+            "preset | wall ratio (median) | CPU ratio (median) | seconds per check "
+            "| checks per run | off s/iteration",
+            fidelity,
+        ),
         "",
         "Goal: ratio ≤ 1.05 (issue 12). Ratios are medians over interleaved off/on pairs "
         "(same seed within a pair). *Board share* = (board time on − board time off) ÷ the "
@@ -258,7 +199,40 @@ def main() -> None:
         f"font, {cold['wall_s']:.3f} s wall ({cold['cpu_s']:.3f} s CPU) in a fresh "
         "interpreter. It is paid before the arms here; in a real run it lands on iteration 0.",
     ]
-    (RESULTS / "bench_board.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["cartpole", "frozenlake"])
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved off/on pairs")
+    parser.add_argument(
+        "--fidelity-every", type=int, default=25, help="the fidelity arm's fidelity_every"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, check=True)
+    cold = dict(zip(("wall_s", "cpu_s"), map(float, out.stdout.split()), strict=True))
+    ScoreAdvantagePlot()  # the import, once, before any arm (see the docstring)
+    rows = []
+    for name in args.presets:
+        preset, iterations = Preset.load(name), ITERATIONS.get(name, 10)
+        runs = []
+        for repeat in range(args.repeats):
+            # Same seed in every arm of a repeat; the order rotates between repeats.
+            order = ARMS[repeat % 3 :] + ARMS[: repeat % 3]
+            runs.append(
+                {arm: _time(preset, repeat, arm, iterations, args.fidelity_every) for arm in order}
+            )
+            on, off = runs[-1]["on"], runs[-1]["off"]
+            print(
+                f"{name} repeat {repeat}: wall ratio {on['wall_s'] / off['wall_s']:.3f}, "
+                f"CPU ratio {on['cpu_s'] / off['cpu_s']:.3f}; load {on['load']:.1f}",
+                flush=True,
+            )
+        rows.append(_summarise(name, iterations, runs, args.fidelity_every))
+    meta = provenance()
+    write_json("bench_board.json", {"rows": rows, "cold_start": cold, **meta})
+    write_markdown(RESULTS / "bench_board.md", markdown(rows, cold, meta))
 
 
 if __name__ == "__main__":

@@ -11,38 +11,19 @@ The arm order alternates between seeds. Goal: ratio ≤ 1.10.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from stable_baselines3 import PPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.bench_common import per_seed_ratio, sb3_ppo, table, time_arms, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr.training.presets import Preset
+from rlattr import Preset
 
+ARMS = ("ppo", "iif")
 ITERATIONS = {"cartpole": 60, "lunarlander": 5, "minigrid_empty": 3, "hopper": 20}
-
-
-def _time(preset: Preset, seed: int, arm: str, iterations: int) -> tuple[float, float]:
-    if arm == "iif":
-        model = preset.build(seed=seed, device="cpu", iif=True)
-    else:
-        model = PPO(
-            preset.policy,
-            preset.make_env(seed),
-            seed=seed,
-            device="cpu",
-            policy_kwargs=preset.resolved_policy_kwargs(),
-            **preset.ppo_kwargs(),
-        )
-    steps = iterations * preset.n_envs * preset.ppo.get("n_steps", 2048)
-    start, cpu = time.perf_counter(), time.process_time()
-    model.learn(steps)
-    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -53,59 +34,46 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for name in args.presets:
-        preset = Preset.load(name)
-        iterations = ITERATIONS.get(name, 5)
-        wall: dict[str, list[float]] = {"ppo": [], "iif": []}
-        cpu: dict[str, list[float]] = {"ppo": [], "iif": []}
-        for seed in range(args.seeds):
-            for arm in ("ppo", "iif") if seed % 2 == 0 else ("iif", "ppo"):
-                w, c = _time(preset, seed, arm, iterations)
-                wall[arm].append(w)
-                cpu[arm].append(c)
-        per_seed = [a / b for a, b in zip(wall["iif"], wall["ppo"], strict=True)]
-        row = {
-            "preset": name,
-            "iterations": iterations,
-            "seeds": args.seeds,
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "ratio": sum(wall["iif"]) / sum(wall["ppo"]),
-            "ratio_cpu": sum(cpu["iif"]) / sum(cpu["ppo"]),
-            "ratio_per_seed_mean": statistics.mean(per_seed),
-            "ratio_per_seed_std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
-        }
-        rows.append(row)
+        preset, iterations = Preset.load(name), ITERATIONS.get(name, 5)
+        wall, cpu = time_arms(
+            preset,
+            args.seeds,
+            iterations,
+            {
+                "ppo": lambda seed, _, p=preset: sb3_ppo(p, seed),
+                "iif": lambda seed, _, p=preset: p.build(seed=seed, device="cpu", iif=True),
+            },
+        )
+        mean, std = per_seed_ratio(wall["iif"], wall["ppo"])
+        n = iterations * args.seeds
+        r = {"preset": name, "iterations": iterations, "seeds": args.seeds, "wall_s": wall}
+        r |= {"cpu_s": cpu, "ratio": sum(wall["iif"]) / sum(wall["ppo"])}
+        r |= {"ratio_cpu": sum(cpu["iif"]) / sum(cpu["ppo"])}
+        rows.append(r | {"ratio_per_seed_mean": mean, "ratio_per_seed_std": std})
         print(
-            f"{name:14s} PPO {sum(wall['ppo']) / (iterations * args.seeds):.3f} s/it, IIF "
-            f"{sum(wall['iif']) / (iterations * args.seeds):.3f} s/it: ratio {row['ratio']:.3f} "
-            f"(CPU {row['ratio_cpu']:.3f}; per seed {row['ratio_per_seed_mean']:.3f} ± "
-            f"{row['ratio_per_seed_std']:.3f})",
+            f"{name:14s} PPO {sum(wall['ppo']) / n:.3f} s/it, IIF {sum(wall['iif']) / n:.3f} "
+            f"s/it: ratio {r['ratio']:.3f} (CPU {r['ratio_cpu']:.3f}; per seed {mean:.3f} ± "
+            f"{std:.3f})",
             flush=True,
         )
     meta = provenance()
     write_json("bench_iif.json", {"rows": rows, **meta})
-    lines = [
-        *markdown_header(
-            "IIF overhead: seconds per iteration, AttributedPPO + IIF ÷ SB3 PPO", meta
-        ),
-        "| preset | iterations × seeds | PPO s/iteration | IIF s/iteration | **wall ratio** "
-        "| CPU ratio | per-seed ratio |",
-        "|---|---|---|---|---|---|---|",
+    header = (
+        "preset | iterations × seeds | PPO s/iteration | IIF s/iteration | **wall ratio** "
+        "| CPU ratio | per-seed ratio"
+    )
+    cells = [
+        f"{r['preset']} | {r['iterations']} × {r['seeds']} | "
+        + " | ".join(f"{sum(r['wall_s'][a]) / r['iterations'] / r['seeds']:.3f}" for a in ARMS)
+        + f" | **{r['ratio']:.3f}** | {r['ratio_cpu']:.3f} "
+        f"| {r['ratio_per_seed_mean']:.3f} ± {r['ratio_per_seed_std']:.3f}"
+        for r in rows
     ]
-    for r in rows:
-        n = r["iterations"] * r["seeds"]
-        cells = [
-            r["preset"],
-            f"{r['iterations']} × {r['seeds']}",
-            f"{sum(r['wall_s']['ppo']) / n:.3f}",
-            f"{sum(r['wall_s']['iif']) / n:.3f}",
-            f"**{r['ratio']:.3f}**",
-            f"{r['ratio_cpu']:.3f}",
-            f"{r['ratio_per_seed_mean']:.3f} ± {r['ratio_per_seed_std']:.3f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Goal: ratio ≤ 1.10."]
-    (RESULTS / "bench_iif.md").write_text("\n".join(lines) + "\n")
+    title = "IIF overhead: seconds per iteration, AttributedPPO + IIF ÷ SB3 PPO"
+    write_markdown(
+        RESULTS / "bench_iif.md",
+        [*markdown_header(title, meta), *table(header, cells), "", "Goal: ratio ≤ 1.10."],
+    )
 
 
 if __name__ == "__main__":

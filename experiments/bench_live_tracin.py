@@ -16,11 +16,13 @@ Every arm's final parameters are checked bit-identical to ``plain``'s, and every
 arm's scores against replay TracIn with the same ∇f schedule.
 
     python experiments/bench_live_tracin.py [--presets lunarlander hopper] [--repeats 7]
+    python experiments/bench_live_tracin.py --render   (the Markdown from the committed JSON)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -32,16 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.bench_common import rollout_steps, table, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import ReturnTarget, ScoreHook
+from rlattr import LiveTracIn, Preset, ReturnTarget, ScoreHook, TargetContext, tracin_scores
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
-from rlattr.scoring.influence import tracin_scores
-from rlattr.scoring.live_tracin import LiveTracIn, SubsampledTarget
-from rlattr.scoring.targets import TargetContext
-from rlattr.training.ppo import AttributedPPO
-from rlattr.training.presets import Preset
+from rlattr.scoring.live_tracin import SubsampledTarget
 
 SUBSAMPLE = 256
+STATISTICS = ("overhead_over_plain_train", "paired_overhead_median")
 LIVE_ARMS: dict[str, LiveTracIn | None] = {
     "plain": None,
     "live_epoch": LiveTracIn(refresh="epoch"),
@@ -58,10 +58,11 @@ LABELS = {
 }
 
 
-def _at_iteration_one(preset: Preset) -> tuple[AttributedPPO, Any]:
-    """A model after two iterations, and the state (policy, optimiser, RNG) at the start of
-    iteration 1's update: restored, ``train()`` runs that update again on the buffer,
-    which still holds iteration 1's rollout (AttributedPPO's update does not consume it)."""
+def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[str, Any]:
+    preset = Preset.load(name)
+    # Two iterations; ``start``: the state (policy, optimiser, RNG) at the start of iteration
+    # 1's update. Restored, ``train()`` runs that update again on the buffer, which still
+    # holds iteration 1's rollout (AttributedPPO's update does not consume it).
     captured: dict[str, Any] = {}
 
     def remember(context: Any) -> None:
@@ -70,21 +71,12 @@ def _at_iteration_one(preset: Preset) -> tuple[AttributedPPO, Any]:
 
     model = preset.build(seed=0, device="cpu")
     model.record_hooks = [remember]
-    model.learn(2 * preset.n_envs * preset.ppo.get("n_steps", 2048))
-    return model, captured["start"]
-
-
-def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[str, Any]:
-    preset = Preset.load(name)
-    model, start = _at_iteration_one(preset)
+    model.learn(2 * rollout_steps(preset))
     iteration, n_updates = 1, model._n_updates
     hooks = {arm: ScoreHook(snapshot=False, live_tracin=cfg) for arm, cfg in LIVE_ARMS.items()}
     times: dict[str, list[float]] = {arm: [] for arm in LABELS}
     parts: dict[str, dict[str, list[float]]] = {arm: {} for arm in LIVE_ARMS if arm != "plain"}
-    final: dict[str, dict[str, torch.Tensor]] = {}
-    scores: dict[str, torch.Tensor] = {}
-    data = None
-    steps_per_epoch = 1
+    final, scores, data, steps_per_epoch = {}, {}, None, 1
     # ∇f at every step costs a full target pass per optimiser step: optional for big models.
     arms = [arm for arm in LABELS if per_step or not arm.endswith("_step")]
     for repeat in range(repeats):
@@ -94,14 +86,14 @@ def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[
                 if data is None or repeat >= replay_repeats:
                     continue
                 every = steps_per_epoch if arm == "replay_epoch" else 1
-                policy = model.workspace_policy()
                 context = TargetContext(data.records, model.gamma, model.gae_lambda)
                 began = time.perf_counter()
-                replayed = tracin_scores(data, policy, ReturnTarget(), context, target_every=every)
+                scores[arm] = tracin_scores(
+                    data, model.workspace_policy(), ReturnTarget(), context, target_every=every
+                )
                 times[arm].append(time.perf_counter() - began)
-                scores[arm] = replayed
                 continue
-            restore_checkpoint(model.policy, *start, restore_rng=True)
+            restore_checkpoint(model.policy, *captured["start"], restore_rng=True)
             model.iteration, model._n_updates = iteration, n_updates
             hook = hooks[arm]
             model.record_hooks = [hook] if LIVE_ARMS[arm] is not None else []
@@ -111,19 +103,13 @@ def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[
             final[arm] = {k: v.clone() for k, v in model.policy.state_dict().items()}
             if hook.last_live_scores is not None:
                 scores[arm] = hook.last_live_scores
-                assert hook.last_live_seconds is not None
-                for part, seconds in hook.last_live_seconds.items():
+                for part, seconds in (hook.last_live_seconds or {}).items():
                     parts[arm].setdefault(part, []).append(seconds)
             if data is None:
                 data = model.iteration_data(iteration)
                 steps_per_epoch = int((data.plan.step_epochs == 0).sum())
-        print(
-            f"{name} repeat {repeat + 1}/{repeats}: "
-            + ", ".join(
-                f"{arm} {times[arm][-1]:.3f}s" for arm in order if len(times[arm]) > repeat
-            ),
-            flush=True,
-        )
+        done = [f"{arm} {times[arm][-1]:.3f}s" for arm in order if len(times[arm]) > repeat]
+        print(f"{name} repeat {repeat + 1}/{repeats}: " + ", ".join(done), flush=True)
     assert data is not None
     identical = {
         arm: all(torch.equal(final[arm][k], v) for k, v in final["plain"].items()) for arm in final
@@ -138,12 +124,9 @@ def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[
             data, model.workspace_policy(), sub_target, context, target_every=steps_per_epoch
         ),
     }
-    max_rel_diff = {
-        arm: float((scores[arm] - ref).abs().max() / ref.abs().max())
-        for arm, ref in reference.items()
-    }
     medians = {arm: statistics.median(t) for arm, t in times.items() if t}
-    base = medians["plain"]
+    base, fastest = medians["plain"], min(times["plain"])
+    live = [arm for arm in medians if arm.startswith("live")]
     row = {
         "preset": name,
         "records": len(data.records),
@@ -156,14 +139,8 @@ def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[
         "over_plain_train": {arm: t / base for arm, t in medians.items()},
         # Fastest repeat of each arm: less exposed to other jobs' bursts than the median.
         "min_s": {arm: min(t) for arm, t in times.items() if t},
-        "overhead_of_fastest": {
-            arm: (min(t) - min(times["plain"])) / min(times["plain"])
-            for arm, t in times.items()
-            if t and arm.startswith("live")
-        },
-        "overhead_over_plain_train": {
-            arm: (t - base) / base for arm, t in medians.items() if arm.startswith("live")
-        },
+        "overhead_of_fastest": {arm: (min(times[arm]) - fastest) / fastest for arm in live},
+        "overhead_over_plain_train": {arm: (medians[arm] - base) / base for arm in live},
         "live_part_seconds": parts,
         "live_part_median_over_plain_train": {
             arm: {part: statistics.median(v) / base for part, v in by_part.items()}
@@ -171,17 +148,13 @@ def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[
             if by_part
         },
         "bit_identical_to_plain": identical,
-        "max_rel_diff_vs_replay": max_rel_diff,
+        "max_rel_diff_vs_replay": {
+            arm: float((scores[arm] - ref).abs().max() / ref.abs().max())
+            for arm, ref in reference.items()
+        },
         "load_average_1min_after": round(os.getloadavg()[0], 2),
     }
-    print(
-        f"{name}: plain {base:.3f}s; "
-        + ", ".join(f"{a} +{v:.2f}×" for a, v in row["overhead_over_plain_train"].items())
-        + "; replay/plain "
-        + ", ".join(f"{a} {row['over_plain_train'][a]:.2f}×" for a in medians if "replay" in a)
-        + f"; identical {identical}; max rel diff {max_rel_diff}",
-        flush=True,
-    )
+    print(f"{name}: {json.dumps(row['overhead_over_plain_train'])}, identical {identical}")
     return row
 
 
@@ -204,13 +177,46 @@ def _verdict(overheads: list[float], goal: float) -> str:
     return "unclear (the two statistics disagree)"
 
 
-def _write(
-    rows: list[dict[str, Any]], meta: dict[str, Any], goal: float, rendered: bool = False
-) -> None:
-    for r in rows:
-        r["paired_overhead_median"] = _paired_overheads(r["seconds"])
-    write_json("bench_live_tracin.json", {"rows": rows, "goal_overhead": goal, **meta})
-    lines = [
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], goal: float) -> list[str]:
+    def cell(r: dict[str, Any], arm: str) -> str:
+        if arm not in r["median_s"]:
+            return "—"
+        over, paired = r["overhead_over_plain_train"][arm], r["paired_overhead_median"][arm]
+        return f"{r['median_s'][arm]:.3f} s, **{over:+.2f}×** ({paired:+.2f}×)"
+
+    def ratio(r: dict[str, Any], arm: str) -> str:
+        return f"{r['over_plain_train'][arm]:.2f}" if arm in r["over_plain_train"] else "—"
+
+    header = (
+        "preset | records | steps | optimiser | plain train() (s) | live, ∇f per epoch "
+        f"| live, ∇f per epoch on {SUBSAMPLE} records | live, ∇f every step "
+        "| replay TracIn, ∇f per epoch ÷ plain | replay TracIn, ∇f every step ÷ plain "
+        "| bit-identical | max rel. diff vs replay"
+    )
+    cost = [
+        f"{r['preset']} | {r['records']} | {r['optimizer_steps']} | {r['optimizer']} "
+        f"| {r['median_s']['plain']:.3f} | {cell(r, 'live_epoch')} | {cell(r, 'live_epoch_sub')} "
+        f"| {cell(r, 'live_step')} | {ratio(r, 'replay_epoch')} | {ratio(r, 'replay_step')} "
+        f"| {all(r['bit_identical_to_plain'].values())} "
+        f"| {max(r['max_rel_diff_vs_replay'].values()):.1e}"
+        for r in rows
+    ]
+    parts = [
+        f"{r['preset']} | {LABELS[arm]} | {p['gradient_refresh']:.2f} | {p['finish']:.2f} "
+        f"| {r['overhead_over_plain_train'][arm] - sum(p.values()):.2f} "
+        f"| {r['overhead_of_fastest'][arm]:+.2f}×"
+        for r in rows
+        for arm, p in r["live_part_median_over_plain_train"].items()
+    ]
+    verdicts = [
+        f"{LABELS[arm]}: "
+        + "; ".join(
+            f"{r['preset']} " + _verdict([r[k][arm] for k in STATISTICS], goal) for r in rows
+        )
+        + "."
+        for arm in ("live_epoch", "live_epoch_sub")
+    ]
+    return [
         *markdown_header("TracIn during training: live TracIn's cost inside train()", meta),
         "Medians over interleaved repeats (arm order rotates each repeat) of AttributedPPO's "
         "`train()` on one buffer (iteration 1 of the preset, seed 0), from the same start "
@@ -219,82 +225,34 @@ def _write(
         "medians** (arm − plain) ÷ plain, and in brackets the median of the per-repeat "
         "paired overheads (arm ÷ plain − 1 within a repeat).",
         "",
-        "| preset | records | steps | optimiser | plain train() (s) | live, ∇f per epoch "
-        f"| live, ∇f per epoch on {SUBSAMPLE} records | live, ∇f every step "
-        "| replay TracIn, ∇f per epoch ÷ plain | replay TracIn, ∇f every step ÷ plain "
-        "| bit-identical | max rel. diff vs replay |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        over = r["overhead_over_plain_train"]
-        ratio = r["over_plain_train"]
-        med = r["median_s"]
-
-        def cell(
-            arm: str, med: dict = med, over: dict = over, paired: dict = r["paired_overhead_median"]
-        ) -> str:
-            if arm not in med:
-                return "—"
-            return f"{med[arm]:.3f} s, **{over[arm]:+.2f}×** ({paired[arm]:+.2f}×)"
-
-        def times_plain(arm: str, ratio: dict = ratio) -> str:
-            return f"{ratio[arm]:.2f}" if arm in ratio else "—"
-
-        lines.append(
-            f"| {r['preset']} | {r['records']} | {r['optimizer_steps']} | {r['optimizer']} "
-            f"| {med['plain']:.3f} | {cell('live_epoch')} | {cell('live_epoch_sub')} "
-            f"| {cell('live_step')} | {times_plain('replay_epoch')} "
-            f"| {times_plain('replay_step')} "
-            f"| {all(r['bit_identical_to_plain'].values())} "
-            f"| {max(r['max_rel_diff_vs_replay'].values()):.1e} |"
-        )
-    lines += [
+        *table(header, cost),
         "",
         "Where live TracIn's time goes (medians ÷ plain train()): `refresh` = the ∇f "
         "recomputations; `finish` = after the update, the optimiser multipliers u_t (Adam: "
         "per coordinate and step, from the one optimiser model) and the ghost contractions; "
         "the rest of the overhead is capture inside the update (hooks, Adam's v per step).",
         "",
-        "| preset | arm | refresh | finish | rest | overhead of the fastest repeats |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        for arm, by_part in r["live_part_median_over_plain_train"].items():
-            rest = r["overhead_over_plain_train"][arm] - sum(by_part.values())
-            lines.append(
-                f"| {r['preset']} | {LABELS[arm]} | {by_part['gradient_refresh']:.2f} "
-                f"| {by_part['finish']:.2f} | {rest:.2f} "
-                f"| {r['overhead_of_fastest'][arm]:+.2f}× |"
-            )
-    verdicts = {
-        arm: {
-            r["preset"]: _verdict(
-                [r["overhead_over_plain_train"][arm], r["paired_overhead_median"][arm]], goal
-            )
-            for r in rows
-        }
-        for arm in ("live_epoch", "live_epoch_sub")
-    }
-    lines += [
+        *table("preset | arm | refresh | finish | rest | overhead of the fastest repeats", parts),
         "",
-        f"Goal: live TracIn adds ≤ {goal:g} × train() (both statistics). "
-        + " ".join(
-            f"{LABELS[arm]}: " + "; ".join(f"{p} {v}" for p, v in by_preset.items()) + "."
-            for arm, by_preset in verdicts.items()
-        ),
+        f"Goal: live TracIn adds ≤ {goal:g} × train() (both statistics). " + " ".join(verdicts),
         "",
         "Load: the machine is shared (2 cores, other jobs running); the 1-minute load "
         "average after each preset: "
         + ", ".join(f"{r['preset']} {r['load_average_1min_after']}" for r in rows)
         + ". Per-repeat seconds are in the JSON.",
     ]
-    if rendered:
-        lines += [
-            "",
-            "This file was re-rendered from the JSON by "
-            "`python experiments/bench_live_tracin.py --render` (no new timings).",
-        ]
-    (RESULTS / "bench_live_tracin.md").write_text("\n".join(lines) + "\n")
+
+
+def write(rows: list[dict[str, Any]], meta: dict[str, Any], goal: float, rendered: bool) -> None:
+    for r in rows:
+        r["paired_overhead_median"] = _paired_overheads(r["seconds"])
+    write_json("bench_live_tracin.json", {"rows": rows, "goal_overhead": goal, **meta})
+    note = [
+        "",
+        "This file was re-rendered from the JSON by "
+        "`python experiments/bench_live_tracin.py --render` (no new timings).",
+    ]
+    write_markdown(RESULTS / "bench_live_tracin.md", markdown(rows, meta, goal) + note * rendered)
 
 
 def main() -> None:
@@ -318,12 +276,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.render:
-        import json
-
         stored = json.loads((RESULTS / "bench_live_tracin.json").read_text())
-        rows = stored.pop("rows")
-        goal = stored.pop("goal_overhead")
-        _write(rows, stored, goal, rendered=True)
+        rows, goal = stored.pop("rows"), stored.pop("goal_overhead")
+        write(rows, stored, goal, rendered=True)
         return
     torch.set_num_threads(1)
     meta = provenance()
@@ -331,7 +286,7 @@ def main() -> None:
     for name in args.presets:
         per_step = name not in args.no_per_step
         rows.append(bench(name, args.repeats, args.replay_repeats, per_step))
-        _write(rows, meta, args.goal)  # after every preset: a killed run keeps what it did
+        write(rows, meta, args.goal, rendered=False)  # a killed run keeps what it did
 
 
 if __name__ == "__main__":

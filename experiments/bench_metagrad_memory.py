@@ -22,13 +22,9 @@ median train() of the same preset, measured side by side in this one process.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,58 +32,28 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.bench_attribution import _sb3_train_seconds, _timed
-from experiments.common import RESULTS, markdown_header, provenance
-from rlattr import ReturnTarget, RunLog
+from experiments.bench_common import (
+    median_seconds,
+    metagrad_rss_growth_mib,
+    recorded_iteration,
+    sb3_train_seconds,
+    table,
+    write_markdown,
+)
+from experiments.common import RESULTS, markdown_header, provenance, write_json
+from rlattr import Preset, ReturnTarget, metagradient_scores
 from rlattr.argtypes import format_memory_size
-from rlattr.record.replay import build_policy, load_iteration
-from rlattr.scoring.attribute import target_context
 from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, SavedTensorMeter
-from rlattr.scoring.metagrad import metagradient_scores
 
 OUT = RESULTS / "metagrad_memory"
 MIB = 1024**2
 
-_CHILD = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from experiments.common import peak_rss_growth_mib
-from rlattr import ReturnTarget, RunLog
-from rlattr.scoring.attribute import target_context
-from rlattr.scoring.metagrad import metagradient_scores
-from rlattr.record.replay import build_policy, load_iteration
-torch.set_num_threads(1)
-log = RunLog({run!r})
-data = load_iteration(log, 1)
-policy = build_policy(log)
-context = target_context(log, data.records)
-print(peak_rss_growth_mib(lambda: metagradient_scores(data, policy, ReturnTarget(), context,
-                                                      **{options!r})))
-"""
-
-
-def _child_rss_mib(run_dir: Path, options: dict[str, Any]) -> float:
-    """RSS growth of one metagradient in a fresh process (earlier peaks would hide it)."""
-    root = Path(__file__).resolve().parent.parent
-    code = _CHILD.format(root=str(root), run=str(run_dir), options=options)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
 
 def bench(name: str, repeats: int) -> dict[str, Any]:
-    from rlattr.training.presets import Preset
-
     preset = Preset.load(name)
-    train_s = statistics.median(_sb3_train_seconds(preset, iterations=repeats + 1)[1:])
-    scratch = Path(tempfile.mkdtemp(prefix="bench-metagrad-memory-"))
-    try:
-        model = preset.build(run_dir=scratch / "run", seed=0, device="cpu")
-        model.learn(2 * preset.n_envs * preset.ppo.get("n_steps", 2048))
-        log = RunLog(scratch / "run")
-        data = load_iteration(log, 1)
-        policy = build_policy(log)
-        context = target_context(log, data.records)
-        target = ReturnTarget()
+    train_s = statistics.median(sb3_train_seconds(preset, iterations=repeats + 1)[1:])
+    with recorded_iteration(preset, "bench-metagrad-memory-") as (run_dir, scoring):
+        data, policy, context = scoring
         steps = data.plan.n_steps
         modes: dict[str, dict[str, Any]] = {
             "whole": {"memory_budget": None},
@@ -95,50 +61,42 @@ def bench(name: str, repeats: int) -> dict[str, Any]:
             "64MiB": {"memory_budget": 64 * MIB},
             "sqrtT": {"segment_steps": max(1, round(math.sqrt(steps))), "memory_budget": None},
         }
-        reference = None
-        rows = {}
+        reference, rows = None, {}
         for mode, options in modes.items():
+
+            def score(o: dict[str, Any] = options) -> Any:
+                return metagradient_scores(data, policy, ReturnTarget(), context, **o)
+
             with SavedTensorMeter() as meter:
-                result = metagradient_scores(data, policy, target, context, **options)
-            if reference is None:
-                reference = result.scores
-            scale = float(reference.abs().max())
-            seconds = _timed(
-                lambda o=options: metagradient_scores(data, policy, target, context, **o), repeats
-            )
-            memory = result.memory
-            rows[mode] = {
+                result = score()
+            reference = result.scores if reference is None else reference
+            seconds = median_seconds(score, repeats)
+            memory, segments = result.memory, result.segment_steps
+            rows[mode] = r = {
                 "options": options,
-                "segment_steps": result.segment_steps,
+                "segment_steps": segments,
                 "saved_peak_mib": meter.peak / MIB,
-                "estimated_peak_mib": (
-                    memory.peak(result.segment_steps) / MIB if memory is not None else None
-                ),
-                "measured": (
-                    {
-                        "step_mib": memory.step_bytes / MIB,
-                        "state_mib": memory.state_bytes / MIB,
-                        "target_mib": memory.target_bytes / MIB,
-                    }
-                    if memory is not None
-                    else None
-                ),
-                "rss_growth_mib": _child_rss_mib(scratch / "run", options),
+                "estimated_peak_mib": None if memory is None else memory.peak(segments) / MIB,
+                "measured": None
+                if memory is None
+                else {
+                    "step_mib": memory.step_bytes / MIB,
+                    "state_mib": memory.state_bytes / MIB,
+                    "target_mib": memory.target_bytes / MIB,
+                },
+                "rss_growth_mib": metagrad_rss_growth_mib(run_dir, options),
                 "seconds": seconds,
                 "over_train": seconds / train_s,
                 "max_abs_diff_vs_whole_over_max": float(
-                    (result.scores - reference).abs().max() / scale
+                    (result.scores - reference).abs().max() / reference.abs().max()
                 ),
             }
-            r = rows[mode]
             print(
                 f"{name} {mode:8s} S={r['segment_steps']} saved peak {r['saved_peak_mib']:.1f} "
                 f"MiB (estimate {r['estimated_peak_mib']}), RSS +{r['rss_growth_mib']:.0f} MiB, "
                 f"{seconds:.3f}s = {r['over_train']:.2f}× train",
                 flush=True,
             )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return {
         "preset": name,
         "records": len(data.records),
@@ -149,8 +107,27 @@ def bench(name: str, repeats: int) -> dict[str, Any]:
     }
 
 
-def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = [
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    header = (
+        "preset | T | mode | segment S | saved peak MiB | estimate MiB | RSS growth MiB "
+        "| time (s) | **÷ train** | max |Δscore| ÷ max |score|"
+    )
+    modes = [
+        f"{row['preset']} | {row['optimizer_steps']} | {mode} | {r['segment_steps'] or 'whole'} "
+        f"| {r['saved_peak_mib']:.0f} | "
+        + ("–" if r["estimated_peak_mib"] is None else f"{r['estimated_peak_mib']:.0f}")
+        + f" | {r['rss_growth_mib']:.0f} | {r['seconds']:.3f} | **{r['over_train']:.2f}** "
+        f"| {r['max_abs_diff_vs_whole_over_max']:.1e}"
+        for row in rows
+        for mode, r in row["modes"].items()
+    ]
+    pieces = [
+        f"{row['preset']} | {row['sb3_train_s']:.3f} | {m['step_mib']:.2f} | {m['state_mib']:.3f} "
+        f"| {m['target_mib']:.1f}"
+        for row in rows
+        for m in [row["modes"]["default"]["measured"]]
+    ]
+    return [
         *markdown_header("Metagradient memory under a budget (issue 16.3)", meta),
         "One metagradient (return target) of iteration 1; time = median over repeats ÷ the "
         "median SB3 `train()` of the same preset, side by side in one process. **saved "
@@ -160,31 +137,15 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "transient buffers and allocator slack). Default budget "
         f"{format_memory_size(DEFAULT_MEMORY_BUDGET)}.",
         "",
-        "| preset | T | mode | segment S | saved peak MiB | estimate MiB | RSS growth MiB "
-        "| time (s) | **÷ train** | max |Δscore| ÷ max |score| |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *table(header, modes),
+        "",
+        "Measured pieces of the memory model (default budget run):",
+        "",
+        *table(
+            "preset | SB3 train() (s) | one step's graph MiB | one start MiB | target graph MiB",
+            pieces,
+        ),
     ]
-    for row in rows:
-        for mode, r in row["modes"].items():
-            estimate = "–" if r["estimated_peak_mib"] is None else f"{r['estimated_peak_mib']:.0f}"
-            lines.append(
-                f"| {row['preset']} | {row['optimizer_steps']} | {mode} | "
-                f"{r['segment_steps'] or 'whole'} | {r['saved_peak_mib']:.0f} | {estimate} "
-                f"| {r['rss_growth_mib']:.0f} | {r['seconds']:.3f} | **{r['over_train']:.2f}** "
-                f"| {r['max_abs_diff_vs_whole_over_max']:.1e} |"
-            )
-    lines += ["", "Measured pieces of the memory model (default budget run):", ""]
-    lines += [
-        "| preset | SB3 train() (s) | one step's graph MiB | one start MiB | target graph MiB |"
-    ]
-    lines += ["|---|---|---|---|---|"]
-    for row in rows:
-        m = row["modes"]["default"]["measured"]
-        lines.append(
-            f"| {row['preset']} | {row['sb3_train_s']:.3f} | {m['step_mib']:.2f} "
-            f"| {m['state_mib']:.3f} | {m['target_mib']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -198,10 +159,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         xs = [j + i * width for j in range(len(modes))]
-        axes[0].bar(
-            xs, [row["modes"][m]["saved_peak_mib"] for m in modes], width, label=row["preset"]
-        )
-        axes[1].bar(xs, [row["modes"][m]["over_train"] for m in modes], width, label=row["preset"])
+        for ax, key in zip(axes, ("saved_peak_mib", "over_train"), strict=True):
+            ax.bar(xs, [row["modes"][m][key] for m in modes], width, label=row["preset"])
     axes[0].axhline(DEFAULT_MEMORY_BUDGET / MIB, color="k", ls="--", lw=1, label="default budget")
     axes[0].set_ylabel("saved-tensor peak (MiB)")
     axes[1].set_ylabel("time ÷ SB3 train()")
@@ -224,10 +183,8 @@ def main() -> None:
         rows.append(bench(name, args.repeats))
         meta = provenance()  # written after every preset: a killed run keeps what it did
         payload = {"rows": rows, "default_memory_budget": DEFAULT_MEMORY_BUDGET, **meta}
-        tmp = OUT / "bench.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        tmp.replace(OUT / "bench.json")
-        (OUT / "bench.md").write_text(_markdown(rows, meta))
+        write_json("metagrad_memory/bench.json", payload)
+        write_markdown(OUT / "bench.md", _markdown(rows, meta))
     _plot(rows, OUT / "bench.png")
 
 

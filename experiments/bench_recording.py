@@ -13,53 +13,34 @@ rotates between rounds to cancel drift. Ratios are of summed wall times (goal �
 from __future__ import annotations
 
 import argparse
-import shutil
-import statistics
 import sys
-import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from stable_baselines3 import PPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.bench_common import per_seed_ratio, sb3_ppo, table, time_arms, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr.training.presets import Preset
+from rlattr import Preset
 
 ITERATIONS = {"cartpole": 100, "lunarlander": 6, "minigrid_empty": 4, "hopper": 20}
+RATIOS = {
+    "recording_ratio": ("rlattr_recording", "ppo_tb"),
+    "plan_only_ratio": ("rlattr_no_recording", "ppo_plain"),
+}
 
 
-VARIANTS = ("ppo_tb", "rlattr_recording", "ppo_plain", "rlattr_no_recording")
-
-
-def _time_run(preset: Preset, seed: int, variant: str, iterations: int) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of ``learn``; CPU time includes the run-log
-    writer thread and is less sensitive to other load on the machine than wall time."""
-    rollout = preset.n_envs * preset.ppo.get("n_steps", 2048)
-    kwargs = {
-        "seed": seed,
-        "device": "cpu",
-        "policy_kwargs": preset.resolved_policy_kwargs(),
-        **preset.ppo_kwargs(),
+def arms(preset: Preset) -> dict[str, Callable[[int, Path], Any]]:
+    """How each arm's model is made from (seed, scratch folder); order as the arms rotate."""
+    return {
+        "ppo_tb": lambda s, tmp: sb3_ppo(preset, s, tensorboard_log=str(tmp / "tb")),
+        "rlattr_recording": lambda s, tmp: preset.build(run_dir=tmp / "run", seed=s, device="cpu"),
+        "ppo_plain": lambda s, _: sb3_ppo(preset, s),
+        "rlattr_no_recording": lambda s, _: preset.build(seed=s, device="cpu"),
     }
-    scratch = Path(tempfile.mkdtemp(prefix="bench-"))
-    try:
-        if variant == "rlattr_recording":
-            model = preset.build(run_dir=scratch / "run", seed=seed, device="cpu")
-        elif variant == "rlattr_no_recording":
-            model = preset.build(seed=seed, device="cpu")
-        elif variant == "ppo_tb":
-            env = preset.make_env(seed)
-            model = PPO(preset.policy, env, tensorboard_log=str(scratch / "tb"), **kwargs)
-        else:
-            model = PPO(preset.policy, preset.make_env(seed), **kwargs)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        model.learn(iterations * rollout)
-        return time.perf_counter() - start, time.process_time() - cpu_start
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main() -> None:
@@ -68,68 +49,46 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per run: less noise on a 2-core machine
-
     rows = []
     for name in args.presets:
-        preset = Preset.load(name)
-        iterations = ITERATIONS.get(name, 5)
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
-        for seed in range(args.seeds):
-            shift = seed % len(VARIANTS)
-            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                wall_s, cpu_s = _time_run(preset, seed, variant, iterations)
-                times[variant].append(wall_s)
-                cpu[variant].append(cpu_s)
-        row = {
-            "preset": name,
-            "iterations": iterations,
-            "seeds": args.seeds,
-            "times_s": times,
-            "cpu_s": cpu,
-        }
-        for label, num, den in (
-            ("recording_ratio", "rlattr_recording", "ppo_tb"),
-            ("plan_only_ratio", "rlattr_no_recording", "ppo_plain"),
-        ):
-            per_seed = [a / b for a, b in zip(times[num], times[den], strict=True)]
+        preset, iterations = Preset.load(name), ITERATIONS.get(name, 5)
+        times, cpu = time_arms(preset, args.seeds, iterations, arms(preset))
+        row = {"preset": name, "iterations": iterations, "seeds": args.seeds}
+        row |= {"times_s": times, "cpu_s": cpu}
+        for label, (num, den) in RATIOS.items():
             row[label] = sum(times[num]) / sum(times[den])
             row[label + "_cpu"] = sum(cpu[num]) / sum(cpu[den])
-            row[label + "_per_seed_mean"] = statistics.mean(per_seed)
-            row[label + "_per_seed_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+            row[label + "_per_seed_mean"], row[label + "_per_seed_std"] = per_seed_ratio(
+                times[num], times[den]
+            )
         rows.append(row)
         print(
             f"{name:14s} PPO+TB {sum(times['ppo_tb']):7.2f}s  rlattr recording "
             f"{sum(times['rlattr_recording']):7.2f}s  ratio {row['recording_ratio']:.3f} "
-            f"(per seed {row['recording_ratio_per_seed_mean']:.3f} ± "
-            f"{row['recording_ratio_per_seed_std']:.3f}; CPU time {row['recording_ratio_cpu']:.3f})"
-            f" | plan only vs PPO: {row['plan_only_ratio']:.3f} "
-            f"(CPU {row['plan_only_ratio_cpu']:.3f})",
+            f"(CPU time {row['recording_ratio_cpu']:.3f}) | plan only vs PPO: "
+            f"{row['plan_only_ratio']:.3f} (CPU {row['plan_only_ratio_cpu']:.3f})",
             flush=True,
         )
-
     meta = provenance()
     write_json("bench_recording.json", {"rows": rows, **meta})
-    lines = [
-        *markdown_header(
-            "Recording overhead: AttributedPPO (recording every iteration) ÷ SB3 PPO", meta
-        ),
-        "| preset | iterations × seeds | PPO + TensorBoard (s) | AttributedPPO recording (s) "
+    header = (
+        "preset | iterations × seeds | PPO + TensorBoard (s) | AttributedPPO recording (s) "
         "| **wall ratio** | per-seed wall ratio | CPU-time ratio | plan only ÷ plain PPO "
-        "(wall / CPU) |",
-        "|---|---|---|---|---|---|---|---|",
+        "(wall / CPU)"
+    )
+    cells = [
+        f"{r['preset']} | {r['iterations']} × {r['seeds']} | {sum(r['times_s']['ppo_tb']):.2f} "
+        f"| {sum(r['times_s']['rlattr_recording']):.2f} | **{r['recording_ratio']:.3f}** | "
+        f"{r['recording_ratio_per_seed_mean']:.3f} ± {r['recording_ratio_per_seed_std']:.3f} "
+        f"| {r['recording_ratio_cpu']:.3f} | "
+        f"{r['plan_only_ratio']:.3f} / {r['plan_only_ratio_cpu']:.3f}"
+        for r in rows
     ]
-    for row in rows:
-        t = row["times_s"]
-        lines.append(
-            f"| {row['preset']} | {row['iterations']} × {row['seeds']} | {sum(t['ppo_tb']):.2f} "
-            f"| {sum(t['rlattr_recording']):.2f} | **{row['recording_ratio']:.3f}** | "
-            f"{row['recording_ratio_per_seed_mean']:.3f} ± "
-            f"{row['recording_ratio_per_seed_std']:.3f} | {row['recording_ratio_cpu']:.3f} | "
-            f"{row['plan_only_ratio']:.3f} / {row['plan_only_ratio_cpu']:.3f} |"
-        )
-    lines += ["", "Goal: ratio ≤ 1.05."]
-    (RESULTS / "bench_recording.md").write_text("\n".join(lines) + "\n")
+    title = "Recording overhead: AttributedPPO (recording every iteration) ÷ SB3 PPO"
+    write_markdown(
+        RESULTS / "bench_recording.md",
+        [*markdown_header(title, meta), *table(header, cells), "", "Goal: ratio ≤ 1.05."],
+    )
 
 
 if __name__ == "__main__":
