@@ -1,4 +1,8 @@
-"""A run killed with SIGKILL mid-training resumes with no finished iteration lost."""
+"""A run killed with SIGKILL mid-training resumes with no finished iteration lost.
+
+The child kills itself at a fixed point (``sigkill_driver.py``: just before iteration
+``KILL_AT`` commits), so the test does not race the training; the run keeps every
+checkpoint full, so each replay is compared with the state training itself wrote."""
 
 from __future__ import annotations
 
@@ -6,19 +10,31 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+import yaml
 
 from rlattr import RunLog, replay_iteration
 from rlattr.record.io import sha256_file
 from rlattr.record.replay import state_matches
 
 ROOT = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("sigkill_driver.py")
+KILL_AT = 6
 
 
-def _train_command(run_dir: Path, resume: bool) -> list[str]:
+def _full_checkpoint_preset(folder: Path) -> Path:
+    """The cartpole preset with every start-of-iteration checkpoint kept full."""
+    preset = yaml.safe_load((ROOT / "agents" / "cartpole.yaml").read_text())
+    preset["recording"] = {"checkpoint_every": 1}
+    path = folder / "cartpole_full.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def _train_command(preset: Path, run_dir: Path, resume: bool, kill_at: int = -1) -> list[str]:
     command = [
-        sys.executable, "-m", "rlattr.cli", "train", "cartpole",
+        sys.executable, str(DRIVER), str(kill_at), "--", str(preset),
         "--timesteps", str(256 * 40), "--run-dir", str(run_dir), "--no-progress", "--seed", "4",
     ]  # fmt: skip
     return command + (["--resume"] if resume else [])
@@ -31,32 +47,30 @@ def _committed(run_dir: Path) -> list[int]:
     return sorted(int(d.name) for d in root.iterdir() if (d / "iteration.json").exists())
 
 
-def test_sigkill_then_resume(run_dir: Path) -> None:
+def test_sigkill_then_resume(run_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        _train_command(run_dir, resume=False),
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    preset = _full_checkpoint_preset(tmp_path)
+    killed = subprocess.run(
+        _train_command(preset, run_dir, resume=False, kill_at=KILL_AT),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while len(_committed(run_dir)) < 6:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
 
     finished = _committed(run_dir)
-    assert finished, "nothing finished before the kill"
+    assert finished == list(range(KILL_AT))  # killed just before iteration KILL_AT commits
+    assert (run_dir / "iterations" / f"{KILL_AT:06d}" / "records.safetensors").exists()
     log = RunLog(run_dir)
     hashes = {k: sha256_file(log.iteration_dir(k) / "records.safetensors") for k in finished}
-    assert log.verify().ok  # a kill leaves only uncommitted leftovers, never corrupt files
+    report = log.verify()
+    assert report.ok  # a kill leaves only uncommitted leftovers, never corrupt files
+    assert report.leftovers  # iteration KILL_AT's files, written but not committed
 
     resumed = subprocess.run(
-        _train_command(run_dir, resume=True), cwd=ROOT, env=env, capture_output=True, timeout=300
-    )
+        _train_command(preset, run_dir, resume=True), cwd=ROOT, env=env, capture_output=True,
+        timeout=300,
+    )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr.decode()
-    assert "resuming" in resumed.stdout.decode()
+    assert f"resuming {run_dir} at iteration {KILL_AT}" in " ".join(resumed.stdout.decode().split())
 
     log = RunLog(run_dir)
     assert log.iterations() == list(range(40))
@@ -64,12 +78,13 @@ def test_sigkill_then_resume(run_dir: Path) -> None:
         assert sha256_file(log.iteration_dir(k) / "records.safetensors") == hashes[k]
     report = log.verify()
     assert report.ok and not report.leftovers
-    # Iterations on both sides of the kill replay exactly.
-    for k in (finished[-1], finished[-1] + 1, 39):
+    # Iterations on both sides of the kill replay exactly onto the state training wrote.
+    for k in (KILL_AT - 1, KILL_AT, 39):
+        assert log.is_logged_checkpoint(k + 1), k
         assert state_matches(replay_iteration(log, k), log.load_checkpoint(k + 1)[0]) == []
     # The schedule continued where it stopped: the last iteration's lr is the preset's.
     last_lr = float(log.load_plan(39).learning_rates[0])
     assert abs(last_lr - 0.001 * (1 - 40 * 256 / (40 * 256))) < 1e-12
-    first_after = float(log.load_plan(finished[-1] + 1).learning_rates[0])
-    expected = 0.001 * (1 - (finished[-1] + 2) * 256 / (40 * 256))
+    first_after = float(log.load_plan(KILL_AT).learning_rates[0])
+    expected = 0.001 * (1 - (KILL_AT + 1) * 256 / (40 * 256))
     assert abs(first_after - expected) < 1e-12
