@@ -28,8 +28,10 @@ from rlattr.analysis.whatif import (
     write_whatif_report,
 )
 from rlattr.argtypes import at_least
+from rlattr.cli.args import HelpFormatter, compute_device, share
 from rlattr.cli.paths import output_folder, run_directory
 from rlattr.record.runlog import RunLog
+from rlattr.run import RunOptionsError, run_env_factory
 
 console = Console()
 
@@ -38,19 +40,13 @@ def _help(name: str) -> str:
     return str(WhatIfConfig.__dataclass_fields__[name].metadata.get("help", ""))
 
 
-def add_intervene(
-    sub: Any,
-    formatter: type,
-    count: Callable[[str], int],
-    device: Callable[[str], str],
-    fraction: Callable[[str], float],
-) -> None:
-    """Register ``rlattr intervene`` (``count``, ``device`` and ``fraction`` are the
-    command line's argparse types: N >= 1, a present device, a share in (0, 1))."""
+def add(sub: Any) -> None:
+    """The ``intervene`` subcommand."""
+    count, device, fraction = at_least(1), compute_device, share(open_low=True)
     parser = sub.add_parser(
         "intervene",
         help="what-if: retrain an iteration without chosen records, compare the returns",
-        formatter_class=formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "run", nargs="+", type=run_directory,
@@ -89,7 +85,7 @@ def add_intervene(
         help="folder for whatif.csv/.md/.png (default: RUN/reports/whatif)",
     )
     parser.add_argument("--device", type=device, default="cpu", help="where to replay")
-    parser.set_defaults(func=run_intervene)
+    parser.set_defaults(func=run)
 
 
 def _iterations(log: RunLog, args: argparse.Namespace) -> list[int]:
@@ -121,27 +117,16 @@ def _ensure_scores(log: RunLog, iterations: list[int], name: str, compute: bool)
 
 
 def run_evaluator(log: RunLog) -> Callable[[Any, int, int], np.ndarray]:
-    """``evaluate(policy, episodes, seed)`` on the run's own environment (its preset's
-    environment and wrappers, or its registered id), stochastic actions seeded by ``seed``."""
-    from rlattr.sweep.trial import make_eval_env_factory
+    """``evaluate(policy, episodes, seed)`` on the run's own environment
+    (``rlattr.run.run_env_factory``), stochastic actions seeded by ``seed``."""
     from rlattr.training.evaluation import evaluate_policy_batched
-    from rlattr.training.presets import Preset
 
-    stored = log.meta.get("config", {}).get("preset")
-    if stored is not None:
-        make_env = make_eval_env_factory(Preset.from_dict(stored))
-    else:
-        env_id = log.meta.get("environment", {}).get("id")
-        if env_id is None:
-            raise WhatIfError(
-                f"{log.path} names neither a preset nor a registered environment id, so "
-                "`rlattr intervene` cannot build its environment; call "
-                "rlattr.analysis.whatif.whatif with your own evaluator"
-            )
-        import gymnasium as gym
-
-        def make_env() -> Any:
-            return gym.make(env_id)
+    try:
+        make_env = run_env_factory(log)
+    except RunOptionsError as err:
+        raise WhatIfError(
+            f"{err}; or call rlattr.analysis.whatif.whatif with your own evaluator"
+        ) from err
 
     def evaluate(policy: Any, episodes: int, seed: int) -> np.ndarray:
         return evaluate_policy_batched(policy, make_env, episodes, seed)
@@ -149,7 +134,8 @@ def run_evaluator(log: RunLog) -> Callable[[Any, int, int], np.ndarray]:
     return evaluate
 
 
-def run_intervene(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Retrain each asked iteration without the rule's records; report Δreturn."""
     try:
         config = WhatIfConfig(
             rule=args.rule,
@@ -161,8 +147,6 @@ def run_intervene(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise WhatIfError(str(err)) from err
-    import rlattr.envs  # noqa: F401  (the project's environments, for runs trained on them)
-
     logs = [RunLog(path) for path in args.run]  # every run opens before any work
     plans = {str(log.path): (log, _iterations(log, args)) for log in logs}
     for log, iterations in plans.values():

@@ -25,6 +25,7 @@ from typing import Any
 from rlattr.argtypes import check_device
 from rlattr.provenance import git_commit, provenance
 from rlattr.record.io import atomic_write_json
+from rlattr.run import build_model
 from rlattr.sweep.spec import Trial, parse_arm
 
 # A recording trial's run log, inside its run directory.
@@ -166,7 +167,8 @@ def run_trial(
         before = _resumable(result_path, trial, run_log_dir)
         if run_dir is not None and before is None:
             shutil.rmtree(run_dir, ignore_errors=True)
-        model = preset.build(
+        model = build_model(
+            preset,
             run_dir=run_log_dir,
             seed=trial.seed,
             device=trial.device,
@@ -230,7 +232,7 @@ def run_trial(
 
         start = time.perf_counter()
         evaluation = EvalEveryRound(
-            make_eval_env_factory(preset),
+            preset.env_factory(),
             episodes=trial.episodes,
             seed=trial.eval_seed,
             n_envs=trial.eval_envs,

@@ -23,7 +23,9 @@ from safetensors.torch import save_file
 
 import rlattr
 from rlattr import RunLog
+from rlattr.cli import console
 from rlattr.cli.main import main
+from rlattr.run import resume_command
 from rlattr.training.filters import RULES
 
 # The module (``rlattr.cli.main`` the attribute is the function ``main``).
@@ -249,7 +251,7 @@ def test_ctrl_c_during_train_prints_how_to_resume(tmp_path: Path, capsys, monkey
     monkeypatch.setattr(AttributedPPO, "collect_rollouts", interrupted_third_rollout)
     run = tmp_path / "run"
     argv = ["train", "cartpole", "--timesteps", "1024", "--run-dir", str(run), *QUIET]
-    assert main(argv) == cli.EXIT_INTERRUPTED == 130
+    assert main(argv) == console.EXIT_INTERRUPTED == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "interrupted: iteration 1 is the last committed (512 steps)" in err
@@ -300,7 +302,7 @@ def test_resume_command_spells_out_iif_options(tmp_path: Path, capsys, monkeypat
     argv = ["train", "cartpole", "--timesteps", "256", "--run-dir", str(run), *QUIET]
     iif = ["--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]
     assert main([*argv, *iif]) == 0
-    command = cli.resume_command(RunLog(run))
+    command = resume_command(RunLog(run))
     assert "--iif --iif-rule bottom --iif-fraction 0.25" in command
     assert "--iif-minibatching" not in command  # the preset's own value needs no option
 
@@ -403,7 +405,7 @@ def test_version(capsys) -> None:
 
 def test_fidelity_shows_progress_on_stderr(trained: Path, capsys, monkeypatch) -> None:
     terminal = io.StringIO()
-    monkeypatch.setattr(cli, "error_console", Console(file=terminal, force_terminal=True))
+    monkeypatch.setattr(console, "error_console", Console(file=terminal, force_terminal=True))
     argv = ["fidelity", str(trained), "--iteration", "1", "--method", "snapshot"]
     assert main([*argv, "--subsets", "2", "--orders", "1"]) == 0
     assert "snapshot: scoring, then 2 leave-subset-out replays" in terminal.getvalue()
@@ -557,11 +559,11 @@ def test_preset_that_sb3_refuses(tmp_path: Path, capsys, edit: dict, message: st
 
 
 def test_an_assertion_in_rlattr_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
-    from rlattr.training.presets import Preset
+    from rlattr.training.ppo import AttributedPPO
 
     def broken(self, *args, **kwargs):
         raise AssertionError("a bug in rlattr")
 
-    monkeypatch.setattr(Preset, "build", broken)
+    monkeypatch.setattr(AttributedPPO, "__init__", broken)
     with pytest.raises(AssertionError, match="a bug in rlattr"):
         main(["train", "cartpole", "--run-dir", str(tmp_path / "run"), *QUIET])

@@ -10,7 +10,8 @@ import pytest
 
 import rlattr.scoring.metagrad as metagrad_module
 from rlattr import RunLog
-from rlattr.cli.main import main, resume_command
+from rlattr.cli.main import main
+from rlattr.run import resume_command
 from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET
 
 QUIET = ["--no-progress"]

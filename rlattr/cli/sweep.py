@@ -1,9 +1,9 @@
-"""``rlattr sweep SPEC.yaml`` and ``rlattr compare PRESET``: the sweep engine's commands.
+"""``rlattr sweep SPEC.yaml``: every trial of a sweep spec, resumable, one table.
 
-``rlattr.cli.main`` registers them with ``add_sweep_parser`` and ``add_compare_parser``;
-each handler returns the exit status (0 every trial finished, 1 a trial failed on every
+The handler returns the exit status (0 every trial finished, 1 a trial failed on every
 attempt) and raises ``RlattrError`` subclasses for bad input, which the command line
-prints as one ``error:`` line (exit status 2).
+prints as one ``error:`` line (exit status 2). ``rlattr compare`` (``rlattr.cli.compare``)
+shares the backend options and the table.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import math
 import shlex
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,15 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from rlattr.argtypes import at_least
+from rlattr.cli.args import HelpFormatter
 from rlattr.sweep.engine import SweepOutcome, run_sweep
 from rlattr.sweep.report import load_results, trial_rows
-from rlattr.sweep.spec import SweepError, SweepSpec, SweepSpecError, TaskSpec, parse_arm
+from rlattr.sweep.spec import SweepSpec, SweepSpecError, parse_arm
 
 EXIT_OK = 0
 EXIT_TRIAL_FAILED = 1
 
 
-def _arm(text: str) -> str:
+def arm(text: str) -> str:
     """An arm name as ``parse_arm`` accepts it (``iif``, ``iif_p25``, ...)."""
     try:
         parse_arm(text)
@@ -37,7 +37,7 @@ def _arm(text: str) -> str:
     return text
 
 
-def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where trials run")
     group.add_argument(
         "--backend",
@@ -63,23 +63,22 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_sweep_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
-    """Add ``sweep SPEC.yaml`` to ``subparsers`` (``parser_kwargs`` go to ``add_parser``)."""
-    parser = subparsers.add_parser(
+def add(sub: Any) -> None:
+    """The ``sweep`` subcommand."""
+    parser = sub.add_parser(
         "sweep",
         help="train tasks × arms × seeds, evaluated every round; resumable; one table",
         description="Run every trial of a sweep spec: each arm of each task on each seed, "
         "evaluated after every round. A killed sweep resumes when run again.",
         epilog=_spec_keys(),
-        **parser_kwargs,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("spec", help="sweep spec (YAML file)")
     parser.add_argument(
         "--out", help="results folder, from the current folder (default: the spec's out)"
     )
-    _add_backend_options(parser)
-    parser.set_defaults(func=sweep_command)
-    return parser
+    add_backend_options(parser)
+    parser.set_defaults(func=run)
 
 
 def _spec_keys() -> str:
@@ -88,40 +87,7 @@ def _spec_keys() -> str:
     return f"Spec keys (YAML mapping; only tasks is required) - {keys}."
 
 
-def add_compare_parser(subparsers: Any, **parser_kwargs: Any) -> argparse.ArgumentParser:
-    """Add ``compare PRESET --arms ... --seeds N`` to ``subparsers``."""
-    parser = subparsers.add_parser(
-        "compare",
-        help="train arms of one preset on N seeds and compare their evaluation curves",
-        description="Train each arm of one preset on seeds 0..N-1 (the sweep engine), then "
-        "print rounds to PPO's peak, AUC, final return and seconds per round (mean ± sd "
-        "over seeds) and the TensorBoard command.",
-        **parser_kwargs,
-    )
-    parser.add_argument("preset", help="a shipped preset's name or a preset YAML file")
-    parser.add_argument(
-        "--arms",
-        nargs="+",
-        type=_arm,
-        default=["ppo", "iif"],
-        help="arms to train: ppo, iif, random_like, advantage_like, iif_metagrad; any but ppo "
-        "may end in _p<percent> for its drop fraction (iif_p25)",
-    )
-    parser.add_argument("--seeds", type=at_least(1), default=3, help="seeds 0..N-1")
-    parser.add_argument(
-        "--rounds", type=at_least(1), help="rounds per run (default: the preset's budget)"
-    )
-    parser.add_argument(
-        "--episodes", type=at_least(1), default=100, help="evaluation episodes after every round"
-    )
-    parser.add_argument("--out", default="runs/compare", help="results folder")
-    parser.add_argument("--device", default="cpu", help="torch device of every run")
-    _add_backend_options(parser)
-    parser.set_defaults(func=compare_command)
-    return parser
-
-
-def _run(spec: SweepSpec, args: argparse.Namespace, console: Console) -> SweepOutcome:
+def run_spec(spec: SweepSpec, args: argparse.Namespace, console: Console) -> SweepOutcome:
     spec = spec.with_overrides(retries=args.retries, record=True if args.record else None)
     return run_sweep(
         spec,
@@ -133,7 +99,7 @@ def _run(spec: SweepSpec, args: argparse.Namespace, console: Console) -> SweepOu
     )
 
 
-def _finish(outcome: SweepOutcome, console: Console) -> int:
+def finish(outcome: SweepOutcome, console: Console) -> int:
     for key, error in outcome.failed.items():
         console.print(f"{key} failed on every attempt: {error}", markup=False, style="red")
     if outcome.failed:
@@ -145,13 +111,13 @@ def _finish(outcome: SweepOutcome, console: Console) -> int:
     return EXIT_OK
 
 
-def sweep_command(args: argparse.Namespace, console: Console | None = None) -> int:
+def run(args: argparse.Namespace, console: Console | None = None) -> int:
     """``rlattr sweep``: run the spec, print where the table and TensorBoard logs are."""
     console = console or Console()
     spec = SweepSpec.load(args.spec)
     if args.out:
         spec = spec.with_overrides(out=args.out)
-    outcome = _run(spec, args, console)
+    outcome = run_spec(spec, args, console)
     for task in spec.tasks:
         console.print(comparison_table(spec, task.name))
     # soft_wrap: paths and commands stay on one line, to be copied whole.
@@ -163,34 +129,7 @@ def sweep_command(args: argparse.Namespace, console: Console | None = None) -> i
     console.print(
         f"curves: tensorboard --logdir {shlex.quote(spec.out)}", soft_wrap=True, highlight=False
     )
-    return _finish(outcome, console)
-
-
-def compare_command(args: argparse.Namespace, console: Console | None = None) -> int:
-    """``rlattr compare``: one preset, several arms, N seeds; a comparison table."""
-    console = console or Console()
-    if "ppo" not in args.arms:
-        raise SweepError("compare measures every arm against PPO: add ppo to --arms")
-    spec = SweepSpec(
-        tasks=(TaskSpec(preset=args.preset),),
-        arms=tuple(args.arms),
-        seeds=args.seeds,
-        rounds=args.rounds,
-        eval_episodes=args.episodes,
-        out=args.out,
-        device=args.device,
-    )
-    outcome = _run(spec, args, console)
-    task = spec.tasks[0].name
-    console.print(comparison_table(spec, task))
-    console.print(f"table: {outcome.report['markdown']}", soft_wrap=True, highlight=False)
-    logdir = shlex.quote(str(Path(spec.out) / task))
-    console.print(
-        f"curves (eval/return_mean per arm and seed): tensorboard --logdir {logdir}",
-        soft_wrap=True,
-        highlight=False,
-    )
-    return _finish(outcome, console)
+    return finish(outcome, console)
 
 
 def _cell(values: list[float], digits: int) -> str:
