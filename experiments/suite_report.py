@@ -1,6 +1,6 @@
-"""The IIF paper suite's tables, from the trials of experiments/suite/suite.yaml.
+"""The IIF paper suite's tables, from the trials of experiments/sweeps/suite.yaml.
 
-The trials are run by ``rlattr sweep experiments/suite/suite.yaml`` (which also writes the
+The trials are run by ``rlattr sweep experiments/sweeps/suite.yaml`` (which also writes the
 sweep's own summary.md / summary.csv and the <task>.png curves). This writes, into the
 spec's ``out`` (experiments/results/suite), per task ``<task>.md`` / ``.csv`` (IQM over
 seeds with 95 % CIs, the paper's numbers beside them) and ``<task>-eval-noise.md``, and
@@ -36,7 +36,7 @@ from rlattr.sweep import SweepSpec
 from rlattr.sweep.report import load_results, trial_rows, write_report, write_trials_csv
 from rlattr.sweep.spec import EVAL_SEED, parse_arm
 
-SPEC = Path(__file__).resolve().parent / "suite" / "suite.yaml"
+SPEC = Path(__file__).resolve().parent / "sweeps" / "suite.yaml"
 COMMAND = "python experiments/suite_report.py"
 ARMS = ("ppo", "iif", "random_like", "advantage_like")
 # The paper's IIF row (Fig. 6(b), 5 seeds): evaluation episodes, SE_ave, SE_peak, RT_peak %.
@@ -93,7 +93,7 @@ def task_table(out: Path, task: str, runs: Results) -> None:
         f"# {task}: IIF paper suite ({first['preset']['name']}, "
         f"{sorted({t['rounds'] for t in shown})} rounds of 2048 steps)",
         "",
-        "Trials: `rlattr sweep experiments/suite/suite.yaml`; as run (each trial's JSON "
+        "Trials: `rlattr sweep experiments/sweeps/suite.yaml`; as run (each trial's JSON "
         "holds its command): "
         + "; ".join(f"`{c}`" for c in sorted({t["command"] for t in shown}))
         + f".  \nThis table: `{COMMAND} --tasks {task}`.  ",
@@ -248,7 +248,7 @@ def p_sweep(out: Path, results: Mapping[str, Results], tasks: Sequence[str]) -> 
         "# The paper's p sweep: IIF's drop fraction p (of the negative records)",
         "",
         f"`{COMMAND}` (trials: the `iif_p12.5 iif_p25 iif_p100` arms of "
-        "experiments/suite/suite.yaml; the `iif` arm is the preset's p). Metrics against PPO "
+        "experiments/sweeps/suite.yaml; the `iif` arm is the preset's p). Metrics against PPO "
         "on the same seed, as in each task's table; IQM over seeds with a stratified-bootstrap "
         "95 % CI (rliable). Paper: Table 2 (SE_ave, 3 seeds, 1000 evaluation episodes).",
         "",
