@@ -18,6 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from rlattr.analysis.efficiency import rounds_to_share_of_peak
 from rlattr.argtypes import at_least
 from rlattr.cli.args import HelpFormatter
 from rlattr.sweep.engine import SweepOutcome, run_sweep
@@ -141,43 +142,78 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{np.mean(finite):.{digits}f} ± {np.std(finite, ddof=1):.{digits}f}"
 
 
+# Shares of PPO's peak the comparison table leads with (rounds an arm needs to get there).
+PEAK_SHARES = (0.5, 0.9, 0.99)
+MEANING = (
+    "Rounds to x % of PPO's peak: the first evaluated round at which an arm's return is x % "
+    "of the way from PPO's initial return to PPO's peak on the same seed (fewer is faster; "
+    ">R: not within its R rounds). SE_ave / SE_peak: the IIF paper's sample-efficiency gain "
+    "over PPO in % (0 = as fast as PPO, higher = faster)."
+)
+
+
+def rounds_to_shares(payload: dict[str, Any], ppo: dict[str, Any]) -> list[float]:
+    """Per share of ``PEAK_SHARES``: the round at which ``payload``'s curve first reaches
+    it, or ``inf`` if never (``rlattr.analysis.efficiency.rounds_to_share_of_peak``)."""
+    rounds = [point["round"] for point in payload["curve"]]
+    curve = [point["return_mean"] for point in payload["curve"]]
+    ppo_curve = [point["return_mean"] for point in ppo["curve"]]
+    found = [rounds_to_share_of_peak(ppo_curve, curve, share) for share in PEAK_SHARES]
+    return [math.inf if index is None else float(rounds[index]) for index in found]
+
+
 def comparison_table(spec: SweepSpec, task: str) -> Table:
-    """Per arm over its finished seeds: rounds until it first reaches PPO's peak (on the
-    same seed; a peak never reached counts as round R + 1), AUC, final return, seconds per
-    round (wall and CPU), mean ± sample sd."""
-    rows = [r for r in trial_rows(load_results(spec)) if r["task"] == task]
+    """Per arm over its finished seeds (mean ± sample sd): rounds until it first reaches
+    50 %, 90 % and 99 % of PPO's peak on the same seed, SE_ave and SE_peak against PPO,
+    AUC, final return and CPU seconds per round; the caption says what they mean."""
+    results = load_results(spec).get(task, {})
+    rows = [r for r in trial_rows({task: results}) if r["task"] == task] if results else []
     finals = [abs(r["final_return"]) for r in rows] or [0.0]
     digits = 3 if max(finals) < 10 else 1
     table = Table(title=f"{task}: evaluation return per round, mean ± sd over seeds")
-    for column in (
-        "arm",
-        "seeds",
-        "rounds to PPO's peak",
-        "AUC",
-        "final return",
-        "s / round",
-        "CPU s / round",
-    ):
+    shares = [f"rounds to {share:.0%} of PPO's peak" for share in PEAK_SHARES]
+    columns = ("arm", "seeds", *shares, "SE_ave %", "SE_peak %", "AUC", "final return")
+    for column in (*columns, "CPU s / round"):
         table.add_column(column, justify="left" if column == "arm" else "right")
+    ppo_runs = results.get("ppo", {})
     peaks = [r["ppo_peak"] for r in rows if r["arm"] == "ppo"]
-    if peaks:
-        table.caption = f"PPO's peak evaluation return: {_cell(peaks, digits)}"
+    caption = f"PPO's peak evaluation return: {_cell(peaks, digits)}. " if peaks else ""
+    table.caption = caption + MEANING
     for arm in spec.arms:
         group = [r for r in rows if r["arm"] == arm]
         if not group:
-            table.add_row(arm, "0", "", "", "", "", "")
+            table.add_row(arm, "0", *[""] * (len(columns) - 1))
             continue
-        reached = [r["ppo_peak_reached"] for r in group if r["ppo_peak_reached"] != ""]
-        to_peak = _cell([r["rounds_to_ppo_peak"] for r in group], 1)
-        if reached and not all(reached):
-            to_peak += f" ({sum(reached)}/{len(reached)} reached)"
+        to_shares = [
+            rounds_to_shares(payload, ppo_runs[seed])
+            for seed, payload in sorted(results.get(arm, {}).items())
+            if seed in ppo_runs
+        ]
+        budget = max(p["curve"][-1]["round"] for p in results[arm].values())
+        share_cells = [
+            _rounds_cell([row[i] for row in to_shares], budget)
+            for i in range(len(PEAK_SHARES))
+        ]
         table.add_row(
             arm,
             str(len(group)),
-            to_peak,
+            *share_cells,
+            "–" if arm == "ppo" else _cell([r["se_ave"] for r in group], 1),
+            "–" if arm == "ppo" else _cell([r["se_peak"] for r in group], 1),
             _cell([r["auc"] for r in group], digits),
             _cell([r["final_return"] for r in group], digits),
-            _cell([r["seconds_per_round"] for r in group], 2),
             _cell([r["cpu_seconds_per_round"] for r in group], 2),
         )
     return table
+
+
+def _rounds_cell(values: list[float], budget: int) -> str:
+    """Mean ± sd of the rounds reached; ``>R`` where no seed reached it, and how many did
+    when only some did."""
+    reached = [v for v in values if math.isfinite(v)]
+    if not values:
+        return "n/a"
+    if not reached:
+        return f">{budget}"
+    cell = _cell(reached, 1)
+    return cell if len(reached) == len(values) else f"{cell} ({len(reached)}/{len(values)})"
