@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -40,7 +39,6 @@ from rlattr.llm.ghost import score_parameters
 from rlattr.llm.loss import LossSpec, sequence_weights
 from rlattr.llm.runlog import LLMRunLog, MicroStep
 from rlattr.llm.scores import snapshot_scores
-from rlattr.scoring.rules import keep_mask
 
 KEEP_KEY, ROW_KEY = "rlattr_keep", "rlattr_row"
 TARGET_PREFIX = "target."  # run-log names of the validation target's tensors
@@ -351,24 +349,13 @@ class IIFGRPOTrainer(GRPOTrainer):
         everything = torch.ones(n, dtype=torch.bool)
         if self._round < self.iif.warmup_rounds:
             return everything
-        if scores is not None and not bool(torch.isfinite(scores).all()):
-            bad = int((~torch.isfinite(scores)).sum())
-            warnings.warn(
-                f"IIF: {bad} of {n} scores of round {self._round} are NaN or inf; this round "
-                "trains on every pair",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if not self.iif.scores_finite(scores, "round", self._round, "pair"):
             return everything
-        return keep_mask(
+        return self.iif.keep_mask(
             None if scores is None else scores.detach().cpu(),
             n,
-            self.iif.rule,
-            self.iif.fraction,
             self._iif_generator,
             min(self.iif.min_kept, n),
-            self.iif.like,
-            self.iif.like_fraction,
             batch.advantages.detach().cpu(),
         )
 

@@ -19,20 +19,18 @@ Rules (``IIF.rule``):
 
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from rlattr.record.plan import MINIBATCHING, Minibatching
-from rlattr.scoring import rules
 from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import ParamSelection
 from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, budget_bytes
 from rlattr.scoring.influence import snapshot_scores
-from rlattr.scoring.rules import MATCHED, NEEDS_FRACTION, RULES, Rule
+from rlattr.scoring.rules import RULES as RULES  # re-exported: the rules IIF offers
+from rlattr.scoring.rules import FilterRule
 from rlattr.scoring.targets import ReturnTarget, Target
 from rlattr.training.seams import (
     FilterDecision,
@@ -42,25 +40,9 @@ from rlattr.training.seams import (
     score_prefix,
 )
 
-_MATCHED = MATCHED  # drop as many as ``like`` would
-_NEEDS_FRACTION = NEEDS_FRACTION
 
-
-def _check_fraction(rule: str, fraction: float, name: str) -> None:
-    """p of neg_bottom may be 1 (every negative: the paper's p = 100 %, drop_negative);
-    q of bottom/random must stay below 1, or the rule would drop the whole buffer."""
-    high_ok = rule == "neg_bottom"
-    if not (0 <= fraction <= 1 if high_ok else 0 <= fraction < 1):
-        interval = "[0, 1]" if high_ok else "[0, 1)"
-        raise ValueError(f"{name} of {rule} must be in {interval}, got {fraction}")
-
-
-def _check_iif_types(config: Any) -> None:
-    """Numbers where numbers belong (a YAML typo would otherwise fail in a comparison)."""
-    for name in ("fraction", "like_fraction"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise ValueError(f"IIF {name} must be a number in [0, 1], got {value!r}")
+def _check_whole_numbers(config: IIF) -> None:
+    """Whole numbers where they belong (a YAML typo would otherwise fail in a comparison)."""
     for name in ("greedy_blocks", "warmup_iterations", "min_kept", "seed"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int | None):
@@ -68,7 +50,7 @@ def _check_iif_types(config: Any) -> None:
 
 
 @dataclass(frozen=True)
-class IIF:
+class IIF(FilterRule):
     """Configuration of iterative influence-based filtering.
 
     Attributes:
@@ -106,19 +88,8 @@ class IIF:
             scores are the same up to float rounding.
     """
 
+    # rule, fraction, like, like_fraction: FilterRule's (its fields come first).
     # metadata["help"]: the one-line help of ``rlattr train --iif-<field>``.
-    rule: Rule = field(
-        default="neg_bottom", metadata={"help": "which records to drop each iteration"}
-    )
-    fraction: float = field(
-        default=0.125,
-        metadata={"help": "p of neg_bottom (share of the negatives), q of bottom/random"},
-    )
-    like: Rule | None = field(
-        default=None,
-        metadata={"help": "random_like/advantage_like: the rule whose drop count is matched"},
-    )
-    like_fraction: float = field(default=0.125, metadata={"help": "the matched rule's fraction"})
     target: Target | None = None
     scorer: Literal["snapshot", "metagrad"] = field(
         default="snapshot",
@@ -148,17 +119,9 @@ class IIF:
     )
 
     def __post_init__(self) -> None:
-        _check_iif_types(self)
-        if self.rule not in RULES:
-            raise ValueError(f"IIF rule must be one of {RULES}, got {self.rule!r}")
-        if self.rule in _NEEDS_FRACTION:
-            _check_fraction(self.rule, self.fraction, "IIF fraction")
-        if self.rule in _MATCHED:
-            if self.like not in ("neg_bottom", "drop_negative", "bottom"):
-                raise ValueError(
-                    f"{self.rule} needs like='neg_bottom', 'drop_negative' or 'bottom'"
-                )
-            _check_fraction(self.like, self.like_fraction, "like_fraction")
+        self.check_numbers()
+        _check_whole_numbers(self)
+        self.check_rule()
         if self.scorer not in ("snapshot", "metagrad"):
             raise ValueError(
                 f"IIF scorer {self.scorer!r} is not available: 'snapshot' and 'metagrad' "
@@ -188,10 +151,6 @@ class IIF:
         if self.params not in ("policy", "value", "all"):
             raise ValueError(f"params must be 'policy', 'value' or 'all', got {self.params!r}")
 
-    @property
-    def needs_scores(self) -> bool:
-        return self.rule != "random"
-
 
 def keep_mask(
     scores: torch.Tensor | None,
@@ -202,10 +161,7 @@ def keep_mask(
     advantages: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The records ``config``'s rule keeps (True = kept); see ``rlattr.scoring.rules``."""
-    return rules.keep_mask(
-        scores, n_records, config.rule, config.fraction, generator, min_kept,
-        config.like, config.like_fraction, advantages,
-    )  # fmt: skip
+    return config.keep_mask(scores, n_records, generator, min_kept, advantages)
 
 
 class IIFFilter(KeepMaskFilter):
@@ -281,14 +237,7 @@ class IIFFilter(KeepMaskFilter):
         }
         if warming_up:
             return FilterDecision(None, stored)
-        if not bool(torch.isfinite(scores).all()):
-            bad = int((~torch.isfinite(scores)).sum())
-            warnings.warn(
-                f"IIF: {bad} of {n} scores of iteration {context.iteration} are NaN or inf; "
-                "this iteration trains on every record",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if not config.scores_finite(scores, "iteration", context.iteration, "record"):
             return FilterDecision(None, stored)
         if context.generator is None:
             raise ValueError("IIFFilter needs its generator (uses_generator)")

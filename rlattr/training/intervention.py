@@ -24,7 +24,6 @@ the rule took) and, when the environments report ``planted_key`` in ``info``,
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +36,7 @@ from rlattr.record.plan import Minibatching
 from rlattr.scoring.attribute import score_name
 from rlattr.scoring.grads import ParamSelection
 from rlattr.scoring.influence import snapshot_scores
+from rlattr.scoring.rules import finite_scores
 from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target
 from rlattr.training.filters import IIF, IIFFilter
 from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
@@ -339,14 +339,8 @@ class InterventionFilter(KeepMaskFilter):
             weights[~iif_keep.cpu()] = 0.0
         if context.iteration < config.warmup_iterations:
             return FilterDecision(None, stored, scalars, weights)
-        if not bool(torch.isfinite(scores).all()):
-            bad = int((~torch.isfinite(scores)).sum())
-            warnings.warn(
-                f"intervention: {bad} of {n} scores of iteration {context.iteration} are NaN "
-                "or inf; this iteration does not intervene",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        when = f"iteration {context.iteration}"
+        if not finite_scores(scores, "intervention", when, "this iteration does not intervene"):
             return FilterDecision(None, stored, scalars, weights)
         # Removing records must leave min_kept of those IIF kept; down-weighting keeps them.
         limit = None
