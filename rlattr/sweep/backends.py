@@ -75,6 +75,20 @@ def init_ray(address: str | None = None, workers: int | None = None) -> None:
                 "`ray start --head` or leave --address out to run on this machine"
             ) from err
         return
+    # Ray announces on every start that it keeps token authentication on (a notice, not a
+    # problem): the local default backend stays quiet about it; --address keeps it.
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
+    try:
+        _init_local(workers)
+    finally:
+        notice.setLevel(level)
+
+
+def _init_local(workers: int | None) -> None:
+    import ray
+
     ray.init(
         num_cpus=workers or os.cpu_count() or 1,
         include_dashboard=False,
