@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from datasets import Dataset
@@ -89,19 +91,36 @@ def test_grpo_iif_end_to_end_and_exact_replay(
         validation_dataset=_validation(task),
         run_dir=run,
     )
+    started = time.perf_counter()
     trainer.train()
+    elapsed = time.perf_counter() - started
     stats = trainer.round_stats
     assert len(stats) == 2
     assert sum(s.fraction_dropped for s in stats) > 0  # something was filtered
-    for s in stats:
-        assert s.fraction_dropped == pytest.approx(s.fraction_negative)
-        assert s.update_s > 0 and s.scoring_s > 0 and s.target_s > 0
-        assert len(s.score_quantiles) == 3 and s.update_cpu_s > 0
     # Training logs show training completions only (validation ones are put back).
     assert len(trainer._logs["prompt"]) == 16
 
     log = LLMRunLog(run)
     assert log.rounds() == [0, 1]
+    # Each round's statistics, recomputed from what the run log stored of that round.
+    for s, k in zip(stats, log.rounds(), strict=True):
+        extras = log.read_round(k).extras
+        scores, keep = extras["scores"].double(), extras["keep"]
+        assert s.round == k and s.n_pairs == len(scores) == 16  # 4 prompts × 4 samples
+        assert s.fraction_negative == pytest.approx(int((scores < 0).sum()) / 16, abs=1e-12)
+        assert s.fraction_dropped == pytest.approx(int((~keep).sum()) / 16, abs=1e-12)
+        assert s.reward_mean == pytest.approx(float(extras["rewards"].double().mean()), 1e-12)
+        ordered = sorted(scores.tolist())
+        expected = []
+        for level in (0.1, 0.5, 0.9):  # linear interpolation between order statistics
+            position = level * 15
+            low = int(position)
+            expected.append(ordered[low] + (position - low) * (ordered[low + 1] - ordered[low]))
+        assert s.score_quantiles == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # The phases are disjoint slices of training: each measured, all within its wall time.
+    phases = [s.generation_s + s.target_s + s.scoring_s + s.update_s for s in stats]
+    assert all(min(s.generation_s, s.target_s, s.scoring_s, s.update_s) > 0 for s in stats)
+    assert sum(phases) <= elapsed
     record = log.read_round(0)
     assert {"prompt_ids", "completion_ids", "completion_mask", "advantages"} <= set(record.inputs)
     assert {"rewards", "start_logps", "scores", "keep"} <= set(record.extras)
