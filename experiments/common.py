@@ -26,6 +26,39 @@ def provenance() -> dict[str, Any]:
     return _provenance(git=GIT_AT_START)
 
 
+def recorded_run(preset: Any, seed: int) -> Any:
+    """The recorded run of ``preset`` on ``seed`` in experiments/runs/<preset>-s<seed>,
+    trained first (or resumed to the preset's budget) where it is not complete."""
+    from rlattr import RunLog
+
+    run_dir = RESULTS.parent / "runs" / f"{preset.name}-s{seed}"
+    model = preset.build(run_dir=run_dir, seed=seed, device="cpu", resume=True)
+    remaining = preset.total_timesteps - model.num_timesteps
+    if remaining > 0:
+        print(f"training {preset.name} for {remaining} steps into {run_dir}", flush=True)
+        model.learn(remaining, reset_num_timesteps=model.num_timesteps == 0)
+    return RunLog(run_dir)
+
+
+def final_action_target(log: Any, n_states: int = 64) -> Any:
+    """``ActionTarget`` of the run's final policy: its greedy actions on ``n_states``
+    observations of the last iteration's buffer (drawn with seed 0)."""
+    import torch
+
+    from rlattr import ActionTarget
+    from rlattr.record import build_policy, restore_checkpoint
+
+    last = log.iterations()[-1]
+    records = log.load_records(last)
+    policy = build_policy(log)
+    restore_checkpoint(policy, *log.load_checkpoint(last + 1))
+    picks = torch.randperm(len(records), generator=torch.Generator().manual_seed(0))[:n_states]
+    observations = records.observations[picks]
+    with torch.no_grad():
+        actions = policy.get_distribution(observations).get_actions(deterministic=True)
+    return ActionTarget(observations, actions)
+
+
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / name

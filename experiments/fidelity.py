@@ -30,21 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, provenance
-from rlattr import ActionTarget, ReturnTarget, RunLog
-from rlattr.analysis.groundtruth import (
-    pearson,
-    random_subsets,
-    reshuffled_plan,
-    spearman,
-    subset_effects,
-)
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.record.replay import build_policy, load_iteration
-from rlattr.scoring.attribute import target_context
-from rlattr.scoring.influence import snapshot_scores, tracin_scores
-from rlattr.scoring.metagrad import metagradient_scores
-from rlattr.training.presets import Preset
+from experiments.common import RESULTS, final_action_target, provenance, recorded_run
+from rlattr import ReturnTarget
+from rlattr.analysis import pearson, random_subsets, reshuffled_plan, spearman, subset_effects
+from rlattr.record import build_policy, load_iteration, restore_checkpoint
+from rlattr.scoring import metagradient_scores, snapshot_scores, target_context, tracin_scores
+from rlattr.training import Preset
 
 ROOT = Path(__file__).resolve().parent
 OUT = RESULTS / "fidelity"
@@ -53,30 +44,6 @@ FIELDS = [
     "lds", "pearson", "sign_agreement", "ceiling", "lds_mean_order", "score_seconds",
     "replay_seconds",
 ]  # fmt: skip
-
-
-def _train(preset: Preset, seed: int) -> RunLog:
-    run_dir = ROOT / "runs" / f"{preset.name}-s{seed}"
-    model = preset.build(run_dir=run_dir, seed=seed, device="cpu", resume=True)
-    remaining = preset.total_timesteps - model.num_timesteps
-    if remaining > 0:
-        print(f"training {preset.name} for {remaining} steps into {run_dir}", flush=True)
-        model.learn(remaining, reset_num_timesteps=model.num_timesteps == 0)
-    return RunLog(run_dir)
-
-
-def _action_target(log: RunLog, n_states: int = 64) -> ActionTarget:
-    last = log.iterations()[-1]
-    records = log.load_records(last)
-    policy = build_policy(log)
-    tensors, meta = log.load_checkpoint(last + 1)
-    restore_checkpoint(policy, tensors, meta)
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randperm(len(records), generator=generator)[:n_states]
-    observations = records.observations[picks]
-    with torch.no_grad():
-        actions = policy.get_distribution(observations).get_actions(deterministic=True)
-    return ActionTarget(observations, actions)
 
 
 METHODS = ("snapshot", "tracin", "metagrad")
@@ -135,7 +102,7 @@ def study(args: argparse.Namespace) -> None:
     if args.timesteps:
         preset = preset.with_overrides(total_timesteps=args.timesteps)
     torch.set_num_threads(1)
-    log = _train(preset, args.seed)
+    log = recorded_run(preset, args.seed)
     iterations = log.iterations()
     # "late" is at 90 % of training, not the last iteration: a linear learning-rate
     # schedule (CartPole's) has decayed to ~0 there, and nothing is left to attribute.
@@ -144,7 +111,7 @@ def study(args: argparse.Namespace) -> None:
         "middle": iterations[len(iterations) // 2],
         "late": iterations[int(0.9 * (len(iterations) - 1))],
     }
-    targets = {"return": ReturnTarget(), "action": _action_target(log)}
+    targets = {"return": ReturnTarget(), "action": final_action_target(log)}
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{preset.name}.csv"
     done = _done_rows(path)

@@ -36,15 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, describe_git, provenance
-from experiments.fidelity import _train
+from experiments.common import RESULTS, describe_git, provenance, recorded_run
 from rlattr import ReturnTarget
-from rlattr.analysis.groundtruth import random_subsets, spearman, subset_effects
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.record.replay import IterationData, build_policy, load_iteration, replay
-from rlattr.scoring.attribute import target_context
-from rlattr.scoring.influence import snapshot_scores
-from rlattr.training.presets import Preset
+from rlattr.analysis import random_subsets, spearman, subset_effects
+from rlattr.record import IterationData, build_policy, load_iteration, replay, restore_checkpoint
+from rlattr.scoring import snapshot_scores, target_context
+from rlattr.training import Preset
 
 OUT = RESULTS / "fidelity"
 FROZEN = "normalisation statistics frozen"
@@ -92,7 +89,7 @@ def _f(policy: torch.nn.Module, target: ReturnTarget, context: object) -> float:
 def study(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     preset = Preset.load(args.preset)
-    log = _train(preset, 0)
+    log = recorded_run(preset, 0)
     data = load_iteration(log, args.iteration)
     policy = build_policy(log)
     context = target_context(log, data.records)
@@ -170,7 +167,7 @@ def scan(args: argparse.Namespace) -> list[dict]:
     """LDS as trained and without advantage normalisation at several iterations, beside
     the raw advantages' spread: is iteration 195 one case of a regime?"""
     torch.set_num_threads(1)
-    log = _train(Preset.load(args.preset), 0)
+    log = recorded_run(Preset.load(args.preset), 0)
     policy = build_policy(log)
     target = ReturnTarget()
     rows = []

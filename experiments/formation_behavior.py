@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.record.replay import build_policy
-from rlattr.record.runlog import RunLog
+from rlattr.record import RunLog, build_policy, restore_checkpoint
 
 
 def main() -> None:

@@ -22,13 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import RunLog, load_iteration
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.record.replay import build_policy
-from rlattr.scoring.attribute import target_context
-from rlattr.scoring.influence import snapshot_scores
-from rlattr.scoring.targets import ReturnTarget
-from rlattr.training.filters import IIF, keep_mask
+from rlattr import RunLog
+from rlattr.record import build_policy, load_iteration, restore_checkpoint
+from rlattr.scoring import ReturnTarget, snapshot_scores, target_context
+from rlattr.training import IIF
+from rlattr.training.filters import keep_mask
 
 
 def remainders(log: RunLog, every: int, config: IIF) -> list[dict]:

@@ -30,14 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, markdown_header, provenance
-from experiments.fidelity import _train
+from experiments.common import RESULTS, markdown_header, provenance, recorded_run
 from rlattr import ReturnTarget
-from rlattr.analysis.groundtruth import random_subsets, spearman, subset_effects
-from rlattr.record.replay import build_policy, load_iteration
-from rlattr.scoring.attribute import target_context
-from rlattr.scoring.metagrad import metagradient_scores
-from rlattr.training.presets import Preset
+from rlattr.analysis import random_subsets, spearman, subset_effects
+from rlattr.record import build_policy, load_iteration
+from rlattr.scoring import metagradient_scores, target_context
+from rlattr.training import Preset
 
 
 def averaged_scores(data, policy, target, context, fraction, draws, path, seed) -> torch.Tensor:
@@ -65,7 +63,7 @@ def main() -> None:
     preset = Preset.load(args.preset)
     if args.timesteps:
         preset = preset.with_overrides(total_timesteps=args.timesteps)
-    log = _train(preset, 0)
+    log = recorded_run(preset, 0)
     recorded = log.iterations()
     iterations = args.iterations or [2, recorded[len(recorded) // 2]]
     policy = build_policy(log)

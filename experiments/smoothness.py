@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, markdown_header, provenance
-from rlattr import ReturnTarget, RunLog, build_policy, load_iteration, replay
-from rlattr.analysis.groundtruth import random_subsets
-from rlattr.scoring.attribute import target_context
-from rlattr.scoring.metagrad import metagradient_scores
+from rlattr import ReturnTarget, RunLog
+from rlattr.analysis import random_subsets
+from rlattr.record import build_policy, load_iteration, replay
+from rlattr.scoring import metagradient_scores, target_context
 
 STEPS = (1.0, 0.1, 0.01, 0.001)
 

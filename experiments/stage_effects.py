@@ -28,15 +28,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.common import RESULTS, peak_rss_growth_mib, provenance
-from experiments.fidelity import _action_target, _train
+from experiments.common import (
+    RESULTS,
+    final_action_target,
+    peak_rss_growth_mib,
+    provenance,
+    recorded_run,
+)
 from rlattr import ReturnTarget, RunLog
-from rlattr.analysis.groundtruth import pearson, spearman
-from rlattr.analysis.stages import estimate_stage_effects, parse_stages
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.record.replay import build_policy, load_iteration, replay
-from rlattr.scoring.attribute import target_context
-from rlattr.training.presets import Preset
+from rlattr.analysis import estimate_stage_effects, parse_stages, pearson, spearman
+from rlattr.record import build_policy, load_iteration, replay, restore_checkpoint
+from rlattr.scoring import target_context
+from rlattr.training import Preset
 
 OUT = RESULTS / "stages"
 
@@ -158,7 +161,7 @@ def main() -> None:
     preset = Preset.load(args.preset)
     if args.timesteps:
         preset = preset.with_overrides(total_timesteps=args.timesteps)
-    log = _train(preset, args.seed)
+    log = recorded_run(preset, args.seed)
     recorded = log.iterations()
     iterations = [load_iteration(log, k) for k in recorded]
     final_state, final_meta = log.load_checkpoint(len(recorded))
@@ -167,7 +170,7 @@ def main() -> None:
     spans = parse_stages(args.stages, len(recorded))
     behaviours = {
         "return": ReturnTarget(validation=_held_out_records(preset, log, final_state, final_meta)),
-        "action": _action_target(log),
+        "action": final_action_target(log),
     }
 
     if args.horizons:

@@ -24,14 +24,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rlattr.analysis.efficiency import (
+from rlattr.analysis import (
     efficiency,
     iqm,
     normalize_by_task,
     performance_profiles,
     probability_of_improvement,
 )
-from rlattr.record.io import atomic_write_text
+from rlattr.record import atomic_write_text
 from rlattr.sweep import SweepSpec
 from rlattr.sweep.report import load_results, trial_rows, write_report, write_trials_csv
 from rlattr.sweep.spec import EVAL_SEED, parse_arm

@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, ROOT, markdown_header, provenance
 from rlattr import Preset, RunLog, ScoreHook
-from rlattr.analysis.whatif import WhatIfConfig, whatif_iterations, write_whatif_report
-from rlattr.sweep.trial import make_eval_env_factory
-from rlattr.training.evaluation import evaluate_policy_batched
+from rlattr.analysis import WhatIfConfig, whatif_iterations, write_whatif_report
+from rlattr.training import evaluate_policy_batched
 
 NAME = "whatif_frozenlake"
 OUT = RESULTS / NAME
@@ -61,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     preset = Preset.load("frozenlake")
-    make_env = make_eval_env_factory(preset)
+    make_env = preset.env_factory()
 
     def evaluate(policy: Any, episodes: int, seed: int) -> np.ndarray:
         return evaluate_policy_batched(policy, make_env, episodes, seed)
