@@ -28,9 +28,10 @@ from experiments.bench_common import (
     write_markdown,
 )
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import Preset, ReturnTarget, metagradient_scores, snapshot_scores, tracin_scores
-from rlattr.record.checkpoint import restore_checkpoint
+from rlattr import Preset, ReturnTarget
+from rlattr.record import restore_checkpoint
 from rlattr.record.loss import normalize_advantages
+from rlattr.scoring import metagradient_scores, record_loss_fn, snapshot_scores, tracin_scores
 from rlattr.scoring.grads import (
     BACKENDS,
     gradient_vector,
@@ -38,7 +39,6 @@ from rlattr.scoring.grads import (
     per_record_dots,
     policy_actions,
 )
-from rlattr.scoring.influence import record_loss_fn
 
 
 def bench(name: str, repeats: int) -> dict:

@@ -47,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.bench_common import rollout_steps, table, timed_learn, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import Preset
-from rlattr.training.board import Board, BoardConfig
+from rlattr.training import BoardConfig
+from rlattr.training.board import Board
 from rlattr.training.score_plot import ScoreAdvantagePlot
 
 # CartPole: 100 iterations so the images land at the default rate (iterations 0, 25, 50, 75).

@@ -17,9 +17,9 @@ from typing import Any
 from stable_baselines3 import PPO
 
 from experiments.common import ROOT
-from rlattr import Preset, RunLog, build_policy, load_iteration
-from rlattr.record.io import atomic_write_text
-from rlattr.scoring.attribute import target_context
+from rlattr import Preset, RunLog
+from rlattr.record import atomic_write_text, build_policy, load_iteration
+from rlattr.scoring import target_context
 
 
 def rollout_steps(preset: Preset) -> int:
@@ -124,8 +124,9 @@ _CHILD = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from experiments.common import peak_rss_growth_mib
-from rlattr import ReturnTarget, RunLog, build_policy, load_iteration, metagradient_scores
-from rlattr.scoring.attribute import target_context
+from rlattr import ReturnTarget, RunLog
+from rlattr.record import build_policy, load_iteration
+from rlattr.scoring import metagradient_scores, target_context
 torch.set_num_threads(1)
 log = RunLog({run!r})
 data = load_iteration(log, 1)

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.bench_common import rollout_steps, table, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import LiveTracIn, Preset, ReturnTarget, ScoreHook, TargetContext, tracin_scores
-from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
-from rlattr.scoring.live_tracin import SubsampledTarget
+from rlattr import LiveTracIn, Preset, ReturnTarget, ScoreHook
+from rlattr.record import capture_checkpoint, restore_checkpoint
+from rlattr.scoring import SubsampledTarget, TargetContext, tracin_scores
 
 SUBSAMPLE = 256
 STATISTICS = ("overhead_over_plain_train", "paired_overhead_median")

@@ -41,9 +41,10 @@ from experiments.bench_common import (
     write_markdown,
 )
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import Preset, ReturnTarget, metagradient_scores
+from rlattr import Preset, ReturnTarget
 from rlattr.argtypes import format_memory_size
-from rlattr.scoring.graph_memory import DEFAULT_MEMORY_BUDGET, SavedTensorMeter
+from rlattr.scoring import DEFAULT_MEMORY_BUDGET, metagradient_scores
+from rlattr.scoring.graph_memory import SavedTensorMeter
 
 OUT = RESULTS / "metagrad_memory"
 MIB = 1024**2

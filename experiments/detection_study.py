@@ -5,7 +5,7 @@ scratch folder, not committed) every ``score_every`` iterations. For each record
 iteration the records are scored post hoc with ``rlattr.attribute`` — snapshot, replay
 TracIn and exact metagradient, on the return target and on a behaviour target — and each
 score's ranking of the flagged records (``info["rlattr_fault"]``) is measured by AUPRC
-and precision@k (k = the number flagged; ``rlattr.analysis.detection``), against
+and precision@k (k = the number flagged; ``rlattr.analysis.detect``), against
 attribution-free baselines: −Â, |Â|, the per-record PPO loss at θ_k, and a random ranking
 (its exact expected AUPRC, about the base rate).
 
@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -53,41 +55,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rlattr.envs  # noqa: F401  (registers the rlattr/ environments)
 
+from experiments.bench_common import table, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import ActionTarget, AttributedPPO, Records, Retention, ReturnTarget, RunLog, attribute
-from rlattr.analysis.detection import (
-    Detection,
-    baseline_suspicions,
-    detect,
-    per_record_losses,
+from rlattr import ActionTarget, AttributedPPO, Retention, ReturnTarget, RunLog, Target, attribute
+from rlattr.analysis import Detection, baseline_suspicions, detect, iqm, per_record_losses
+from rlattr.record import (
+    Records,
+    atomic_write_json,
+    atomic_write_text,
+    build_policy,
+    load_iteration,
+    restore_checkpoint,
 )
-from rlattr.analysis.efficiency import iqm
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.record.loss import PPOLossConfig
-from rlattr.record.replay import build_policy, load_iteration
-from rlattr.scoring.targets import Target, gae_advantages
-from rlattr.training.presets import Preset, resolve_preset_path
+from rlattr.scoring import gae_advantages
+from rlattr.training import Preset
 
 OUT = RESULTS / "detection"
 METHODS = ("snapshot", "tracin", "metagrad")
 BASELINES = ("-advantage", "|advantage|", "ppo_loss", "random")
+METRICS = ("average_precision", "precision_at_k")
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One environment with planted faults and how PPO trains on it.
-
-    Attributes:
-        name, description: how results name and describe it.
-        env_id: the Gymnasium id (``rlattr.envs:rlattr/...``).
-        n_envs: parallel environments.
-        ppo: AttributedPPO keyword arguments.
-        total_timesteps: the training budget.
-        score_every: record (and score) iterations 0, m, 2m, ...
-        behaviour: builds the behaviour target of a recorded iteration from its records,
-            ground truth and the run's γ, λ.
-        behaviour_label: what the behaviour target is, for the tables.
-    """
+    """One environment with planted faults and how PPO trains on it (``ppo``: AttributedPPO
+    keyword arguments; ``score_every``: record and score iterations 0, m, 2m, ...;
+    ``behaviour``: the behaviour target of a recorded iteration from its records, ground
+    truth and the run's γ, λ)."""
 
     name: str
     description: str
@@ -100,9 +94,7 @@ class Setting:
     behaviour_label: str
 
 
-def _invest_target(
-    records: Records, truth: dict[str, torch.Tensor], gamma: float, lam: float
-) -> Target:
+def _invest_target(records: Records, truth: dict, gamma: float, lam: float) -> Target:
     from rlattr.envs.delayed_credit import INVEST
 
     observation = torch.zeros(1, records.observations.shape[1])
@@ -110,9 +102,7 @@ def _invest_target(
     return ActionTarget(observation, torch.tensor([INVEST]))
 
 
-def true_return_target(
-    records: Records, truth: dict[str, torch.Tensor], gamma: float, lam: float
-) -> Target:
+def true_return_target(records: Records, truth: dict, gamma: float, lam: float) -> Target:
     """The return target with GAE advantages recomputed from the true rewards.
 
     ``CorruptRewards`` in ``sign_flip`` mode hands the agent −r on a flagged step, so the
@@ -126,7 +116,7 @@ def true_return_target(
 
 
 def _settings() -> dict[str, Setting]:
-    cartpole = Preset.load(resolve_preset_path("cartpole"))
+    cartpole = Preset.load("cartpole")
     return {
         "delayed_credit": Setting(
             name="delayed_credit",
@@ -162,13 +152,14 @@ def train(setting: Setting, seed: int, run_dir: Path) -> None:
     from stable_baselines3.common.env_util import make_vec_env
 
     env = make_vec_env(setting.env_id, n_envs=setting.n_envs, seed=seed)
+    retention = Retention(record_every=setting.score_every)
     model = AttributedPPO(
         "MlpPolicy",
         env,
         seed=seed,
         device="cpu",
         run_dir=run_dir,
-        retention=Retention(record_every=setting.score_every),
+        retention=retention,
         **setting.ppo,
     )
     model.learn(setting.total_timesteps)
@@ -178,28 +169,22 @@ def train(setting: Setting, seed: int, run_dir: Path) -> None:
 def suspicions_of_iteration(
     log: RunLog, iteration: int, behaviour: Target
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Every ranking of one recorded iteration: ``(primary, diagnostic)``.
-
-    Primary: ``−score`` of each method on each target, and the attribution-free baselines.
-    Diagnostic: ``+score`` and ``|score|`` of each score.
-    """
+    """Every ranking of one recorded iteration: ``(primary, diagnostic)``. Primary: −score
+    of each method on each target, and the attribution-free baselines; diagnostic: +score
+    and |score|."""
     primary: dict[str, torch.Tensor] = {}
     diagnostic: dict[str, torch.Tensor] = {}
     for label, target in (("return", ReturnTarget()), ("behaviour", behaviour)):
         for method in METHODS:
             scores = attribute(log, iteration, target, method=method, store=False)
-            name = f"{method}·{label}"
-            primary[f"-{name}"] = -scores
-            diagnostic[f"+{name}"] = scores
-            diagnostic[f"|{name}|"] = scores.abs()
+            primary[f"-{method}·{label}"] = -scores
+            diagnostic[f"+{method}·{label}"] = scores
+            diagnostic[f"|{method}·{label}|"] = scores.abs()
     data = load_iteration(log, iteration)
     policy = build_policy(log)
     restore_checkpoint(policy, data.start_tensors, data.start_meta)
-    config: PPOLossConfig = data.plan.loss_config
-    primary.update(
-        baseline_suspicions(data.records, per_record_losses(policy, data.records, config))
-    )
-    return primary, diagnostic
+    losses = per_record_losses(policy, data.records, data.plan.loss_config)
+    return primary | baseline_suspicions(data.records, losses), diagnostic
 
 
 def score_run(setting: Setting, seed: int, run_dir: Path) -> list[dict[str, Any]]:
@@ -213,35 +198,25 @@ def score_run(setting: Setting, seed: int, run_dir: Path) -> list[dict[str, Any]
         planted = truth["rlattr_fault"].bool()
         if not bool(planted.any()):
             continue
-        records = log.load_records(k)
-        behaviour = setting.behaviour(records, truth, gamma, lam)
+        behaviour = setting.behaviour(log.load_records(k), truth, gamma, lam)
         primary, diagnostic = suspicions_of_iteration(log, k, behaviour)
-        found: list[tuple[Detection, str]] = [(d, "primary") for d in detect(primary, planted)]
+        found = [(d, "primary") for d in detect(primary, planted)]
         found += [(d, "diagnostic") for d in detect(diagnostic, planted)]
         # The random ranking: its exact expectation (AUPRC) and the base rate (precision@k).
-        first = found[0][0]
-        found.append(
-            (
-                Detection(
-                    "random",
-                    first.random_average_precision,
-                    first.base_rate,
-                    first.base_rate,
-                    first.random_average_precision,
-                    first.n_planted,
-                    first.n_records,
-                ),
-                "primary",
-            )
-        )
-        # Evidence for the "why": is a planted record flagged by the ranking's sign (for a
-        # score: is it negative?) more often than the others are, and how does each ranking
-        # do against the other boolean ground-truth keys (DelayedCredit's cause / payoff)?
+        d = found[0][0]
+        random_ap, rate = d.random_average_precision, d.base_rate
+        random = Detection("random", random_ap, rate, rate, random_ap, d.n_planted, d.n_records)
+        found.append((random, "primary"))
+        # Evidence for the "why": is a planted record on the ranking's suspicious side (for
+        # a score: is it negative?) more often than the others are, and how does each
+        # ranking do against the other boolean ground-truth keys (DelayedCredit's cause /
+        # payoff)?
+        others = ~planted
         signs = {
             name: {
                 "planted_suspicious_share": float((suspicion[planted] > 0).double().mean()),
-                "others_suspicious_share": float((suspicion[~planted] > 0).double().mean())
-                if bool((~planted).any())
+                "others_suspicious_share": float((suspicion[others] > 0).double().mean())
+                if bool(others.any())
                 else float("nan"),
             }
             for name, suspicion in primary.items()
@@ -256,8 +231,8 @@ def score_run(setting: Setting, seed: int, run_dir: Path) -> list[dict[str, Any]
                 {"setting": setting.name, "seed": seed, "iteration": k, "kind": kind}
                 | detection.to_dict()
                 | {
-                    "planted_suspicious_share": extra.get("planted_suspicious_share", math.nan),
-                    "others_suspicious_share": extra.get("others_suspicious_share", math.nan),
+                    share: extra.get(share, math.nan)
+                    for share in ("planted_suspicious_share", "others_suspicious_share")
                 }
             )
     return rows
@@ -276,27 +251,18 @@ def run_setting(setting: Setting, seeds: int, scratch: Path) -> list[dict[str, A
         if marker.exists():
             train_cpu_s = json.loads(marker.read_text())["train_cpu_s"]
         else:
-            if run_dir.exists():  # an interrupted run: start it again
-                import shutil
-
-                shutil.rmtree(run_dir)
+            shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run: start it again
             start = time.process_time()
             train(setting, seed, run_dir)
             train_cpu_s = time.process_time() - start
-            marker.write_text(json.dumps({"train_cpu_s": train_cpu_s}))
+            atomic_write_json(marker, {"train_cpu_s": train_cpu_s})
         trained = time.process_time()
         seed_rows = score_run(setting, seed, run_dir)
         for row in seed_rows:
             row["train_cpu_s"] = train_cpu_s
             row["score_cpu_s"] = time.process_time() - trained
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(seed_rows))
-        tmp.replace(done)
-        print(
-            f"{setting.name} seed {seed}: train {train_cpu_s:.0f} s, "
-            f"score {time.process_time() - trained:.0f} s CPU",
-            flush=True,
-        )
+        atomic_write_text(done, json.dumps(seed_rows))
+        print(f"{setting.name} seed {seed}: train {train_cpu_s:.0f} s CPU", flush=True)
         rows += seed_rows
     return rows
 
@@ -313,30 +279,36 @@ def per_seed_means(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[in
     }
 
 
+def mean_over_seeds(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """name → mean over seeds of the mean AUPRC over the scored iterations."""
+    return {
+        name: statistics.mean(v.values())
+        for name, v in per_seed_means(rows, "average_precision").items()
+    }
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Over training: IQM and 95 % CI over seeds of each ranking's mean AUPRC and
     precision@k; the goal's ratio; per-iteration curves."""
     primary = [row for row in rows if row["kind"] == "primary"]
     summary: dict[str, Any] = {}
-    for metric in ("average_precision", "precision_at_k"):
+    for metric in METRICS:
         means = per_seed_means(primary, metric)
         intervals = iqm({name: list(v.values()) for name, v in means.items()}, reps=2000)
         summary[metric] = {
-            name: {
-                "iqm": i.estimate,
-                "low": i.low,
-                "high": i.high,
-                "mean": statistics.mean(means[name].values()),
-            }
+            name: {"iqm": i.estimate, "low": i.low, "high": i.high}
+            | {"mean": statistics.mean(means[name].values())}
             for name, i in intervals.items()
         }
     ap = summary["average_precision"]
+
+    def best(names: Any) -> str:
+        return max(names, key=lambda n: ap[n]["iqm"])
+
     scores = [name for name in ap if name not in BASELINES]
-    best_score = max(scores, key=lambda n: ap[n]["iqm"])
-    best_baseline = max(BASELINES, key=lambda n: ap[n]["iqm"])
+    best_score, best_baseline = best(scores), best(BASELINES)
+    best_return = best(n for n in scores if n.endswith("return"))
     ratio = ap[best_score]["iqm"] / ap[best_baseline]["iqm"]
-    return_scores = [n for n in scores if n.endswith("return")]
-    best_return = max(return_scores, key=lambda n: ap[n]["iqm"])
     summary["goal"] = {
         "best_score": best_score,
         "best_baseline": best_baseline,
@@ -357,22 +329,15 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     keys = sorted({r["kind"] for r in rows if r["kind"].startswith("key:")})
     summary["by_key_average_precision_mean"] = {
-        key[len("key:") :]: {
-            name: statistics.mean(v.values())
-            for name, v in per_seed_means(
-                [r for r in rows if r["kind"] == key], "average_precision"
-            ).items()
-        }
+        key.removeprefix("key:"): mean_over_seeds([r for r in rows if r["kind"] == key])
         for key in keys
     }
-    diagnostic = [row for row in rows if row["kind"] == "diagnostic"]
-    summary["diagnostic_average_precision_mean"] = {
-        name: statistics.mean(v.values())
-        for name, v in per_seed_means(diagnostic, "average_precision").items()
-    }
-    curves: dict[str, dict[str, list[float]]] = {}
+    summary["diagnostic_average_precision_mean"] = mean_over_seeds(
+        [row for row in rows if row["kind"] == "diagnostic"]
+    )
     iterations = sorted({row["iteration"] for row in primary})
-    for metric in ("average_precision", "precision_at_k"):
+    curves: dict[str, Any] = {"iterations": iterations}
+    for metric in METRICS:
         curves[metric] = {}
         for name in ap:
             points = []
@@ -380,11 +345,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 values = [r[metric] for r in primary if r["name"] == name and r["iteration"] == k]
                 points.append(float(np.mean(values)) if values else float("nan"))
             curves[metric][name] = points
-    summary["curves"] = {"iterations": iterations, **curves}
+    summary["curves"] = curves
     summary["base_rate_mean"] = statistics.mean(r["base_rate"] for r in primary)
     summary["cpu_seconds"] = {
-        "train_per_run": statistics.mean({(r["seed"]): r["train_cpu_s"] for r in primary}.values()),
-        "score_per_run": statistics.mean({(r["seed"]): r["score_cpu_s"] for r in primary}.values()),
+        f"{clock}_per_run": statistics.mean(
+            {r["seed"]: r[f"{clock}_cpu_s"] for r in primary}.values()
+        )
+        for clock in ("train", "score")
     }
     return summary
 
@@ -400,11 +367,11 @@ def _plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     )
     for column, (setting, summary) in enumerate(summaries.items()):
         iterations = summary["curves"]["iterations"]
-        for row, metric in enumerate(("average_precision", "precision_at_k")):
+        for row, metric in enumerate(METRICS):
             ax = axes[row][column]
             for name, points in summary["curves"][metric].items():
-                style = "--" if name in BASELINES else "-"
-                width = 1.0 if name in BASELINES else 1.6
+                baseline = name in BASELINES
+                style, width = ("--", 1.0) if baseline else ("-", 1.6)
                 ax.plot(iterations, points, style, linewidth=width, label=name)
             ax.set_title(f"{setting}: {'AUPRC' if row == 0 else 'precision@k'}")
             ax.set_xlabel("iteration")
@@ -414,6 +381,57 @@ def _plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def setting_markdown(
+    name: str, summary: dict[str, Any], setting: Setting, n_seeds: int
+) -> list[str]:
+    goal, ap, pk = summary["goal"], summary["average_precision"], summary["precision_at_k"]
+    cpu = summary["cpu_seconds"]
+
+    def ranked(values: dict[str, float]) -> str:
+        return ", ".join(f"`{n}` {v:.3f}" for n, v in sorted(values.items(), key=lambda x: -x[1]))
+
+    cells = [
+        # |advantage| must not split the row
+        f"{n.replace('|', chr(92) + '|')} | {ap[n]['iqm']:.3f} [{ap[n]['low']:.3f}, "
+        f"{ap[n]['high']:.3f}] | {pk[n]['iqm']:.3f} [{pk[n]['low']:.3f}, {pk[n]['high']:.3f}]"
+        for n in sorted(ap, key=lambda n: -ap[n]["iqm"])
+    ]
+    lines = [
+        f"## {name}",
+        "",
+        f"{setting.description}; {n_seeds} seeds; iterations "
+        f"{summary['curves']['iterations']} scored; behaviour target: "
+        f"{setting.behaviour_label}. Mean base rate {summary['base_rate_mean']:.3f}. "
+        f"CPU per run: train {cpu['train_per_run']:.0f} s, score {cpu['score_per_run']:.0f} s.",
+        "",
+        *table("ranking | AUPRC IQM [95 % CI] | precision@k IQM [95 % CI]", cells),
+        "",
+        f"**Goal (AUPRC of the best score ≥ 2 × the best attribution-free baseline): "
+        f"{'met' if goal['met'] else 'not met'}** — best score `{goal['best_score']}` "
+        f"{ap[goal['best_score']]['iqm']:.3f} vs best baseline `{goal['best_baseline']}` "
+        f"{ap[goal['best_baseline']]['iqm']:.3f}: ratio {goal['ratio']:.2f}. On the "
+        f"return target alone: `{goal['best_return_score']}`, ratio "
+        f"{goal['ratio_return_scores_only']:.2f}.",
+        "",
+        "Other directions (diagnostic, mean AUPRC over seeds and iterations): "
+        f"{ranked(summary['diagnostic_average_precision_mean'])}.",
+        "",
+        "Sign evidence (mean over seeds and iterations): share of planted records the "
+        "ranking puts on its suspicious side (score < 0, Â < 0, ...) against the share of "
+        "the other records: "
+        + ", ".join(
+            f"`{n}` {v['planted_suspicious_share']:.2f} vs {v['others_suspicious_share']:.2f}"
+            for n, v in summary["sign_shares"].items()
+            if n not in ("|advantage|", "ppo_loss")  # never negative: no sign to read
+        )
+        + ".",
+        "",
+    ]
+    for key, by_name in summary["by_key_average_precision_mean"].items():
+        lines += [f"Against `{key}` alone (mean AUPRC): {ranked(by_name)}.", ""]
+    return lines
 
 
 def write_results(
@@ -430,16 +448,14 @@ def write_results(
             **meta,
         },
     )
-    fields = list(rows[0])
-    tmp = OUT / "detection.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(OUT / "detection.csv")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(OUT / "detection.csv", text.getvalue())
     _plot(summaries, OUT / "detection.png")
-    lines = [*markdown_header("Detection study: do scores rank the planted records first?", meta)]
-    lines += [
+    lines = [
+        *markdown_header("Detection study: do scores rank the planted records first?", meta),
         "Each recorded iteration of plain PPO is scored post hoc; every ranking is by "
         "**−score** (a harmful record has a negative return-target score, docs/science.md §2; "
         "the behaviour targets are behaviours the planted records work against). AUPRC = "
@@ -450,70 +466,10 @@ def write_results(
         "",
     ]
     for name, summary in summaries.items():
-        setting = settings[name]
-        goal = summary["goal"]
         n_seeds = len({r["seed"] for r in rows if r["setting"] == name})
-        lines += [
-            f"## {name}",
-            "",
-            f"{setting.description}; {n_seeds} seeds; iterations "
-            f"{summary['curves']['iterations']} scored; behaviour target: "
-            f"{setting.behaviour_label}. Mean base rate {summary['base_rate_mean']:.3f}. "
-            f"CPU per run: train {summary['cpu_seconds']['train_per_run']:.0f} s, score "
-            f"{summary['cpu_seconds']['score_per_run']:.0f} s.",
-            "",
-            "| ranking | AUPRC IQM [95 % CI] | precision@k IQM [95 % CI] |",
-            "|---|---|---|",
-        ]
-        ap, pk = summary["average_precision"], summary["precision_at_k"]
-        for ranking in sorted(ap, key=lambda n: -ap[n]["iqm"]):
-            cell = ranking.replace("|", "\\|")  # |advantage| must not split the row
-            lines.append(
-                f"| {cell} | {ap[ranking]['iqm']:.3f} [{ap[ranking]['low']:.3f}, "
-                f"{ap[ranking]['high']:.3f}] | {pk[ranking]['iqm']:.3f} "
-                f"[{pk[ranking]['low']:.3f}, {pk[ranking]['high']:.3f}] |"
-            )
-        lines += [
-            "",
-            f"**Goal (AUPRC of the best score ≥ 2 × the best attribution-free baseline): "
-            f"{'met' if goal['met'] else 'not met'}** — best score `{goal['best_score']}` "
-            f"{ap[goal['best_score']]['iqm']:.3f} vs best baseline `{goal['best_baseline']}` "
-            f"{ap[goal['best_baseline']]['iqm']:.3f}: ratio {goal['ratio']:.2f}. On the "
-            f"return target alone: `{goal['best_return_score']}`, ratio "
-            f"{goal['ratio_return_scores_only']:.2f}.",
-            "",
-            "Other directions (diagnostic, mean AUPRC over seeds and iterations): "
-            + ", ".join(
-                f"`{n}` {v:.3f}"
-                for n, v in sorted(
-                    summary["diagnostic_average_precision_mean"].items(), key=lambda x: -x[1]
-                )
-            )
-            + ".",
-            "",
-            "Sign evidence (mean over seeds and iterations): share of planted records the "
-            "ranking puts on its suspicious side (score < 0, Â < 0, ...) against the share of "
-            "the other records: "
-            + ", ".join(
-                f"`{n}` {v['planted_suspicious_share']:.2f} vs {v['others_suspicious_share']:.2f}"
-                for n, v in summary["sign_shares"].items()
-                if n not in ("|advantage|", "ppo_loss")  # never negative: no sign to read
-            )
-            + ".",
-            "",
-        ]
-        for key, by_name in summary["by_key_average_precision_mean"].items():
-            lines += [
-                f"Against `{key}` alone (mean AUPRC): "
-                + ", ".join(
-                    f"`{n}` {v:.3f}" for n, v in sorted(by_name.items(), key=lambda x: -x[1])
-                )
-                + ".",
-                "",
-            ]
-    lines += ["![AUPRC and precision@k over training](detection.png)", ""]
-    (OUT / "detection.md").write_text("\n".join(lines))
-    print("\n".join(lines[-40:]))
+        lines += setting_markdown(name, summary, settings[name], n_seeds)
+    lines += ["![AUPRC and precision@k over training](detection.png)"]
+    write_markdown(OUT / "detection.md", lines)
 
 
 def main() -> None:

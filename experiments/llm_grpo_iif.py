@@ -20,7 +20,7 @@ After every round the policy is evaluated on fixed prompts with sampled completi
 fixed seed, outside the timed training; training RNG untouched). Per run, one CSV row per
 round goes to experiments/results/llm/runs/<arm>-s<seed>.csv (an interrupted study resumes
 with the runs still missing); ``--summarize`` writes summary.json, summary.md, rounds.csv
-and curves.png.
+and curves.png. The efficiency metrics are ``rlattr.analysis.efficiency``'s.
 
     python experiments/llm_grpo_iif.py --seeds 5
     python experiments/llm_grpo_iif.py --summarize
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import statistics
@@ -50,50 +51,37 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.bench_common import table, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance
-from rlattr.sweep.trial import git_commit as shared_git_commit
+from rlattr.analysis import efficiency
+from rlattr.analysis.efficiency import first_reach
+from rlattr.provenance import describe_git
+from rlattr.record import atomic_write_json, atomic_write_text
 
 OUT = RESULTS / "llm"
 ARMS = ("grpo", "iif", "random", "iif_batch")
 LEVELS = (0.5, 0.8)  # fixed reward levels whose first round is reported too
 SMOOTH = 3  # rounds in the running mean that levels are read from
+PHASES = ("generation", "target", "scoring", "update")
 FIELDS = (
-    "arm",
-    "seed",
-    "round",
-    "eval_reward",
-    "train_reward",
-    "validation_reward",
-    "fraction_negative",
-    "fraction_dropped",
-    "generation_s",
-    "target_s",
-    "scoring_s",
-    "update_s",
-    "round_s",
-    "cumulative_s",
-    "generation_cpu_s",
-    "target_cpu_s",
-    "scoring_cpu_s",
-    "update_cpu_s",
-    "round_cpu_s",
-    "cumulative_cpu_s",
+    *("arm", "seed", "round", "eval_reward", "train_reward", "validation_reward"),
+    *("fraction_negative", "fraction_dropped"),
+    *(f"{p}_s" for p in (*PHASES, "round", "cumulative")),
+    *(f"{p}_cpu_s" for p in (*PHASES, "round", "cumulative")),
 )
+STEPS_PER_ROUND = 4 * 2  # steps_per_generation × num_iterations
+LLM_PACKAGES = ("transformers", "trl", "peft", "accelerate", "datasets", "tokenizers")
 
 
-def git_commit() -> str:
-    """HEAD, marked when this script or rlattr/llm differ from it."""
-    return shared_git_commit(("rlattr/llm", "experiments/llm_grpo_iif.py"))
-
-
-def llm_versions() -> dict[str, str]:
-    versions = {}
-    for name in ("transformers", "trl", "peft", "accelerate", "datasets", "tokenizers"):
+def llm_provenance() -> dict[str, Any]:
+    """``provenance()`` with the versions of the LLM stack added."""
+    meta = provenance()
+    for name in LLM_PACKAGES:
         try:
-            versions[name] = metadata.version(name)
+            meta["versions"][name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+            meta["versions"][name] = "not installed"
+    return meta
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +109,9 @@ class RoundEvaluator:
     """Mean reward of sampled completions for fixed prompts, with a fixed seed.
 
     The global RNG is forked, so training draws the same random numbers with or without
-    evaluation; the time spent here is outside every timed phase.
+    evaluation; the time spent here is outside every timed phase. (The language-model
+    counterpart of ``rlattr.training.evaluation.EvalEveryRound``, which evaluates SB3
+    policies on Gymnasium environments.)
     """
 
     def __init__(self, tokenizer, task, prompts: list[str], samples: int, max_new_tokens: int):
@@ -155,7 +145,13 @@ class RoundEvaluator:
         return statistics.fmean(self.task.score(t) for t in texts)
 
 
-STEPS_PER_ROUND = 4 * 2  # steps_per_generation × num_iterations
+def toy(seed: int) -> tuple[Any, Any]:
+    """The character tokenizer (left padding) and the sentiment task of a seed."""
+    from rlattr.llm.toy import SentimentTask, char_tokenizer
+
+    tokenizer = char_tokenizer()
+    tokenizer.padding_side = "left"
+    return tokenizer, SentimentTask(positive_share=0.3, clauses=2, seed=seed)
 
 
 def build_trainer(
@@ -167,16 +163,14 @@ def build_trainer(
     callbacks: tuple = (),
     run_dir: Path | None = None,
 ):
-    """The study's GRPO setup from the pretrained weights; returns (trainer, tokenizer, task)."""
+    """The study's GRPO trainer, from the pretrained weights."""
     from datasets import Dataset
     from trl import GRPOConfig
 
     from rlattr.llm import IIFGRPOTrainer
-    from rlattr.llm.toy import SentimentTask, char_tokenizer, tiny_causal_lm
+    from rlattr.llm.toy import tiny_causal_lm
 
-    tokenizer = char_tokenizer()
-    tokenizer.padding_side = "left"
-    task = SentimentTask(positive_share=0.3, clauses=2, seed=seed)
+    tokenizer, task = toy(seed)
     model = tiny_causal_lm(tokenizer, seed=seed)
     model.load_state_dict(pretrained)
     config = GRPOConfig(
@@ -198,27 +192,24 @@ def build_trainer(
         beta=0.0,
         seed=seed,
     )
-    trainer = IIFGRPOTrainer(
+    validation = [{"prompt": p} for p in task.prompts(4, offset=2)]
+    return IIFGRPOTrainer(
         model=model,
         reward_funcs=task.reward,
         args=config,
         train_dataset=Dataset.from_dict({"prompt": task.prompts(70)}),
         processing_class=tokenizer,
         iif=iif,
-        validation_dataset=[{"prompt": p} for p in task.prompts(4, offset=2)]
-        if iif is not None
-        else None,
+        validation_dataset=validation if iif is not None else None,
         callbacks=list(callbacks),
         run_dir=run_dir,
     )
-    return trainer, tokenizer, task
 
 
 def run_one(arm: str, seed: int, args: argparse.Namespace, pretrained: dict) -> list[dict]:
     from transformers import TrainerCallback
 
     from rlattr.llm import LLMIIF
-    from rlattr.llm.toy import SentimentTask, char_tokenizer
 
     iif = {
         "grpo": None,
@@ -226,13 +217,11 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, pretrained: dict) -> 
         "random": LLMIIF(rule="random_like", like="drop_negative", target="validation", seed=seed),
         "iif_batch": LLMIIF(rule="drop_negative", target="batch", seed=seed),
     }[arm]
-    tokenizer = char_tokenizer()
-    tokenizer.padding_side = "left"
-    task = SentimentTask(positive_share=0.3, clauses=2, seed=seed)
+    tokenizer, task = toy(seed)
     evaluate = RoundEvaluator(tokenizer, task, task.prompts(7), 16, args.max_completion_length)
     evals: list[float] = []
 
-    class EvalEveryRound(TrainerCallback):
+    class EvaluateEachRound(TrainerCallback):
         def on_train_begin(self, a, state, control, model=None, **kwargs):
             evals.append(evaluate(model))
 
@@ -240,53 +229,34 @@ def run_one(arm: str, seed: int, args: argparse.Namespace, pretrained: dict) -> 
             if state.global_step % STEPS_PER_ROUND == 0:
                 evals.append(evaluate(model))
 
-    trainer, _, _ = build_trainer(
-        iif, seed, args, pretrained, args.rounds, callbacks=(EvalEveryRound(),)
+    trainer = build_trainer(
+        iif, seed, args, pretrained, args.rounds, callbacks=(EvaluateEachRound(),)
     )
     trainer.train()
-    rows, cumulative, cumulative_cpu = [], 0.0, 0.0
-    rows.append(
-        {
-            "arm": arm,
-            "seed": seed,
-            "round": 0,
-            "eval_reward": evals[0],
-            "cumulative_s": 0.0,
-            "cumulative_cpu_s": 0.0,
-        }
-    )
+    rows = [{"arm": arm, "seed": seed, "round": 0, "eval_reward": evals[0]}]
+    rows[0] |= {"cumulative_s": 0.0, "cumulative_cpu_s": 0.0}
     for stats, value in zip(trainer.round_stats, evals[1:], strict=True):
-        spent = stats.generation_s + stats.target_s + stats.scoring_s + stats.update_s
-        cumulative += spent
-        spent_cpu = (
-            stats.generation_cpu_s + stats.target_cpu_s + stats.scoring_cpu_s + stats.update_cpu_s
-        )
-        cumulative_cpu += spent_cpu
-        rows.append(
-            {
-                "arm": arm,
-                "seed": seed,
-                "round": stats.round + 1,  # evaluated after the round's updates
-                "eval_reward": value,
-                "train_reward": stats.reward_mean,
-                "validation_reward": stats.validation_reward_mean,
-                "fraction_negative": stats.fraction_negative,
-                "fraction_dropped": stats.fraction_dropped,
-                "generation_s": stats.generation_s,
-                "target_s": stats.target_s,
-                "scoring_s": stats.scoring_s,
-                "update_s": stats.update_s,
-                "round_s": spent,
-                "cumulative_s": cumulative,
-                "generation_cpu_s": stats.generation_cpu_s,
-                "target_cpu_s": stats.target_cpu_s,
-                "scoring_cpu_s": stats.scoring_cpu_s,
-                "update_cpu_s": stats.update_cpu_s,
-                "round_cpu_s": spent_cpu,
-                "cumulative_cpu_s": cumulative_cpu,
-            }
-        )
+        row = {"arm": arm, "seed": seed, "round": stats.round + 1, "eval_reward": value}
+        row |= {
+            "train_reward": stats.reward_mean,
+            "validation_reward": stats.validation_reward_mean,
+        }
+        row |= {k: getattr(stats, k) for k in FIELDS[6:] if hasattr(stats, k)}
+        for clock in ("_s", "_cpu_s"):  # the round's training time, and the total so far
+            row["round" + clock] = sum(getattr(stats, p + clock) for p in PHASES)
+            row["cumulative" + clock] = rows[-1]["cumulative" + clock] + row["round" + clock]
+        rows.append(row)
     return rows
+
+
+def random_masks(n: int, size: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """``count`` random boolean masks over ``n`` pairs, each with ``size`` set."""
+    masks = []
+    for _ in range(count):
+        drop = torch.zeros(n, dtype=torch.bool)
+        drop[torch.randperm(n, generator=generator)[:size]] = True
+        masks.append(drop)
+    return masks
 
 
 def fidelity_study(args: argparse.Namespace) -> dict[str, Any]:
@@ -301,67 +271,44 @@ def fidelity_study(args: argparse.Namespace) -> dict[str, Any]:
     from rlattr.llm.fidelity import subset_effects
 
     iif = LLMIIF(rule="bottom", fraction=0.0, target="validation")
-    results = []
+    rounds, results = args.fidelity_rounds, []
     for seed in range(args.fidelity_seeds):
         weights = pretrained_weights(seed, args.pretrain_steps)
         run_dir = Path(tempfile.mkdtemp(prefix=f"llm-fidelity-s{seed}-")) / "run"
-        trainer, _, _ = build_trainer(
-            iif, seed, args, weights, args.fidelity_rounds, run_dir=run_dir
-        )
-        trainer.train()
-        replayer, _, _ = build_trainer(iif, seed, args, weights, args.fidelity_rounds)
-        replayer.create_optimizer_and_scheduler(
-            num_training_steps=args.fidelity_rounds * STEPS_PER_ROUND
-        )
+        build_trainer(iif, seed, args, weights, rounds, run_dir=run_dir).train()
+        replayer = build_trainer(iif, seed, args, weights, rounds)
+        replayer.create_optimizer_and_scheduler(num_training_steps=rounds * STEPS_PER_ROUND)
         for index in args.fidelity_check:
-            record = LLMRunLog(run_dir).read_round(index)
-            scores = record.extras["scores"]
-            n = len(scores)
-            generator = torch.Generator().manual_seed(1000 * seed + index)
+            scores = LLMRunLog(run_dir).read_round(index).extras["scores"]
+            n, generator = len(scores), torch.Generator().manual_seed(1000 * seed + index)
             size = max(1, round(0.1 * n))
-            subsets = []
-            for _ in range(32):
-                drop = torch.zeros(n, dtype=torch.bool)
-                drop[torch.randperm(n, generator=generator)[:size]] = True
-                subsets.append(drop)
             started = time.perf_counter()
-            effects = subset_effects(replayer, run_dir, index, subsets)
+            effects = subset_effects(replayer, run_dir, index, random_masks(n, size, 32, generator))
             negatives = scores < 0
             n_neg = int(negatives.sum())
-            matched = []
-            for _ in range(16):
-                drop = torch.zeros(n, dtype=torch.bool)
-                drop[torch.randperm(n, generator=generator)[:n_neg]] = True
-                matched.append(drop)
+            matched = random_masks(n, n_neg, 16, generator)
             what_if = subset_effects(replayer, run_dir, index, [negatives, *matched])
             # Gain of the target from removing a subset: f(θ^{−S}) − f(θ) = −Δ_S.
-            gains_random = (-what_if.actual[1:]).tolist()
-            row = {
-                "seed": seed,
-                "round": index,
-                "pairs": n,
-                "subset_size": size,
-                "lds": effects.lds,
-                "sign_agreement": effects.sign_agreement,
-                "negatives": n_neg,
-                "target_gain_dropping_negatives": float(-what_if.actual[0]),
-                "target_gain_dropping_random_same_count": spread(gains_random),
-                "predicted_gain_dropping_negatives": float(-what_if.predicted[0]),
-                "replay_seconds": time.perf_counter() - started,
-            }
-            results.append(row)
-            print(
-                f"fidelity seed {seed} round {index}: LDS {row['lds']:.2f}, sign "
-                f"{row['sign_agreement']:.2f}, drop {n_neg} negatives: target "
-                f"{row['target_gain_dropping_negatives']:+.4f} vs random "
-                f"{row['target_gain_dropping_random_same_count']['mean']:+.4f}",
-                flush=True,
+            results.append(
+                row := {
+                    "seed": seed,
+                    "round": index,
+                    "pairs": n,
+                    "subset_size": size,
+                    "lds": effects.lds,
+                    "sign_agreement": effects.sign_agreement,
+                    "negatives": n_neg,
+                    "target_gain_dropping_negatives": float(-what_if.actual[0]),
+                    "target_gain_dropping_random_same_count": spread(
+                        (-what_if.actual[1:]).tolist()
+                    ),
+                    "predicted_gain_dropping_negatives": float(-what_if.predicted[0]),
+                    "replay_seconds": time.perf_counter() - started,
+                }
             )
-    meta = provenance()
-    meta["versions"].update(llm_versions())
-    meta["git_commit"] = git_commit()
+            print(f"fidelity seed {seed} round {index}: LDS {row['lds']:.2f}", flush=True)
     payload = {
-        "meta": {**meta, "settings": settings(args)},
+        "meta": {**llm_provenance(), "settings": settings(args)},
         "rows": results,
         "lds": spread([r["lds"] for r in results]),
         "sign_agreement": spread([r["sign_agreement"] for r in results]),
@@ -370,16 +317,22 @@ def fidelity_study(args: argparse.Namespace) -> dict[str, Any]:
             for r in results
         ),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "fidelity.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    write_fidelity_markdown(payload)
+    atomic_write_json(OUT / "fidelity.json", payload)
+    write_markdown(OUT / "fidelity.md", fidelity_markdown(payload))
     return payload
 
 
-def write_fidelity_markdown(payload: dict[str, Any]) -> None:
-    meta = payload["meta"]
-    lines = markdown_header("Score fidelity by replay on the tiny offline LM task", meta)
-    lines += [
+def fidelity_markdown(payload: dict[str, Any]) -> list[str]:
+    lds, sign, rows = payload["lds"], payload["sign_agreement"], payload["rows"]
+    cells = [
+        f"{r['seed']} | {r['round']} | {r['lds']:.2f} | {r['sign_agreement']:.2f} | "
+        f"{r['negatives']}/{r['pairs']} | {r['target_gain_dropping_negatives']:+.5f} | "
+        f"{rand['mean']:+.5f} ± {rand['std']:.5f}, {rand['max']:+.5f}"
+        for r in rows
+        for rand in [r["target_gain_dropping_random_same_count"]]
+    ]
+    return [
+        *markdown_header("Score fidelity by replay on the tiny offline LM task", payload["meta"]),
         "GRPO scored on the validation target while dropping nothing; each checked round is",
         "replayed from its record with the same plan and pairs removed (docs/science.md §2). LDS:",
         "Spearman of Σ scores against the actual change of the target over 32 random",
@@ -387,27 +340,18 @@ def write_fidelity_markdown(payload: dict[str, Any]) -> None:
         "scored pairs are removed, against 16 random subsets of the same size. One plan is",
         "replayed, so no order-noise ceiling is measured here.",
         "",
-        "| seed | round | LDS | sign agreement | negatives | target gain, drop negatives | "
-        "target gain, random same count (mean ± sd, max) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in payload["rows"]:
-        rand = r["target_gain_dropping_random_same_count"]
-        lines.append(
-            f"| {r['seed']} | {r['round']} | {r['lds']:.2f} | {r['sign_agreement']:.2f} | "
-            f"{r['negatives']}/{r['pairs']} | {r['target_gain_dropping_negatives']:+.5f} | "
-            f"{rand['mean']:+.5f} ± {rand['std']:.5f}, {rand['max']:+.5f} |"
-        )
-    lds, sign = payload["lds"], payload["sign_agreement"]
-    lines += [
+        *table(
+            "seed | round | LDS | sign agreement | negatives | target gain, drop negatives | "
+            "target gain, random same count (mean ± sd, max)",
+            cells,
+        ),
         "",
         f"LDS {lds['mean']:.2f} ± {lds['std']:.2f} (min {lds['min']:.2f}); sign agreement "
         f"{sign['mean']:.2f} ± {sign['std']:.2f}; dropping the negatives raised the target "
         f"more than every matched random drop in {payload['negatives_beat_random']} of "
-        f"{len(payload['rows'])} rounds.",
+        f"{len(rows)} rounds.",
         "",
     ]
-    (OUT / "fidelity.md").write_text("\n".join(lines) + "\n")
 
 
 def pretrained_weights(seed: int, steps: int) -> dict:
@@ -421,24 +365,18 @@ def pretrained_weights(seed: int, steps: int) -> dict:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, FIELDS, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, FIELDS, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def read_rows(path: Path) -> list[dict]:
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
-        for key in FIELDS:
-            if key in ("arm",):
-                continue
-            value = row.get(key, "")
-            row[key] = float(value) if value not in ("", None) else float("nan")
+        row |= {k: float(row[k]) if row.get(k) else float("nan") for k in FIELDS[1:]}
         row["seed"], row["round"] = int(row["seed"]), int(row["round"])
     return rows
 
@@ -451,29 +389,21 @@ def smoothed(values: list[float], window: int = SMOOTH) -> list[float]:
     return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
 
 
-def first_reach(curve: list[float], level: float) -> int | None:
-    return next((i for i, v in enumerate(curve) if v >= level), None)
-
-
 def se_ave(curve: list[float], base_curve: list[float]) -> tuple[float | None, int, int]:
-    """Mean of 1 - m_arm(v) / m_grpo(v) over levels v = GRPO's successive running maxima.
-
-    The paper does not list its levels; these are the smoothed GRPO curve's new highs after
-    round 0. Returns (mean over the levels the arm reaches, levels, levels not reached).
-    """
-    levels, best = [], base_curve[0]
-    for value in base_curve[1:]:
-        if value > best:
-            levels.append(value)
-            best = value
-    reductions, missed = [], 0
-    for level in levels:
-        base_round, arm_round = first_reach(base_curve, level), first_reach(curve, level)
-        if arm_round is None:
-            missed += 1
-        elif base_round:
-            reductions.append(1 - arm_round / base_round)
-    return (statistics.fmean(reductions) if reductions else None), len(levels), missed
+    """SE_ave against GRPO (``rlattr.analysis.efficiency``: levels = GRPO's running maxima),
+    averaged here over the levels the arm reaches only (not counting a missed level at
+    R + 1, as the library's upper bound does). Returns (that mean, levels, levels missed)."""
+    result = efficiency(base_curve, curve)
+    reached = [
+        r
+        for level, r in zip(result.levels, result.reductions, strict=True)
+        if first_reach(curve, level) is not None
+    ]
+    return (
+        (statistics.fmean(reached) if reached else None),
+        len(result.levels),
+        len(result.levels) - len(reached),
+    )
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -489,6 +419,53 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def seed_metrics(arm: str, rows: list[dict], base: list[dict]) -> dict[str, Any]:
+    """One arm's run against GRPO's on the same seed."""
+    base_curve = smoothed([r["eval_reward"] for r in base])
+    curve = smoothed([r["eval_reward"] for r in rows])
+    level = base_curve[-1]  # GRPO's final reward (running mean of the last rounds)
+    reach, base_round = first_reach(curve, level), first_reach(base_curve, level)
+    trained = rows[1:]
+    se, n_levels, missed = se_ave(curve, base_curve)
+    auc, base_auc = (statistics.fmean(r["eval_reward"] for r in x[1:]) for x in (rows, base))
+
+    def at_reach(key: str) -> float | None:
+        return None if reach is None else rows[reach][key]
+
+    def saved(key: str) -> float | None:  # RT_peak-like: 1 − time to reach ÷ GRPO's whole run
+        return None if reach is None else 1 - rows[reach][key] / base[-1][key]
+
+    def per_round(*keys: str) -> float:
+        return statistics.fmean(sum(r[k] for k in keys) for r in trained)
+
+    return {
+        **{f"rounds_to_{v}": first_reach(curve, v) for v in LEVELS},
+        # Mean evaluation reward over the rounds (area under the curve), and its
+        # difference from GRPO's on the same seed.
+        "auc": auc,
+        "auc_minus_grpo": auc - base_auc,
+        "se_ave": se,
+        "se_levels": n_levels,
+        "se_levels_unreached": missed,
+        "seed": rows[0]["seed"],
+        "grpo_final_reward": level,
+        "final_reward": curve[-1],
+        "rounds_to_grpo_final": reach,
+        "grpo_rounds_to_own_final": base_round,
+        "round_reduction": None if reach is None or not base_round else 1 - reach / base_round,
+        "seconds_to_grpo_final": at_reach("cumulative_s"),
+        "time_reduction_vs_grpo_run": saved("cumulative_s"),
+        "cpu_seconds_to_grpo_final": at_reach("cumulative_cpu_s"),
+        "cpu_time_reduction_vs_grpo_run": saved("cumulative_cpu_s"),
+        "update_s_per_round": per_round("update_s"),
+        "update_cpu_s_per_round": per_round("update_cpu_s"),
+        "round_cpu_s": per_round("round_cpu_s"),
+        "round_s": per_round("round_s"),
+        "scoring_s_per_round": per_round("scoring_s", "target_s"),
+        "fraction_dropped": per_round("fraction_dropped") if arm != "grpo" else 0.0,
+    }
+
+
 def summarize(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[tuple[str, int], list[dict]] = {}
     for path in sorted((OUT / "runs").glob("*.csv")):
@@ -499,131 +476,50 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         for row in read_rows(OUT / "rounds.csv"):
             runs.setdefault((row["arm"], row["seed"]), []).append(row)
     seeds = sorted({s for a, s in runs if a == "grpo"})
-    per_seed: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-    for seed in seeds:
-        base = runs[("grpo", seed)]
-        base_curve = smoothed([r["eval_reward"] for r in base])
-        level = base_curve[-1]  # GRPO's final reward (running mean of the last rounds)
-        base_round = first_reach(base_curve, level)
-        base_time = base[-1]["cumulative_s"]
-        base_cpu = base[-1]["cumulative_cpu_s"]
-        for arm in ARMS:
-            if (arm, seed) not in runs:
-                continue
-            rows = runs[(arm, seed)]
-            curve = smoothed([r["eval_reward"] for r in rows])
-            reach = first_reach(curve, level)
-            trained = rows[1:]
-            se, n_levels, missed = se_ave(curve, base_curve)
-            rewards = [r["eval_reward"] for r in trained]
-            base_rewards = [r["eval_reward"] for r in base[1:]]
-            fixed = {f"rounds_to_{level}": first_reach(curve, level) for level in LEVELS}
-            per_seed[arm].append(
-                {
-                    **fixed,
-                    # Mean evaluation reward over the rounds (area under the curve), and
-                    # its difference from GRPO's on the same seed.
-                    "auc": statistics.fmean(rewards),
-                    "auc_minus_grpo": statistics.fmean(rewards) - statistics.fmean(base_rewards),
-                    "se_ave": se,
-                    "se_levels": n_levels,
-                    "se_levels_unreached": missed,
-                    "seed": seed,
-                    "grpo_final_reward": level,
-                    "final_reward": curve[-1],
-                    "rounds_to_grpo_final": reach,
-                    "grpo_rounds_to_own_final": base_round,
-                    "round_reduction": None
-                    if reach is None or not base_round
-                    else 1 - reach / base_round,
-                    "seconds_to_grpo_final": None if reach is None else rows[reach]["cumulative_s"],
-                    # RT_peak-like: 1 - (time to reach GRPO's final) / (GRPO's whole run).
-                    "time_reduction_vs_grpo_run": None
-                    if reach is None
-                    else 1 - rows[reach]["cumulative_s"] / base_time,
-                    "cpu_seconds_to_grpo_final": None
-                    if reach is None
-                    else rows[reach]["cumulative_cpu_s"],
-                    "cpu_time_reduction_vs_grpo_run": None
-                    if reach is None
-                    else 1 - rows[reach]["cumulative_cpu_s"] / base_cpu,
-                    "update_s_per_round": statistics.fmean(r["update_s"] for r in trained),
-                    "update_cpu_s_per_round": statistics.fmean(r["update_cpu_s"] for r in trained),
-                    "round_cpu_s": statistics.fmean(r["round_cpu_s"] for r in trained),
-                    "round_s": statistics.fmean(r["round_s"] for r in trained),
-                    "scoring_s_per_round": statistics.fmean(
-                        r["scoring_s"] + r["target_s"] for r in trained
-                    ),
-                    "fraction_dropped": statistics.fmean(r["fraction_dropped"] for r in trained)
-                    if arm != "grpo"
-                    else 0.0,
-                }
-            )
-    grpo_update = {r["seed"]: r["update_s_per_round"] for r in per_seed["grpo"]}
-    grpo_update_cpu = {r["seed"]: r["update_cpu_s_per_round"] for r in per_seed["grpo"]}
-    for arm in ARMS:
-        for r in per_seed[arm]:
-            r["update_time_saved"] = 1 - r["update_s_per_round"] / grpo_update[r["seed"]]
-            r["update_cpu_saved"] = 1 - r["update_cpu_s_per_round"] / grpo_update_cpu[r["seed"]]
-    table = {}
-    for arm in ARMS:
-        entries = per_seed[arm]
-        if not entries:
-            continue
-
-        def values(key: str, entries: list[dict] = entries) -> list[float]:
-            return [float("nan") if e[key] is None else float(e[key]) for e in entries]
-
-        table[arm] = {
+    per_seed = {
+        arm: [
+            seed_metrics(arm, runs[(arm, s)], runs[("grpo", s)]) for s in seeds if (arm, s) in runs
+        ]
+        for arm in ARMS
+    }
+    grpo = {r["seed"]: r for r in per_seed["grpo"]}
+    for r in (r for arm in ARMS for r in per_seed[arm]):
+        for key, saved in (("update_s", "update_time_saved"), ("update_cpu_s", "update_cpu_saved")):
+            r[saved] = 1 - r[f"{key}_per_round"] / grpo[r["seed"]][f"{key}_per_round"]
+    not_tabled = ("seed", "se_levels", "grpo_final_reward", "grpo_rounds_to_own_final")
+    table_ = {
+        arm: {
             "seeds": len(entries),
             "reached_grpo_final": sum(e["rounds_to_grpo_final"] is not None for e in entries),
             **{
-                key: spread(values(key))
-                for key in (
-                    *(f"rounds_to_{level}" for level in LEVELS),
-                    "auc",
-                    "auc_minus_grpo",
-                    "final_reward",
-                    "rounds_to_grpo_final",
-                    "round_reduction",
-                    "se_ave",
-                    "se_levels_unreached",
-                    "seconds_to_grpo_final",
-                    "time_reduction_vs_grpo_run",
-                    "update_s_per_round",
-                    "update_time_saved",
-                    "cpu_seconds_to_grpo_final",
-                    "cpu_time_reduction_vs_grpo_run",
-                    "update_cpu_s_per_round",
-                    "update_cpu_saved",
-                    "round_cpu_s",
-                    "scoring_s_per_round",
-                    "round_s",
-                    "fraction_dropped",
-                )
+                key: spread([float("nan") if e[key] is None else float(e[key]) for e in entries])
+                for key in entries[0]
+                if key not in not_tabled
             },
         }
-    meta = provenance()
-    meta["versions"].update(llm_versions())
+        for arm, entries in per_seed.items()
+        if entries
+    }
+    meta = llm_provenance()
     made_by: dict[str, list[str]] = {}
     for path in sorted((OUT / "runs").glob("*.json")):
         run_meta = json.loads(path.read_text())
-        key = f"{run_meta['command']} at {run_meta['git_commit']}"
-        made_by.setdefault(key, []).append(path.stem)
+        made_by.setdefault(f"{run_meta['command']} at {run_meta['git_commit']}", []).append(
+            path.stem
+        )
     if not made_by and (OUT / "summary.json").exists():
         made_by = json.loads((OUT / "summary.json").read_text())["meta"].get("runs_made_by", {})
     meta["runs_made_by"] = made_by
     summary = {
-        "meta": {**meta, "git_commit": git_commit(), "settings": settings(args)},
+        "meta": {**meta, "settings": settings(args)},
         "smoothing_rounds": SMOOTH,
-        "table": table,
+        "table": table_,
         "per_seed": per_seed,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(OUT / "summary.json", summary)
     write_rows(OUT / "rounds.csv", [row for key in sorted(runs) for row in runs[key]])
     plot(runs)
-    write_markdown(summary)
+    write_markdown(OUT / "summary.md", summary_markdown(summary))
     return summary
 
 
@@ -640,15 +536,17 @@ def plot(runs: dict[tuple[str, int], list[dict]]) -> None:
         if not curves:
             continue
         length = min(len(c) for c in curves)
-        rewards = torch.tensor([[r["eval_reward"] for r in c[:length]] for c in curves])
-        seconds = torch.tensor([[r["cumulative_s"] for r in c[:length]] for c in curves])
-        cpu = torch.tensor([[r["cumulative_cpu_s"] for r in c[:length]] for c in curves])
+
+        def series(key: str, curves: list = curves, length: int = length) -> torch.Tensor:
+            return torch.tensor([[r[key] for r in c[:length]] for c in curves])
+
+        rewards = series("eval_reward")
         mean, low, high = rewards.mean(0), rewards.min(0).values, rewards.max(0).values
         rounds = list(range(length))
         axes[0].plot(rounds, mean, color=colors[arm], label=f"{arm} (mean, min-max of seeds)")
         axes[0].fill_between(rounds, low, high, color=colors[arm], alpha=0.15)
-        axes[1].plot(seconds.mean(0), mean, color=colors[arm], label=arm)
-        axes[2].plot(cpu.mean(0), mean, color=colors[arm], label=arm)
+        axes[1].plot(series("cumulative_s").mean(0), mean, color=colors[arm], label=arm)
+        axes[2].plot(series("cumulative_cpu_s").mean(0), mean, color=colors[arm], label=arm)
     axes[0].set_xlabel("round (64 pairs each)")
     axes[1].set_xlabel("training wall-clock, s (mean over seeds; shared machine)")
     axes[2].set_xlabel("training CPU time, s (mean over seeds)")
@@ -665,14 +563,50 @@ def plot(runs: dict[tuple[str, int], list[dict]]) -> None:
     plt.close(fig)
 
 
-def write_markdown(summary: dict[str, Any]) -> None:
-    meta = summary["meta"]
-    lines = markdown_header("GRPO vs GRPO+IIF on a tiny offline language-model task", meta)
-    lines += [
-        *(
-            f"Runs {', '.join(names)}: `{key}`  "
-            for key, names in meta.get("runs_made_by", {}).items()
-        ),
+def summary_markdown(summary: dict[str, Any]) -> list[str]:
+    meta, rows = summary["meta"], summary["table"]
+
+    def fmt(row: dict[str, Any], key: str, pct: bool = False) -> str:
+        stat = row[key]
+        if stat["mean"] != stat["mean"]:
+            return "n/a"
+        scale, unit = (100, " %") if pct else (1, "")
+        return f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f}{unit}"
+
+    main = [
+        f"{arm} | {r['reached_grpo_final']}/{r['seeds']} | "
+        + " | ".join(
+            fmt(r, key, pct=key in PERCENT)
+            for key in (
+                *("rounds_to_grpo_final", "round_reduction", "se_ave", "se_levels_unreached"),
+                *("seconds_to_grpo_final", "time_reduction_vs_grpo_run", "update_s_per_round"),
+                *("update_time_saved", "scoring_s_per_round", "fraction_dropped", "final_reward"),
+            )
+        )
+        for arm, r in rows.items()
+    ]
+    cpu = [
+        f"{arm} | "
+        + " | ".join(
+            fmt(r, key, pct=key in PERCENT)
+            for key in (
+                *("cpu_seconds_to_grpo_final", "cpu_time_reduction_vs_grpo_run"),
+                *("update_cpu_s_per_round", "update_cpu_saved", "round_cpu_s"),
+            )
+        )
+        for arm, r in rows.items()
+    ]
+    levels = [
+        f"{arm} | "
+        + " | ".join(
+            f"{fmt(r, f'rounds_to_{v}')} ({r[f'rounds_to_{v}'].get('n', 0)})" for v in LEVELS
+        )
+        + f" | {fmt(r, 'auc')} | {fmt(r, 'auc_minus_grpo')}"
+        for arm, r in rows.items()
+    ]
+    return [
+        *markdown_header("GRPO vs GRPO+IIF on a tiny offline language-model task", meta),
+        *(f"Runs {', '.join(names)}: `{key}`  " for key, names in meta["runs_made_by"].items()),
         f"Settings: {json.dumps(meta['settings'], sort_keys=True)}",
         "",
         f"Levels are read from a {SMOOTH}-round trailing mean of the evaluation reward; "
@@ -690,69 +624,43 @@ def write_markdown(summary: dict[str, Any]) -> None:
         "highs (the paper's SE_ave; it does not list its levels), over the levels the arm "
         "reaches; 'levels missed' counts the others.",
         "",
-        "| arm | seeds reaching GRPO's final | rounds to reach | round reduction | SE_ave | "
-        "levels missed | s to reach | time reduction vs GRPO run | update s/round | "
-        "update time saved | scoring s/round | fraction dropped | final reward |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-
-    def fmt(stat: dict[str, float], pct: bool = False) -> str:
-        if stat["mean"] != stat["mean"]:
-            return "n/a"
-        scale = 100 if pct else 1
-        unit = " %" if pct else ""
-        return f"{scale * stat['mean']:.2f} ± {scale * stat['std']:.2f}{unit}"
-
-    for arm, row in summary["table"].items():
-        lines.append(
-            f"| {arm} | {row['reached_grpo_final']}/{row['seeds']} | "
-            f"{fmt(row['rounds_to_grpo_final'])} | {fmt(row['round_reduction'], True)} | "
-            f"{fmt(row['se_ave'], True)} | {fmt(row['se_levels_unreached'])} | "
-            f"{fmt(row['seconds_to_grpo_final'])} | "
-            f"{fmt(row['time_reduction_vs_grpo_run'], True)} | "
-            f"{fmt(row['update_s_per_round'])} | {fmt(row['update_time_saved'], True)} | "
-            f"{fmt(row['scoring_s_per_round'])} | {fmt(row['fraction_dropped'], True)} | "
-            f"{fmt(row['final_reward'])} |"
-        )
-    lines += [
+        *table(
+            "arm | seeds reaching GRPO's final | rounds to reach | round reduction | SE_ave | "
+            "levels missed | s to reach | time reduction vs GRPO run | update s/round | "
+            "update time saved | scoring s/round | fraction dropped | final reward",
+            main,
+        ),
         "",
         "The same in CPU seconds of the training process (steadier than wall-clock on a "
         "shared machine):",
         "",
-        "| arm | CPU s to reach | CPU time reduction vs GRPO run | update CPU s/round | "
-        "update CPU saved | CPU s/round |",
-        "|---|---|---|---|---|---|",
-    ]
-    for arm, row in summary["table"].items():
-        lines.append(
-            f"| {arm} | {fmt(row['cpu_seconds_to_grpo_final'])} | "
-            f"{fmt(row['cpu_time_reduction_vs_grpo_run'], True)} | "
-            f"{fmt(row['update_cpu_s_per_round'])} | {fmt(row['update_cpu_saved'], True)} | "
-            f"{fmt(row['round_cpu_s'])} |"
-        )
-    lines += [
+        *table(
+            "arm | CPU s to reach | CPU time reduction vs GRPO run | update CPU s/round | "
+            "update CPU saved | CPU s/round",
+            cpu,
+        ),
         "",
         "Fixed levels and area under the curve (mean evaluation reward over the rounds; "
         "paired difference from GRPO on the same seed):",
         "",
-        "| arm | "
-        + " | ".join(f"rounds to {level} (seeds)" for level in LEVELS)
-        + " | mean reward over rounds | minus GRPO's (paired) |",
-        "|---|" + "---|" * (len(LEVELS) + 2),
+        *table(
+            "arm | "
+            + " | ".join(f"rounds to {v} (seeds)" for v in LEVELS)
+            + " | mean reward over rounds | minus GRPO's (paired)",
+            levels,
+        ),
+        "",
+        "Mean ± standard deviation over seeds (means over the seeds that reach).",
+        "",
+        "![curves](curves.png)",
+        "",
     ]
-    for arm, row in summary["table"].items():
-        cells = [
-            f"{fmt(row[f'rounds_to_{level}'])} ({row[f'rounds_to_{level}'].get('n', 0)})"
-            for level in LEVELS
-        ]
-        lines.append(
-            f"| {arm} | "
-            + " | ".join(cells)
-            + f" | {fmt(row['auc'])} | {fmt(row['auc_minus_grpo'])} |"
-        )
-    lines += ["", "Mean ± standard deviation over seeds (means over the seeds that reach).", ""]
-    lines += ["![curves](curves.png)", ""]
-    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+PERCENT = {
+    *("round_reduction", "se_ave", "time_reduction_vs_grpo_run", "update_time_saved"),
+    *("fraction_dropped", "cpu_time_reduction_vs_grpo_run", "update_cpu_saved"),
+}
 
 
 def main() -> None:
@@ -779,35 +687,24 @@ def main() -> None:
     if args.fidelity:
         fidelity_study(args)
         return
-    if not args.summarize:
-        for seed in range(args.seeds):
-            missing = [a for a in args.arms if not (OUT / "runs" / f"{a}-s{seed}.csv").exists()]
-            if not missing:
-                continue
+    for seed in range(0 if args.summarize else args.seeds):
+        missing = [a for a in args.arms if not (OUT / "runs" / f"{a}-s{seed}.csv").exists()]
+        if not missing:
+            continue
+        weights = pretrained_weights(seed, args.pretrain_steps)
+        for arm in missing:
             started = time.perf_counter()
-            weights = pretrained_weights(seed, args.pretrain_steps)
-            print(f"seed {seed}: pretrained in {time.perf_counter() - started:.1f}s", flush=True)
-            for arm in missing:
-                started = time.perf_counter()
-                rows = run_one(arm, seed, args, weights)
-                write_rows(OUT / "runs" / f"{arm}-s{seed}.csv", rows)
-                # Which command and code made this run (the summary may be rebuilt later).
-                (OUT / "runs" / f"{arm}-s{seed}.json").write_text(
-                    json.dumps(
-                        {
-                            "command": provenance()["command"],
-                            "git_commit": git_commit(),
-                            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                        },
-                        indent=2,
-                    )
-                    + "\n"
-                )
-                print(
-                    f"seed {seed} {arm}: final eval {rows[-1]['eval_reward']:.3f} "
-                    f"({time.perf_counter() - started:.1f}s)",
-                    flush=True,
-                )
+            rows = run_one(arm, seed, args, weights)
+            write_rows(OUT / "runs" / f"{arm}-s{seed}.csv", rows)
+            # Which command and code made this run (the summary may be rebuilt later).
+            meta = provenance()
+            run = {"command": meta["command"], "git_commit": describe_git(meta["git"])}
+            atomic_write_json(OUT / "runs" / f"{arm}-s{seed}.json", run | {"date": meta["date"]})
+            print(
+                f"seed {seed} {arm}: final eval {rows[-1]['eval_reward']:.3f} "
+                f"({time.perf_counter() - started:.1f}s)",
+                flush=True,
+            )
     summary = summarize(args)
     print(json.dumps(summary["table"], indent=1))
 
