@@ -38,11 +38,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, source / name)
-    subprocess.run(
-        [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-w", str(work / "dist"), str(source)],
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(work / "dist"), str(source)],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # Installing must not print setuptools' deprecation notices (e.g. "`project.license`
+    # as a TOML table is deprecated").
+    assert "is deprecated" not in build.stdout + build.stderr
     [built] = (work / "dist").glob("rlattr-*.whl")
     return built
 
