@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -199,6 +200,7 @@ def summarize() -> None:
             + " | ".join(cells)
             + f" | {ceiling:+.3f} |"
         )
+    lines += ["", *headline(keyed)]
     # Investigations (experiments/fidelity_regime.py) and their reading follow the table.
     for section in [*sorted(OUT.glob("regime-*.md")), *sorted(OUT.glob("why-*.md"))]:
         lines += ["", section.read_text().rstrip()]
@@ -226,6 +228,83 @@ def summarize() -> None:
     axes[0, 0].set_title("Score fidelity against leave-subset-out replay")
     fig.tight_layout()
     fig.savefig(RESULTS / "fidelity.png", dpi=110)
+
+
+# Presets of the headline figures, in the README's order, with their labels there.
+HEADLINE_PRESETS = {
+    "minigrid_empty": "MiniGrid",
+    "lunarlander_sgd": "LunarLander-SGD",
+    "lunarlander": "LunarLander (Adam)",
+    "hopper": "Hopper (Adam)",
+    "cartpole": "CartPole",
+}
+
+
+def headline(keyed: dict[tuple, dict[str, dict]]) -> list[str]:
+    """The study's headline figures (the README quotes them): per preset the median LDS of
+    each method and the median ceiling over its cells, how often each method wins, and
+    the spans of the two cells the README discusses."""
+    cells = {(k[0], k[2], k[3], k[4]): v for k, v in keyed.items()}
+    lds = lambda v, m: float(v[m]["lds"])  # noqa: E731
+    ceiling = lambda v: float(v["snapshot"]["ceiling"])  # noqa: E731
+    span = lambda xs, f=".2f": f"{min(xs):{f}} … {max(xs):{f}}"  # noqa: E731
+    subsets = sorted({int(r["subsets"]) for v in cells.values() for r in v.values()})
+    seeds = sorted({int(r["seed"]) for v in cells.values() for r in v.values()})
+    rows = [
+        ("random subsets per cell", f"{subsets[0]}–{subsets[-1]}"),
+        ("seeds", ", ".join(map(str, seeds))),
+    ]
+    for preset, label in HEADLINE_PRESETS.items():
+        mine = {k: v for k, v in cells.items() if k[0] == preset}
+        medians = [statistics.median(lds(v, m) for v in mine.values()) for m in METHODS]
+        iterations = ", ".join(map(str, sorted({k[1] for k in mine})))
+        rows += [
+            (
+                f"{label}: median LDS snapshot / TracIn / metagrad over {len(mine)} cells "
+                f"(iterations {iterations})",
+                " / ".join(f"{m:.2f}" for m in medians),
+            ),
+            (f"{label}: median ceiling", f"{statistics.median(map(ceiling, mine.values())):.3f}"),
+        ]
+    tracin = sum(lds(v, "tracin") > lds(v, "snapshot") for v in cells.values())
+    best = sum(
+        lds(v, "metagrad") > max(lds(v, "tracin"), lds(v, "snapshot")) for v in cells.values()
+    )
+    rows += [
+        ("cells where TracIn > snapshot", f"{tracin} of {len(cells)}"),
+        ("cells where metagrad is the best of three", f"{best} of {len(cells)}"),
+    ]
+    for preset, label, iteration in (
+        ("minigrid_empty", "MiniGrid", 43),
+        ("cartpole", "CartPole", 195),
+    ):
+        chosen = [v for k, v in cells.items() if k[:3] == (preset, iteration, "return")]
+        rows.append(
+            (
+                f"{label} iteration {iteration}, return target: LDS, all methods and drops",
+                span([lds(v, m) for v in chosen for m in METHODS]),
+            )
+        )
+        if preset == "minigrid_empty":
+            rows.append(
+                (
+                    f"{label} iteration {iteration}, return target: ceilings",
+                    span([ceiling(v) for v in chosen]),
+                )
+            )
+    rows.append(
+        (
+            "CartPole: ceilings (one minibatch per epoch)",
+            span([ceiling(v) for k, v in cells.items() if k[0] == "cartpole"], ".3f"),
+        )
+    )
+    return [
+        "## Headline figures",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        *(f"| {figure} | {value} |" for figure, value in rows),
+    ]
 
 
 def main() -> None:
