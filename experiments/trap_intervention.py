@@ -20,10 +20,11 @@ Measured per iteration: the unwanted behaviour's frequency in the training rollo
 entries per step, from the environment's per-record ground truth ``rlattr_fault``; a perfect
 loop is 0.5), π(trap action | trap state) of θ_k (mean over the pairs), and the true
 (undiscounted) return of the stochastic policy on 32 fixed evaluation episodes per round
-(common to all arms); the final return on 500 fixed episodes. "Suppressed at iteration t":
-the first iteration from which the trap frequency stays at or below 0.05 entries per step
-(10 % of the perfect loop's 0.5) until the end of training; a run that never gets there is
-censored at the run's length (reported as "never").
+(``EvalEveryRound``, common to all arms); the final return on 500 fixed episodes
+(``evaluate_policy_batched``). "Suppressed at iteration t": the first iteration from which
+the trap frequency stays at or below 0.05 entries per step (10 % of the perfect loop's 0.5)
+until the end of training; a run that never gets there is censored at the run's length
+(reported as "never").
 
 A second phase (``--whatif``) runs ``rlattr intervene``'s analysis (rlattr.analysis.whatif)
 on the PPO runs: per iteration, drop the negatively scored records of that iteration,
@@ -38,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -52,11 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rlattr.envs  # noqa: F401  (registers rlattr/TrapGrid-v0)
 
+from experiments.bench_common import table, write_markdown
 from experiments.common import RESULTS, ROOT, markdown_header, provenance
-from rlattr import ActionTarget, Intervention, Preset, RunLog, ScoreHook, build_policy
-from rlattr.record.checkpoint import restore_checkpoint
-from rlattr.sweep.trial import make_eval_env_factory
-from rlattr.training.evaluation import EvalEveryRound, evaluate_policy_batched
+from rlattr import ActionTarget, Intervention, Preset, RunLog, ScoreHook
+from rlattr.analysis import WhatIfConfig, whatif_iterations, write_whatif_report
+from rlattr.record import atomic_write_json, atomic_write_text, build_policy, restore_checkpoint
+from rlattr.training import EvalEveryRound, evaluate_policy_batched
 
 NAME = "trap_intervention"
 OUT = RESULTS / NAME
@@ -68,13 +72,17 @@ FINAL_SEED, FINAL_EPISODES = 50_000, 500
 #: end of training (also about the random initial policy's rate, 0.05-0.08). A fixed level,
 #: not a share of each run's own peak: PPO's peak differs by seed (some seeds never loop).
 SUPPRESSED_LEVEL = 0.05
+N_ITERATIONS = 80  # the preset's run length, where a run that never suppresses is censored
+#: Iterations the what-if retrains (the trap forms over iterations ~5-20 of 80).
+WHATIF_ITERATIONS = (1, 5, 10, 15, 20, 30, 40, 60, 79)
+WHATIF_EPISODES = 200
 
 
-def trap_pairs(preset: Preset) -> tuple[torch.Tensor, torch.Tensor]:
-    env = make_eval_env_factory(preset)()
+def trap_target(preset: Preset) -> ActionTarget:
+    env = preset.env_factory()()
     observations, actions = env.unwrapped.trap_state_actions()
     env.close()
-    return torch.as_tensor(observations), torch.as_tensor(actions)
+    return ActionTarget(torch.as_tensor(observations), torch.as_tensor(actions))
 
 
 def arm_options(arm: str, target: ActionTarget, budget: float, seed: int) -> dict[str, Any]:
@@ -96,20 +104,18 @@ def dropped_breakdown(arm: str, seed: int, target: ActionTarget) -> dict[str, fl
     run directory)."""
     log = RunLog(RUNS / f"{arm}-s{seed}")
     trap_cells = set(target.observations.argmax(1).tolist())
-    counts = {"all": 0, "trap_entry": 0, "trap_state": 0, "negative_advantage": 0}
-    counts.update({a: 0 for a in "LDRU"})
+    counts = dict.fromkeys(("all", "trap_entry", "trap_state", "negative_advantage", *"LDRU"), 0)
     for k in log.iterations():
         removed = ~log.load_plan(k).keep_mask.cpu()
         if not bool(removed.any()):
             continue
         records = log.load_records(k)
         cells = records.observations[removed].argmax(1).tolist()
-        actions = records.actions[removed].flatten().long().tolist()
         counts["all"] += len(cells)
         counts["trap_entry"] += int(log.load_ground_truth(k)["rlattr_fault"].bool()[removed].sum())
         counts["trap_state"] += sum(c in trap_cells for c in cells)
         counts["negative_advantage"] += int((records.advantages[removed] < 0).sum())
-        for a in actions:
+        for a in records.actions[removed].flatten().long().tolist():
             counts["LDRU"[a]] += 1
     total = max(counts["all"], 1)
     return {"dropped": counts["all"], **{k: v / total for k, v in counts.items() if k != "all"}}
@@ -119,25 +125,20 @@ def trap_probability(policy: Any, target: ActionTarget) -> float:
     """Mean over the trap pairs of π(trap action | state)."""
     with torch.no_grad():
         obs, _ = policy.obs_to_tensor(target.observations.numpy())
-        distribution = policy.get_distribution(obs)
-        log_prob = distribution.log_prob(target.actions.to(obs.device))
+        log_prob = policy.get_distribution(obs).log_prob(target.actions.to(obs.device))
     return float(log_prob.exp().mean())
 
 
 def train_one(preset: Preset, arm: str, seed: int, budget: float) -> dict[str, Any]:
     """Train one (arm, seed), return its curves; the run directory stays for the what-if."""
-    target = ActionTarget(*trap_pairs(preset))
+    target = trap_target(preset)
     run_dir = RUNS / f"{arm}-s{seed}"
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)  # a half-finished run from a killed job
-    make_env = make_eval_env_factory(preset)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a half-finished run from a killed job
+    make_env = preset.env_factory()
     evaluation = EvalEveryRound(make_env, episodes=EVAL_EPISODES, seed=EVAL_SEED, dump=False)
     start, start_cpu = time.perf_counter(), time.process_time()
-    model = preset.build(
-        run_dir=run_dir, seed=seed, device="cpu", **arm_options(arm, target, budget, seed)
-    )
+    options = arm_options(arm, target, budget, seed)
+    model = preset.build(run_dir=run_dir, seed=seed, device="cpu", **options)
     model.learn(preset.total_timesteps, callback=evaluation)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     final = evaluate_policy_batched(model.policy, make_env, FINAL_EPISODES, FINAL_SEED)
@@ -174,9 +175,8 @@ def left_on_the_way_to_the_goal(arm: str, seed: int) -> float:
     log = RunLog(RUNS / f"{arm}-s{seed}")
     policy = build_policy(log)
     restore_checkpoint(policy, *log.load_checkpoint(log.checkpoints()[-1]))
-    env = make_eval_env_factory(Preset.load("trap_grid"))().unwrapped
-    row = env.size - 1
-    cells = [(row, col) for col in range(1, env.size)]
+    env = Preset.load("trap_grid").env_factory()().unwrapped
+    cells = [(env.size - 1, col) for col in range(1, env.size)]
     observations = torch.as_tensor(np.stack([env.observation_of(c) for c in cells]))
     with torch.no_grad():
         probs = policy.get_distribution(observations).distribution.probs
@@ -187,65 +187,60 @@ def suppressed_at(frequency: list[float], threshold: float) -> int | None:
     """The first iteration from which the frequency stays <= threshold; None if never."""
     at = None
     for k, value in enumerate(frequency):
-        if value <= threshold:
-            at = k if at is None else at
-        else:
-            at = None
+        at = (k if at is None else at) if value <= threshold else None
     return at
+
+
+def sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def summarise(
     results: dict[tuple[str, int], dict[str, Any]], seeds: list[int], arms: list[str]
 ) -> dict[str, Any]:
-    rows, per_seed = [], {}
+    per_seed = {}
     for seed in seeds:
-        ppo = results[("ppo", seed)]
-        peak = max(ppo["trap_frequency"])
-        threshold = SUPPRESSED_LEVEL
+        peak = max(results[("ppo", seed)]["trap_frequency"])
         for arm in arms:
             run = results[(arm, seed)]
-            at = suppressed_at(run["trap_frequency"], threshold)
-            row = {
+            frequency, dropped = run["trap_frequency"], sum(run["dropped"])
+            at = suppressed_at(frequency, SUPPRESSED_LEVEL)
+            per_seed[(arm, seed)] = {
                 "arm": arm,
                 "seed": seed,
                 "ppo_peak_frequency": peak,
-                "threshold": threshold,
+                "threshold": SUPPRESSED_LEVEL,
                 "suppressed_at": at,
                 "censored": at is None,
-                "peak_frequency": max(run["trap_frequency"]),
-                "mean_frequency": statistics.fmean(run["trap_frequency"]),
-                "final_frequency": statistics.fmean(run["trap_frequency"][-5:]),
+                "peak_frequency": max(frequency),
+                "mean_frequency": statistics.fmean(frequency),
+                "final_frequency": statistics.fmean(frequency[-5:]),
                 "final_trap_probability": run["trap_probability"][-1],
                 "final_return": run["final_return"],
                 "final_return_se": run["final_return_se"],
                 "dropped_per_iteration": statistics.fmean(run["dropped"]),
-                "dropped_trap_share": (
-                    sum(run["dropped_trap_entries"]) / sum(run["dropped"])
-                    if sum(run["dropped"])
-                    else float("nan")
-                ),
+                "dropped_trap_share": sum(run["dropped_trap_entries"]) / dropped
+                if dropped
+                else float("nan"),
                 "cpu_seconds": run["cpu_seconds"],
             }
-            rows.append(row)
-            per_seed[(arm, seed)] = row
     by_arm = {}
     for arm in arms:
         chosen = [per_seed[(arm, s)] for s in seeds]
         returns = [r["final_return"] for r in chosen]
-        diffs = [
-            per_seed[(arm, s)]["final_return"] - per_seed[("ppo", s)]["final_return"] for s in seeds
-        ]
+        diffs = [r["final_return"] - per_seed[("ppo", r["seed"])]["final_return"] for r in chosen]
         by_arm[arm] = {
             "final_return_mean": statistics.fmean(returns),
-            "final_return_sd": statistics.stdev(returns) if len(returns) > 1 else float("nan"),
+            "final_return_sd": sd(returns),
             "paired_diff_vs_ppo_mean": statistics.fmean(diffs),
-            "paired_diff_vs_ppo_sd": statistics.stdev(diffs) if len(diffs) > 1 else float("nan"),
+            "paired_diff_vs_ppo_sd": sd(diffs),
             "suppressed_runs": sum(not r["censored"] for r in chosen),
             "suppressed_at": [r["suppressed_at"] for r in chosen],
             "mean_frequency": statistics.fmean(r["mean_frequency"] for r in chosen),
             "final_frequency": statistics.fmean(r["final_frequency"] for r in chosen),
             "cpu_seconds": sum(r["cpu_seconds"] for r in chosen),
         }
+    rows = [per_seed[(arm, seed)] for seed in seeds for arm in arms]
     return {"rows": rows, "arms": by_arm}
 
 
@@ -265,9 +260,8 @@ def figure(results: dict[tuple[str, int], dict[str, Any]], seeds: list[int], pat
     for ax, (key, label) in zip(axes, panels, strict=True):
         for arm in ARMS:
             curves = np.array([results[(arm, s)][key] for s in seeds])
-            mean = curves.mean(0)
-            x = np.arange(len(mean))
-            ax.plot(x, mean, color=colours[arm], label=arm)
+            x = np.arange(curves.shape[1])
+            ax.plot(x, curves.mean(0), color=colours[arm], label=arm)
             for curve in curves:
                 ax.plot(x, curve, color=colours[arm], alpha=0.15, lw=0.8)
         ax.set_xlabel("iteration (512 steps)" if key != "eval_return" else "round")
@@ -283,25 +277,21 @@ def goal_lines(summary: dict[str, Any], seeds: list[int], arms: list[str]) -> li
     """Issue 13's goal, checked per arm: suppressed >= 2x faster than PPO (same seed; a run
     that never suppresses counts as suppressing at the run's end, which favours PPO) at no
     more than 5 % loss of PPO's mean final return."""
-    rows = {(r["arm"], r["seed"]): r for r in summary["rows"]}
-    n_iterations = 80
+    at = {(r["arm"], r["seed"]): r["suppressed_at"] for r in summary["rows"]}
     out = [
         "**Goal (issue 13):** suppress the unwanted behaviour at least 2× faster than PPO at "
         "no more than 5 % loss of final return. Per seed, an arm is 2× faster when it "
         "suppresses by half of PPO's iteration (PPO never suppressing counts as "
-        f"{n_iterations}, the run's end: a bound that favours PPO).",
+        f"{N_ITERATIONS}, the run's end: a bound that favours PPO).",
         "",
     ]
     ppo_mean = summary["arms"]["ppo"]["final_return_mean"]
-    for arm in arms:
-        if arm == "ppo":
-            continue
-        faster = 0
-        for seed in seeds:
-            t_arm = rows[(arm, seed)]["suppressed_at"]
-            t_ppo = rows[("ppo", seed)]["suppressed_at"]
-            t_ppo = n_iterations if t_ppo is None else t_ppo
-            faster += t_arm is not None and 2 * t_arm <= t_ppo
+    for arm in (a for a in arms if a != "ppo"):
+        faster = sum(
+            at[(arm, s)] is not None
+            and 2 * at[(arm, s)] <= (N_ITERATIONS if at[("ppo", s)] is None else at[("ppo", s)])
+            for s in seeds
+        )
         mean = summary["arms"][arm]["final_return_mean"]
         loss = (ppo_mean - mean) / abs(ppo_mean)
         met = faster == len(seeds) and loss <= 0.05
@@ -318,89 +308,97 @@ def write_training(
 ) -> None:
     arms = list(dict.fromkeys(arm for arm, _ in results))
     summary = summarise(results, seeds, arms)
-    target = ActionTarget(*trap_pairs(Preset.load("trap_grid")))
+    target = trap_target(Preset.load("trap_grid"))
     breakdown = {
         arm: [dropped_breakdown(arm, s, target) for s in seeds] for arm in arms if arm != "ppo"
     }
     left = {arm: [left_on_the_way_to_the_goal(arm, s) for s in seeds] for arm in arms}
     meta = provenance()
-    payload = {
-        **meta,
-        "settings": {
-            "preset": "trap_grid (unchanged)",
-            "budget": args.budget,
-            "seeds": seeds,
-            "eval": f"{EVAL_EPISODES} episodes/round from seed {EVAL_SEED}",
-            "final": f"{FINAL_EPISODES} episodes from seed {FINAL_SEED}",
-            "suppressed_level": SUPPRESSED_LEVEL,
-        },
-        "summary": summary,
-        "dropped_breakdown": breakdown,
-        "final_left_probability_bottom_row": left,
-        "runs": [results[(arm, s)] for arm in ARMS for s in seeds],
+    settings = {
+        "preset": "trap_grid (unchanged)",
+        "budget": args.budget,
+        "seeds": seeds,
+        "eval": f"{EVAL_EPISODES} episodes/round from seed {EVAL_SEED}",
+        "final": f"{FINAL_EPISODES} episodes from seed {FINAL_SEED}",
+        "suppressed_level": SUPPRESSED_LEVEL,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / f"{NAME}.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(OUT / f"{NAME}.json")
-    with open(OUT / f"{NAME}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(summary["rows"][0]))
-        writer.writeheader()
-        writer.writerows(summary["rows"])
+    payload = {**meta, "settings": settings, "summary": summary}
+    payload |= {"dropped_breakdown": breakdown, "final_left_probability_bottom_row": left}
+    atomic_write_json(
+        OUT / f"{NAME}.json", payload | {"runs": [results[k] for k in run_keys(seeds)]}
+    )
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(summary["rows"][0]))
+    writer.writeheader()
+    writer.writerows(summary["rows"])
+    atomic_write_text(OUT / f"{NAME}.csv", text.getvalue())
     figure(results, seeds, OUT / f"{NAME}.png")
-    lines = markdown_header("Suppressing a learnt trap: intervention vs PPO (TrapGrid-v0)", meta)
-    lines += [
+    write_markdown(OUT / f"{NAME}.md", markdown(summary, breakdown, left, seeds, arms, meta, args))
+
+
+def run_keys(seeds: list[int]) -> list[tuple[str, int]]:
+    return [(arm, s) for arm in ARMS for s in seeds]
+
+
+def markdown(
+    summary: dict[str, Any],
+    breakdown: dict[str, list[dict[str, float]]],
+    left: dict[str, list[float]],
+    seeds: list[int],
+    arms: list[str],
+    meta: dict[str, Any],
+    args: argparse.Namespace,
+) -> list[str]:
+    main = [
+        f"{arm} | {s['final_return_mean']:+.3f} ± {s['final_return_sd']:.3f} | "
+        f"{s['paired_diff_vs_ppo_mean']:+.3f} ± {s['paired_diff_vs_ppo_sd']:.3f} | "
+        f"{s['suppressed_runs']}/{len(seeds)} | "
+        + ", ".join("never" if a is None else str(a) for a in s["suppressed_at"])
+        + f" | {s['mean_frequency']:.3f} | {s['final_frequency']:.3f} | {s['cpu_seconds']:.0f}"
+        for arm, s in summary["arms"].items()
+    ]
+    dropped = []
+    for arm, items in breakdown.items():
+        total = sum(i["dropped"] for i in items)
+        pooled = {
+            k: sum(i[k] * i["dropped"] for i in items) / max(total, 1)
+            for k in ("trap_entry", "trap_state", "negative_advantage", *"LDRU")
+        }
+        dropped.append(
+            f"{arm} | {total / len(items):.0f} | " + " | ".join(f"{v:.2f}" for v in pooled.values())
+        )
+    return [
+        *markdown_header("Suppressing a learnt trap: intervention vs PPO (TrapGrid-v0)", meta),
         f"Preset `trap_grid` (unchanged), {len(seeds)} paired seeds, intervention budget "
         f"{args.budget:g} of the buffer per iteration. Suppressed = trap frequency stays ≤ "
         f"{SUPPRESSED_LEVEL:g} trap entries per step (10 % of the perfect loop) from that "
-        "iteration to the end (80 iterations); censored runs count "
-        "as never.",
+        f"iteration to the end ({N_ITERATIONS} iterations); censored runs count as never.",
         "",
-        "| arm | final return, mean ± sd | paired Δ vs PPO, mean ± sd | suppressed (runs) | "
-        "suppressed at (iteration per seed) | mean trap freq. | final trap freq. | CPU s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, s in summary["arms"].items():
-        at = ", ".join("never" if a is None else str(a) for a in s["suppressed_at"])
-        lines.append(
-            f"| {arm} | {s['final_return_mean']:+.3f} ± {s['final_return_sd']:.3f} | "
-            f"{s['paired_diff_vs_ppo_mean']:+.3f} ± {s['paired_diff_vs_ppo_sd']:.3f} | "
-            f"{s['suppressed_runs']}/{len(seeds)} | {at} | {s['mean_frequency']:.3f} | "
-            f"{s['final_frequency']:.3f} | {s['cpu_seconds']:.0f} |"
-        )
-    lines += ["", *goal_lines(summary, seeds, arms), ""]
-    lines += [
+        *table(
+            "arm | final return, mean ± sd | paired Δ vs PPO, mean ± sd | suppressed (runs) | "
+            "suppressed at (iteration per seed) | mean trap freq. | final trap freq. | CPU s",
+            main,
+        ),
+        "",
+        *goal_lines(summary, seeds, arms),
+        "",
         "",
         "What the arms dropped (all iterations and seeds pooled): share of the dropped "
         "records that entered the trap, that stood in a trap-adjacent state, that had a "
         "negative advantage, and that took each action (L D R U; the trap actions are L "
         "from the start and U from the cell below the trap).",
         "",
-        "| arm | dropped per run | trap entries | in trap states | Â < 0 | L | D | R | U |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, items in breakdown.items():
-        total = sum(i["dropped"] for i in items)
-
-        def pooled(key: str, items: list[dict[str, float]] = items, total: int = total) -> float:
-            return sum(i[key] * i["dropped"] for i in items) / max(total, 1)
-
-        lines.append(
-            f"| {arm} | {total / len(items):.0f} | {pooled('trap_entry'):.2f} | "
-            f"{pooled('trap_state'):.2f} | {pooled('negative_advantage'):.2f} | "
-            + " | ".join(f"{pooled(a):.2f}" for a in "LDRU")
-            + " |"
-        )
-    lines += [
+        *table(
+            "arm | dropped per run | trap entries | in trap states | Â < 0 | L | D | R | U", dropped
+        ),
         "",
         "Final π(LEFT) in the bottom row right of the goal (the only way to the goal is "
         "LEFT along it; LEFT is also the trap move from the start), per seed:",
         "",
-        "| arm | π(LEFT), seeds " + " ".join(str(s) for s in seeds) + " |",
-        "|---|---|",
-        *(
-            f"| {arm} | " + " ".join(f"{v:.3f}" for v in values) + " |"
-            for arm, values in left.items()
+        *table(
+            "arm | π(LEFT), seeds " + " ".join(str(s) for s in seeds),
+            (f"{arm} | " + " ".join(f"{v:.3f}" for v in values) for arm, values in left.items()),
+            sep="|---|---|",
         ),
         "",
         "Reading (an interpretation of the two tables above, not a separate measurement): "
@@ -418,7 +416,31 @@ def write_training(
         f"![curves]({NAME}.png)",
         "",
     ]
-    (OUT / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+
+
+def run_whatif(seeds: list[int]) -> None:
+    """``rlattr intervene``'s analysis on the PPO runs: drop_negative vs random, same count."""
+    make_env = Preset.load("trap_grid").env_factory()
+
+    def evaluate(policy: Any, episodes: int, seed: int) -> np.ndarray:
+        return evaluate_policy_batched(policy, make_env, episodes, seed)
+
+    config = WhatIfConfig(rule="drop_negative", episodes=WHATIF_EPISODES, eval_seed=EVAL_SEED)
+    results = {}
+    for seed in seeds:
+        log = RunLog(RUNS / f"ppo-s{seed}")
+        results[f"ppo-s{seed}"] = whatif_iterations(log, WHATIF_ITERATIONS, config, evaluate)
+        print(f"what-if ppo-s{seed} done", flush=True)
+    out = OUT / "whatif"
+    title = "TrapGrid PPO: drop_negative what-if vs a random drop of the same count"
+    write_whatif_report(results, out, title)
+    meta = provenance()
+    text = (out / "whatif.md").read_text()
+    header = markdown_header("What-if on the trap runs (rlattr intervene)", meta)
+    atomic_write_text(out / "whatif.md", "\n".join(header) + "\n" + text.split("\n", 2)[2])
+    stored = {k: [r.to_dict() for r in v] for k, v in results.items()}
+    payload = {**meta, "config": config.__dict__, "iterations": list(WHATIF_ITERATIONS)}
+    atomic_write_json(out / "whatif.json", payload | {"results": stored})
 
 
 def main() -> None:
@@ -436,8 +458,6 @@ def main() -> None:
     torch.set_num_threads(1)
     preset = Preset.load("trap_grid").with_overrides(total_timesteps=args.timesteps)
     seeds = list(range(args.seeds))
-    partial = OUT / "partial"
-    partial.mkdir(parents=True, exist_ok=True)
     if args.whatif:
         run_whatif(seeds)
         return
@@ -445,61 +465,14 @@ def main() -> None:
     results: dict[tuple[str, int], dict[str, Any]] = {}
     for seed in seeds:
         for arm in arms:
-            path = partial / f"{arm}-s{seed}.json"
-            if path.exists():
-                results[(arm, seed)] = json.loads(path.read_text())
-                continue
-            result = train_one(preset, arm, seed, args.budget)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result) + "\n")
-            tmp.replace(path)
-            results[(arm, seed)] = result
-            print(
-                f"{arm} s{seed}: final return {result['final_return']:+.3f}, trap freq. last "
-                f"{result['trap_frequency'][-1]:.2f}, {result['cpu_seconds']:.0f} CPU s",
-                flush=True,
-            )
+            path = OUT / "partial" / f"{arm}-s{seed}.json"
+            if not path.exists():
+                result = train_one(preset, arm, seed, args.budget)
+                atomic_write_json(path, result, compact=True)
+                print(f"{arm} s{seed}: final return {result['final_return']:+.3f}", flush=True)
+            results[(arm, seed)] = json.loads(path.read_text())
     if set(args.arms) == set(ARMS):
         write_training(results, seeds, args)
-
-
-#: Iterations the what-if retrains (the trap forms over iterations ~5-20 of 80).
-WHATIF_ITERATIONS = (1, 5, 10, 15, 20, 30, 40, 60, 79)
-WHATIF_EPISODES = 200
-
-
-def run_whatif(seeds: list[int]) -> None:
-    """``rlattr intervene``'s analysis on the PPO runs: drop_negative vs random, same count."""
-    from rlattr.analysis.whatif import WhatIfConfig, whatif_iterations, write_whatif_report
-
-    preset = Preset.load("trap_grid")
-    make_env = make_eval_env_factory(preset)
-
-    def evaluate(policy: Any, episodes: int, seed: int) -> np.ndarray:
-        return evaluate_policy_batched(policy, make_env, episodes, seed)
-
-    config = WhatIfConfig(rule="drop_negative", episodes=WHATIF_EPISODES, eval_seed=EVAL_SEED)
-    results = {}
-    for seed in seeds:
-        log = RunLog(RUNS / f"ppo-s{seed}")
-        results[f"ppo-s{seed}"] = whatif_iterations(log, WHATIF_ITERATIONS, config, evaluate)
-        print(f"what-if ppo-s{seed} done", flush=True)
-    out = OUT / "whatif"
-    write_whatif_report(
-        results, out, "TrapGrid PPO: drop_negative what-if vs a random drop of the same count"
-    )
-    meta = provenance()
-    text = (out / "whatif.md").read_text()
-    header = markdown_header("What-if on the trap runs (rlattr intervene)", meta)
-    (out / "whatif.md").write_text("\n".join(header) + "\n" + text.split("\n", 2)[2])
-    (out / "whatif.json").write_text(
-        json.dumps(
-            {**meta, "config": config.__dict__, "iterations": list(WHATIF_ITERATIONS),
-             "results": {k: [r.to_dict() for r in v] for k, v in results.items()}},
-            indent=1,
-        )
-        + "\n"
-    )  # fmt: skip
 
 
 if __name__ == "__main__":
