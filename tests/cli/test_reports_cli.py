@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlattr import IIF, AttributedPPO, RunLog
 from rlattr.cli.main import main
+from rlattr.record.replay import build_policy
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,20 @@ def test_diagnose_writes_the_report(run: Path, capsys) -> None:
     assert out.read_text().startswith("<!DOCTYPE html>")
     printed = capsys.readouterr().out
     assert "fidelity at iteration" in printed and f"report: {out}" in printed
+    # The table by quarter of training (here one iteration a quarter), recomputed from the
+    # run log: the share of the buffer IIF dropped and of negatively scored records.
+    log = RunLog(run)
+    rows = {
+        cells[0]: cells[1:]
+        for row in re.findall(r"<tr>(.*?)</tr>", out.read_text(), flags=re.S)
+        if (cells := re.findall(r"<td>(.*?)</td>", row))
+    }
+    for k in log.iterations():
+        dropped, negative = rows[f"Q{k + 1} (iterations {k}–{k})"][:2]
+        keep = log.load_plan(k).keep_mask
+        scores = log.load_scores(k, "snapshot-return")[0]
+        assert float(dropped) == pytest.approx(1 - int(keep.sum()) / len(keep), abs=5e-4)
+        assert float(negative) == pytest.approx(int((scores < 0).sum()) / len(scores), abs=5e-4)
 
 
 def test_formation_writes_csv_and_figures(run: Path, tmp_path: Path, capsys) -> None:
@@ -44,6 +61,23 @@ def test_formation_writes_csv_and_figures(run: Path, tmp_path: Path, capsys) -> 
     assert set(table["group"]) <= {"Â>0", "Â≤0"} and sorted(set(table["iteration"])) == [0, 1, 2]
     assert (out / "formation_heatmap.png").stat().st_size > 1000
     assert "Pearson" in capsys.readouterr().out
+    # The behaviour f(θ_k) = mean log π_θk(a = 0 | o) over the pairs, from each logged θ_k.
+    log = RunLog(run)
+    policy = build_policy(log)
+    observations = torch.as_tensor(records.observations[:4])
+
+    def behaviour(k: int) -> float:
+        state = log.load_checkpoint(k)[0]
+        policy.load_state_dict({n: state["policy." + n] for n in policy.state_dict()})
+        with torch.no_grad():
+            probs = policy.get_distribution(observations).distribution.probs
+        return float(torch.log(probs[:, 0]).double().mean())
+
+    values = {k: behaviour(k) for k in (0, 1, 2, 3)}
+    by_iteration = table.groupby("iteration")[["behavior", "change"]].first()
+    for k in (0, 1, 2):
+        assert by_iteration.loc[k, "behavior"] == pytest.approx(values[k], abs=1e-5)
+        assert by_iteration.loc[k, "change"] == pytest.approx(values[k + 1] - values[k], abs=1e-5)
 
 
 def test_formation_refuses_an_unknown_grouping(run: Path, tmp_path: Path, capsys) -> None:
