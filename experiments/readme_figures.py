@@ -1,11 +1,12 @@
-"""Every figure the README's results quote, recomputed from the committed result files.
+"""Every figure the README's results quote, read from the committed result files.
 
     python experiments/readme_figures.py
 
 prints one table per README bullet ("What we measured", and the segmented-metagradient
 line of the tour) and writes it to experiments/results/readme_figures.md. Each row names
-the file the number comes from; nothing here runs an experiment. A README number that is
-not in this output has no committed source.
+the file the number comes from; nothing here runs an experiment, and statistics are the
+experiments' own (their summaries): this only picks and formats them. A README number
+that is not in this output has no committed source.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import csv
 import json
 import math
 import re
-import statistics
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,7 +29,16 @@ from experiments.common import RESULTS, markdown_header, provenance
 
 Row = tuple[str, str, str]  # figure, value, source (relative to experiments/results)
 
-METHODS = ("snapshot", "tracin", "metagrad")
+
+class Rows(list):
+    """A section's rows; ``add(figure, value)`` names the section's source by default."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def add(self, figure: str, value: Any, source: str | None = None) -> None:
+        self.append((figure, str(value), source or self.source))
 
 
 def _json(name: str) -> dict[str, Any]:
@@ -56,324 +65,394 @@ def _paired(gap: np.ndarray, digits: int) -> str:
     return f"{gap.mean():+.{digits}f} ± {error:.{digits}f} ({int((gap > 0).sum())}/{len(gap)})"
 
 
-# --------------------------------------------------------------------------- fidelity
+def _cells(line: str) -> list[str]:
+    """The cells of one Markdown table row (an escaped ``\\|`` stays inside its cell)."""
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
 
 
-FIDELITY_PRESETS = {
-    "minigrid_empty": "MiniGrid",
-    "lunarlander_sgd": "LunarLander-SGD",
-    "lunarlander": "LunarLander (Adam)",
-    "hopper": "Hopper (Adam)",
-    "cartpole": "CartPole",
-}
+def _markdown_table(name: str, first_header: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table in ``name`` whose first column is ``first_header``."""
+    lines = [line.strip() for line in (RESULTS / name).read_text().splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("|") and _cells(line)[0] == first_header:
+            header, body = _cells(line), []
+            for row in lines[i + 2 :]:
+                if not row.startswith("|"):
+                    break
+                body.append(dict(zip(header, _cells(row), strict=True)))
+            return body
+    raise ValueError(f"no table with first column {first_header!r} in {name}")
 
 
-def fidelity() -> list[Row]:
+# ------------------------------------------------------------------ the paper suite
+
+
+def suite() -> list[Row]:
+    """SE_ave, SE_peak and AUC per arm of each task's suite table."""
     rows: list[Row] = []
-    cells: dict[tuple, dict[str, dict[str, str]]] = {}
-    for preset in FIDELITY_PRESETS:
-        for r in _csv(f"fidelity/{preset}.csv"):
-            key = (preset, int(r["iteration"]), r["target"], float(r["fraction"]))
-            cells.setdefault(key, {})[r["method"]] = r
-    subsets = sorted({int(r["subsets"]) for c in cells.values() for r in c.values()})
-    seeds = sorted({int(r["seed"]) for c in cells.values() for r in c.values()})
-    rows.append(("random subsets per cell", f"{subsets[0]}–{subsets[-1]}", "fidelity/*.csv"))
-    rows.append(("seeds", ", ".join(map(str, seeds)), "fidelity/*.csv"))
-    for preset, label in FIDELITY_PRESETS.items():
-        mine = {k: v for k, v in cells.items() if k[0] == preset}
-        medians = [statistics.median(float(v[m]["lds"]) for v in mine.values()) for m in METHODS]
-        ceiling = statistics.median(float(v["snapshot"]["ceiling"]) for v in mine.values())
-        iterations = sorted({k[1] for k in mine})
-        rows.append(
-            (
-                f"{label}: median LDS snapshot / TracIn / metagrad over {len(mine)} cells "
-                f"(iterations {', '.join(map(str, iterations))})",
-                _slash(medians),
-                f"fidelity/{preset}.csv",
-            )
-        )
-        rows.append((f"{label}: median ceiling", f"{ceiling:.3f}", f"fidelity/{preset}.csv"))
-    tracin_wins = sum(
-        float(v["tracin"]["lds"]) > float(v["snapshot"]["lds"]) for v in cells.values()
-    )
-    metagrad_best = sum(
-        float(v["metagrad"]["lds"]) > max(float(v["tracin"]["lds"]), float(v["snapshot"]["lds"]))
-        for v in cells.values()
-    )
-    rows.append(
-        ("cells where TracIn > snapshot", f"{tracin_wins} of {len(cells)}", "fidelity/*.csv")
-    )
-    rows.append(
-        (
-            "cells where metagrad is the best of three",
-            f"{metagrad_best} of {len(cells)}",
-            "fidelity/*.csv",
-        )
-    )
-
-    def lds_range(preset: str, iteration: int, target: str) -> tuple[list[float], list[float]]:
-        chosen = [v for k, v in cells.items() if k[:3] == (preset, iteration, target)]
-        return (
-            [float(v[m]["lds"]) for v in chosen for m in METHODS],
-            [float(v["snapshot"]["ceiling"]) for v in chosen],
-        )
-
-    lds, ceilings = lds_range("minigrid_empty", 43, "return")
-    rows.append(
-        (
-            "MiniGrid iteration 43, return target: LDS, all methods and drops",
-            _span(lds),
-            "fidelity/minigrid_empty.csv",
-        )
-    )
-    rows.append(
-        (
-            "MiniGrid iteration 43, return target: ceilings",
-            _span(ceilings),
-            "fidelity/minigrid_empty.csv",
-        )
-    )
-    lds, ceilings = lds_range("cartpole", 195, "return")
-    rows.append(
-        (
-            "CartPole iteration 195, return target: LDS, all methods and drops",
-            _span(lds),
-            "fidelity/cartpole.csv",
-        )
-    )
-    cartpole_ceilings = [
-        float(v["snapshot"]["ceiling"]) for k, v in cells.items() if k[0] == "cartpole"
-    ]
-    rows.append(
-        (
-            "CartPole: ceilings (one minibatch per epoch)",
-            _span(cartpole_ceilings, ".3f"),
-            "fidelity/cartpole.csv",
-        )
-    )
+    for task in ("frozenlake", "acrobot", "minigrid", "lunarlander", "bipedalwalker", "highway"):
+        source = f"suite/{task}.md"
+        for r in _markdown_table(source, "arm"):
+            if not r["arm"].startswith("**"):  # not the paper's row
+                rows.append(
+                    (
+                        f"{task}, {r['arm']}: seeds; SE_ave %; SE_peak %; AUC",
+                        f"{r['seeds']}; {r['SE_ave %']}; {r['SE_peak %']}; {r['AUC']}",
+                        source,
+                    )
+                )
     return rows
 
 
+def profiles() -> list[Row]:
+    """The performance profile of all four arms over all four tasks (share above τ)."""
+    rows = Rows("suite/profiles-ppo-iif-random_like-advantage_like.md")
+    for r in _markdown_table(rows.source, "arm"):
+        rows.add(f"{r['arm']}: runs above τ = 0.5", r["runs above τ = 0.5"])
+    return rows
+
+
+def p_sweep() -> list[Row]:
+    rows = Rows("suite/p_sweep.md")
+    for r in _markdown_table(rows.source, "task"):
+        rows.add(
+            f"{r['task']}, p = {r['p %']} %: seeds; SE_ave % (paper); AUC; fraction dropped",
+            f"{r['seeds']}; {r['SE_ave %']} ({r['paper SE_ave %']}); {r['AUC']}; "
+            f"{r['fraction dropped']}",
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ attribution studies
+
+
+def fidelity() -> list[Row]:
+    """The study's headline figures (``python experiments/fidelity.py --summarize``)."""
+    return [
+        (r["figure"], r["value"], "fidelity.md") for r in _markdown_table("fidelity.md", "figure")
+    ]
+
+
 def smoothness() -> list[Row]:
-    source = "smoothness-lunarlander-s0-it2.json"
-    data = _json(source)
-    rows: list[Row] = []
+    rows = Rows("smoothness-lunarlander-s0-it2.json")
+    data = _json(rows.source)
     for loss in ("logged PPO loss", "ratio clipping off"):
         chosen = [r for r in data["rows"] if r["loss"] == loss]
         for h in ("h=1", "h=0.1", "h=0.01", "h=0.001"):
-            errors = [abs(r[h] - r["metagradient"]) / abs(r["metagradient"]) for r in chosen]
-            rows.append(
-                (
-                    f"{loss}: |secant({h}) − metagradient| / |metagradient|, {len(chosen)} subsets",
-                    _span((100 * e for e in errors), ".1f") + " %",
-                    source,
-                )
+            errors = [100 * abs(r[h] - r["metagradient"]) / abs(r["metagradient"]) for r in chosen]
+            rows.add(
+                f"{loss}: |secant({h}) − metagradient| / |metagradient|, {len(chosen)} subsets",
+                _span(errors, ".1f") + " %",
             )
+    return rows
+
+
+def fidelity_regime() -> list[Row]:
+    rows = Rows("fidelity/regime-cartpole-195.json")
+    data = _json(rows.source)
+    facts = data["facts"]
+    rows.add(
+        f"iteration {facts['iteration']}: sd of raw Â; steps norm-clipped; subsets",
+        f"{facts['advantage_std']:.4f}; {facts['steps_norm_clipped']:.0%}; "
+        f"{data['subsets']} of {data['fraction']:.0%}",
+    )
+    for r in data["rows"]:
+        rows.add(f"iteration 195, {r['variant']}: LDS (snapshot)", f"{r['lds']:+.3f}")
+    trained = next(r for r in data["rows"] if r["variant"] == "as trained")
+    rows.add(
+        "iteration 195, as trained: removal that keeps the divisor (zero weight): LDS",
+        f"{trained['lds_zero_weight_removal']:+.3f}",
+    )
+    rows.add(
+        "iteration 195, as trained: median |Δ_S| vs the whole update's effect on f",
+        f"{trained['median_abs_effect']:.2g} vs {trained['update_effect']:.2g}",
+    )
+    scan_source = "fidelity/regime-cartpole-scan.json"
+    scan = _json(scan_source)["rows"]
+    for r in scan:
+        rows.add(
+            f"iteration {r['iteration']}: sd(raw Â); LDS as trained / without normalisation",
+            f"{r['advantage_sd']:.4f}; {r['as trained']['lds']:+.3f} / "
+            f"{r['no advantage normalisation']['lds']:+.3f}",
+            scan_source,
+        )
+    rows.add(
+        "across training: LDS without advantage normalisation",
+        _span(r["no advantage normalisation"]["lds"] for r in scan),
+        scan_source,
+    )
     return rows
 
 
 def smoothed_metagrad() -> list[Row]:
-    source = "smoothed_metagrad-lunarlander.json"
-    data = _json(source)
-    lds = {(r["iteration"], r["fraction"], r["method"]): r["lds"] for r in data["rows"]}
-    order = ("metagrad", "removal-avg", "path-avg")
-    rows: list[Row] = []
+    rows = Rows("smoothed_metagrad-lunarlander.json")
+    lds = {
+        (r["iteration"], r["fraction"], r["method"]): r["lds"] for r in _json(rows.source)["rows"]
+    }
     for iteration in sorted({k[0] for k in lds}):
         for fraction in sorted({k[1] for k in lds if k[0] == iteration}):
-            rows.append(
-                (
-                    f"iteration {iteration}, {fraction:.0%} drops: "
-                    "LDS exact / removal-avg / path-avg",
-                    _slash((lds[(iteration, fraction, m)] for m in order), 3),
-                    source,
-                )
-            )
+            rows.add(
+                f"iteration {iteration}, {fraction:.0%} drops: LDS exact / removal-avg / path-avg",
+                _slash((lds[(iteration, fraction, m)] for m in ("metagrad", "removal-avg",
+                                                                   "path-avg")), 3),
+            )  # fmt: skip
     return rows
 
 
-# --------------------------------------------------------------------------- cost
+# ------------------------------------------------------------------ cost
 
 
 def cost() -> list[Row]:
-    source = "bench_attribution.json"
-    data = {r["preset"]: r for r in _json(source)["rows"]}
+    rows = Rows("bench_attribution.json")
+    payload = _json(rows.source)
+    data = {r["preset"]: r for r in payload["rows"]}
     presets = ("lunarlander", "minigrid_empty", "hopper")
-    rows: list[Row] = [("presets", " / ".join(presets), source)]
-
-    def line(label: str, key: str, digits: int) -> None:
-        rows.append((label, _slash((data[p][key] for p in presets), digits), source))
-
-    line("metagrad ÷ SB3 train()", "metagrad_over_train", 2)
-    line("metagrad peak memory growth (MiB)", "metagrad_peak_rss_growth_mib", 0)
-    line("segmented metagrad peak memory growth (MiB)", "metagrad_segmented_peak_rss_growth_mib", 0)
-    line("segmented metagrad ÷ SB3 train()", "metagrad_segmented_over_train", 1)
-    rows.append(
+    rows.add("presets", " / ".join(presets))
+    for label, key, digits in (
+        ("metagrad ÷ SB3 train()", "metagrad_over_train", 2),
+        ("metagrad peak memory growth (MiB)", "metagrad_peak_rss_growth_mib", 0),
         (
-            "segment length S (steps)",
-            " / ".join(str(data[p]["metagrad_segment_steps"]) for p in presets),
-            source,
-        )
-    )
-    rows.append(
-        (
-            "segmented ÷ full metagrad time",
-            _slash((data[p]["metagrad_segmented_s"] / data[p]["metagrad_s"] for p in presets), 2),
-            source,
-        )
-    )
-    line("snapshot ÷ SB3 train()", "snapshot_over_train", 3)
-    line("TracIn ÷ SB3 train()", "tracin_over_train", 1)
-    line("TracIn with ∇f once per epoch ÷ SB3 train()", "tracin_target_per_epoch_over_train", 1)
-    rows.append(
-        ("load average when written", f"{_json(source)['machine']['load_average_1min']}", source)
-    )
-    bench = {r["preset"]: r for r in _json("bench_iif.json")["rows"]}
-    for preset, r in bench.items():
-        rows.append(
-            (
-                f"IIF ÷ PPO seconds per iteration, {preset} (per-seed mean ± std)",
-                f"{r['ratio']:.3f} "
-                f"({r['ratio_per_seed_mean']:.3f} ± {r['ratio_per_seed_std']:.2f})",
-                "bench_iif.json",
-            )
+            "segmented metagrad peak memory growth (MiB)",
+            "metagrad_segmented_peak_rss_growth_mib",
+            0,
+        ),
+        ("segmented metagrad ÷ SB3 train()", "metagrad_segmented_over_train", 1),
+        ("segment length S (steps)", "metagrad_segment_steps", None),
+        ("segmented ÷ full metagrad time", None, 2),
+        ("snapshot ÷ SB3 train()", "snapshot_over_train", 3),
+        ("TracIn ÷ SB3 train()", "tracin_over_train", 1),
+        ("TracIn with ∇f once per epoch ÷ SB3 train()", "tracin_target_per_epoch_over_train", 1),
+    ):
+        if key is None:
+            values = [data[p]["metagrad_segmented_s"] / data[p]["metagrad_s"] for p in presets]
+            rows.add(label, _slash(values, digits))
+        elif digits is None:
+            rows.add(label, " / ".join(str(data[p][key]) for p in presets))
+        else:
+            rows.add(label, _slash((data[p][key] for p in presets), digits))
+    rows.add("load average when written", payload["machine"]["load_average_1min"])
+    for preset, r in {r["preset"]: r for r in _json("bench_iif.json")["rows"]}.items():
+        rows.add(
+            f"IIF ÷ PPO seconds per iteration, {preset} (per-seed mean ± std)",
+            f"{r['ratio']:.3f} ({r['ratio_per_seed_mean']:.3f} ± {r['ratio_per_seed_std']:.2f})",
+            "bench_iif.json",
         )
     return rows
 
 
-# --------------------------------------------------------------------------- stages
+def run_log_size() -> list[Row]:
+    rows = Rows("bench_runlog_size.json")
+    data = _json(rows.source)
+    rows.add("goal: bytes per environment step", f"≤ {data['goal_bytes_per_step']}")
+    rebuilt = mismatched = 0
+    for r in data["results"]:
+        name, per_step = r["preset"], r["bytes_per_step"]
+        rebuilt += r["rebuilt_checkpoints"]
+        mismatched += len(r["rebuilt_mismatches"])
+        rows.add(
+            f"{name} ({r['timesteps']} steps, {r['iterations']} iterations, "
+            f"checkpoint_every {r['checkpoint_every']}): bytes per step, format 1 → 2",
+            f"{per_step['1']:.0f} → {per_step['2']:.1f} "
+            f"({per_step['1'] / per_step['2']:.1f}× smaller)",
+        )
+        rows.add(
+            f"{name}: reaching the farthest iteration ({r['replays_to_farthest']} replays) "
+            "from a fresh log, format 2 vs format 1 (s)",
+            f"{r['reach']['v2_rebuilt_s']:.1f} vs {r['reach']['v1_direct_s']:.4f}",
+        )
+        rows.add(f"{name}: seconds per replay", f"{r['seconds_per_replay']:.2f}")
+        rows.add(f"{name}: final states of the two runs equal", r["same_final_state"])
+    rows.add(
+        "checkpoints rebuilt by replay, equal (torch.equal) to format 1's full ones",
+        f"{rebuilt - mismatched} of {rebuilt}",
+    )
+    return rows
+
+
+LIVE_ARMS = {
+    "live_epoch": "∇f per epoch",
+    "live_epoch_sub": "∇f per epoch on 256 records",
+    "live_step": "∇f every step",
+}
+
+
+def live_tracin() -> list[Row]:
+    rows = Rows("bench_live_tracin.json")
+    data = _json(rows.source)
+    goal = data["goal_overhead"]
+    rows.add("goal: live TracIn overhead ÷ train() (both statistics)", f"≤ {goal}")
+    for r in data["rows"]:
+        name = r["preset"]
+        for arm, label in LIVE_ARMS.items():
+            if arm in r["overhead_over_plain_train"]:
+                overhead = r["overhead_over_plain_train"][arm]
+                paired = r["paired_overhead_median"][arm]
+                rows.add(
+                    f"{name} ({r['optimizer']}), live, {label}: overhead of the medians "
+                    "(paired median) ÷ train()",
+                    f"{overhead:+.2f} ({paired:+.2f}); goal "
+                    f"{'met' if max(overhead, paired) <= goal else 'not met'}",
+                )
+        replay = [r["over_plain_train"][k] for k in ("replay_epoch", "replay_step")
+                  if k in r["over_plain_train"]]  # fmt: skip
+        rows.add(f"{name}: replay TracIn ÷ train() (∇f per epoch / every step)", _slash(replay, 1))
+        rows.add(
+            f"{name}: training bit-identical with the hook; max rel. diff vs replay",
+            f"{all(r['bit_identical_to_plain'].values())}; "
+            f"{max(r['max_rel_diff_vs_replay'].values()):.1e}",
+        )
+    rows.add(
+        "1-minute load after each preset",
+        ", ".join(f"{r['preset']} {r['load_average_1min_after']:.1f}" for r in data["rows"]),
+    )
+    return rows
+
+
+def metagrad_memory() -> list[Row]:
+    rows = Rows("metagrad_memory/bench.json")
+    data = _json(rows.source)
+    rows.add("default budget (MiB)", f"{data['default_memory_budget'] / 2**20:.0f}")
+    above = []
+    for r in data["rows"]:
+        for mode, m in r["modes"].items():
+            segment = "whole" if m["segment_steps"] is None else str(m["segment_steps"])
+            rows.add(
+                f"{r['preset']} (T = {r['optimizer_steps']}), {mode}: segment S; saved-tensor "
+                "peak / RSS growth (MiB); time ÷ train(); max |Δscore| ÷ max |score|",
+                f"{segment}; {m['saved_peak_mib']:.0f} / {m['rss_growth_mib']:.0f}; "
+                f"{m['over_train']:.2f}; {m['max_abs_diff_vs_whole_over_max']:.1e}",
+            )
+            if m["estimated_peak_mib"] is not None:
+                above.append(100 * (m["estimated_peak_mib"] / m["saved_peak_mib"] - 1))
+    rows.add("load average when written", data["machine"]["load_average_1min"])
+    rows.add(
+        "memory-model estimate above the measured saved-tensor peak (budgeted modes)",
+        _span(above, ".1f") + " %",
+    )
+    return rows
+
+
+def board_cost() -> list[Row]:
+    rows = Rows("bench_board.json")
+    data = _json(rows.source)
+    rows.add("command", data["command"])
+    # The goal is stated only in the Markdown the benchmark writes beside its JSON.
+    goal = re.search(r"Goal: ratio ≤ ([0-9.]+)", (RESULTS / "bench_board.md").read_text())
+    rows.add("goal: on ÷ off", f"≤ {goal.group(1) if goal else '?'}", "bench_board.md")
+    for r in data["rows"]:
+        name = f"{r['preset']} ({r['iterations']} iterations × {r['repeats']})"
+        rows.add(
+            f"{name}: on ÷ off, CPU / wall (medians)",
+            f"{r['ratio_cpu_median']:.3f} / {r['ratio_wall_median']:.3f}",
+        )
+        rows.add(
+            f"{name}: the board's measured share, CPU / wall (median)",
+            f"{100 * r['board_share_cpu_median']:.1f} % / "
+            f"{100 * r['board_share_wall_median']:.1f} %",
+        )
+        rows.add(
+            f"{name}: fidelity_every={r['fidelity_every']}: CPU / wall ratio; s per check",
+            f"{r['fidelity_ratio_cpu_median']:.2f} / {r['fidelity_ratio_wall_median']:.2f}; "
+            f"{r['fidelity_s_per_check']:.1f}",
+        )
+        rows.add(f"{name}: 1-minute load (median)", f"{r['load_median']:.1f}")
+    return rows
+
+
+# ------------------------------------------------------------------ stage effects
+
+
+STAGE_PRESETS = {"hopper": "Hopper", "lunarlander": "LunarLander", "cartpole": "CartPole"}
 
 
 def stages() -> list[Row]:
-    rows: list[Row] = []
-    names = {"hopper": "Hopper", "lunarlander": "LunarLander", "cartpole": "CartPole"}
-    for preset, label in names.items():
-        table = _csv(f"stages/{preset}.csv")
-        spans = list(dict.fromkeys(r["stage"] for r in table))
+    rows = Rows("stages/{hopper,lunarlander,cartpole}.json")
+    for preset, label in STAGE_PRESETS.items():
+        spans = list(dict.fromkeys(r["stage"] for r in _csv(f"stages/{preset}.csv")))
         end = int(spans[-1].split(":")[1])
-        rows.append(
-            (f"{label}: iterations, stages", f"{end}, {' '.join(spans)}", f"stages/{preset}.csv")
+        rows.add(
+            f"{label}: iterations, stages", f"{end}, {' '.join(spans)}", f"stages/{preset}.csv"
         )
     for behaviour in ("return", "action"):
-        ratios, spearmans = [], []
-        for preset in names:
-            fo = _json(f"stages/{preset}.json")["summary"][behaviour]["data_fixed"]["fo"]
-            ratios.append(fo["median_abs_ratio_before_last"])
-            spearmans.append(fo["spearman"])
-        rows.append(
-            (
-                f"{behaviour} behaviour, data-fixed: median |FO|/|truth|, first three stages "
-                "(Hopper / LunarLander / CartPole)",
-                " / ".join(f"{r:.3g}" for r in ratios),
-                "stages/{hopper,lunarlander,cartpole}.json",
-            )
+        fos = [_json(f"stages/{p}.json")["summary"][behaviour]["data_fixed"]["fo"]
+               for p in STAGE_PRESETS]  # fmt: skip
+        rows.add(
+            f"{behaviour} behaviour, data-fixed: median |FO|/|truth|, first three stages "
+            "(Hopper / LunarLander / CartPole)",
+            " / ".join(f"{fo['median_abs_ratio_before_last']:.3g}" for fo in fos),
         )
-        rows.append(
-            (
-                f"{behaviour} behaviour, data-fixed: Spearman(FO, truth) over 4 stages",
-                _slash(spearmans, 1),
-                "stages/{hopper,lunarlander,cartpole}.json",
-            )
+        rows.add(
+            f"{behaviour} behaviour, data-fixed: Spearman(FO, truth) over 4 stages",
+            _slash((fo["spearman"] for fo in fos), 1),
         )
-    for preset, label in names.items():
-        growth = {}
-        for r in _csv(f"stages/{preset}.csv"):
-            growth[r["stage"]] = float(r["so_growth"])
-        later = {s: int(list(growth)[-1].split(":")[1]) - int(s.split(":")[1]) for s in growth}
-        rows.append(
-            (
-                f"{label}: SO growth ‖e_T‖/‖δ‖ per stage (later iterations)",
-                ", ".join(f"{s}: {g:.2g} ({later[s]})" for s, g in growth.items()),
-                f"stages/{preset}.csv",
-            )
+    for preset, label in STAGE_PRESETS.items():
+        growth = {r["stage"]: float(r["so_growth"]) for r in _csv(f"stages/{preset}.csv")}
+        last = int(list(growth)[-1].split(":")[1])
+        rows.add(
+            f"{label}: SO growth ‖e_T‖/‖δ‖ per stage (later iterations)",
+            ", ".join(f"{s}: {g:.2g} ({last - int(s.split(':')[1])})" for s, g in growth.items()),
+            f"stages/{preset}.csv",
         )
-    horizon = {(int(r["horizon"]), r["behaviour"]): r for r in _csv("stages/cartpole-horizon.csv")}
     source = "stages/cartpole-horizon.csv"
-    h0 = horizon[(0, "return")]
-    rows.append(
-        (
-            "horizon study, h = 0, return: difference estimate vs truth",
-            f"{float(h0['fo_difference']):.3g} vs {float(h0['ground_truth']):.3g}",
-            source,
-        )
+    horizon = {(int(r["horizon"]), r["behaviour"]): r for r in _csv(source)}
+    h0, h1 = horizon[(0, "return")], horizon[(1, "return")]
+    rows.add(
+        "horizon study, h = 0, return: difference estimate vs truth",
+        f"{float(h0['fo_difference']):.3g} vs {float(h0['ground_truth']):.3g}",
+        source,
     )
-    h1 = horizon[(1, "return")]
-    rows.append(
-        (
-            "horizon study, h = 1, return: FO / SO / truth",
-            " / ".join(f"{float(h1[k]):.2g}" for k in ("fo", "so", "ground_truth")),
-            source,
-        )
+    rows.add(
+        "horizon study, h = 1, return: FO / SO / truth",
+        " / ".join(f"{float(h1[k]):.2g}" for k in ("fo", "so", "ground_truth")),
+        source,
     )
-    rows.append(
-        (
-            "horizon study: SO growth at h = 32 / 64 / 128",
-            " / ".join(f"{float(horizon[(h, 'return')]['so_growth']):.3g}" for h in (32, 64, 128)),
-            source,
-        )
+    rows.add(
+        "horizon study: SO growth at h = 32 / 64 / 128",
+        " / ".join(f"{float(horizon[(h, 'return')]['so_growth']):.3g}" for h in (32, 64, 128)),
+        source,
     )
-    noclip = {
-        (int(r["horizon"]), r["behaviour"]): r for r in _csv("stages/cartpole-horizon-noclip.csv")
-    }
-    rows.append(
-        (
-            "no ratio clipping: |data-fixed action effect| at h = 0 → h = 16",
-            f"{abs(float(noclip[(0, 'action')]['ground_truth'])):.2g} → "
-            f"{abs(float(noclip[(16, 'action')]['ground_truth'])):.2g}",
-            "stages/cartpole-horizon-noclip.csv",
-        )
+    source = "stages/cartpole-horizon-noclip.csv"
+    noclip = {(int(r["horizon"]), r["behaviour"]): r for r in _csv(source)}
+    rows.add(
+        "no ratio clipping: |data-fixed action effect| at h = 0 → h = 16",
+        f"{abs(float(noclip[(0, 'action')]['ground_truth'])):.2g} → "
+        f"{abs(float(noclip[(16, 'action')]['ground_truth'])):.2g}",
+        source,
     )
     on_policy = _json("stages/cartpole.json")["summary"]
     for behaviour in ("action", "return"):
         s = on_policy[behaviour]["on_policy"]
-        rows.append(
-            (
-                f"CartPole on-policy, {behaviour}: Spearman FO / difference estimate; "
-                "median |FO|/|truth|, |difference|/|truth|",
-                f"{s['fo']['spearman']:.1f} / {s['fo_difference']['spearman']:.1f}; "
-                f"{s['fo']['median_abs_ratio_before_last']:.2f}, "
-                f"{s['fo_difference']['median_abs_ratio_before_last']:.2f}",
-                "stages/cartpole.json",
-            )
+        rows.add(
+            f"CartPole on-policy, {behaviour}: Spearman FO / difference estimate; "
+            "median |FO|/|truth|, |difference|/|truth|",
+            f"{s['fo']['spearman']:.1f} / {s['fo_difference']['spearman']:.1f}; "
+            f"{s['fo']['median_abs_ratio_before_last']:.2f}, "
+            f"{s['fo_difference']['median_abs_ratio_before_last']:.2f}",
+            "stages/cartpole.json",
         )
-        rows.append(
-            (
-                f"CartPole, {behaviour}: on-policy truth ÷ data-fixed truth "
-                "(median, first three stages)",
-                f"{1 / s['ground_truth']['median_abs_ratio_before_last']:.0f}",
-                "stages/cartpole.json",
-            )
+        rows.add(
+            f"CartPole, {behaviour}: on-policy truth ÷ data-fixed truth "
+            "(median, first three stages)",
+            f"{1 / s['ground_truth']['median_abs_ratio_before_last']:.0f}",
+            "stages/cartpole.json",
         )
-    costs = [_json(f"stages/{p}.json")["cost"] for p in names]
+    costs = [_json(f"stages/{p}.json")["cost"] for p in STAGE_PRESETS]
     for key, label in (
         ("fo_over_replay", "FO"),
         ("so_over_replay", "SO"),
         ("ground_truth_over_replay", "data-fixed truth"),
     ):
-        rows.append(
-            (
-                f"cost of all 4 stages ÷ one replay: {label}",
-                _span((c[key] for c in costs), ".1f"),
-                "stages/*.json",
-            )
+        rows.add(
+            f"cost of all 4 stages ÷ one replay: {label}",
+            _span((c[key] for c in costs), ".1f"),
+            "stages/*.json",
         )
     peak = max(max(c["fo_peak_mib"], c["so_peak_mib"]) for c in costs)
-    rows.append(("largest peak memory growth (MiB)", f"{peak:.2f}", "stages/*.json"))
+    rows.add("largest peak memory growth (MiB)", f"{peak:.2f}", "stages/*.json")
     return rows
 
 
-# --------------------------------------------------------------------------- IIF
-
-
-def _per_seed(preset: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
-    """AUC (mean of the evaluation curve) and final return of each seed of ``arm``."""
-    aucs, finals = [], []
-    for path in sorted((RESULTS / "iif" / preset).glob(f"{arm}-s*.csv")):
-        with open(path) as handle:
-            table = list(csv.DictReader(handle))
-        curve = [float(r["eval_return"]) for r in table if r["eval_return"] != "nan"]
-        aucs.append(float(np.mean(curve)))
-        finals.append(float(table[0]["final_return"]))
-    return np.array(aucs), np.array(finals)
+# ------------------------------------------------------------------ IIF (frozen results)
 
 
 IIF_FILES = {
@@ -383,6 +462,18 @@ IIF_FILES = {
     "minigrid_empty": "minigrid_empty",
     "lunarlander_sgd": "lunarlander_sgd",
 }
+
+
+def _per_seed(preset: str, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    """AUC (mean of the evaluation curve) and final return of each seed of ``arm``."""
+    aucs, finals = [], []
+    for path in sorted((RESULTS / "iif" / preset).glob(f"{arm}-s*.csv")):
+        with open(path) as handle:
+            table = list(csv.DictReader(handle))
+        aucs.append(float(np.mean([float(r["eval_return"]) for r in table
+                                   if r["eval_return"] != "nan"])))  # fmt: skip
+        finals.append(float(table[0]["final_return"]))
+    return np.array(aucs), np.array(finals)
 
 
 def iif() -> list[Row]:
@@ -415,8 +506,8 @@ def iif() -> list[Row]:
                     source,
                 )
             )
-    # A pair the summary table does not list, from the per-seed curves (which must give
-    # the summary's own per-seed AUCs first).
+    # A pair the (frozen, retired script's) summary does not list, from the per-seed
+    # curves, which must give the summary's own per-seed AUCs first.
     summary = _json(f"iif/{IIF_FILES['lunarlander']}.json")["summary"]
     auc_a, final_a = _per_seed("lunarlander", "iif_metagrad")
     auc_b, final_b = _per_seed("lunarlander", "random_recut")
@@ -429,8 +520,7 @@ def iif() -> list[Row]:
             "iif/lunarlander/{iif_metagrad,random_recut}-s*.csv",
         )
     )
-    remainder = _json("iif/recut_remainder-hopper-s0.json")
-    sizes = [r["last_minibatch"] for r in remainder["iterations"]]
+    sizes = [r["last_minibatch"] for r in _json("iif/recut_remainder-hopper-s0.json")["iterations"]]
     rows.append(
         (
             "Hopper re-cut: iterations whose last minibatch holds 1–4 records",
@@ -441,441 +531,121 @@ def iif() -> list[Row]:
     for preset in ("cartpole", "lunarlander"):
         source = f"iif/diagnostics-{preset}-s0.json"
         quarters = _json(source)["summary"]
-        rows.append(
-            (
-                "fraction dropped, by quarter: " + preset,
-                _slash((q["fraction_dropped"] for q in quarters), 3),
-                source,
-            )
+        ratios = (q["dropped_mean_abs_advantage"] / q["kept_mean_abs_advantage"] for q in quarters)
+        errors = ", ".join(
+            f"{q['dropped_advantage_error']:.3g} / {q['kept_advantage_error']:.3g}"
+            for q in quarters
         )
-        rows.append(
-            (
-                f"{preset}: |Â| dropped ÷ |Â| kept, by quarter",
-                _slash(
-                    (
-                        q["dropped_mean_abs_advantage"] / q["kept_mean_abs_advantage"]
-                        for q in quarters
-                    ),
-                    1,
-                ),
-                source,
-            )
-        )
-        rows.append(
-            (
-                f"{preset}: advantage error dropped / kept, by quarter",
-                ", ".join(
-                    f"{q['dropped_advantage_error']:.3g} / {q['kept_advantage_error']:.3g}"
-                    for q in quarters
-                ),
-                source,
-            )
-        )
-        rows.append(
-            (
-                f"{preset}: corr(score, advantage error), by quarter",
-                _slash((q["score_advantage_error_corr"] for q in quarters), 3),
-                source,
-            )
-        )
+        rows += [
+            ("fraction dropped, by quarter: " + preset,
+             _slash((q["fraction_dropped"] for q in quarters), 3), source),
+            (f"{preset}: |Â| dropped ÷ |Â| kept, by quarter", _slash(ratios, 1), source),
+            (f"{preset}: advantage error dropped / kept, by quarter", errors, source),
+            (f"{preset}: corr(score, advantage error), by quarter",
+             _slash((q["score_advantage_error_corr"] for q in quarters), 3), source),
+        ]  # fmt: skip
     return rows
 
 
-# --------------------------------------------------------------------------- run log size
-
-
-def run_log_size() -> list[Row]:
-    source = "bench_runlog_size.json"
-    data = _json(source)
-    rows: list[Row] = [
-        ("goal: bytes per environment step", f"≤ {data['goal_bytes_per_step']}", source)
-    ]
-    rebuilt = mismatched = 0
-    for r in data["results"]:
-        name, per_step = r["preset"], r["bytes_per_step"]
-        rebuilt += r["rebuilt_checkpoints"]
-        mismatched += len(r["rebuilt_mismatches"])
-        rows.append(
-            (
-                f"{name} ({r['timesteps']} steps, {r['iterations']} iterations, "
-                f"checkpoint_every {r['checkpoint_every']}): bytes per step, format 1 → 2",
-                f"{per_step['1']:.0f} → {per_step['2']:.1f} "
-                f"({per_step['1'] / per_step['2']:.1f}× smaller)",
-                source,
-            )
-        )
-        rows.append(
-            (
-                f"{name}: reaching the farthest iteration ({r['replays_to_farthest']} replays) "
-                "from a fresh log, format 2 vs format 1 (s)",
-                f"{r['reach']['v2_rebuilt_s']:.1f} vs {r['reach']['v1_direct_s']:.4f}",
-                source,
-            )
-        )
-        rows.append((f"{name}: seconds per replay", f"{r['seconds_per_replay']:.2f}", source))
-        rows.append(
-            (f"{name}: final states of the two runs equal", str(r["same_final_state"]), source)
-        )
-    rows.append(
-        (
-            "checkpoints rebuilt by replay, equal (torch.equal) to format 1's full ones",
-            f"{rebuilt - mismatched} of {rebuilt}",
-            source,
-        )
-    )
-    return rows
-
-
-# --------------------------------------------------------------------------- live TracIn
-
-LIVE_ARMS = {
-    "live_epoch": "∇f per epoch",
-    "live_epoch_sub": "∇f per epoch on 256 records",
-    "live_step": "∇f every step",
-}
-
-
-def live_tracin() -> list[Row]:
-    source = "bench_live_tracin.json"
-    data = _json(source)
-    goal = data["goal_overhead"]
-    rows: list[Row] = [
-        ("goal: live TracIn overhead ÷ train() (both statistics)", f"≤ {goal}", source)
-    ]
-    for r in data["rows"]:
-        name = r["preset"]
-        for arm, label in LIVE_ARMS.items():
-            if arm not in r["overhead_over_plain_train"]:
-                continue
-            overhead = r["overhead_over_plain_train"][arm]
-            paired = r["paired_overhead_median"][arm]
-            rows.append(
-                (
-                    f"{name} ({r['optimizer']}), live, {label}: overhead of the medians "
-                    "(paired median) ÷ train()",
-                    f"{overhead:+.2f} ({paired:+.2f}); goal "
-                    f"{'met' if max(overhead, paired) <= goal else 'not met'}",
-                    source,
-                )
-            )
-        replay = [
-            r["over_plain_train"][k]
-            for k in ("replay_epoch", "replay_step")
-            if k in r["over_plain_train"]
-        ]
-        rows.append(
-            (
-                f"{name}: replay TracIn ÷ train() (∇f per epoch / every step)",
-                _slash(replay, 1),
-                source,
-            )
-        )
-        rows.append(
-            (
-                f"{name}: training bit-identical with the hook; max rel. diff vs replay",
-                f"{all(r['bit_identical_to_plain'].values())}; "
-                f"{max(r['max_rel_diff_vs_replay'].values()):.1e}",
-                source,
-            )
-        )
-    rows.append(
-        (
-            "1-minute load after each preset",
-            ", ".join(f"{r['preset']} {r['load_average_1min_after']:.1f}" for r in data["rows"]),
-            source,
-        )
-    )
-    return rows
-
-
-# --------------------------------------------------------------------------- metagradient memory
-
-
-def metagrad_memory() -> list[Row]:
-    source = "metagrad_memory/bench.json"
-    data = _json(source)
-    rows: list[Row] = [
-        ("default budget (MiB)", f"{data['default_memory_budget'] / 2**20:.0f}", source)
-    ]
-    above = []
-    for r in data["rows"]:
-        for mode, m in r["modes"].items():
-            segment = "whole" if m["segment_steps"] is None else str(m["segment_steps"])
-            rows.append(
-                (
-                    f"{r['preset']} (T = {r['optimizer_steps']}), {mode}: segment S; saved-tensor "
-                    "peak / RSS growth (MiB); time ÷ train(); max |Δscore| ÷ max |score|",
-                    f"{segment}; {m['saved_peak_mib']:.0f} / {m['rss_growth_mib']:.0f}; "
-                    f"{m['over_train']:.2f}; {m['max_abs_diff_vs_whole_over_max']:.1e}",
-                    source,
-                )
-            )
-            if m["estimated_peak_mib"] is not None:
-                above.append(m["estimated_peak_mib"] / m["saved_peak_mib"] - 1)
-    rows.append(("load average when written", f"{data['machine']['load_average_1min']}", source))
-    rows.append(
-        (
-            "memory-model estimate above the measured saved-tensor peak (budgeted modes)",
-            _span((100 * a for a in above), ".1f") + " %",
-            source,
-        )
-    )
-    return rows
-
-
-# --------------------------------------------------------------------------- board cost
-
-
-def board_cost() -> list[Row]:
-    source = "bench_board.json"
-    data = _json(source)
-    rows: list[Row] = [("command", data["command"], source)]
-    # The goal is stated only in the Markdown the benchmark writes beside its JSON.
-    goal = re.search(r"Goal: ratio ≤ ([0-9.]+)", (RESULTS / "bench_board.md").read_text())
-    rows.append(("goal: on ÷ off", f"≤ {goal.group(1) if goal else '?'}", "bench_board.md"))
-    for r in data["rows"]:
-        name = f"{r['preset']} ({r['iterations']} iterations × {r['repeats']})"
-        rows.append(
-            (
-                f"{name}: on ÷ off, CPU / wall (medians)",
-                f"{r['ratio_cpu_median']:.3f} / {r['ratio_wall_median']:.3f}",
-                source,
-            )
-        )
-        rows.append(
-            (
-                f"{name}: the board's measured share, CPU / wall (median)",
-                f"{100 * r['board_share_cpu_median']:.1f} % / "
-                f"{100 * r['board_share_wall_median']:.1f} %",
-                source,
-            )
-        )
-        rows.append(
-            (
-                f"{name}: fidelity_every={r['fidelity_every']}: CPU / wall ratio; s per check",
-                f"{r['fidelity_ratio_cpu_median']:.2f} / {r['fidelity_ratio_wall_median']:.2f}; "
-                f"{r['fidelity_s_per_check']:.1f}",
-                source,
-            )
-        )
-        rows.append((f"{name}: 1-minute load (median)", f"{r['load_median']:.1f}", source))
-    return rows
-
-
-# --------------------------------------------------------------------------- planted errors
+# ------------------------------------------------------------------ detection and repair
 
 
 def planted_advantage_error() -> list[Row]:
-    source = "planted_advantage_error.json"
-    data = _json(source)
-    summary = data["summary"]
-    seeds = data["per_seed"]
-    rows: list[Row] = [
-        (
-            "seeds × iterations",
-            f"{len(seeds)} × {len(next(iter(seeds.values())))}",
-            source,
-        )
-    ]
-    for kind in (
-        "fault",
-        "payoff",
-        "cause",
-        "payoff_paid",
-        "payoff_unpaid",
-        "cause_invest",
-        "cause_cash_in",
-    ):
+    rows = Rows("planted_advantage_error.json")
+    data = _json(rows.source)
+    summary, seeds = data["summary"], data["per_seed"]
+    rows.add("seeds × iterations", f"{len(seeds)} × {len(next(iter(seeds.values())))}")
+    kinds = ("fault", "payoff", "cause", "payoff_paid", "payoff_unpaid", "cause_invest",
+             "cause_cash_in")  # fmt: skip
+    for kind in kinds:
         bottom, top = summary[f"{kind}_bottom"], summary[f"{kind}_top"]
-        rows.append(
-            (
-                f"{kind}: lift bottom (median; share ≥ 2×; per-seed range) / lift top",
-                f"{bottom['lift_mean']:.2f} ({bottom['lift_median']:.2f}; "
-                f"{bottom['share_lift_2']:.0%}; {_span(bottom['per_seed_lift_mean'])}) / "
-                f"{top['lift_mean']:.2f}",
-                source,
-            )
+        rows.add(
+            f"{kind}: lift bottom (median; share ≥ 2×; per-seed range) / lift top",
+            f"{bottom['lift_mean']:.2f} ({bottom['lift_median']:.2f}; "
+            f"{bottom['share_lift_2']:.0%}; {_span(bottom['per_seed_lift_mean'])}) / "
+            f"{top['lift_mean']:.2f}",
         )
     control = summary["fault_by_advantage_bottom"]
-    rows.append(
-        (
-            "control: flagged records, k lowest Â: lift (median; share ≥ 2×)",
-            f"{control['lift_mean']:.2f} ({control['lift_median']:.2f}; "
-            f"{control['share_lift_2']:.0%})",
-            source,
-        )
+    rows.add(
+        "control: flagged records, k lowest Â: lift (median; share ≥ 2×)",
+        f"{control['lift_mean']:.2f} ({control['lift_median']:.2f}; {control['share_lift_2']:.0%})",
     )
     return rows
-
-
-# --------------------------------------------------------------------------- CartPole regime
-
-
-def fidelity_regime() -> list[Row]:
-    source = "fidelity/regime-cartpole-195.json"
-    data = _json(source)
-    facts = data["facts"]
-    rows: list[Row] = [
-        (
-            f"iteration {facts['iteration']}: sd of raw Â; steps norm-clipped; subsets",
-            f"{facts['advantage_std']:.4f}; {facts['steps_norm_clipped']:.0%}; "
-            f"{data['subsets']} of {data['fraction']:.0%}",
-            source,
-        )
-    ]
-    for r in data["rows"]:
-        rows.append((f"iteration 195, {r['variant']}: LDS (snapshot)", f"{r['lds']:+.3f}", source))
-    trained = next(r for r in data["rows"] if r["variant"] == "as trained")
-    rows.append(
-        (
-            "iteration 195, as trained: removal that keeps the divisor (zero weight): LDS",
-            f"{trained['lds_zero_weight_removal']:+.3f}",
-            source,
-        )
-    )
-    rows.append(
-        (
-            "iteration 195, as trained: median |Δ_S| vs the whole update's effect on f",
-            f"{trained['median_abs_effect']:.2g} vs {trained['update_effect']:.2g}",
-            source,
-        )
-    )
-    scan_source = "fidelity/regime-cartpole-scan.json"
-    scan = _json(scan_source)["rows"]
-    for r in scan:
-        rows.append(
-            (
-                f"iteration {r['iteration']}: sd(raw Â); LDS as trained / without normalisation",
-                f"{r['advantage_sd']:.4f}; {r['as trained']['lds']:+.3f} / "
-                f"{r['no advantage normalisation']['lds']:+.3f}",
-                scan_source,
-            )
-        )
-    rows.append(
-        (
-            "across training: LDS without advantage normalisation",
-            _span(r["no advantage normalisation"]["lds"] for r in scan),
-            scan_source,
-        )
-    )
-    return rows
-
-
-# --------------------------------------------------------------------------- detection
 
 
 def detection() -> list[Row]:
-    source = "detection/detection.json"
-    rows: list[Row] = []
-    for setting, s in _json(source)["summary"].items():
+    rows = Rows("detection/detection.json")
+    for setting, s in _json(rows.source)["summary"].items():
         goal, ap = s["goal"], s["average_precision"]
 
         def iqm(name: str, ap: dict[str, Any] = ap) -> str:
             v = ap[name]
             return f"{v['iqm']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
 
-        rows.append(
-            (
-                f"{setting}: best score {goal['best_score']}, AUPRC IQM [95 % CI]",
-                iqm(goal["best_score"]),
-                source,
-            )
+        rows.add(
+            f"{setting}: best score {goal['best_score']}, AUPRC IQM [95 % CI]",
+            iqm(goal["best_score"]),
         )
-        rows.append(
-            (
-                f"{setting}: best baseline {goal['best_baseline']}",
-                iqm(goal["best_baseline"]),
-                source,
-            )
-        )
-        rows.append((f"{setting}: random ranking", iqm("random"), source))
-        rows.append(
-            (
-                f"{setting}: goal (best score ≥ 2× best baseline): ratio; return scores only",
-                f"{goal['ratio']:.2f}; {goal['ratio_return_scores_only']:.2f} "
-                f"({'met' if goal['met'] else 'not met'})",
-                source,
-            )
+        rows.add(f"{setting}: best baseline {goal['best_baseline']}", iqm(goal["best_baseline"]))
+        rows.add(f"{setting}: random ranking", iqm("random"))
+        rows.add(
+            f"{setting}: goal (best score ≥ 2× best baseline): ratio; return scores only",
+            f"{goal['ratio']:.2f}; {goal['ratio_return_scores_only']:.2f} "
+            f"({'met' if goal['met'] else 'not met'})",
         )
         shares = s["sign_shares"]
-        rows.append(
-            (
-                f"{setting}: share on the suspicious side, planted vs others "
-                "(−snapshot / −TracIn / −metagrad · return)",
-                ", ".join(
-                    f"{shares[n]['planted_suspicious_share']:.2f} vs "
-                    f"{shares[n]['others_suspicious_share']:.2f}"
-                    for n in ("-snapshot·return", "-tracin·return", "-metagrad·return")
-                ),
-                source,
-            )
+        rows.add(
+            f"{setting}: share on the suspicious side, planted vs others "
+            "(−snapshot / −TracIn / −metagrad · return)",
+            ", ".join(
+                f"{shares[n]['planted_suspicious_share']:.2f} vs "
+                f"{shares[n]['others_suspicious_share']:.2f}"
+                for n in ("-snapshot·return", "-tracin·return", "-metagrad·return")
+            ),
         )
     return rows
-
-
-# --------------------------------------------------------------------------- corrupted rewards
 
 
 def corrupted_rewards() -> list[Row]:
-    source = "corrupted_rewards/corrupted_rewards.json"
-    summary = _json(source)["summary"]
-    rows: list[Row] = [("seeds (paired)", ", ".join(map(str, summary["seeds"])), source)]
+    rows = Rows("corrupted_rewards/corrupted_rewards.json")
+    summary = _json(rows.source)["summary"]
+    rows.add("seeds (paired)", ", ".join(map(str, summary["seeds"])))
     auc, final = summary["auc"], summary["final_return"]
     for arm in ("ppo", "iif", "random_like", "oracle", "ppo_clean"):
         paired = auc["paired_minus_ppo"].get(arm)
-        gap = (
-            ""
-            if paired is None
-            else f"; AUC − PPO {paired['mean']:+.1f} ± {paired['sd']:.1f} sd "
+        gap = "" if paired is None else (
+            f"; AUC − PPO {paired['mean']:+.1f} ± {paired['sd']:.1f} sd "
             f"({paired['wins']}/{paired['n']})"
+        )  # fmt: skip
+        rows.add(
+            f"{arm}: mean AUC of the true-return curve; mean final return",
+            f"{auc[arm]['mean']:.0f}; {final[arm]['mean']:.0f}{gap}",
         )
-        rows.append(
-            (
-                f"{arm}: mean AUC of the true-return curve; mean final return",
-                f"{auc[arm]['mean']:.0f}; {final[arm]['mean']:.0f}{gap}",
-                source,
-            )
-        )
-    rows.append(
-        (
-            "iif: final return per seed",
-            ", ".join(f"{v:.0f}" for v in final["iif"]["per_seed"]),
-            source,
-        )
-    )
-    rows.append(
-        (
-            "recovery (IIF − PPO) ÷ (oracle − PPO): AUC; final return (goal ≥ 0.5)",
-            f"{auc['recovery']:.2f}; {final['recovery']:.2f}",
-            source,
-        )
+    rows.add("iif: final return per seed", ", ".join(f"{v:.0f}" for v in final["iif"]["per_seed"]))
+    rows.add(
+        "recovery (IIF − PPO) ÷ (oracle − PPO): AUC; final return (goal ≥ 0.5)",
+        f"{auc['recovery']:.2f}; {final['recovery']:.2f}",
     )
     drops = summary["drops"]
-    rows.append(
-        (
-            "IIF: share of the buffer dropped; of those, flagged (random_like: flagged); "
-            "of the flagged, dropped",
-            f"{drops['iif']['fraction_dropped']:.1%}; {drops['iif']['dropped_flagged']:.1%} "
-            f"({drops['random_like']['dropped_flagged']:.1%}); "
-            f"{drops['iif']['flagged_dropped']:.1%}",
-            source,
-        )
+    rows.add(
+        "IIF: share of the buffer dropped; of those, flagged (random_like: flagged); "
+        "of the flagged, dropped",
+        f"{drops['iif']['fraction_dropped']:.1%}; {drops['iif']['dropped_flagged']:.1%} "
+        f"({drops['random_like']['dropped_flagged']:.1%}); "
+        f"{drops['iif']['flagged_dropped']:.1%}",
     )
     return rows
 
 
-# --------------------------------------------------------------------------- trap and what-if
-
-
 def trap_intervention() -> list[Row]:
-    source = "trap_intervention/trap_intervention.json"
-    data = _json(source)
+    rows = Rows("trap_intervention/trap_intervention.json")
+    data = _json(rows.source)
     arms = data["summary"]["arms"]
     per_run = {(r["arm"], r["seed"]): r for r in data["summary"]["rows"]}
     seeds = data["settings"]["seeds"]
     iterations = max(r["iterations"] for r in data["runs"])
     ppo_mean = arms["ppo"]["final_return_mean"]
-    rows: list[Row] = [("budget; seeds", f"{data['settings']['budget']}; {len(seeds)}", source)]
+    rows.add("budget; seeds", f"{data['settings']['budget']}; {len(seeds)}")
     for arm, a in arms.items():
         at = ", ".join("never" if t is None else str(t) for t in a["suppressed_at"])
         faster = sum(
@@ -884,56 +654,45 @@ def trap_intervention() -> list[Row]:
             <= (per_run[("ppo", s)]["suppressed_at"] or iterations)
             for s in seeds
         )
-        loss = (ppo_mean - a["final_return_mean"]) / abs(ppo_mean)
-        met = faster == len(seeds) and loss <= 0.05
-        rows.append(
-            (
-                f"{arm}: final return mean ± sd; suppressed (at iteration per seed); "
-                "2× faster than PPO; goal",
-                f"{a['final_return_mean']:+.3f} ± {a['final_return_sd']:.3f}; "
-                f"{a['suppressed_runs']}/{len(seeds)} ({at}); "
-                + (
-                    "—" if arm == "ppo" else f"{faster}/{len(seeds)}; {'met' if met else 'not met'}"
-                ),
-                source,
-            )
+        met = faster == len(seeds) and (ppo_mean - a["final_return_mean"]) / abs(ppo_mean) <= 0.05
+        verdict = "—" if arm == "ppo" else f"{faster}/{len(seeds)}; {'met' if met else 'not met'}"
+        rows.add(
+            f"{arm}: final return mean ± sd; suppressed (at iteration per seed); "
+            "2× faster than PPO; goal",
+            f"{a['final_return_mean']:+.3f} ± {a['final_return_sd']:.3f}; "
+            f"{a['suppressed_runs']}/{len(seeds)} ({at}); " + verdict,
         )
     for arm, values in data["final_left_probability_bottom_row"].items():
-        rows.append(
-            (f"{arm}: final π(LEFT) on the way to the goal, per seed", _slash(values, 3), source)
-        )
+        rows.add(f"{arm}: final π(LEFT) on the way to the goal, per seed", _slash(values, 3))
     return rows
 
 
 def _whatif(source: str) -> list[Row]:
+    rows = Rows(source)
     data = _json(source)
     results = [r for items in data["results"].values() for r in items]
-    config = data["config"]
-    rows: list[Row] = [
-        ("runs", ", ".join(data["results"]), source),
-        ("rule; evaluation episodes per policy", f"{config['rule']}; {config['episodes']}", source),
-    ]
+    rows.add("runs", ", ".join(data["results"]))
+    rows.add(
+        "rule; evaluation episodes per policy",
+        f"{data['config']['rule']}; {data['config']['episodes']}",
+    )
+
+    def tally(at: list[dict], digits: int, of: str) -> str:
+        return (
+            f"{np.mean([r['delta'] for r in at]):+.{digits}f} vs "
+            f"{np.nanmean([r['control_delta'] for r in at]):+.{digits}f}; "
+            f"{sum(r['delta'] > r['control_delta'] for r in at)}{of}{len(at)}; "
+            f"{sum(r['delta'] > 2 * r['delta_se'] for r in at)}{of}{len(at)}"
+        )
+
     for k in data["iterations"]:
-        at = [r for r in results if r["iteration"] == k]
-        rows.append(
-            (
-                f"iteration {k}: mean Δ rule vs control; rule > control; rule Δ > 2 SE",
-                f"{np.mean([r['delta'] for r in at]):+.3f} vs "
-                f"{np.nanmean([r['control_delta'] for r in at]):+.3f}; "
-                f"{sum(r['delta'] > r['control_delta'] for r in at)}/{len(at)}; "
-                f"{sum(r['delta'] > 2 * r['delta_se'] for r in at)}/{len(at)}",
-                source,
-            )
+        rows.add(
+            f"iteration {k}: mean Δ rule vs control; rule > control; rule Δ > 2 SE",
+            tally([r for r in results if r["iteration"] == k], 3, "/"),
         )
-    rows.append(
-        (
-            "all (run, iteration) pairs: mean Δ rule vs control; rule > control; rule Δ > 2 SE",
-            f"{np.mean([r['delta'] for r in results]):+.4f} vs "
-            f"{np.nanmean([r['control_delta'] for r in results]):+.4f}; "
-            f"{sum(r['delta'] > r['control_delta'] for r in results)} of {len(results)}; "
-            f"{sum(r['delta'] > 2 * r['delta_se'] for r in results)} of {len(results)}",
-            source,
-        )
+    rows.add(
+        "all (run, iteration) pairs: mean Δ rule vs control; rule > control; rule Δ > 2 SE",
+        tally(results, 4, " of "),
     )
     return rows
 
@@ -942,74 +701,6 @@ def whatif() -> list[Row]:
     return _whatif("whatif_frozenlake/whatif.json") + _whatif(
         "trap_intervention/whatif/whatif.json"
     )
-
-
-# --------------------------------------------------------------------------- p sweep
-
-
-def _cells(line: str) -> list[str]:
-    """The cells of one Markdown table row (an escaped ``\\|`` stays inside its cell)."""
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
-
-
-def _markdown_table(text: str, first_header: str) -> list[dict[str, str]]:
-    """The rows of the Markdown table whose first column is ``first_header``."""
-    lines = [line.strip() for line in text.splitlines()]
-    for i, line in enumerate(lines):
-        if line.startswith("|") and _cells(line)[0] == first_header:
-            header, body = _cells(line), []
-            for row in lines[i + 2 :]:
-                if not row.startswith("|"):
-                    break
-                body.append(dict(zip(header, _cells(row), strict=True)))
-            return body
-    raise ValueError(f"no table with first column {first_header!r}")
-
-
-def p_sweep() -> list[Row]:
-    source = "suite/p_sweep.md"
-    path = RESULTS / source
-    if not path.exists():
-        return [("p sweep", "not written yet", source)]
-    rows: list[Row] = []
-    for r in _markdown_table(path.read_text(), "task"):
-        rows.append(
-            (
-                f"{r['task']}, p = {r['p %']} %: seeds; SE_ave % (paper); AUC; fraction dropped",
-                f"{r['seeds']}; {r['SE_ave %']} ({r['paper SE_ave %']}); {r['AUC']}; "
-                f"{r['fraction dropped']}",
-                source,
-            )
-        )
-    return rows
-
-
-def suite() -> list[Row]:
-    """SE_ave, SE_peak and AUC per arm of each task's suite table (the first table of <task>.md)."""
-    rows: list[Row] = []
-    tasks = ("frozenlake", "acrobot", "minigrid", "lunarlander", "bipedalwalker", "highway")
-    for task in tasks:
-        source = f"suite/{task}.md"
-        for r in _markdown_table((RESULTS / source).read_text(), "arm"):
-            if r["arm"].startswith("**"):  # the paper's row
-                continue
-            rows.append(
-                (
-                    f"{task}, {r['arm']}: seeds; SE_ave %; SE_peak %; AUC",
-                    f"{r['seeds']}; {r['SE_ave %']}; {r['SE_peak %']}; {r['AUC']}",
-                    source,
-                )
-            )
-    return rows
-
-
-def profiles() -> list[Row]:
-    """The performance profile of all four arms over all four tasks (share above τ)."""
-    source = "suite/profiles-ppo-iif-random_like-advantage_like.md"
-    rows: list[Row] = []
-    for r in _markdown_table((RESULTS / source).read_text(), "arm"):
-        rows.append((f"{r['arm']}: runs above τ = 0.5", r["runs above τ = 0.5"], source))
-    return rows
 
 
 SECTIONS = {
