@@ -55,7 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rlattr.envs  # noqa: F401  (registers rlattr/CartPoleCorruptRegion-v0)
 
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import IIF, AttributedPPO, IterationContext, ReturnTarget, StoredScores
+from rlattr import (
+    IIF,
+    AttributedPPO,
+    IterationContext,
+    IterationResult,
+    ReturnTarget,
+    StoredScores,
+)
 from rlattr.analysis.detection import baseline_suspicions, detect, per_record_losses
 from rlattr.analysis.efficiency import iqm
 from rlattr.scoring.influence import snapshot_scores
@@ -129,19 +136,19 @@ class TrueReturnCurve(BaseCallback):
             }
         )
 
-    def _record_drop(self) -> None:
-        model = self.model
-        truth = model.last_ground_truth or {}
+    def on_iteration(self, result: IterationResult) -> None:
+        """After each update (AttributedPPO delivers its result): the drops it made."""
+        truth = result.ground_truth or {}
         fault = truth.get("rlattr_fault")
-        if model.last_records is None or fault is None:
+        if fault is None:
             return
         fault = fault.cpu().bool()
-        mask = model.last_keep_mask
+        mask = result.keep_mask
         dropped = torch.zeros_like(fault) if mask is None else ~mask.cpu()
         n_dropped = int(dropped.sum())
         self.drops.append(
             {
-                "iteration": self._iteration - 1,
+                "iteration": result.iteration,
                 "fraction_flagged": float(fault.double().mean()),
                 "fraction_dropped": n_dropped / len(fault),
                 # Of the dropped records, the share flagged; of the flagged, the share dropped.
@@ -151,14 +158,11 @@ class TrueReturnCurve(BaseCallback):
         )
 
     def _on_rollout_start(self) -> None:
-        if self._iteration > 0:
-            self._record_drop()
         if self._iteration % self.every == 0:
             self._evaluate()
         self._iteration += 1
 
     def _on_training_end(self) -> None:
-        self._record_drop()
         self._evaluate()
 
 

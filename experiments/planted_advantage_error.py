@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rlattr.envs  # noqa: F401  (registers rlattr/DelayedCredit-v0)
 
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr import AttributedPPO, ScoreHook
+from rlattr import AttributedPPO, IterationResults, ScoreHook
 
 ENV = "rlattr.envs:rlattr/DelayedCredit-v0"
 #: The flag kinds whose enrichment is measured, in table order.
@@ -91,11 +91,13 @@ def run(seed: int, iterations: int) -> list[dict[str, object]]:
         gae_lambda=0.0, record_hooks=[hook],
     )  # fmt: skip
     rows = []
+    results = IterationResults(keep=1)
     for k in range(iterations):
-        model.learn(256, reset_num_timesteps=k == 0)
-        scores = hook.last_scores.detach().cpu().double()
-        advantages = model.last_records.advantages.detach().cpu().double()
-        kinds = flag_kinds(model.last_ground_truth, model.last_records)
+        model.learn(256, reset_num_timesteps=k == 0, callback=results)
+        result = results.last
+        scores = result.scores["snapshot-return"].scores.detach().cpu().double()
+        advantages = result.records.advantages.detach().cpu().double()
+        kinds = flag_kinds(result.ground_truth, result.records)
         row: dict[str, object] = {"iteration": k}
         for name, mask in kinds.items():
             row[name] = enrichment(scores, mask)

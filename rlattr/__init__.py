@@ -1,7 +1,17 @@
-"""rlattr: data attribution and influence-based filtering for online RL (PPO, SB3)."""
+"""rlattr: data attribution and influence-based filtering for online RL (PPO, SB3).
+
+The names a user needs: train (``AttributedPPO`` with ``IIF``, ``Intervention``,
+``ScoreHook``; ``RecordRun`` for a plain SB3 PPO; what each iteration did as
+``IterationResult``), read a run (``RunLog``, ``replay_iteration``), score and check it
+(``attribute``, ``fidelity``, ``whatif``, ``stage_effects``) and the errors. The building
+blocks stay in their sub-packages, each listing them in ``__all__``: ``rlattr.record``
+(``replay``, ``build_policy``, ``load_iteration``, ``Records``), ``rlattr.scoring``
+(``snapshot_scores``, ``tracin_scores``, ``metagradient_scores``, ``TargetContext``),
+``rlattr.analysis`` (``stage_record_scores``) and ``rlattr.training``.
+"""
 
 from rlattr.analysis.fidelity import fidelity
-from rlattr.analysis.stages import stage_effects, stage_record_scores
+from rlattr.analysis.stages import stage_effects
 from rlattr.analysis.tables import scores_table
 from rlattr.analysis.whatif import WhatIfConfig, whatif
 from rlattr.errors import (
@@ -12,14 +22,11 @@ from rlattr.errors import (
     RunLogError,
     UnsupportedError,
 )
-from rlattr.record.records import Records
-from rlattr.record.replay import build_policy, load_iteration, replay, replay_iteration
+from rlattr.record.replay import replay_iteration
 from rlattr.record.runlog import Retention, RunLog
 from rlattr.scoring.attribute import attribute
-from rlattr.scoring.influence import snapshot_scores, tracin_scores
 from rlattr.scoring.live_tracin import LiveTracIn
-from rlattr.scoring.metagrad import metagradient_scores
-from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target, TargetContext
+from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target
 from rlattr.training.callback import RecordRun
 from rlattr.training.filters import IIF
 from rlattr.training.hooks import ScoreHook
@@ -27,7 +34,14 @@ from rlattr.training.intervention import Intervention
 from rlattr.training.oracle import GroundTruthFilter
 from rlattr.training.ppo import AttributedPPO
 from rlattr.training.presets import Preset
-from rlattr.training.seams import FilterDecision, IterationContext, KeepMaskFilter, StoredScores
+from rlattr.training.seams import (
+    FilterDecision,
+    IterationContext,
+    IterationResult,
+    IterationResults,
+    KeepMaskFilter,
+    StoredScores,
+)
 from rlattr.versions import __version__ as __version__
 
 __all__ = [
@@ -41,12 +55,13 @@ __all__ = [
     "GroundTruthFilter",
     "Intervention",
     "IterationContext",
+    "IterationResult",
+    "IterationResults",
     "KeepMaskFilter",
     "LiveTracIn",
     "Preset",
     "PresetError",
     "RecordRun",
-    "Records",
     "Retention",
     "ReturnTarget",
     "RlattrError",
@@ -55,20 +70,12 @@ __all__ = [
     "ScoreHook",
     "StoredScores",
     "Target",
-    "TargetContext",
     "UnsupportedError",
     "WhatIfConfig",
     "attribute",
-    "build_policy",
     "fidelity",
-    "load_iteration",
-    "metagradient_scores",
-    "replay",
     "replay_iteration",
     "scores_table",
-    "snapshot_scores",
     "stage_effects",
-    "stage_record_scores",
-    "tracin_scores",
     "whatif",
 ]

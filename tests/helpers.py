@@ -13,8 +13,10 @@ from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from rlattr import AttributedPPO, Records
+from rlattr import AttributedPPO
 from rlattr.extractors import SmallImageCNN
+from rlattr.record import Records
+from rlattr.training import IterationResults
 
 
 @contextlib.contextmanager
@@ -110,7 +112,7 @@ def trained_model(name: str, n_steps: int = 16, seed: int = 0) -> tuple[Attribut
         start_state.update({k: v.clone() for k, v in model.policy.state_dict().items()})
 
     model.record_hooks.append(remember_theta_k)
-    model.learn(n_steps * n_envs)
+    results = IterationResults()
+    model.learn(n_steps * n_envs, callback=results)
     model.policy.load_state_dict(start_state)
-    assert model.last_records is not None
-    return model, model.last_records
+    return model, results.last.records

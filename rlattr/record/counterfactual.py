@@ -190,7 +190,7 @@ def check_scores(
 
     Args:
         data: the logged iteration.
-        policy: a policy built by ``rlattr.build_policy`` (overwritten).
+        policy: a policy built by ``rlattr.record.build_policy`` (overwritten).
         scores: ``[N]`` scores of the records (positive = helpful).
         target, context: the behaviour the scores explain.
         n_subsets, fraction: how many random subsets, and what fraction of the kept

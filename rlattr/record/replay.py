@@ -10,7 +10,7 @@ the plan, which otherwise stays as logged (same order, same learning rates).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
@@ -19,11 +19,9 @@ from rlattr.errors import RunLogError, UnsupportedError
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records
+from rlattr.record.runlog import RunLog
 from rlattr.record.serialize import decode, import_class, space_from_json
 from rlattr.record.update import StepCallback, UpdateStats, run_update
-
-if TYPE_CHECKING:  # RunLog rebuilds sparse checkpoints with replay, so it imports this module
-    from rlattr.record.runlog import RunLog
 
 
 def build_policy(log: RunLog, device: torch.device | str = "cpu") -> ActorCriticPolicy:

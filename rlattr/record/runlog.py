@@ -28,7 +28,8 @@ tenth of the bytes, and loads them back bit for bit:
 - sparse checkpoints: only every ``Retention.checkpoint_every``-th start-of-iteration state
   keeps its tensors (and always the newest, for resume). The others keep their JSON (so
   they are listed, with counters and optimiser hyperparameters) and are rebuilt on demand
-  by ``load_checkpoint``: exact replay of the logged updates from the previous full one.
+  by ``load_checkpoint``: exact replay of the logged updates from the previous full one
+  (``rlattr.record.rebuild``, above both this module and replay).
   A rebuilt checkpoint holds the policy and optimiser state, not the RNG states a full one
   holds (only resume reads those, and it resumes from the newest, full, checkpoint).
 """
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -47,7 +48,6 @@ from typing import Any
 import torch
 
 from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError
-from rlattr.record.checkpoint import capture_checkpoint
 from rlattr.record.io import (
     atomic_write_json,
     atomic_write_tensors,
@@ -57,7 +57,6 @@ from rlattr.record.io import (
 )
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records, recompute_gae
-from rlattr.record.replay import IterationData, build_policy, replay
 
 FORMAT_NAME = "rlattr-runlog"
 FORMAT_VERSION = 2
@@ -237,6 +236,28 @@ def _name(index: int) -> str:
 
 # Key of a checkpoint JSON whose tensors were left out (format 2): rebuilt by replay.
 _SPARSE = "tensors"
+
+# (log, iteration, device) -> (tensors, meta) of a sparse checkpoint. Rebuilding replays the
+# logged updates, which is replay's work, and replay reads this run log: so the rebuild lives
+# above both (rlattr.record.rebuild), which installs it here when rlattr.record is imported.
+CheckpointRebuilder = Callable[
+    ["RunLog", int, "torch.device | str"], tuple[dict[str, torch.Tensor], dict[str, Any]]
+]
+_rebuilder: CheckpointRebuilder | None = None
+
+
+def install_checkpoint_rebuilder(rebuilder: CheckpointRebuilder) -> None:
+    """Install what ``RunLog.load_checkpoint`` rebuilds sparse checkpoints with
+    (``rlattr.record.rebuild.rebuild_checkpoint``, installed on import)."""
+    global _rebuilder
+    _rebuilder = rebuilder
+
+
+def is_sparse_checkpoint(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint's JSON marks it sparse (its tensors are rebuilt by replay)."""
+    return _SPARSE in meta
+
+
 _SPARSE_VALUE = "rebuilt by replaying the previous iteration"
 
 
@@ -269,11 +290,6 @@ class RunLog:
         _check_run_meta(run_json, self.meta)
         # Format 1 kept every checkpoint full and did not store the spacing.
         stored_retention = {"checkpoint_every": 1, **self.meta.get("retention", {})}
-        # The newest state a rebuild reached, (iteration, device, tensors, meta): loading
-        # iterations in order then costs one replay each, not one per iteration since the
-        # last full checkpoint.
-        self._rebuilt: tuple[int, str, dict[str, torch.Tensor], dict[str, Any]] | None = None
-        self._workspaces: dict[str, Any] = {}
         try:
             self.retention = Retention(**stored_retention)
         except (TypeError, ValueError) as err:
@@ -595,7 +611,12 @@ class RunLog:
         """
         meta = self.checkpoint_meta(iteration)
         if _SPARSE in meta:
-            tensors, meta = self._rebuild_checkpoint(iteration, device)
+            if _rebuilder is None:  # only if rlattr.record's __init__ did not run
+                raise RunLogError(
+                    f"{self.path}: checkpoint {iteration} is sparse and nothing is installed "
+                    "to rebuild it: import rlattr.record.rebuild"
+                )
+            tensors, meta = _rebuilder(self, iteration, device)
             if self.cache_checkpoints if cache is None else cache:
                 self._store_rebuilt(iteration, tensors, meta)
             return tensors, meta
@@ -603,59 +624,6 @@ class RunLog:
         if not tensor_path.exists():
             raise CorruptRunLogError(f"{tensor_path} is missing")
         return read_tensors(tensor_path, meta["sha256"], device), meta
-
-    def _rebuild_checkpoint(
-        self, iteration: int, device: torch.device | str
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Replay from the nearest full (or already rebuilt) state up to ``iteration``."""
-        # Replay is bit-exact on the device that trained (float kernels differ between
-        # devices): rebuild there, then hand the result over on the device asked for.
-        trained_on = self.meta.get("algorithm", {}).get("device")
-        if trained_on is not None and torch.device(trained_on).type != torch.device(device).type:
-            if torch.device(trained_on).type == "cuda" and not torch.cuda.is_available():
-                raise RunLogError(
-                    f"{self.path}: checkpoint {iteration} is sparse and is rebuilt by replay "
-                    f"on the device the run trained on ({trained_on}), which this machine "
-                    "lacks; load it where that device exists, or record with "
-                    "Retention(checkpoint_every=1) to keep every checkpoint full"
-                )
-            tensors, meta = self._rebuild_checkpoint(iteration, trained_on)
-            return {name: value.to(device) for name, value in tensors.items()}, meta
-        where = str(torch.device(device))
-        start = iteration
-        while _SPARSE in self.checkpoint_meta(start):
-            if self._rebuilt is not None and self._rebuilt[:2] == (start, where):
-                break
-            if start == 0:
-                raise CorruptRunLogError(
-                    f"{self.path}: checkpoint {iteration} is sparse but no full checkpoint "
-                    "precedes it: the run directory is damaged"
-                )
-            start -= 1
-        if self._rebuilt is not None and self._rebuilt[:2] == (start, where):
-            tensors, meta = self._rebuilt[2], self._rebuilt[3]
-        else:
-            tensors, meta = self.load_checkpoint(start, device, cache=False)
-        if where not in self._workspaces:
-            self._workspaces[where] = build_policy(self, device)
-        policy = self._workspaces[where]
-        for k in range(start, iteration):
-            if not (self.iteration_dir(k) / "iteration.json").exists():
-                raise CorruptRunLogError(
-                    f"{self.path}: checkpoint {iteration} is rebuilt by replaying iteration "
-                    f"{k}, which is not recorded: the run directory is damaged"
-                )
-            data = IterationData(
-                k, self.load_records(k, device), self.load_plan(k, device), tensors, meta
-            )
-            replay(data, policy)
-            tensors, _ = capture_checkpoint(policy)
-            # The JSON holds what training captured besides tensors (counters, the
-            # optimiser's hyperparameters as the next iteration starts with them).
-            meta = {**self.checkpoint_meta(k + 1), "rebuilt": True}
-            self._rebuilt = (k + 1, where, tensors, meta)
-        # Callers own what they get (the cache keeps its own copy).
-        return {name: value.clone() for name, value in tensors.items()}, dict(meta)
 
     def _store_rebuilt(
         self, iteration: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]

@@ -37,7 +37,7 @@ from rlattr.scoring.diagnosis import (
 )
 from rlattr.scoring.targets import ReturnTarget
 from rlattr.training.score_plot import ScoreAdvantagePlot
-from rlattr.training.seams import PRIMARY_PREFIX, IterationContext
+from rlattr.training.seams import PRIMARY_PREFIX, IterationContext, IterationResult
 
 #: Every scalar tag rlattr writes, with its meaning ({q} stands for p01, p10, p50, p90, p99).
 TAGS: dict[str, str] = {
@@ -211,29 +211,26 @@ class Board:
 
     def write_iteration(
         self,
-        step: int,
-        iteration: int,
-        records: Records,
+        result: IterationResult,
         scores: Mapping[str, torch.Tensor],
-        keep_mask: torch.Tensor | None,
-        filtering: bool,
         timing: IterationTiming,
         run_log_bytes: int,
-        extra: Mapping[str, float] | None = None,
-        update: IterationData | None = None,
         context: IterationContext | None = None,
     ) -> None:
-        """One iteration at ``step`` (the ``num_timesteps`` of its rollout).
+        """One iteration, at the ``num_timesteps`` of its rollout (``result.num_timesteps``).
 
         Args:
+            result: what the iteration did: its records, the keep mask the update trained
+                on (None: every record), whether a filter is installed (so "dropped
+                nothing" is worth a point), the scalars the filter reported (written as
+                given) and the update itself (replayed by the ``fidelity_every`` check).
             scores: score sets by TensorBoard prefix; the set under ``scores`` (the return
                 target) also gets the advantage diagnosis, images and tables.
-            keep_mask: what the update trained on (None: every record).
-            filtering: a filter is installed (so "dropped nothing" is worth a point).
-            extra: scalars a filter reported, written as given.
-            update, context: the update just made and its iteration's context, for the
-                ``fidelity_every`` check (without them no check runs).
+            context: the iteration's context, for the ``fidelity_every`` check (without
+                it no check runs).
         """
+        step, iteration, records = result.num_timesteps, result.iteration, result.records
+        keep_mask = result.keep_mask
         scalars: dict[str, float] = {
             "time/rollout_s": timing.rollout_s,
             "time/scoring_s": timing.scoring_s,
@@ -241,8 +238,8 @@ class Board:
             "time/logging_s": timing.logging_s,
             "time/run_log_mib": run_log_bytes / 2**20,
         }
-        if filtering:
-            dropped = 0.0 if keep_mask is None else float((~keep_mask.cpu()).double().mean())
+        dropped = result.fraction_dropped
+        if dropped is not None:
             scalars["filter/fraction_dropped"] = dropped
         details = bool(self.config.details_every) and iteration % self.config.details_every == 0
         primary = scores.get(PRIMARY)  # the fidelity check needs it even without diagnostics
@@ -261,9 +258,9 @@ class Board:
                 # Scale-free, and only every few iterations: TensorBoard keeps at most 50
                 # histograms per tag by default, so a histogram per iteration gets thinned.
                 self.writer.add_histogram(f"{prefix}/normalized", finite / finite.std(), step)
-        scalars.update(extra or {})
-        if self._fidelity_due(iteration, primary) and update is not None and context is not None:
-            scalars.update(self._fidelity(update, context, primary, iteration))
+        scalars.update(result.scalars)
+        if self._fidelity_due(iteration, primary) and context is not None:
+            scalars.update(self._fidelity(result.iteration_data(), context, primary, iteration))
         self._write_scalars(scalars, step)
         if details and reference is not None:
             self._write_details(step, records, scores[PRIMARY], reference, keep_mask)
@@ -330,7 +327,7 @@ class Board:
         out = {f"{prefix}/{k}": v for k, v in score_quantiles(scores).items()}
         out[f"{prefix}/nonfinite"] = float((~finite).sum())
         negative = int((scores[finite] < 0).sum())
-        out[f"{prefix}/fraction_negative"] = negative / max(int(finite.sum()), 1)
+        out[f"{prefix}/fraction_negative"] = negative / (int(finite.sum()) + 1)
         advantages = records.advantages.cpu()
         correlation = spearman(scores[finite], advantages[finite])
         if np.isfinite(correlation):

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from rlattr.training.seams import IterationResult
+
 
 @dataclass(frozen=True)
 class EvalPoint:
@@ -44,7 +46,8 @@ class EvalPoint:
         train_cpu_seconds: the same span in CPU time of this process (all its threads);
             on a shared machine a steadier clock than the wall, which other jobs slow.
         fraction_dropped: the IIF filter's dropped share in the update just before
-            (from ``AttributedPPO.last_keep_mask``), None without a filter.
+            (``IterationResult.fraction_dropped``, delivered to ``on_iteration``), None
+            without a filter.
     """
 
     round: int
@@ -172,6 +175,10 @@ class EvalEveryRound(BaseCallback):
         # Training clocks carried over from before a resume (see ``resume``).
         self._clock_offset = (0.0, 0.0)
         self._rollouts = 0
+        # The dropped share of the newest update, from its IterationResult; None until an
+        # update of this process has been seen.
+        self._dropped: float | None = None
+        self._seen_update = False
 
     def resume(self, curve: list[EvalPoint], rounds: int, clock: tuple[float, float]) -> None:
         """Continue a curve after the model resumed with ``rounds`` updates done.
@@ -200,6 +207,11 @@ class EvalEveryRound(BaseCallback):
     def _on_step(self) -> bool:
         return True
 
+    def on_iteration(self, result: IterationResult) -> None:
+        """Note the update's dropped share, for the evaluation of the policy it made."""
+        self._dropped = result.fraction_dropped
+        self._seen_update = True
+
     def _on_rollout_start(self) -> None:
         if self.on_round is not None and self._rollouts > 0:  # an update has just ended
             self.on_round(self._rounds, *self.training_clock())
@@ -219,7 +231,7 @@ class EvalEveryRound(BaseCallback):
         train_cpu_seconds = (
             start_cpu - self._started_cpu - self._eval_cpu_seconds + self._clock_offset[1]
         )
-        dropped = _fraction_dropped(self.model)
+        dropped = self._dropped if self._seen_update else _no_update_yet(self.model)
         returns = evaluate_policy_batched(
             self.model.policy, self.make_env, self.episodes, self.seed, self.n_envs
         )
@@ -262,12 +274,12 @@ class EvalEveryRound(BaseCallback):
         return list(self.curve)
 
 
-def _fraction_dropped(model: Any) -> float | None:
-    """The share of the last update's buffer a filter dropped; None without a filter (or
-    for a model that is not an AttributedPPO)."""
+def _no_update_yet(model: Any) -> float | None:
+    """The dropped share reported before this process has seen an update (a resumed run's
+    first point): 0.0 for a filtered AttributedPPO, as before results were delivered, and
+    None without a filter (or for a model that is not an AttributedPPO)."""
     from rlattr.training.ppo import AttributedPPO  # late: ppo does not need evaluation
 
     if not isinstance(model, AttributedPPO) or model.keep_mask_fn is None:
         return None
-    mask = model.last_keep_mask
-    return 0.0 if mask is None else float((~mask).double().mean())
+    return 0.0

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 
@@ -40,12 +41,14 @@ from rlattr.training.rundir import (
 from rlattr.training.seams import (
     FilterDecision,
     IterationContext,
+    IterationResult,
     KeepMaskFilter,
     RecordHook,
     ScorePrefixes,
     StoredScores,
     as_keep_mask_filter,
     call_record_hook,
+    deliver_result,
     filter_seed,
 )
 
@@ -87,14 +90,15 @@ class AttributedPPO(PPO):
             TensorBoard (``run_dir/tb`` by default, or ``tensorboard_log``).
         **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts.
 
+    What each iteration did (buffer, executed plan, keep mask, loss weights, scores,
+    filter scalars, ground truth) is returned by its update as an
+    ``rlattr.training.seams.IterationResult`` and handed to every callback passed to
+    ``learn`` that has ``on_iteration(result)`` (``rlattr.training.IterationResults``
+    collects them); the model keeps no copy for other parts to read, only the newest
+    one for ``attribute`` and ``iteration_data``.
+
     Attributes:
         iteration: the next iteration to train (iterations count from 0).
-        last_records, last_plan, last_keep_mask: the last trained iteration's buffer,
-            executed plan and keep mask (None when unfiltered); with its start state they
-            are what ``attribute`` scores in memory. Loss weights a filter set are in
-            ``last_plan.record_weights``.
-        last_ground_truth: the last rollout's per-record ``info["rlattr_*"]`` values
-            (``IterationContext.ground_truth``), or None.
     """
 
     def __init__(
@@ -159,13 +163,13 @@ class AttributedPPO(PPO):
         self._writer = BackgroundWriter()
         self._filter_generator: torch.Generator | None = None
         self.iteration = 0
-        self.last_records: Records | None = None
-        self.last_plan: UpdatePlan | None = None
-        self.last_keep_mask: torch.Tensor | None = None
-        self.last_ground_truth: dict[str, torch.Tensor] | None = None
+        # The newest iteration's result, for in-memory attribution of that iteration only
+        # (``iteration_data``); callbacks receive every result through ``on_iteration``.
+        self._last_result: IterationResult | None = None
+        # The callbacks of the learn() in progress, to which results are delivered.
+        self._callback: BaseCallback | None = None
         # Reads the rollout's info["rlattr_*"] (per-record ground truth); changes nothing.
         self._ground_truth = GroundTruthRecorder()
-        self._last_start: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
         self._resume = resume
         self._phase_start = time.perf_counter()
         if init_setup_model:
@@ -272,7 +276,10 @@ class AttributedPPO(PPO):
             callbacks = [*callback, self._ground_truth]
         else:
             callbacks = [callback, self._ground_truth]
-        return super()._init_callback(callbacks, progress_bar)
+        # Kept for the learn() in progress: SB3 calls train() without its callbacks, and
+        # each iteration's result goes to those with on_iteration (deliver_result).
+        self._callback = super()._init_callback(callbacks, progress_bar)
+        return self._callback
 
     def _open_board(self) -> None:
         # SB3 (re)configures its logger in _setup_learn; the board writes through the
@@ -299,6 +306,7 @@ class AttributedPPO(PPO):
         try:
             return super().learn(*args, **kwargs)
         finally:
+            self._callback = None  # a later train() outside learn() delivers to no one
             self.flush_run_log()
 
     def flush_run_log(self) -> None:
@@ -330,12 +338,9 @@ class AttributedPPO(PPO):
             "record_hooks",
             "keep_mask_fn",
             "_filter_generator",
-            "last_records",
-            "last_plan",
-            "last_keep_mask",
-            "last_ground_truth",
+            "_last_result",
+            "_callback",
             "_ground_truth",
-            "_last_start",
             "_board",
             "_score_prefixes",
         ]
@@ -356,7 +361,15 @@ class AttributedPPO(PPO):
         return ppo_loss_config(self)
 
     def train(self) -> None:
-        """One PPO update on the current rollout buffer, through an explicit update plan."""
+        """One PPO update on the current rollout buffer, through an explicit update plan;
+        its ``IterationResult`` goes to the callbacks of ``learn`` (``on_iteration``)."""
+        result = self.train_iteration()
+        self._last_result = result
+        deliver_result(self._callback, result)
+
+    def train_iteration(self) -> IterationResult:
+        """One PPO update on the current rollout buffer (what ``train`` runs); returns what
+        the iteration did."""
         train_start = time.perf_counter()
         rollout_s = train_start - self._phase_start
         self.policy.set_training_mode(True)
@@ -438,14 +451,23 @@ class AttributedPPO(PPO):
             minibatching=minibatching,
         )
         stored.update(observers.finish(plan))
-        self.last_records = records
-        self.last_plan = plan
-        self.last_keep_mask = keep_mask
-        self.last_ground_truth = ground_truth
-        self._last_start = start
+        result = IterationResult(
+            iteration=self.iteration,
+            num_timesteps=self.num_timesteps,
+            records=records,
+            plan=plan,
+            start=start,
+            keep_mask=keep_mask,
+            filtering=self.keep_mask_fn is not None,
+            scores=dict(stored),
+            scalars=filter_scalars,
+            ground_truth=ground_truth,
+            n_epochs_run=stats.n_epochs_run,
+            losses=stats.means(),
+        )
         updated = time.perf_counter()
 
-        loss_means = stats.means()
+        loss_means = dict(result.losses)
         self._log_sb3_metrics(loss_means, records, loss_config)
         self._write_iteration(records, plan, stats.n_epochs_run, loss_means, stored, ground_truth)
         done = time.perf_counter()
@@ -457,21 +479,15 @@ class AttributedPPO(PPO):
         )
         if self._board is not None:
             self._board.write_iteration(
-                step=self.num_timesteps,  # the x of this rollout's rollout/ep_rew_mean
-                iteration=self.iteration,
-                records=records,
+                result,
                 scores=self._score_prefixes.assign(stored),
-                keep_mask=keep_mask,
-                filtering=self.keep_mask_fn is not None,
                 timing=timing,
                 run_log_bytes=self._writer.bytes_written,
-                extra=filter_scalars,
-                # For BoardConfig.fidelity_every: the update just made, replayable.
-                update=IterationData(self.iteration, records, plan, *start),
-                context=context,
+                context=context,  # for BoardConfig.fidelity_every
             )
         self.iteration += 1
         self._phase_start = time.perf_counter()
+        return result
 
     def _filter(
         self,
@@ -632,30 +648,24 @@ class AttributedPPO(PPO):
         """The last trained iteration (records, executed plan, start state), from memory.
 
         Only the iteration just trained (``self.iteration - 1``) is kept; older ones are
-        read from the run directory (``rlattr.load_iteration``).
+        read from the run directory (``rlattr.record.load_iteration``).
         """
         last = self.iteration - 1
-        if self.last_plan is None or self.last_records is None or self._last_start is None:
+        if self._last_result is None:
             raise RunLogError("no iteration trained in this process yet: call learn() first")
         if iteration != last:
             raise RunLogError(
                 f"iteration {iteration} is not in memory: only the last trained iteration "
                 f"({last}) is; read older ones from the run directory"
             )
-        device = torch.device(device) if device is not None else self.device
-        tensors, meta = self._last_start
-        return IterationData(
-            iteration,
-            self.last_records.to(device),
-            self.last_plan.to(device),
-            {name: value.to(device) for name, value in tensors.items()},
-            meta,
+        return self._last_result.iteration_data(
+            torch.device(device) if device is not None else self.device
         )
 
     def workspace_policy(self, device: torch.device | str | None = None) -> ActorCriticPolicy:
         """A policy (and optimiser) of this model's architecture that scorers may overwrite;
         its weights mean nothing until a checkpoint is restored into it (as
-        ``rlattr.build_policy`` from a run log). The torch RNG is left untouched."""
+        ``rlattr.record.build_policy`` from a run log). The torch RNG is left untouched."""
         return workspace_policy(self, device)
 
     def attribute(

@@ -8,6 +8,11 @@ part to read.
   attributes (``needs_plan``, ``minibatching``, ``uses_generator``, ``seed``) and returns a
   ``FilterDecision`` (keep mask, scores to store, TensorBoard scalars).
 
+- After the update, what the iteration did comes back as an ``IterationResult`` (records,
+  executed plan, keep mask, loss weights, scores, filter scalars, ground truth), delivered
+  to every callback passed to ``learn`` that has an ``on_iteration(result)`` method
+  (``IterationResults`` collects them; ``EvalEveryRound`` reads its dropped share there).
+
 Old-style callables ``fn(model, records)`` are still accepted for both seams (see
 ``call_record_hook`` and ``as_keep_mask_filter``).
 """
@@ -16,17 +21,19 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 
 from rlattr.record.loss import PPOLossConfig
 from rlattr.record.plan import MINIBATCHING, Minibatching, UpdatePlan
 from rlattr.record.records import Records
+from rlattr.record.replay import IterationData
 from rlattr.scoring.targets import ReturnTarget, Target, TargetContext
 
 
@@ -296,3 +303,133 @@ def filter_seed(seed: int | None, model_seed: int | None) -> int:
         return int(seed)
     entropy = None if model_seed is None else [int(model_seed), 0x11F]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    """What one AttributedPPO iteration did, returned by its update and handed to callbacks.
+
+    Attributes:
+        iteration: k (0-based).
+        num_timesteps: the model's ``num_timesteps`` after the rollout of iteration k.
+        records: the buffer θ_k collected.
+        plan: the executed update plan (minibatches, early stop, norms); its
+            ``record_weights`` are the fractional loss weights a filter set, if any.
+        start: θ_k and the optimiser state before the update, as ``(tensors, meta)`` of
+            ``rlattr.record.checkpoint.capture_checkpoint`` (what replay starts from).
+        keep_mask: ``[N]`` bool, the records the update trained on; None: every record.
+        filtering: a keep-mask filter was installed (so "dropped nothing" is a value).
+        scores: every score set stored with the iteration, by name (record hooks, the
+            filter, update observers such as live TracIn), as handed back.
+        scalars: the TensorBoard scalars the filter reported (``"iif/..."``, ...).
+        ground_truth: per-record ``info["rlattr_*"]`` values of the rollout
+            (``IterationContext.ground_truth``), or None.
+        n_epochs_run: epochs the update ran (fewer than ``n_epochs`` after a target-KL stop).
+        losses: the update's mean losses, by SB3's ``train/...`` key.
+    """
+
+    iteration: int
+    num_timesteps: int
+    records: Records
+    plan: UpdatePlan
+    start: tuple[dict[str, torch.Tensor], dict[str, Any]]
+    keep_mask: torch.Tensor | None
+    filtering: bool
+    scores: Mapping[str, StoredScores] = field(default_factory=dict)
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    ground_truth: Mapping[str, torch.Tensor] | None = None
+    n_epochs_run: int = 0
+    losses: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        """The fractional per-record loss weights the update trained with, or None."""
+        return self.plan.record_weights
+
+    @property
+    def fraction_dropped(self) -> float | None:
+        """The share of the buffer the filter left out of the update; None without a filter
+        (0.0 when a filter kept every record)."""
+        if not self.filtering:
+            return None
+        if self.keep_mask is None:
+            return 0.0
+        return float((~self.keep_mask).double().mean())
+
+    def iteration_data(self, device: torch.device | str | None = None) -> IterationData:
+        """The iteration as replay and the scorers take it (records, plan, start state),
+        moved to ``device`` (default: where it is)."""
+        if device is None:
+            tensors, meta = self.start
+            return IterationData(self.iteration, self.records, self.plan, dict(tensors), meta)
+        tensors = {name: value.to(device) for name, value in self.start[0].items()}
+        return IterationData(
+            self.iteration, self.records.to(device), self.plan.to(device), tensors, self.start[1]
+        )
+
+
+@runtime_checkable
+class IterationListener(Protocol):
+    """A callback that wants each iteration's result: AttributedPPO calls
+    ``on_iteration(result)`` after every update, on every callback given to ``learn``
+    (inside ``CallbackList`` and event callbacks too) that has this method."""
+
+    def on_iteration(self, result: IterationResult) -> None: ...
+
+
+def deliver_result(callback: Any, result: IterationResult) -> None:
+    """Call ``on_iteration(result)`` on ``callback`` and on every callback it wraps
+    (SB3's ``CallbackList.callbacks``, ``EventCallback.callback``), in list order."""
+    if callback is None:
+        return
+    on_iteration = getattr(callback, "on_iteration", None)
+    if callable(on_iteration):
+        on_iteration(result)
+    for child in getattr(callback, "callbacks", None) or ():
+        deliver_result(child, result)
+    child = getattr(callback, "callback", None)
+    if isinstance(child, BaseCallback):
+        deliver_result(child, result)
+
+
+class IterationResults(BaseCallback):
+    """Collects the ``IterationResult`` of every iteration trained while it is passed to
+    ``learn`` (``model.learn(n, callback=results)``): how code outside callbacks (tests,
+    experiments) reads what an iteration did.
+
+    Args:
+        keep: keep only the newest ``keep`` results (each holds its buffer and start
+            state); None keeps all.
+    """
+
+    def __init__(self, keep: int | None = None, verbose: int = 0):
+        super().__init__(verbose)
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be >= 1 or None, got {keep}")
+        self.keep = keep
+        self.results: list[IterationResult] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def on_iteration(self, result: IterationResult) -> None:
+        """Keep ``result`` (AttributedPPO calls this after each update)."""
+        self.results.append(result)
+        if self.keep is not None and len(self.results) > self.keep:
+            del self.results[: len(self.results) - self.keep]
+
+    @property
+    def last(self) -> IterationResult:
+        """The newest result; refuses when no iteration has been trained yet."""
+        if not self.results:
+            raise LookupError("no iteration has been trained with this callback yet")
+        return self.results[-1]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[IterationResult]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> IterationResult:
+        return self.results[index]

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlattr import ActionTarget, AttributedPPO, RunLog, build_policy, replay_iteration
+from rlattr import ActionTarget, AttributedPPO, RunLog, replay_iteration
 from rlattr.analysis.formation import (
     FormationConfig,
     formation,
     roughness,
     write_formation_report,
 )
+from rlattr.record import build_policy
 from rlattr.record.checkpoint import restore_checkpoint
 
 

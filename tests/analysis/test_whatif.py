@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlattr import AttributedPPO, RunLog, ScoreHook, build_policy, load_iteration
+from rlattr import AttributedPPO, RunLog, ScoreHook
 from rlattr.analysis.whatif import (
     WhatIfConfig,
     WhatIfError,
@@ -28,6 +28,7 @@ from rlattr.analysis.whatif import (
     whatif_iterations,
     write_whatif_report,
 )
+from rlattr.record import build_policy, load_iteration
 from rlattr.record.replay import state_matches
 from rlattr.training.evaluation import evaluate_policy_batched
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlattr import AttributedPPO, FilterDecision, RunLog, build_policy, load_iteration, replay
+from rlattr import AttributedPPO, FilterDecision, RunLog
+from rlattr.record import build_policy, load_iteration, replay
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.replay import state_matches
 

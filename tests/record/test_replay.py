@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlattr import Preset, RunLog, build_policy, load_iteration, replay, replay_iteration
+from rlattr import Preset, RunLog, replay_iteration
+from rlattr.record import build_policy, load_iteration, replay
 from rlattr.record.replay import state_matches
 
 # Presets shrunk to a few seconds each; everything else (optimiser, clipping, schedules,

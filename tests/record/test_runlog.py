@@ -41,7 +41,7 @@ def test_records_round_trip(run_dir: Path) -> None:
     model = AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, **SMALL)
     model.learn(32)
     stored = RunLog(run_dir).load_records(0)
-    live = model.last_records
+    live = model.iteration_data(0).records
     for name in ("observations", "actions", "rewards", "advantages", "returns", "log_probs"):
         assert torch.equal(getattr(stored, name), getattr(live, name)), name
     assert torch.equal(stored.record_ids, torch.arange(32))

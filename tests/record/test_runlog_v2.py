@@ -15,18 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlattr import (
-    IIF,
-    AttributedPPO,
-    Intervention,
-    Retention,
-    ReturnTarget,
-    RunLog,
-    build_policy,
-    load_iteration,
-    replay,
-)
+from rlattr import IIF, AttributedPPO, Intervention, Retention, ReturnTarget, RunLog
 from rlattr.errors import CorruptRunLogError, RunLogError
+from rlattr.record import build_policy, load_iteration, replay
 from rlattr.record.io import atomic_write_tensors, read_tensors
 from rlattr.record.plan import DERIVED, UpdatePlan
 from rlattr.record.runlog import writing_format

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlattr import AttributedPPO, ReturnTarget, RunLog, build_policy, load_iteration
+from rlattr import AttributedPPO, ReturnTarget, RunLog
+from rlattr.record import build_policy, load_iteration
 from rlattr.scoring.attribute import target_context
 from rlattr.scoring.graph_memory import (
     DEFAULT_MEMORY_BUDGET,

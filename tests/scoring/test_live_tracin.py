@@ -191,8 +191,7 @@ def test_live_tracin_on_a_target_subsample(target: str | None) -> None:
 
 def test_a_subsample_is_fixed_and_a_large_one_is_the_whole_target() -> None:
     model = _trained("mlp_discrete", "adam")
-    records = model.last_records
-    assert records is not None
+    records = model.iteration_data(model.iteration - 1).records
     context = TargetContext(records, model.gamma, model.gae_lambda)
     policy = model.policy
     whole = ReturnTarget().value(policy, context)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rlattr import AttributedPPO, ReturnTarget, RunLog, build_policy, load_iteration, replay
+from rlattr import AttributedPPO, ReturnTarget, RunLog
+from rlattr.record import build_policy, load_iteration, replay
 from rlattr.record.loss import normalize_advantages
 from rlattr.scoring.attribute import target_context
 from rlattr.scoring.influence import tracin_scores

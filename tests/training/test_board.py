@@ -10,8 +10,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
+from rlattr.record.plan import UpdatePlan
+from rlattr.record.records import Records
 from rlattr.training.board import TAGS, Board, BoardConfig, IterationTiming
+from rlattr.training.seams import IterationResult
 from tests.scoring.test_diagnosis import _records
+from tests.scoring.test_grads import CONFIG
 
 
 def _listed(tag: str) -> bool:
@@ -20,6 +24,24 @@ def _listed(tag: str) -> bool:
         if re.fullmatch(regex, tag):
             return True
     return False
+
+
+def _result(
+    step: int, iteration: int, records: Records, keep: torch.Tensor | None, filtering: bool
+) -> IterationResult:
+    """What an iteration hands the board; the plan is only read by the fidelity check,
+    which these boards do not run."""
+    order = torch.arange(len(records))
+    plan = UpdatePlan.draft(CONFIG, len(records), [[order]], [order.numpy()], 3e-4, len(records))
+    return IterationResult(
+        iteration=iteration,
+        num_timesteps=step,
+        records=records,
+        plan=plan,
+        start=({}, {}),
+        keep_mask=keep,
+        filtering=filtering,
+    )
 
 
 def _board_events(tmp_path: Path, details_every: int) -> EventAccumulator:
@@ -40,10 +62,10 @@ def _board_events(tmp_path: Path, details_every: int) -> EventAccumulator:
         board = Board(writer, gamma=0.9, config=BoardConfig(details_every=details_every, top_k=2))
         board.write_configuration({"preset": "toy", "iif": {"rule": "neg_bottom"}}, ("m",))
         board.write_iteration(
-            4096, 3, records, {"scores": scores}, keep, True, timing, run_log_bytes=2**20
+            _result(4096, 3, records, keep, True), {"scores": scores}, timing, 2**20
         )
         board.write_iteration(
-            6144, 4, records, {"scores": scores}, None, False, timing, run_log_bytes=2**21
+            _result(6144, 4, records, None, False), {"scores": scores}, timing, 2**21
         )
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "tensors": 0})
     events.Reload()

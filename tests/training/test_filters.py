@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from rlattr import AttributedPPO, CallableTarget, RunLog, load_iteration, replay
+from rlattr import AttributedPPO, CallableTarget, RunLog
 from rlattr.errors import RunLogError
+from rlattr.record import load_iteration, replay
 from rlattr.record.records import Records
 from rlattr.record.replay import build_policy, state_matches
 from rlattr.scoring.diagnosis import episode_ends_in_buffer
 from rlattr.scoring.rules import drop_count
 from rlattr.training.filters import IIF, keep_mask
-from rlattr.training.seams import filter_seed
+from rlattr.training.seams import IterationResults, filter_seed
 
 SCORES = torch.tensor([0.5, -3.0, -1.0, 2.0, -0.5, -2.0, 0.1, -4.0, 1.0, -0.25])
 # Negatives, most negative first: idx 7 (-4), 1 (-3), 5 (-2), 2 (-1), 4 (-0.5), 9 (-0.25).
@@ -84,8 +85,10 @@ def test_random_rules_drop_the_same_count_at_random() -> None:
 
 def _first_drop(iif: IIF, seed: int) -> list[int]:
     model = AttributedPPO("MlpPolicy", "CartPole-v1", iif=iif, **{**SMALL, "seed": seed})
-    model.learn(64)
-    return torch.nonzero(~model.last_keep_mask).flatten().tolist()
+    results = IterationResults()
+    model.learn(64, callback=results)
+    assert results.last.keep_mask is not None
+    return torch.nonzero(~results.last.keep_mask).flatten().tolist()
 
 
 def test_random_drops_follow_the_training_seed_unless_iif_has_one() -> None:

@@ -12,7 +12,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from rlattr import AttributedPPO, IterationContext, RunLog
+from rlattr import AttributedPPO, IterationContext, IterationResults, RunLog
 from tests.conftest import assert_same_parameters
 
 TRAP = "rlattr.envs:rlattr/TrapGrid-v0"
@@ -38,7 +38,8 @@ def test_trap_flags_are_exactly_the_records_that_step_onto_the_trap(run_dir: Pat
 
     env = make_vec_env(TRAP, n_envs=2, seed=0)
     model = AttributedPPO("MlpPolicy", env, run_dir=run_dir, keep_mask_fn=spy, **SMALL)
-    model.learn(192)  # 3 iterations of 2 × 32 records
+    results = IterationResults()
+    model.learn(192, callback=results)  # 3 iterations of 2 × 32 records
     log = RunLog(run_dir)
     flagged = 0
     for k in log.iterations():
@@ -56,7 +57,8 @@ def test_trap_flags_are_exactly_the_records_that_step_onto_the_trap(run_dir: Pat
         assert "ground_truth.safetensors" in log.iteration_meta(k)["files"]
     assert flagged > 0  # a random policy enters the trap a few times per episode
     assert log.verify().ok
-    assert torch.equal(model.last_ground_truth["rlattr_fault"], fault)
+    assert results.last.ground_truth is not None
+    assert torch.equal(results.last.ground_truth["rlattr_fault"], fault)
 
 
 class _Counting(gym.Wrapper):
@@ -90,8 +92,9 @@ def test_numbers_are_stored_env_major_with_nan_where_missing(run_dir: Path) -> N
 
 
 def test_runs_without_ground_truth_store_none(run_dir: Path) -> None:
-    model = AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, **SMALL).learn(32)
-    assert model.last_ground_truth is None
+    results = IterationResults()
+    AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, **SMALL).learn(32, callback=results)
+    assert len(results) == 1 and results.last.ground_truth is None
     log = RunLog(run_dir)
     assert log.load_ground_truth(0) == {}
     assert "ground_truth.safetensors" not in log.iteration_meta(0)["files"]
@@ -99,7 +102,10 @@ def test_runs_without_ground_truth_store_none(run_dir: Path) -> None:
 
 def test_recording_ground_truth_does_not_change_training() -> None:
     kwargs = {**SMALL, "n_steps": 64}
-    ours = AttributedPPO("MlpPolicy", make_vec_env(TRAP, n_envs=2, seed=0), **kwargs).learn(256)
+    results = IterationResults()
+    ours = AttributedPPO("MlpPolicy", make_vec_env(TRAP, n_envs=2, seed=0), **kwargs).learn(
+        256, callback=results
+    )
     sb3 = PPO("MlpPolicy", make_vec_env(TRAP, n_envs=2, seed=0), **kwargs).learn(256)
-    assert ours.last_ground_truth is not None
+    assert results.last.ground_truth is not None
     assert_same_parameters(ours.policy, sb3.policy)

@@ -14,6 +14,7 @@ from rlattr import IIF, AttributedPPO, RunLog, ScoreHook
 from rlattr.scoring.influence import tracin_scores
 from rlattr.scoring.live_tracin import LiveTracIn
 from rlattr.scoring.targets import ActionTarget, ReturnTarget, TargetContext
+from rlattr.training import IterationResults
 from tests.conftest import assert_same_parameters
 
 # Float32 training: the live products contract gradients of the minibatch's mean loss,
@@ -56,7 +57,8 @@ def test_training_with_live_tracin_is_bit_identical_and_stores_replay_tracin(
     iif = IIF(rule="bottom", fraction=0.25)
     hook = ScoreHook(snapshot=False, live_tracin=LiveTracIn(refresh="epoch"))
     with_live = _model([hook], iif=iif, run_dir=run_dir)
-    with_live.learn(128)
+    results = IterationResults()
+    with_live.learn(128, callback=results)
     without = _model([], iif=IIF(rule="bottom", fraction=0.25))
     without.learn(128)
     assert_same_parameters(with_live.policy, without.policy)
@@ -67,8 +69,9 @@ def test_training_with_live_tracin_is_bit_identical_and_stores_replay_tracin(
     ):
         assert all(torch.equal(a[key], b[key]) for key in a)
 
-    assert with_live.last_plan is not None and not bool(with_live.last_plan.keep_mask.all())
-    steps_per_epoch = int((with_live.last_plan.step_epochs == 0).sum())
+    plan = results.last.plan
+    assert not bool(plan.keep_mask.all())
+    steps_per_epoch = int((plan.step_epochs == 0).sum())
     assert hook.last_live_scores is not None
     _assert_close(hook.last_live_scores, _replayed(with_live, steps_per_epoch))
 
@@ -84,8 +87,9 @@ def test_training_with_live_tracin_is_bit_identical_and_stores_replay_tracin(
 def test_an_update_stopped_by_target_kl_is_scored_as_it_ran() -> None:
     hook = ScoreHook(snapshot=False, live_tracin=LiveTracIn(refresh=1))
     model = _model([hook], target_kl=1e-5, learning_rate=3e-3)
-    model.learn(128)
-    assert model.last_plan is not None and model.last_plan.early_stopped
+    results = IterationResults()
+    model.learn(128, callback=results)
+    assert results.last.plan.early_stopped
     assert hook.last_live_scores is not None
     _assert_close(hook.last_live_scores, _replayed(model, 1))
 
@@ -103,9 +107,9 @@ def test_snapshot_and_live_scores_are_stored_side_by_side() -> None:
 
 def test_live_tracin_takes_the_hooks_target_unless_it_names_its_own() -> None:
     records_model = _model([])
-    records_model.learn(64)
-    records = records_model.last_records
-    assert records is not None
+    results = IterationResults()
+    records_model.learn(64, callback=results)
+    records = results.last.records
     action = ActionTarget(records.observations[:8], records.actions[:8])
     inherits = ScoreHook(target=action, snapshot=False, live_tracin=LiveTracIn(refresh=2))
     own = ScoreHook(

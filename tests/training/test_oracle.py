@@ -10,7 +10,8 @@ import torch
 from rlattr.envs.faults import CorruptRewards
 from stable_baselines3.common.env_util import make_vec_env
 
-from rlattr import AttributedPPO, IterationContext, RunLog, build_policy, load_iteration, replay
+from rlattr import AttributedPPO, IterationContext, RunLog
+from rlattr.record import build_policy, load_iteration, replay
 from rlattr.record.replay import state_matches
 from rlattr.training.oracle import GroundTruthDrop, GroundTruthFilter, flagged
 

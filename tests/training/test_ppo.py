@@ -12,8 +12,9 @@ from minigrid.wrappers import ImgObsWrapper
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
-from rlattr import AttributedPPO, Records, RunLog
+from rlattr import AttributedPPO, IterationResults, RunLog
 from rlattr.extractors import SmallImageCNN
+from rlattr.record import Records
 from tests.conftest import assert_same_parameters
 
 SMALL = {"n_steps": 64, "batch_size": 16, "n_epochs": 3, "device": "cpu"}
@@ -107,7 +108,8 @@ def test_target_kl_case_really_stops_early(run_dir: Any) -> None:
     stopped = [log.iteration_meta(k)["plan"]["early_stopped"] for k in log.iterations()]
     assert any(stopped), "the target_kl case must exercise early stopping"
     plan = log.load_plan(log.iterations()[-1])
-    full = attributed.n_epochs * (len(attributed.last_records) // attributed.batch_size)
+    n_records = len(log.load_records(log.iterations()[-1]))
+    full = attributed.n_epochs * (n_records // attributed.batch_size)
     assert any(log.load_plan(k).n_steps < full for k in log.iterations())
     assert plan.n_steps <= full
 
@@ -182,9 +184,10 @@ def test_keep_mask_restricts_minibatches_to_kept_records(run_dir: Any) -> None:
         mask[: len(records) // 2] = True
         return mask
 
-    model = AttributedPPO(
+    results = IterationResults()
+    AttributedPPO(
         "MlpPolicy", "CartPole-v1", keep_mask_fn=keep_first_half, run_dir=run_dir, seed=1, **SMALL
-    ).learn(128)
+    ).learn(128, callback=results)
     plan = RunLog(run_dir).load_plan(1)
     assert int(plan.minibatch_indices.max()) < 32
     # By default the dropped records leave PPO's minibatches as drawn: each of the 4
@@ -194,7 +197,7 @@ def test_keep_mask_restricts_minibatches_to_kept_records(run_dir: Any) -> None:
         in_epoch = (plan.step_epochs == epoch).nonzero().flatten().tolist()
         assert [plan.minibatch(t).tolist() for t in in_epoch] == [c for c in drawn if c]
         assert sorted(i for chunk in drawn for i in chunk) == list(range(32))
-    assert model.last_keep_mask is not None
+    assert results.last.keep_mask is not None
 
 
 class KeepFirst40:
@@ -240,8 +243,8 @@ def test_records_follow_sb3_flattening() -> None:
         "MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), seed=0, **SMALL
     )
     model.learn(128)
-    records = model.last_records
-    assert records is not None and len(records) == 128
+    records = model.iteration_data(model.iteration - 1).records
+    assert len(records) == 128
     buffer = model.rollout_buffer
     # Record i is env i // n_steps, step i % n_steps.
     env, step = 1, 5

@@ -11,6 +11,7 @@ from stable_baselines3 import PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlattr import IIF, AttributedPPO, RunLog, ScoreHook
+from rlattr.training import IterationResults
 from rlattr.training.seams import (
     FilterDecision,
     IterationContext,
@@ -107,8 +108,11 @@ def test_plain_context_functions_and_old_style_callables_are_adapted() -> None:
     assert isinstance(as_keep_mask_filter(new_style, None), KeepMaskFilter)
     adapted = as_keep_mask_filter(old_style, None)
     assert adapted.minibatching == "recut" and not adapted.needs_plan
-    model = AttributedPPO("MlpPolicy", "CartPole-v1", keep_mask_fn=new_style, **SMALL).learn(64)
-    assert bool(model.last_keep_mask.all())
+    results = IterationResults()
+    AttributedPPO("MlpPolicy", "CartPole-v1", keep_mask_fn=new_style, **SMALL).learn(
+        64, callback=results
+    )
+    assert results.last.keep_mask is not None and bool(results.last.keep_mask.all())
 
 
 def test_bad_hook_results_are_refused() -> None:
