@@ -51,6 +51,18 @@ def test_train_inspect_replay(run_dir: Path, capsys) -> None:
     # Each iteration at the num_timesteps of its own rollout, the last one included.
     steps = [event.step for event in accumulator.Scalars("time/update_s")]
     assert steps == [256, 512, 768, 1024]
+    # The learning rate each update used: the run log's plan, and the preset's schedule
+    # lin_0.001 at the progress left after iteration k's rollout, 1 − 256 (k + 1) / 1024.
+    # SB3 writes its train/ values when it next dumps, after the following rollout: at
+    # step 256 (k + 2), and never for the last iteration.
+    log = RunLog(run_dir)
+    rates = {event.step: event.value for event in accumulator.Scalars("train/learning_rate")}
+    assert sorted(rates) == [512, 768, 1024]
+    for k in log.iterations():
+        planned = float(log.load_plan(k).learning_rates[0])
+        assert planned == pytest.approx(0.001 * (1 - 256 * (k + 1) / 1024), abs=1e-12)
+        if k < 3:
+            assert rates[256 * (k + 2)] == pytest.approx(planned, rel=1e-6)  # float32 event
 
 
 def test_resume_of_a_finished_run_is_a_no_op(run_dir: Path, capsys) -> None:
@@ -88,6 +100,21 @@ def test_train_with_iif(run_dir: Path, capsys) -> None:
     assert log.meta["config"]["iif"]["minibatching"] == "recut"
     assert [int(log.load_plan(k).keep_mask.sum()) for k in log.iterations()] == [192, 192]
     assert log.score_names(1) == ["snapshot-return"]
+    # The board's filter scalars, recomputed from the run log: the share dropped (64 of
+    # 256: bottom 0.25) and the share of negative stored scores, at each rollout's step.
+    [events_dir] = {p.parent for p in (run_dir / "tb").rglob("events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    dropped = {e.step: e.value for e in events.Scalars("filter/fraction_dropped")}
+    negative = {e.step: e.value for e in events.Scalars("scores/fraction_negative")}
+    assert sorted(dropped) == sorted(negative) == [256, 512]
+    for k in log.iterations():
+        keep = log.load_plan(k).keep_mask
+        scores = log.load_scores(k, "snapshot-return")[0]
+        assert dropped[256 * (k + 1)] == pytest.approx(1 - int(keep.sum()) / 256, abs=1e-7)
+        assert dropped[256 * (k + 1)] == pytest.approx(0.25, abs=1e-7)
+        share = int((scores < 0).sum()) / 256
+        assert negative[256 * (k + 1)] == pytest.approx(share, abs=1e-7)
     # Resuming must keep filtering on.
     assert main([*args, "--timesteps", "1024", "--resume"]) == 2
     assert "trained with --iif" in capsys.readouterr().err
