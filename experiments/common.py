@@ -40,9 +40,9 @@ def recorded_run(preset: Any, seed: int) -> Any:
     return RunLog(run_dir)
 
 
-def final_action_target(log: Any, n_states: int = 64) -> Any:
+def final_action_target(log: Any, n_states: int = 64, seed: int = 0) -> Any:
     """``ActionTarget`` of the run's final policy: its greedy actions on ``n_states``
-    observations of the last iteration's buffer (drawn with seed 0)."""
+    observations of the last iteration's buffer (drawn with ``seed``)."""
     import torch
 
     from rlattr import ActionTarget
@@ -52,7 +52,7 @@ def final_action_target(log: Any, n_states: int = 64) -> Any:
     records = log.load_records(last)
     policy = build_policy(log)
     restore_checkpoint(policy, *log.load_checkpoint(last + 1))
-    picks = torch.randperm(len(records), generator=torch.Generator().manual_seed(0))[:n_states]
+    picks = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:n_states]
     observations = records.observations[picks]
     with torch.no_grad():
         actions = policy.get_distribution(observations).get_actions(deterministic=True)

@@ -12,12 +12,15 @@ fidelity study's action target does, experiments/fidelity.py).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from rlattr.record import RunLog, build_policy, restore_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.common import final_action_target
+from rlattr.record import RunLog
 
 
 def main() -> None:
@@ -28,18 +31,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     log = RunLog(args.run)
-    last = log.iterations()[-1]
-    records = log.load_records(last)
-    policy = build_policy(log)
-    tensors, meta = log.load_checkpoint(last + 1)
-    restore_checkpoint(policy, tensors, meta)
-    generator = torch.Generator().manual_seed(args.seed)
-    picks = torch.randperm(len(records), generator=generator)[: args.states]
-    observations = records.observations[picks]
-    with torch.no_grad():
-        actions = policy.get_distribution(observations).get_actions(deterministic=True)
-    np.savez(args.out, observations=observations.numpy(), actions=actions.numpy())
-    print(f"{len(picks)} states of iteration {last}, final policy's actions -> {args.out}")
+    target = final_action_target(log, args.states, args.seed)
+    np.savez(args.out, observations=target.observations.numpy(), actions=target.actions.numpy())
+    print(
+        f"{len(target.actions)} states of iteration {log.iterations()[-1]}, final policy's "
+        f"actions -> {args.out}"
+    )
 
 
 if __name__ == "__main__":
