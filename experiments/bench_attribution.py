@@ -10,7 +10,6 @@ scoring, replay TracIn, and every per-record dot-product backend against the nai
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.bench_common import (
     median_seconds,
     metagrad_rss_growth_mib,
+    parse_args,
     recorded_iteration,
     sb3_train_seconds,
     table,
@@ -113,10 +113,7 @@ def bench(name: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["lunarlander", "minigrid_empty"])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__, presets=["lunarlander", "minigrid_empty"], repeats=3)
     torch.set_num_threads(1)
     rows = [bench(name, args.repeats) for name in args.presets]
     meta = provenance()

@@ -27,7 +27,6 @@ figure).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -44,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.bench_common import rollout_steps, table, timed_learn, write_markdown
+from experiments.bench_common import parse_args, rollout_steps, table, timed_learn, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import Preset
 from rlattr.training import BoardConfig
@@ -203,13 +202,12 @@ def markdown(rows: list[dict], cold: dict[str, float], meta: dict[str, Any]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["cartpole", "frozenlake"])
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved off/on pairs")
-    parser.add_argument(
-        "--fidelity-every", type=int, default=25, help="the fidelity arm's fidelity_every"
+    args = parse_args(
+        __doc__,
+        presets=["cartpole", "frozenlake"],
+        repeats=(7, "interleaved off/on pairs"),
+        fidelity_every=(25, "the fidelity arm's fidelity_every"),
     )
-    args = parser.parse_args()
     torch.set_num_threads(1)
     out = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, check=True)
     cold = dict(zip(("wall_s", "cpu_s"), map(float, out.stdout.split()), strict=True))

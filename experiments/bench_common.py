@@ -3,6 +3,7 @@ PPO as the baseline, one recorded iteration to score, fresh-process memory, resu
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 import subprocess
@@ -20,6 +21,21 @@ from experiments.common import ROOT
 from rlattr import Preset, RunLog
 from rlattr.record import atomic_write_text, build_policy, load_iteration
 from rlattr.scoring import target_context
+
+
+def parse_args(doc: str, **options: Any) -> argparse.Namespace:
+    """The command line: ``name=default`` or ``name=(default, help)`` gives ``--name`` of the
+    default's type; a list takes any number of values, ``False`` is a flag."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    for name, spec in options.items():
+        default, text = spec if isinstance(spec, tuple) else (spec, None)
+        kwargs: dict[str, Any] = {"default": default, "help": text, "type": type(default)}
+        if isinstance(default, bool):
+            kwargs = {"action": "store_true", "help": text}
+        elif isinstance(default, list):
+            kwargs |= {"nargs": "*", "type": type(default[0]) if default else str}
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+    return parser.parse_args()
 
 
 def rollout_steps(preset: Preset) -> int:

@@ -10,7 +10,6 @@ The arm order alternates between seeds. Goal: ratio ≤ 1.10.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.bench_common import per_seed_ratio, sb3_ppo, table, time_arms, write_markdown
+from experiments.bench_common import (
+    parse_args,
+    per_seed_ratio,
+    sb3_ppo,
+    table,
+    time_arms,
+    write_markdown,
+)
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import Preset
 
@@ -27,10 +33,7 @@ ITERATIONS = {"cartpole": 60, "lunarlander": 5, "minigrid_empty": 3, "hopper": 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["cartpole", "lunarlander"])
-    parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__, presets=["cartpole", "lunarlander"], seeds=3)
     torch.set_num_threads(1)
     rows = []
     for name in args.presets:

@@ -21,7 +21,6 @@ arm's scores against replay TracIn with the same ∇f schedule.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.bench_common import rollout_steps, table, write_markdown
+from experiments.bench_common import parse_args, rollout_steps, table, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import LiveTracIn, Preset, ReturnTarget, ScoreHook
 from rlattr.record import capture_checkpoint, restore_checkpoint
@@ -256,25 +255,15 @@ def write(rows: list[dict[str, Any]], meta: dict[str, Any], goal: float, rendere
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["lunarlander", "hopper"])
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument(
-        "--replay-repeats", type=int, default=3, help="repeats of the replay TracIn reference"
+    args = parse_args(
+        __doc__,
+        presets=["lunarlander", "hopper"],
+        repeats=7,
+        replay_repeats=(3, "repeats of the replay TracIn reference"),
+        goal=0.3,
+        no_per_step=([], "presets on which the ∇f-every-step arms (live and replay) are skipped"),
+        render=(False, "only rewrite the Markdown (and derived numbers) from the committed JSON"),
     )
-    parser.add_argument("--goal", type=float, default=0.3)
-    parser.add_argument(
-        "--no-per-step",
-        nargs="*",
-        default=[],
-        help="presets on which the ∇f-every-step arms (live and replay) are skipped",
-    )
-    parser.add_argument(
-        "--render",
-        action="store_true",
-        help="only rewrite the Markdown (and derived numbers) from the committed JSON",
-    )
-    args = parser.parse_args()
     if args.render:
         stored = json.loads((RESULTS / "bench_live_tracin.json").read_text())
         rows, goal = stored.pop("rows"), stored.pop("goal_overhead")

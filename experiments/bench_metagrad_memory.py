@@ -21,7 +21,6 @@ median train() of the same preset, measured side by side in this one process.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from experiments.bench_common import (
     median_seconds,
     metagrad_rss_growth_mib,
+    parse_args,
     recorded_iteration,
     sb3_train_seconds,
     table,
@@ -173,10 +173,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["lunarlander", "minigrid_empty"])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__, presets=["lunarlander", "minigrid_empty"], repeats=3)
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -12,7 +12,6 @@ rotates between rounds to cancel drift. Ratios are of summed wall times (goal â‰
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.bench_common import per_seed_ratio, sb3_ppo, table, time_arms, write_markdown
+from experiments.bench_common import (
+    parse_args,
+    per_seed_ratio,
+    sb3_ppo,
+    table,
+    time_arms,
+    write_markdown,
+)
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import Preset
 
@@ -44,10 +50,7 @@ def arms(preset: Preset) -> dict[str, Callable[[int, Path], Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["cartpole", "lunarlander"])
-    parser.add_argument("--seeds", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__, presets=["cartpole", "lunarlander"], seeds=3)
     torch.set_num_threads(1)  # one core per run: less noise on a 2-core machine
     rows = []
     for name in args.presets:

@@ -19,7 +19,6 @@ training, so both directories log the same run. The script then
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -32,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.bench_common import median_seconds, parse_args, table, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
-from rlattr.record.runlog import RunLog, writing_format
-from rlattr.training.presets import Preset
+from rlattr import Preset, RunLog
+from rlattr.record import writing_format
 
 GOAL_BYTES_PER_STEP = 100
 KINDS = (
@@ -51,38 +51,35 @@ KINDS = (
 SWEEP = (1, 8, 16, 32, 64, 128)
 
 
+FILES = {
+    "records.safetensors": "records",
+    "plan.safetensors": "plan",
+    "iteration.json": "iteration JSON",
+    "ground_truth.safetensors": "ground truth",
+    "run.json": "run.json",
+}
+
+
 def kind_of(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
     if parts[0] == "tb":
         return "TensorBoard"
     if parts[0] == "checkpoints":
         return "checkpoint tensors" if path.suffix == ".safetensors" else "checkpoint JSON"
-    if "scores" in parts:
-        return "scores"
-    return {
-        "records.safetensors": "records",
-        "plan.safetensors": "plan",
-        "iteration.json": "iteration JSON",
-        "ground_truth.safetensors": "ground truth",
-        "run.json": "run.json",
-    }.get(path.name, "other")
+    return "scores" if "scores" in parts else FILES.get(path.name, "other")
 
 
 def sizes_by_kind(root: Path) -> dict[str, int]:
     sizes = dict.fromkeys(KINDS, 0)
-    for path in root.rglob("*"):
-        if path.is_file():
-            kind = kind_of(path, root)
-            sizes[kind] = sizes.get(kind, 0) + path.stat().st_size
+    for path in (p for p in root.rglob("*") if p.is_file()):
+        kind = kind_of(path, root)
+        sizes[kind] = sizes.get(kind, 0) + path.stat().st_size
     return sizes
 
 
-def _state(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in tensors.items() if k.startswith(("policy.", "optim."))}
-
-
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    a, b = _state(a), _state(b)
+    """Policy and optimiser tensors equal (``torch.equal``)."""
+    a, b = ({k: v for k, v in t.items() if k.startswith(("policy.", "optim."))} for t in (a, b))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -127,10 +124,8 @@ def measure(preset_name: str, timesteps: int | None, repeats: int, seed: int) ->
         def timed(log_dir: Path) -> float:
             times = []
             for _ in range(repeats):
-                log = RunLog(log_dir)
-                t0 = time.perf_counter()
-                log.load_checkpoint(farthest)
-                times.append(time.perf_counter() - t0)
+                log = RunLog(log_dir)  # opened afresh: nothing cached
+                times.append(median_seconds(lambda log=log: log.load_checkpoint(farthest), 1))
             return statistics.median(times)
 
         reach = {"v1_direct_s": timed(dirs[1]), "v2_rebuilt_s": timed(dirs[2])}
@@ -177,7 +172,7 @@ def measure(preset_name: str, timesteps: int | None, repeats: int, seed: int) ->
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     lines = markdown_header("Run-log size: format 1 vs format 2 (issue 16.2)", meta)
     lines += [
         f"Goal: ≤ {GOAL_BYTES_PER_STEP} bytes per environment step, every iteration still "
@@ -188,27 +183,32 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     for r in results:
         b1, b2 = r["bytes_per_step"]["1"], r["bytes_per_step"]["2"]
-        met = "met" if b2 <= GOAL_BYTES_PER_STEP else "NOT met"
+        steps, reach, mismatches = r["timesteps"], r["reach"], r["rebuilt_mismatches"]
+        kinds = [
+            f"{kind} | {r['bytes']['1'].get(kind, 0) / steps:.2f} "
+            f"| {r['bytes']['2'].get(kind, 0) / steps:.2f}"
+            for kind in KINDS
+            if r["bytes"]["1"].get(kind, 0) or r["bytes"]["2"].get(kind, 0)
+        ]
+        sweep = [
+            f"{row['checkpoint_every']} | {row['bytes_per_step']:.1f} | "
+            f"{row['bytes_per_step_without_tb']:.1f} | {row['worst_reach_s']:.2f}"
+            for row in r["sweep"]
+        ]
         lines += [
-            f"## {r['preset']}: {r['timesteps']} steps, {r['iterations']} iterations, "
-            f"seed {r['seed']}",
+            f"## {r['preset']}: {steps} steps, {r['iterations']} iterations, seed {r['seed']}",
             "",
-            f"**{b1:.0f} → {b2:.1f} bytes per step ({b1 / b2:.1f}× smaller; goal {met})**; "
-            f"without TensorBoard {r['bytes_per_step_without_tb']['1']:.0f} → "
+            f"**{b1:.0f} → {b2:.1f} bytes per step ({b1 / b2:.1f}× smaller; goal "
+            f"{'met' if b2 <= GOAL_BYTES_PER_STEP else 'NOT met'})**; without TensorBoard "
+            f"{r['bytes_per_step_without_tb']['1']:.0f} → "
             f"{r['bytes_per_step_without_tb']['2']:.1f}. Format 2 with "
             f"checkpoint_every = {r['checkpoint_every']}.",
             "",
-            "| file kind | format 1 bytes/step | format 2 bytes/step |",
-            "|---|---:|---:|",
-        ]
-        for kind in KINDS:
-            a, b = r["bytes"]["1"].get(kind, 0), r["bytes"]["2"].get(kind, 0)
-            if a or b:
-                lines.append(f"| {kind} | {a / r['timesteps']:.2f} | {b / r['timesteps']:.2f} |")
-        lines.append(f"| **total** | **{b1:.1f}** | **{b2:.1f}** |")
-        reach = r["reach"]
-        mismatches = r["rebuilt_mismatches"]
-        lines += [
+            *table(
+                "file kind | format 1 bytes/step | format 2 bytes/step",
+                [*kinds, f"**total** | **{b1:.1f}** | **{b2:.1f}**"],
+                sep="|---|---:|---:|",
+            ),
             "",
             f"Exactness: {r['rebuilt_checkpoints']} checkpoints rebuilt by replay, "
             f"{'all equal' if not mismatches else f'MISMATCHED at {mismatches}'} "
@@ -225,27 +225,24 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "Other spacings, projected from this run (full checkpoint "
             f"{r['full_checkpoint_bytes'] / 1024:.0f} KiB; worst case = (m − 1) replays):",
             "",
-            "| checkpoint_every m | bytes/step | without TensorBoard | worst reach (s) |",
-            "|---:|---:|---:|---:|",
+            *table(
+                "checkpoint_every m | bytes/step | without TensorBoard | worst reach (s)",
+                sweep,
+                sep="|---:|---:|---:|---:|",
+            ),
+            "",
         ]
-        for row in r["sweep"]:
-            lines.append(
-                f"| {row['checkpoint_every']} | {row['bytes_per_step']:.1f} | "
-                f"{row['bytes_per_step_without_tb']:.1f} | {row['worst_reach_s']:.2f} |"
-            )
-        lines.append("")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["cartpole", "lunarlander"])
-    parser.add_argument(
-        "--timesteps", nargs="*", default=[], help="preset=N overrides (default: the preset's)"
+    args = parse_args(
+        __doc__,
+        presets=["cartpole", "lunarlander"],
+        timesteps=([], "preset=N overrides (default: the preset's)"),
+        repeats=3,
+        seed=0,
     )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
     torch.set_num_threads(1)
     budgets = {name: int(n) for name, n in (item.split("=") for item in args.timesteps)}
     meta = provenance()
@@ -254,7 +251,7 @@ def main() -> None:
         results.append(measure(name, budgets.get(name), args.repeats, args.seed))
         payload = {**meta, "goal_bytes_per_step": GOAL_BYTES_PER_STEP, "results": results}
         write_json("bench_runlog_size.json", payload)
-        (RESULTS / "bench_runlog_size.md").write_text(markdown(results, meta))
+        write_markdown(RESULTS / "bench_runlog_size.md", markdown(results, meta))
         print(f"{name}: {results[-1]['bytes_per_step']}", flush=True)
 
 
