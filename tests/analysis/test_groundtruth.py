@@ -135,8 +135,9 @@ def test_the_ceiling_is_below_one_when_the_order_matters() -> None:
 def test_reshuffled_plan_keeps_the_filtered_update_shape(run_dir, minibatching: str) -> None:
     # A filtered update's other order must form minibatches as the update did: as drawn
     # (PPO's step count, dropped records taken out) or re-cut (kept records cut anew).
-    from rlattr import IIF, AttributedPPO, RunLog, load_iteration
+    from rlattr import IIF, AttributedPPO, RunLog
     from rlattr.analysis.groundtruth import reshuffled_plan
+    from rlattr.record import load_iteration
 
     AttributedPPO(
         "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=100, batch_size=16, n_epochs=3,

@@ -224,8 +224,9 @@ def test_second_order_is_the_tangent_of_the_data_fixed_training_map(
     iteration: the recorded checkpoints are fp32, and restarting a second iteration from
     one moves the fp64 trajectory by fp32 rounding. Without the gradient-clipping term the
     clipped cases fail, without Adam's v term every Adam case does."""
-    from rlattr import AttributedPPO, RunLog, build_policy, load_iteration
+    from rlattr import AttributedPPO, RunLog
     from rlattr.analysis.stages import _propagate
+    from rlattr.record import build_policy, load_iteration
     from tests.helpers import fp64_observations
     from tests.scoring.test_metagrad import (
         assert_ratio_clipping_active_and_no_kink_crossed,
