@@ -25,6 +25,21 @@ from rlattr.record.io import atomic_write_text
 from rlattr.sweep.spec import SweepSpec
 from rlattr.sweep.trial import read_result
 
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "TRIAL_COLUMNS",
+    "load_results",
+    "markdown",
+    "mean_spread",
+    "plot_task",
+    "result_path",
+    "summary_rows",
+    "trial_row",
+    "trial_rows",
+    "write_report",
+    "write_trials_csv",
+]
+
 # Bootstrap resamples of the CIs (rliable's usual count; ~1 s per interval on one core).
 BOOTSTRAP_REPS = 2000
 # Columns of the per-trial CSV, in order.

@@ -32,6 +32,21 @@ import yaml
 
 from rlattr.errors import RlattrError
 
+__all__ = [
+    "ARMS",
+    "EVAL_ENVS",
+    "EVAL_SEED",
+    "ArmName",
+    "SweepError",
+    "SweepSpec",
+    "SweepSpecError",
+    "TaskSpec",
+    "Trial",
+    "parse_arm",
+    "plan_trials",
+    "preset_rounds",
+]
+
 ARMS = ("ppo", "iif", "random_like", "advantage_like", "iif_metagrad")
 # Any arm but ppo may name its own drop fraction p as a percent suffix: ``iif_p25`` is the
 # preset's rule at p = 25 %, ``random_like_p12.5`` drops as many as the rule would at 12.5 %
