@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.common import RESULTS, markdown_header, provenance
 from rlattr import RunLog
-from rlattr.scoring import monte_carlo_advantages
-from rlattr.scoring.diagnosis import episode_ends_in_buffer
+from rlattr.scoring import episode_ends_in_buffer, monte_carlo_advantages
 
 
 def _corr(a: torch.Tensor, b: torch.Tensor) -> float:

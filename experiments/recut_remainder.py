@@ -25,8 +25,7 @@ from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import RunLog
 from rlattr.record import build_policy, load_iteration, restore_checkpoint
 from rlattr.scoring import ReturnTarget, snapshot_scores, target_context
-from rlattr.training import IIF
-from rlattr.training.filters import keep_mask
+from rlattr.training import IIF, keep_mask
 
 
 def remainders(log: RunLog, every: int, config: IIF) -> list[dict]:
