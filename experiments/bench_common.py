@@ -4,6 +4,8 @@ PPO as the baseline, one recorded iteration to score, fresh-process memory, resu
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import shutil
 import statistics
 import subprocess
@@ -165,6 +167,15 @@ def table(header: str, rows: Iterable[str], sep: str = "") -> list[str]:
     """A Markdown table from ``"a | b | c"`` lines; ``sep`` replaces ``|---|---|---|``."""
     columns = header.count(" | ") + 1
     return [f"| {header} |", sep or "|" + "---|" * columns, *(f"| {row} |" for row in rows)]
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] = ()) -> None:
+    """The rows as CSV (columns ``fields``, default the first row's keys), one atomic write."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(fields or rows[0]), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def write_markdown(path: Path, lines: Sequence[str]) -> None:

@@ -35,8 +35,6 @@ Goal (issue 13): AUPRC of the best score ≥ 2 × the best attribution-free base
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import shutil
@@ -55,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rlattr.envs  # noqa: F401  (registers the rlattr/ environments)
 
-from experiments.bench_common import table, write_markdown
+from experiments.bench_common import table, write_csv, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import ActionTarget, AttributedPPO, Retention, ReturnTarget, RunLog, Target, attribute
 from rlattr.analysis import Detection, baseline_suspicions, detect, iqm, per_record_losses
@@ -448,11 +446,7 @@ def write_results(
             **meta,
         },
     )
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(OUT / "detection.csv", text.getvalue())
+    write_csv(OUT / "detection.csv", rows)
     _plot(summaries, OUT / "detection.png")
     lines = [
         *markdown_header("Detection study: do scores rank the planted records first?", meta),

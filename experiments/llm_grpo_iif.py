@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import statistics
@@ -51,12 +50,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.bench_common import table, write_markdown
+from experiments.bench_common import parse_args, table, write_csv, write_markdown
 from experiments.common import RESULTS, markdown_header, provenance
 from rlattr.analysis import efficiency
 from rlattr.analysis.efficiency import first_reach
 from rlattr.provenance import describe_git
-from rlattr.record import atomic_write_json, atomic_write_text
+from rlattr.record import atomic_write_json
 
 OUT = RESULTS / "llm"
 ARMS = ("grpo", "iif", "random", "iif_batch")
@@ -69,7 +68,10 @@ FIELDS = (
     *(f"{p}_s" for p in (*PHASES, "round", "cumulative")),
     *(f"{p}_cpu_s" for p in (*PHASES, "round", "cumulative")),
 )
-STEPS_PER_ROUND = 4 * 2  # steps_per_generation × num_iterations
+#: GRPO's settings in every arm: 4 completions per prompt, 4 micro-batches × 2 iterations
+GRPO = {"num_generations": 4, "steps_per_generation": 4, "num_iterations": 2, "beta": 0.0}
+GRPO |= {"lr_scheduler_type": "constant"}
+STEPS_PER_ROUND = GRPO["steps_per_generation"] * GRPO["num_iterations"]
 LLM_PACKAGES = ("transformers", "trl", "peft", "accelerate", "datasets", "tokenizers")
 
 
@@ -85,24 +87,19 @@ def llm_provenance() -> dict[str, Any]:
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "rounds": args.rounds,
-        "prompts_per_round": args.prompts_per_round,
-        "num_generations": 4,
-        "steps_per_generation": 4,
-        "num_iterations": 2,
-        "max_completion_length": args.max_completion_length,
-        "learning_rate": args.lr,
-        "lr_scheduler_type": "constant",
-        "loss_type": "dapo",
-        "beta": 0.0,
-        "validation_prompts": 4,
-        "eval_prompts": 7,
-        "eval_samples_per_prompt": 16,
-        "pretrain_steps": args.pretrain_steps,
-        "pretrain_positive_share": 0.3,
-        "clauses": 2,
-    }
+    fixed = {"loss_type": "dapo", "validation_prompts": 4, "eval_prompts": 7, "clauses": 2}
+    fixed |= {"eval_samples_per_prompt": 16, "pretrain_positive_share": 0.3}
+    return (
+        GRPO
+        | fixed
+        | {
+            "rounds": args.rounds,
+            "prompts_per_round": args.prompts_per_round,
+            "max_completion_length": args.max_completion_length,
+            "learning_rate": args.lr,
+            "pretrain_steps": args.pretrain_steps,
+        }
+    )
 
 
 class RoundEvaluator:
@@ -182,15 +179,11 @@ def build_trainer(
         logging_steps=10**6,
         disable_tqdm=True,
         per_device_train_batch_size=args.prompts_per_round,  # 4 micro-batches per round
-        num_generations=4,
-        steps_per_generation=4,
-        num_iterations=2,
         max_completion_length=args.max_completion_length,
         max_steps=rounds * STEPS_PER_ROUND,
         learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        beta=0.0,
         seed=seed,
+        **GRPO,
     )
     validation = [{"prompt": p} for p in task.prompts(4, offset=2)]
     return IIFGRPOTrainer(
@@ -364,14 +357,6 @@ def pretrained_weights(seed: int, steps: int) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, FIELDS, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
-
-
 def read_rows(path: Path) -> list[dict]:
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
@@ -517,7 +502,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         "per_seed": per_seed,
     }
     atomic_write_json(OUT / "summary.json", summary)
-    write_rows(OUT / "rounds.csv", [row for key in sorted(runs) for row in runs[key]])
+    write_csv(OUT / "rounds.csv", [row for key in sorted(runs) for row in runs[key]], FIELDS)
     plot(runs)
     write_markdown(OUT / "summary.md", summary_markdown(summary))
     return summary
@@ -665,23 +650,22 @@ PERCENT = {
 
 def main() -> None:
     global OUT
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--prompts-per-round", type=int, default=16)
-    parser.add_argument("--max-completion-length", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--summarize", action="store_true", help="only build the summary")
-    parser.add_argument("--out", type=Path, default=OUT, help="results folder")
-    parser.add_argument(
-        "--fidelity", action="store_true", help="only the replay fidelity check (fidelity.*)"
+    args = parse_args(
+        __doc__,
+        seeds=5,
+        arms=(list(ARMS), f"any of {', '.join(ARMS)}"),
+        rounds=20,
+        prompts_per_round=16,
+        max_completion_length=24,
+        lr=1e-4,
+        pretrain_steps=150,
+        summarize=(False, "only build the summary"),
+        out=(OUT, "results folder"),
+        fidelity=(False, "only the replay fidelity check (fidelity.*)"),
+        fidelity_seeds=3,
+        fidelity_rounds=8,
+        fidelity_check=[0, 3, 7],
     )
-    parser.add_argument("--fidelity-seeds", type=int, default=3)
-    parser.add_argument("--fidelity-rounds", type=int, default=8)
-    parser.add_argument("--fidelity-check", type=int, nargs="+", default=[0, 3, 7])
-    args = parser.parse_args()
     OUT = args.out
     torch.set_num_threads(1)
     if args.fidelity:
@@ -695,7 +679,7 @@ def main() -> None:
         for arm in missing:
             started = time.perf_counter()
             rows = run_one(arm, seed, args, weights)
-            write_rows(OUT / "runs" / f"{arm}-s{seed}.csv", rows)
+            write_csv(OUT / "runs" / f"{arm}-s{seed}.csv", rows, FIELDS)
             # Which command and code made this run (the summary may be rebuilt later).
             meta = provenance()
             run = {"command": meta["command"], "git_commit": describe_git(meta["git"])}

@@ -38,8 +38,6 @@ of the same count (the paper's box plots).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import shutil
 import statistics
@@ -55,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rlattr.envs  # noqa: F401  (registers rlattr/TrapGrid-v0)
 
-from experiments.bench_common import table, write_markdown
+from experiments.bench_common import table, write_csv, write_markdown
 from experiments.common import RESULTS, ROOT, markdown_header, provenance
 from rlattr import ActionTarget, Intervention, Preset, RunLog, ScoreHook
 from rlattr.analysis import WhatIfConfig, whatif_iterations, write_whatif_report
@@ -327,11 +325,7 @@ def write_training(
     atomic_write_json(
         OUT / f"{NAME}.json", payload | {"runs": [results[k] for k in run_keys(seeds)]}
     )
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=list(summary["rows"][0]))
-    writer.writeheader()
-    writer.writerows(summary["rows"])
-    atomic_write_text(OUT / f"{NAME}.csv", text.getvalue())
+    write_csv(OUT / f"{NAME}.csv", summary["rows"])
     figure(results, seeds, OUT / f"{NAME}.png")
     write_markdown(OUT / f"{NAME}.md", markdown(summary, breakdown, left, seeds, arms, meta, args))
 
