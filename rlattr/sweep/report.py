@@ -78,7 +78,7 @@ SUMMARY_COLUMNS = (
 
 
 def result_path(out: Path, task: str, arm: str, seed: int) -> Path:
-    """``<out>/<task>/<arm>-s<seed>.json`` (the layout of experiments/paper_suite.py)."""
+    """``<out>/<task>/<arm>-s<seed>.json`` (the layout of the committed paper suite)."""
     return out / task / f"{arm}-s{seed}.json"
 
 
