@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from rlattr.cli.main import main as rlattr
 from rlattr.sweep.backends import ray_available
+from tests.sweep.tables import markdown_rows, numbers, trial_metrics
 
 AGENTS = Path(__file__).resolve().parents[2] / "agents"
 
@@ -20,7 +22,9 @@ def test_compare_prints_the_table_and_the_tensorboard_command(
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps the table's titles on a narrow console
     out = tmp_path / "compare"
     argv = ["compare", "cartpole", "--arms", "ppo", "iif", "random_like", "--seeds", "1"]
-    argv += ["--rounds", "1", "--episodes", "4", "--out", str(out)]
+    # Two rounds: the preset's linear schedules reach 0 at the last update, so with one
+    # round the curve would stay flat and every curve metric would be the same number.
+    argv += ["--rounds", "2", "--episodes", "4", "--out", str(out)]
     assert rlattr([*argv, "--backend", "local"]) == 0  # with the progress display
     printed = capsys.readouterr().out
     assert "trials 3/3 done" in printed
@@ -32,6 +36,23 @@ def test_compare_prints_the_table_and_the_tensorboard_command(
     assert runs == ["iif-s0", "ppo-s0", "random_like-s0"]
     for run in runs:
         assert list((out / "cartpole" / run).glob("events.out.tfevents.*"))
+    # The table's cells (one seed: the trial's own value) recomputed from each trial's JSON.
+    curves = {arm: trial_metrics(out / "cartpole" / f"{arm}-s0.json") for arm in ("ppo", "iif")}
+    assert any(m["final_return"] != m["auc"] for m in curves.values())  # the curves moved
+    rows = markdown_rows(out / "summary.md")
+    assert sorted(rows) == ["iif", "ppo", "random_like"]
+    for arm, cells in rows.items():
+        metrics = trial_metrics(out / "cartpole" / f"{arm}-s0.json")
+        for title, key in (("final return", "final_return"), ("AUC", "auc")):
+            [value] = numbers(cells[title])
+            decimals = len(cells[title].partition(".")[2])
+            assert value == pytest.approx(metrics[key], abs=0.51 * 10**-decimals), (arm, title)
+    with open(out / "summary.csv") as handle:
+        for row in csv.DictReader(handle):
+            metrics = trial_metrics(out / "cartpole" / f"{row['arm']}-s0.json")
+            for key, value in metrics.items():
+                assert float(row[key]) == pytest.approx(value, rel=1e-9), (row["arm"], key)
+            assert (float(row["fraction_dropped"]) > 0) == (row["arm"] != "ppo")
     # Run again: everything is finished, nothing is trained.
     assert rlattr([*argv, "--backend", "local", "--no-progress"]) == 0
     assert "3 trial(s) already finished" in capsys.readouterr().out
