@@ -327,7 +327,7 @@ class Board:
         out = {f"{prefix}/{k}": v for k, v in score_quantiles(scores).items()}
         out[f"{prefix}/nonfinite"] = float((~finite).sum())
         negative = int((scores[finite] < 0).sum())
-        out[f"{prefix}/fraction_negative"] = negative / (int(finite.sum()) + 1)
+        out[f"{prefix}/fraction_negative"] = negative / max(int(finite.sum()), 1)
         advantages = records.advantages.cpu()
         correlation = spearman(scores[finite], advantages[finite])
         if np.isfinite(correlation):
