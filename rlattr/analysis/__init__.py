@@ -1,7 +1,9 @@
 """Layer 3: post-hoc analysis of a run: replay ground truth and fidelity, stage effects, plots.
 
 ``__all__`` lists what users and experiments import (``rlattr.analysis.plots`` is imported
-on its own: it needs matplotlib).
+on its own: it needs matplotlib). ``efficiency``, ``fidelity`` and ``whatif`` as attributes
+of this package are the functions; their modules are ``importlib.import_module(
+"rlattr.analysis.whatif")`` and so on.
 """
 
 from rlattr.analysis.detection import Detection, baseline_suspicions, detect, per_record_losses

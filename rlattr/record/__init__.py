@@ -2,7 +2,9 @@
 training and replay, checkpoints and the run directory.
 
 Importing this package installs the sparse-checkpoint rebuild (``rlattr.record.rebuild``)
-into ``RunLog.load_checkpoint``.
+into ``RunLog.load_checkpoint``. ``rlattr.record.replay`` as an attribute is the function
+``replay`` (``__all__``); the module of that name is ``importlib.import_module(
+"rlattr.record.replay")``.
 """
 
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint

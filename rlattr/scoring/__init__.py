@@ -2,7 +2,8 @@
 snapshot / TracIn / metagradient scorers.
 
 ``__all__`` lists what users and experiments import; the rest of the modules are building
-blocks of the scorers.
+blocks of the scorers. ``rlattr.scoring.attribute`` as an attribute is the function (the
+module of that name: ``importlib.import_module("rlattr.scoring.attribute")``).
 """
 
 from rlattr.scoring.attribute import (

@@ -5,6 +5,7 @@ and the rules name exactly the records they say."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,7 +177,8 @@ def test_delta_and_control_from_an_evaluator_that_is_a_known_function_of_the_par
 ) -> None:
     # Episode j's return is (j + 1) · s(θ) + seed, s(θ) the sum of the parameters: the
     # returns of each evaluated policy, hence Δ and its SE, follow from the parameters.
-    from rlattr.analysis import whatif as module
+    # The module, not the function rlattr.analysis exports under the same name.
+    module = importlib.import_module("rlattr.analysis.whatif")
 
     k, episodes, seed = 1, 4, 7
     masks: list[torch.Tensor] = []
