@@ -4,8 +4,10 @@ mid-trial, resume, retries, and the TensorBoard run directories."""
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from rlattr.sweep import SweepSpec, run_sweep
 from rlattr.sweep.report import result_path
 from rlattr.sweep.trial import curve_key, read_result
 from tests.sweep import faults
+from tests.sweep.tables import markdown_rows, numbers, trial_metrics
 
 TRIALS = ["cartpole/ppo-s0", "cartpole/iif-s0", "cartpole/ppo-s1", "cartpole/iif-s1"]
 
@@ -75,6 +78,23 @@ def test_local_sweep_writes_results_run_dirs_and_table(local_out: Path) -> None:
     assert len(rows) == 1 + len(TRIALS)
     table = (local_out / "summary.md").read_text()
     assert "| ppo | 2 |" in table and "| iif | 2 |" in table
+    # Every metric of the CSV, and the table's mean ± sample sd over the two seeds,
+    # recomputed from the trials' JSON.
+    metrics = {key: trial_metrics(local_out / f"{key}.json") for key in TRIALS}
+    with open(local_out / "summary.csv") as handle:
+        for row in csv.DictReader(handle):
+            key = f"{row['task']}/{row['arm']}-s{row['seed']}"
+            for name, value in metrics[key].items():
+                assert float(row[name]) == pytest.approx(value, rel=1e-9), (key, name)
+    cells = markdown_rows(local_out / "summary.md")
+    for arm in ("ppo", "iif"):
+        for title, name in (("final return", "final_return"), ("AUC", "auc")):
+            values = [metrics[f"cartpole/{arm}-s{seed}"][name] for seed in (0, 1)]
+            mean, sd = numbers(cells[arm][title])
+            decimals = len(cells[arm][title].split(" ± ")[0].partition(".")[2])
+            half = 0.51 * 10**-decimals
+            assert mean == pytest.approx(statistics.mean(values), abs=half), (arm, title)
+            assert sd == pytest.approx(statistics.stdev(values), abs=half), (arm, title)
 
 
 def test_resume_skips_finished_trials_and_reruns_the_rest(local_out: Path, tmp_path: Path) -> None:
