@@ -64,8 +64,8 @@ def test_sweep_runs_a_spec_file_and_prints_its_table(
     monkeypatch.setenv("COLUMNS", "200")
     spec = tmp_path / "sweep.yaml"
     spec.write_text(
-        "tasks: [{preset: cartpole, name: pole}]\narms: [ppo]\nseeds: [3]\nrounds: 1\n"
-        "eval_episodes: 4\nout: results\n"
+        "tasks: [{preset: cartpole, name: pole}]\narms: [ppo]\nseeds: [3]\nrounds: 2\n"
+        "eval_episodes: 8\nout: results\n"
     )
     assert rlattr(["sweep", str(spec), "--backend", "local", "--no-progress", "--record"]) == 0
     printed = capsys.readouterr().out
@@ -75,6 +75,15 @@ def test_sweep_runs_a_spec_file_and_prints_its_table(
     assert f"tensorboard --logdir {tmp_path / 'results'}" in printed
     assert (tmp_path / "results" / "pole" / "ppo-s3.json").exists()
     assert (tmp_path / "results" / "summary.md").exists()
+    # The table's cells recomputed from the trial's JSON (two rounds, 8 episodes: the curve
+    # moves; with one round the linear schedules make the only update a no-op).
+    metrics = trial_metrics(tmp_path / "results" / "pole" / "ppo-s3.json")
+    assert metrics["final_return"] != metrics["auc"]
+    cells = markdown_rows(tmp_path / "results" / "summary.md")["ppo"]
+    for title, key in (("final return", "final_return"), ("AUC", "auc")):
+        [value] = numbers(cells[title])
+        decimals = len(cells[title].partition(".")[2])
+        assert value == pytest.approx(metrics[key], abs=0.51 * 10**-decimals), title
 
 
 def test_sweep_and_compare_errors_are_one_line_and_exit_2(

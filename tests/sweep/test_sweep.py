@@ -81,6 +81,7 @@ def test_local_sweep_writes_results_run_dirs_and_table(local_out: Path) -> None:
     # Every metric of the CSV, and the table's mean ± sample sd over the two seeds,
     # recomputed from the trials' JSON.
     metrics = {key: trial_metrics(local_out / f"{key}.json") for key in TRIALS}
+    assert all(m["final_return"] != m["auc"] for m in metrics.values())  # the curves moved
     with open(local_out / "summary.csv") as handle:
         for row in csv.DictReader(handle):
             key = f"{row['task']}/{row['arm']}-s{row['seed']}"
