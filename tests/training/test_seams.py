@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, EveryNTimesteps
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlattr import IIF, AttributedPPO, RunLog, ScoreHook
-from rlattr.training import IterationResults
+from rlattr.training import IterationResult, IterationResults
 from rlattr.training.seams import (
     FilterDecision,
     IterationContext,
@@ -202,3 +203,96 @@ def test_a_prefix_keeps_its_owner_for_the_whole_run() -> None:
         "scores": 1.0,  # b, seen before a (the later-made set, e.g. the filter's)
         "scores_a_2": 0.0,
     }
+
+
+class _Listener(BaseCallback):
+    """Notes, at each delivery, the result's iteration and the model's next iteration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def on_iteration(self, result: IterationResult) -> None:
+        self.seen.append((result.iteration, self.model.iteration))
+
+
+def test_each_iteration_returns_its_result_to_every_callback_that_wants_it(
+    run_dir: Path,
+) -> None:
+    collected, nested, listener = IterationResults(), IterationResults(keep=1), _Listener()
+    # Inside SB3's CallbackList and an event callback's child too.
+    callbacks = [collected, CallbackList([EveryNTimesteps(10**9, nested), listener])]
+    model = AttributedPPO(
+        "MlpPolicy",
+        "CartPole-v1",
+        run_dir=run_dir,
+        record_hooks=[ScoreHook()],
+        iif=IIF(rule="bottom", fraction=0.25),
+        **SMALL,
+    )
+    model.learn(3 * 64, callback=callbacks)
+    assert [r.iteration for r in collected] == [0, 1, 2]
+    assert listener.seen == [(0, 1), (1, 2), (2, 3)]  # after the update, once
+    assert len(nested) == 1 and nested.last is collected.last
+    log = RunLog(run_dir)
+    for result in collected:
+        k = result.iteration
+        records = log.load_records(k)
+        assert torch.equal(result.records.observations, records.observations)
+        assert result.num_timesteps == 64 * (k + 1)
+        plan = log.load_plan(k)
+        assert result.keep_mask is not None and torch.equal(result.keep_mask, plan.keep_mask)
+        assert int((~result.keep_mask).sum()) == 16  # IIF's bottom quarter of 64
+        assert result.fraction_dropped == 0.25 and result.weights is None
+        assert result.filtering
+        assert sorted(result.scores) == log.score_names(k)
+        for name, stored in result.scores.items():
+            assert torch.equal(stored.scores, log.load_scores(k, name)[0])
+        assert result.n_epochs_run == 2 and "train/loss" in result.losses
+        start, _ = log.load_checkpoint(k)
+        assert all(torch.equal(value, start[name]) for name, value in result.start[0].items())
+    # The model keeps nothing for other parts to read back.
+    assert not [name for name in vars(model) if name.startswith("last_")]
+    # Outside learn() no callback receives anything.
+    before = len(collected)
+    model.train()  # one more update on the last rollout, outside learn()
+    assert len(collected) == before
+
+
+def test_an_unfiltered_result_has_no_mask_and_no_dropped_share() -> None:
+    results = IterationResults()
+    with pytest.raises(LookupError, match="no iteration"):
+        _ = results.last
+    AttributedPPO("MlpPolicy", "CartPole-v1", **SMALL).learn(64, callback=results)
+    (result,) = results
+    assert result.keep_mask is None and not result.filtering
+    assert result.fraction_dropped is None and result.scores == {}
+    assert result.ground_truth is None
+    with pytest.raises(ValueError, match="keep"):
+        IterationResults(keep=0)
+
+
+class _HalfWeights(KeepMaskFilter):
+    """Drops record 0, trains records 1-7 at weight 0.5, and reports the iteration."""
+
+    def __call__(self, context: IterationContext) -> FilterDecision:
+        weights = torch.ones(len(context.records))
+        weights[0], weights[1:8] = 0.0, 0.5
+        return FilterDecision(None, scalars={"custom/k": context.iteration}, weights=weights)
+
+
+def test_a_result_carries_the_filters_weights_and_scalars(run_dir: Path) -> None:
+    results = IterationResults()
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, keep_mask_fn=_HalfWeights(), **SMALL
+    ).learn(2 * 64, callback=results)
+    log = RunLog(run_dir)
+    for result in results:
+        assert result.scalars == {"custom/k": result.iteration}
+        assert result.weights is not None
+        assert torch.equal(result.weights, log.load_plan(result.iteration).record_weights)
+        assert result.keep_mask is not None and result.keep_mask.tolist() == [False] + [True] * 63
+        assert result.fraction_dropped == 1 / 64
