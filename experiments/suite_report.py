@@ -207,7 +207,7 @@ def noise_study(out: Path, task: str, runs: Results, arm: str = "iif", draws: in
             for key in ("se_ave", "se_peak"):
                 values = 100 * np.array([getattr(r, key) for r in results])
                 table.setdefault(k, {}).setdefault(key, []).append(float(np.nanstd(values)))
-    rows = [r for r in _rows(runs, ["ppo", arm])[arm]]
+    rows = _rows(runs, ["ppo", arm])[arm]
     across = {key: float(np.std([r[key] for r in rows])) for key in ("se_ave", "se_peak")}
     lines = [
         f"# {task}: evaluation noise in SE_ave and SE_peak ({arm} against PPO)",
