@@ -5,12 +5,13 @@
   (and anchor) lands on a file (and heading) that exists;
 - every TensorBoard tag the board writes is in docs/tensorboard.md's table;
 - every `docs/science.md §N` the code cites is a section of docs/science.md;
-- every Python block of the documentation parses.
+- every Python block of the documentation parses, and imports only what rlattr exports.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -159,6 +160,32 @@ def test_every_citation_of_science_lands_on_a_section() -> None:
 def test_python_blocks_parse(path: Path) -> None:
     for block in PYTHON_BLOCK.findall(path.read_text(encoding="utf-8")):
         ast.parse(block)
+
+
+def rlattr_imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) of every ``from rlattr... import name`` in the file's Python blocks."""
+    found = []
+    for block in PYTHON_BLOCK.findall(path.read_text(encoding="utf-8")):
+        for node in ast.walk(ast.parse(block)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "rlattr":
+                found += [(node.module, alias.name) for alias in node.names]
+    return found
+
+
+@pytest.mark.parametrize("path", documentation_files(), ids=lambda p: p.name)
+def test_documented_imports_exist(path: Path) -> None:
+    missing = []
+    for module_name, name in rlattr_imports(path):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            if (err.name or "").split(".")[0] == "rlattr":
+                missing.append(module_name)
+                continue
+            pytest.skip(f"{module_name} needs an optional extra ({err.name})")
+        if not hasattr(module, name):
+            missing.append(f"{module_name}.{name}")
+    assert not missing, f"{path.relative_to(ROOT)} imports what rlattr does not export: {missing}"
 
 
 def test_the_slug_matches_github() -> None:
