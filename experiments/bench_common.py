@@ -1,5 +1,5 @@
 """Shared by the bench_* scripts (and the tables of the other studies here): clocks, SB3's
-PPO as the baseline, one recorded iteration to score, fresh-process memory, result files."""
+PPO as the baseline, result files."""
 
 from __future__ import annotations
 
@@ -8,21 +8,16 @@ import csv
 import io
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3 import PPO
 
-from experiments.common import ROOT
-from rlattr import Preset, RunLog
-from rlattr.record import atomic_write_text, build_policy, load_iteration
-from rlattr.scoring import target_context
+from rlattr import Preset
+from rlattr.record import atomic_write_text
 
 
 def parse_args(doc: str, **options: Any) -> argparse.Namespace:
@@ -56,35 +51,6 @@ def sb3_ppo(preset: Preset, seed: int, cls: type[PPO] = PPO, **kwargs: Any) -> P
         **preset.ppo_kwargs(),
         **kwargs,
     )
-
-
-class TimedPPO(PPO):
-    """SB3's PPO with a stopwatch around ``train()`` (nothing else changes)."""
-
-    train_seconds: list[float]
-
-    def train(self) -> None:
-        start = time.perf_counter()
-        super().train()
-        self.train_seconds.append(time.perf_counter() - start)
-
-
-def sb3_train_seconds(preset: Preset, iterations: int) -> list[float]:
-    """Seconds of each of SB3's ``PPO.train()`` calls over ``iterations`` (seed 0)."""
-    model = sb3_ppo(preset, 0, cls=TimedPPO)
-    model.train_seconds = []
-    model.learn(iterations * rollout_steps(preset))
-    return model.train_seconds
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def timed_learn(model: Any, steps: int) -> tuple[float, float]:
@@ -122,45 +88,6 @@ def per_seed_ratio(num: Sequence[float], den: Sequence[float]) -> tuple[float, f
     """Mean and standard deviation over seeds of ``num[i] / den[i]``."""
     ratios = [a / b for a, b in zip(num, den, strict=True)]
     return statistics.mean(ratios), statistics.stdev(ratios) if len(ratios) > 1 else 0.0
-
-
-@contextmanager
-def recorded_iteration(preset: Preset, prefix: str = "bench-") -> Iterator[tuple[Path, Any]]:
-    """A run of the preset recorded for two iterations (seed 0, CPU), in a scratch folder
-    removed afterwards: yields ``(run_dir, (data, policy, context))`` of iteration 1."""
-    scratch = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        preset.build(run_dir=scratch / "run", seed=0, device="cpu").learn(2 * rollout_steps(preset))
-        log = RunLog(scratch / "run")
-        data = load_iteration(log, 1)
-        yield scratch / "run", (data, build_policy(log), target_context(log, data.records))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-_CHILD = """
-import sys, torch
-sys.path.insert(0, {root!r})
-from experiments.common import peak_rss_growth_mib
-from rlattr import ReturnTarget, RunLog
-from rlattr.record import build_policy, load_iteration
-from rlattr.scoring import metagradient_scores, target_context
-torch.set_num_threads(1)
-log = RunLog({run!r})
-data = load_iteration(log, 1)
-policy = build_policy(log)
-context = target_context(log, data.records)
-print(peak_rss_growth_mib(lambda: metagradient_scores(data, policy, ReturnTarget(), context,
-                                                      **{options!r})))
-"""
-
-
-def metagrad_rss_growth_mib(run_dir: Path, options: Mapping[str, Any]) -> float:
-    """Resident-memory growth of one metagradient (return target, iteration 1) in a fresh
-    process, in MiB: in this process an earlier, higher peak would hide it."""
-    code = _CHILD.format(root=str(ROOT), run=str(run_dir), options=dict(options))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def table(header: str, rows: Iterable[str], sep: str = "") -> list[str]:

@@ -26,20 +26,6 @@ def provenance() -> dict[str, Any]:
     return _provenance(git=GIT_AT_START)
 
 
-def recorded_run(preset: Any, seed: int) -> Any:
-    """The recorded run of ``preset`` on ``seed`` in experiments/runs/<preset>-s<seed>,
-    trained first (or resumed to the preset's budget) where it is not complete."""
-    from rlattr import RunLog
-
-    run_dir = RESULTS.parent / "runs" / f"{preset.name}-s{seed}"
-    model = preset.build(run_dir=run_dir, seed=seed, device="cpu", resume=True)
-    remaining = preset.total_timesteps - model.num_timesteps
-    if remaining > 0:
-        print(f"training {preset.name} for {remaining} steps into {run_dir}", flush=True)
-        model.learn(remaining, reset_num_timesteps=model.num_timesteps == 0)
-    return RunLog(run_dir)
-
-
 def final_action_target(log: Any, n_states: int = 64, seed: int = 0) -> Any:
     """``ActionTarget`` of the run's final policy: its greedy actions on ``n_states``
     observations of the last iteration's buffer (drawn with ``seed``)."""
@@ -83,35 +69,3 @@ def markdown_header(title: str, meta: dict[str, Any]) -> list[str]:
         f"Versions: {versions}",
         "",
     ]
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def peak_rss_growth_mib(fn: Any) -> float:
-    """Peak resident memory while ``fn()`` runs, above the resident memory before (MiB).
-
-    On Linux the kernel's peak counter (VmHWM) is reset first (``/proc/self/clear_refs``),
-    so an earlier, higher peak does not hide this one. Elsewhere it falls back to the
-    growth of the lifetime peak, which reads 0 when an earlier step peaked higher.
-    (tracemalloc cannot see torch's allocations.) Freed memory that the allocator kept
-    from earlier steps is reused without showing up, so run it in a fresh process for a
-    number to quote.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        before = _status_kib("VmRSS")
-        fn()
-        return (_status_kib("VmHWM") - before) / 1024
-    except OSError:
-        import resource
-
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024

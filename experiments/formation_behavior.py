@@ -4,7 +4,7 @@ Draws ``--states`` observations (seeded) from the run's last recorded buffer and
 with the action the *final* policy takes there deterministically, written as the
 ``action:FILE`` target's npz (``observations`` [M, ...], ``actions`` [M]). The formation
 analysis then asks which records of each iteration built that final behaviour (as the
-fidelity study's action target does, experiments/fidelity.py).
+one-update fidelity study's action target did).
 
     python experiments/formation_behavior.py RUN OUT.npz [--states 64] [--seed 0]
 """
