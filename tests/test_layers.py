@@ -1,4 +1,4 @@
-"""The package's layers: a lower layer never imports a higher one (ARCHITECTURE.md).
+"""The package's layers: a lower layer never imports a higher one (docs/architecture.md).
 
 Every ``import`` in every module of ``rlattr`` (module level, inside functions and under
 ``if TYPE_CHECKING``) is read with ``ast``. Four rules:
