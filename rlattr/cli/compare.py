@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
     task = spec.tasks[0].name
     console.print(comparison_table(spec, task))
     console.print(f"table: {outcome.report['markdown']}", soft_wrap=True, highlight=False)
-    logdir = shlex.quote(str(Path(spec.out) / task))
+    logdir = shlex.quote(str(spec.runs_dir / task))
     console.print(
         f"curves (eval/return_mean per arm and seed): tensorboard --logdir {logdir}",
         soft_wrap=True,

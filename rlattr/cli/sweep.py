@@ -128,7 +128,9 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
         highlight=False,
     )
     console.print(
-        f"curves: tensorboard --logdir {shlex.quote(spec.out)}", soft_wrap=True, highlight=False
+        f"curves: tensorboard --logdir {shlex.quote(str(spec.runs_dir))}",
+        soft_wrap=True,
+        highlight=False,
     )
     return finish(outcome, console)
 
@@ -191,8 +193,7 @@ def comparison_table(spec: SweepSpec, task: str) -> Table:
         ]
         budget = max(p["curve"][-1]["round"] for p in results[arm].values())
         share_cells = [
-            _rounds_cell([row[i] for row in to_shares], budget)
-            for i in range(len(PEAK_SHARES))
+            _rounds_cell([row[i] for row in to_shares], budget) for i in range(len(PEAK_SHARES))
         ]
         table.add_row(
             arm,

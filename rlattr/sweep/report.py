@@ -99,10 +99,15 @@ def _series(payload: Mapping[str, Any], key: str) -> np.ndarray:
     return np.array([float(point[key]) for point in payload["curve"]])
 
 
+def _rounds(payload: Mapping[str, Any]) -> list[int]:
+    """The round of each evaluation (0, 1, 2, ... or 0, N, 2N, ... with ``eval_every``)."""
+    return [int(point["round"]) for point in payload["curve"]]
+
+
 def _per_round(payload: Mapping[str, Any], clock: str) -> float:
     """Training seconds per round on ``clock`` (evaluations excluded)."""
     seconds = _series(payload, clock)
-    return float(seconds[-1]) / max(len(seconds) - 1, 1)
+    return float(seconds[-1]) / max(_rounds(payload)[-1], 1)
 
 
 def trial_row(
@@ -116,7 +121,8 @@ def trial_row(
     its RT_peak says how early PPO reaches its own peak).
     """
     curve = _series(payload, "return_mean")
-    rounds = len(curve) - 1
+    evaluated = _rounds(payload)
+    rounds = evaluated[-1]
     dropped = [p["fraction_dropped"] for p in payload["curve"] if p["fraction_dropped"] is not None]
     row: dict[str, Any] = {
         "task": payload["task"],
@@ -147,7 +153,7 @@ def trial_row(
     # Never reached: counted right after the budget (R + 1), as the efficiency metrics do.
     row.update(
         ppo_peak=peak,
-        rounds_to_ppo_peak=float(len(curve) if reached is None else reached),
+        rounds_to_ppo_peak=float(rounds + 1 if reached is None else evaluated[reached]),
         ppo_peak_reached=reached is not None,
     )
     if payload["arm"] != "ppo" or ppo_itself:
@@ -339,18 +345,19 @@ def plot_task(
         2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     episodes: set[int] = set()
-    for arm, seeds in arms.items():
+    for number, (arm, seeds) in enumerate(arms.items()):
+        color = f"C{number}"  # one colour per arm in both panels
         trials = [seeds[s] for s in sorted(seeds)]
         length = min(len(t["curve"]) for t in trials)
         x = np.array([p["round"] for p in trials[0]["curve"][:length]])
         matrix = np.array([_series(t, "return_mean")[:length] for t in trials])
         mean, sd = matrix.mean(0), matrix.std(0)
-        top.plot(x, mean, label=f"{arm} (n={len(trials)})")
-        top.fill_between(x, mean - sd, mean + sd, alpha=0.15)
+        top.plot(x, mean, label=f"{arm} (n={len(trials)})", color=color)
+        top.fill_between(x, mean - sd, mean + sd, alpha=0.15, color=color)
         episodes.update(int(t["evaluation"]["episodes"]) for t in trials)
         if arm != "ppo":
             dropped = [[p["fraction_dropped"] or 0.0 for p in t["curve"][:length]] for t in trials]
-            bottom.plot(x[1:], np.mean(dropped, axis=0)[1:], label=arm)
+            bottom.plot(x[1:], np.mean(dropped, axis=0)[1:], label=arm, color=color)
     top.set_ylabel(f"eval return ({_listed(episodes)} stochastic episodes)\nmean ± sd over seeds")
     top.set_title(task)
     top.legend()

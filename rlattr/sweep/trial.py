@@ -8,8 +8,8 @@ starts anew.
 Its run directory, if given, receives the TensorBoard events of the run (``eval/*`` after
 every round, SB3's ``train/*`` and rlattr's ``iif/*``), named by the directory.
 
-The result format is the one ``experiments/paper_suite.py`` has always written (its
-``--summarize`` and committed results read it); the sweep adds keys, never renames them.
+The result format is the one the IIF paper's suite has always been committed in
+(experiments/results/suite); the sweep adds keys, never renames them.
 """
 
 from __future__ import annotations

@@ -184,6 +184,21 @@ def test_trial_metrics_against_ppo_by_hand() -> None:
     assert math.isnan(alone["rounds_to_ppo_peak"]) and alone["final_return"] == 3.0
 
 
+def test_trial_rows_count_rounds_not_evaluations() -> None:
+    # Evaluated every 5 rounds (eval_every): rounds 0, 5, 10, 15.
+    ppo = _payload("ppo", [0.0, 1.0, 3.0, 2.0], [0.0, 1.0, 2.0, 3.0])
+    iif = _payload("iif", [0.0, 3.0, 3.0, 3.0], [0.0, 5.0, 10.0, 15.0])
+    for point in (*ppo["curve"], *iif["curve"]):
+        point["round"] *= 5
+    row = trial_row(iif, ppo)
+    assert row["rounds"] == 15 and row["rounds_to_ppo_peak"] == 5
+    assert row["seconds_per_round"] == pytest.approx(1.0)  # 15 s over 15 rounds
+    never = _payload("iif", [0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 2.0, 3.0])
+    for point in never["curve"]:
+        point["round"] *= 5
+    assert trial_row(never, ppo)["rounds_to_ppo_peak"] == 16  # R + 1
+
+
 def test_cells_are_mean_and_sample_sd() -> None:
     assert mean_spread([1.0, 2.0, 3.0], 2) == "2.00 ± 1.00"
     assert mean_spread([5.0], 1) == "5.0"
