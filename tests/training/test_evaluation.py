@@ -12,7 +12,7 @@ import torch
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import KVWriter, Logger
 
-from rlattr import IIF, AttributedPPO
+from rlattr import IIF, AttributedPPO, IterationResults
 from rlattr.training.evaluation import EvalEveryRound, evaluate_policy_batched
 from tests.conftest import assert_same_parameters
 
@@ -49,7 +49,8 @@ def test_training_is_identical_with_and_without_evaluation(env_id, iif, kwargs) 
 
     evaluated = _model(env_id, iif, **kwargs)
     callback = EvalEveryRound(lambda: gym.make(env_id), episodes=3, seed=7, n_envs=2)
-    evaluated.learn(3 * 64, callback=callback)
+    results = IterationResults()  # what each update did, to check the dropped shares
+    evaluated.learn(3 * 64, callback=[callback, results])
     after_evaluated = (torch.rand(1), np.random.rand(), random.random())
 
     assert_same_parameters(plain.policy, evaluated.policy)
@@ -71,6 +72,12 @@ def test_training_is_identical_with_and_without_evaluation(env_id, iif, kwargs) 
     else:
         assert curve[0].fraction_dropped is None
         assert all(0 <= p.fraction_dropped < 1 for p in curve[1:])
+        # Round r's share is the share update r - 1 left out of its buffer.
+        dropped = [
+            0.0 if r.keep_mask is None else float((~r.keep_mask).double().mean()) for r in results
+        ]
+        assert [p.fraction_dropped for p in curve[1:]] == dropped
+        assert any(share > 0 for share in dropped)
 
 
 def test_evaluation_is_logged_at_the_current_timesteps() -> None:
