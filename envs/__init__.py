@@ -7,6 +7,9 @@ from any working directory.
 """
 
 from gymnasium.envs.registration import register, registry
+from rlattr.envs.delayed_credit import CASH_IN, INVEST
+
+__all__ = ["CASH_IN", "INVEST"]
 
 
 def _register(

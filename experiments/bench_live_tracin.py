@@ -37,6 +37,7 @@ from experiments.bench_common import parse_args, rollout_steps, table, write_mar
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import LiveTracIn, Preset, ReturnTarget, ScoreHook
 from rlattr.record import capture_checkpoint, restore_checkpoint
+from rlattr.run import build_model
 from rlattr.scoring import SubsampledTarget, TargetContext, tracin_scores
 
 SUBSAMPLE = 256
@@ -68,7 +69,7 @@ def bench(name: str, repeats: int, replay_repeats: int, per_step: bool) -> dict[
         if context.iteration == 1:
             captured["start"] = capture_checkpoint(context.policy, with_rng=True)
 
-    model = preset.build(seed=0, device="cpu")
+    model = build_model(preset, seed=0, device="cpu")
     model.record_hooks = [remember]
     model.learn(2 * rollout_steps(preset))
     iteration, n_updates = 1, model._n_updates

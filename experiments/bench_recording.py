@@ -31,6 +31,7 @@ from experiments.bench_common import (
 )
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import Preset
+from rlattr.run import build_model
 
 ITERATIONS = {"cartpole": 100, "lunarlander": 6, "minigrid_empty": 4, "hopper": 20}
 RATIOS = {
@@ -43,9 +44,11 @@ def arms(preset: Preset) -> dict[str, Callable[[int, Path], Any]]:
     """How each arm's model is made from (seed, scratch folder); order as the arms rotate."""
     return {
         "ppo_tb": lambda s, tmp: sb3_ppo(preset, s, tensorboard_log=str(tmp / "tb")),
-        "rlattr_recording": lambda s, tmp: preset.build(run_dir=tmp / "run", seed=s, device="cpu"),
+        "rlattr_recording": lambda s, tmp: build_model(
+            preset, run_dir=tmp / "run", seed=s, device="cpu"
+        ),
         "ppo_plain": lambda s, _: sb3_ppo(preset, s),
-        "rlattr_no_recording": lambda s, _: preset.build(seed=s, device="cpu"),
+        "rlattr_no_recording": lambda s, _: build_model(preset, seed=s, device="cpu"),
     }
 
 

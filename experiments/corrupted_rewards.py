@@ -65,10 +65,10 @@ from rlattr import (
 )
 from rlattr.analysis.detection import baseline_suspicions, detect, per_record_losses
 from rlattr.analysis.efficiency import iqm
+from rlattr.run.presets import Preset, resolve_preset_path
 from rlattr.scoring.influence import snapshot_scores
 from rlattr.training.evaluation import evaluate_policy_batched
 from rlattr.training.oracle import GroundTruthFilter
-from rlattr.training.presets import Preset, resolve_preset_path
 
 OUT = RESULTS / "corrupted_rewards"
 ENV = "rlattr.envs:rlattr/CartPoleCorruptRegion-v0"

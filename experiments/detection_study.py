@@ -65,8 +65,8 @@ from rlattr.record import (
     load_iteration,
     restore_checkpoint,
 )
+from rlattr.run import Preset
 from rlattr.scoring import gae_advantages
-from rlattr.training import Preset
 
 OUT = RESULTS / "detection"
 METHODS = ("snapshot", "tracin", "metagrad")
@@ -93,7 +93,7 @@ class Setting:
 
 
 def _invest_target(records: Records, truth: dict, gamma: float, lam: float) -> Target:
-    from rlattr.envs.delayed_credit import INVEST
+    from rlattr.envs import INVEST
 
     observation = torch.zeros(1, records.observations.shape[1])
     observation[0, 0] = 1.0  # time step 0: the decision

@@ -144,7 +144,7 @@ class RoundEvaluator:
 
 def toy(seed: int) -> tuple[Any, Any]:
     """The character tokenizer (left padding) and the sentiment task of a seed."""
-    from rlattr.llm.toy import SentimentTask, char_tokenizer
+    from rlattr.llm import SentimentTask, char_tokenizer
 
     tokenizer = char_tokenizer()
     tokenizer.padding_side = "left"
@@ -164,8 +164,7 @@ def build_trainer(
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from rlattr.llm import IIFGRPOTrainer
-    from rlattr.llm.toy import tiny_causal_lm
+    from rlattr.llm import IIFGRPOTrainer, tiny_causal_lm
 
     tokenizer, task = toy(seed)
     model = tiny_causal_lm(tokenizer, seed=seed)
@@ -260,8 +259,7 @@ def fidelity_study(args: argparse.Namespace) -> dict[str, Any]:
     32 random subsets of 10 % of the pairs are removed by replay (LDS, sign agreement),
     and the negatives are removed against 16 random subsets of the same size.
     """
-    from rlattr.llm import LLMIIF, LLMRunLog
-    from rlattr.llm.fidelity import subset_effects
+    from rlattr.llm import LLMIIF, LLMRunLog, subset_effects
 
     iif = LLMIIF(rule="bottom", fraction=0.0, target="validation")
     rounds, results = args.fidelity_rounds, []
@@ -348,7 +346,7 @@ def fidelity_markdown(payload: dict[str, Any]) -> list[str]:
 
 
 def pretrained_weights(seed: int, steps: int) -> dict:
-    from rlattr.llm.toy import SentimentTask, char_tokenizer, pretrain, tiny_causal_lm
+    from rlattr.llm import SentimentTask, char_tokenizer, pretrain, tiny_causal_lm
 
     tokenizer = char_tokenizer()
     model = tiny_causal_lm(tokenizer, seed=seed)

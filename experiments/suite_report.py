@@ -32,9 +32,15 @@ from rlattr.analysis import (
     probability_of_improvement,
 )
 from rlattr.record import atomic_write_text
-from rlattr.sweep import SweepSpec
-from rlattr.sweep.report import load_results, trial_rows, write_report, write_trials_csv
-from rlattr.sweep.spec import EVAL_SEED, parse_arm
+from rlattr.sweep import (
+    EVAL_SEED,
+    SweepSpec,
+    load_results,
+    parse_arm,
+    trial_rows,
+    write_report,
+    write_trials_csv,
+)
 
 SPEC = Path(__file__).resolve().parent / "sweeps" / "suite.yaml"
 COMMAND = "python experiments/suite_report.py"

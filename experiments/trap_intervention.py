@@ -58,6 +58,7 @@ from experiments.common import RESULTS, ROOT, markdown_header, provenance
 from rlattr import ActionTarget, Intervention, Preset, RunLog, ScoreHook
 from rlattr.analysis import WhatIfConfig, whatif_iterations, write_whatif_report
 from rlattr.record import atomic_write_json, atomic_write_text, build_policy, restore_checkpoint
+from rlattr.run import build_model
 from rlattr.training import EvalEveryRound, evaluate_policy_batched
 
 NAME = "trap_intervention"
@@ -136,7 +137,7 @@ def train_one(preset: Preset, arm: str, seed: int, budget: float) -> dict[str, A
     evaluation = EvalEveryRound(make_env, episodes=EVAL_EPISODES, seed=EVAL_SEED, dump=False)
     start, start_cpu = time.perf_counter(), time.process_time()
     options = arm_options(arm, target, budget, seed)
-    model = preset.build(run_dir=run_dir, seed=seed, device="cpu", **options)
+    model = build_model(preset, run_dir=run_dir, seed=seed, device="cpu", **options)
     model.learn(preset.total_timesteps, callback=evaluation)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     final = evaluate_policy_batched(model.policy, make_env, FINAL_EPISODES, FINAL_SEED)

@@ -24,6 +24,7 @@ from rlattr.errors import (
 )
 from rlattr.record.replay import replay_iteration
 from rlattr.record.runlog import Retention, RunLog
+from rlattr.run import Preset
 from rlattr.scoring.attribute import attribute
 from rlattr.scoring.live_tracin import LiveTracIn
 from rlattr.scoring.targets import ActionTarget, CallableTarget, ReturnTarget, Target
@@ -33,7 +34,6 @@ from rlattr.training.hooks import ScoreHook
 from rlattr.training.intervention import Intervention
 from rlattr.training.oracle import GroundTruthFilter
 from rlattr.training.ppo import AttributedPPO
-from rlattr.training.presets import Preset
 from rlattr.training.seams import (
     FilterDecision,
     IterationContext,

@@ -263,7 +263,7 @@ def estimate_stage_effects(
     Args:
         iterations: every iteration of the run, in order (iteration j at index j).
         final_state: the checkpoint tensors after the last iteration (θ_T).
-        policy: a policy built by ``rlattr.build_policy`` (overwritten).
+        policy: a policy built by ``rlattr.record.build_policy`` (overwritten).
         behavior, context: the behaviour f of the final policy, or a mapping name →
             behaviour: the propagation and the counterfactual replays do not depend on
             the behaviour, so several behaviours cost hardly more than one, and the

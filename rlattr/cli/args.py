@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from rlattr.argtypes import at_least, device, format_memory_size, memory_size
 from rlattr.cli.console import UsageError, user_input
 from rlattr.record.runlog import RunLog
-from rlattr.training.presets import shipped_presets
+from rlattr.run.presets import shipped_presets
 
 
 def share(open_low: bool) -> Callable[[str], float]:

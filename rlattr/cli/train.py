@@ -35,7 +35,7 @@ from rlattr.run import (
     command_path,
     committed_summary,
 )
-from rlattr.training.presets import Preset
+from rlattr.run.presets import Preset
 
 
 def add(sub: Any) -> None:

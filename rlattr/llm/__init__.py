@@ -36,11 +36,13 @@ except ImportError as err:  # pragma: no cover - the message is the point
 
 from rlattr.llm.batch import SequenceBatch, completion_logps
 from rlattr.llm.config import LLMIIF
+from rlattr.llm.fidelity import SubsetEffects, subset_effects
 from rlattr.llm.ghost import score_parameters, sequence_dots
 from rlattr.llm.loss import LossSpec, sequence_losses, sequence_weights
 from rlattr.llm.replay import replay_round
 from rlattr.llm.runlog import FORMAT_VERSION, LLMRunLog
 from rlattr.llm.scores import snapshot_scores, target_gradient
+from rlattr.llm.toy import SentimentTask, char_tokenizer, pretrain, tiny_causal_lm
 from rlattr.llm.trainer import IIFGRPOTrainer, RoundStats
 from rlattr.scoring.rules import RULES, keep_mask
 
@@ -52,14 +54,20 @@ __all__ = [
     "LLMRunLog",
     "LossSpec",
     "RoundStats",
+    "SentimentTask",
     "SequenceBatch",
+    "SubsetEffects",
+    "char_tokenizer",
     "completion_logps",
     "keep_mask",
+    "pretrain",
     "replay_round",
     "score_parameters",
     "sequence_dots",
     "sequence_losses",
     "sequence_weights",
     "snapshot_scores",
+    "subset_effects",
     "target_gradient",
+    "tiny_causal_lm",
 ]

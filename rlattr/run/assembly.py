@@ -21,7 +21,7 @@ from typing import Any
 
 from rlattr.errors import PresetError, RlattrError
 from rlattr.record.runlog import Retention, RunLog
-from rlattr.training.presets import Preset, shipped_presets
+from rlattr.run.presets import Preset, shipped_presets
 
 #: IIF settings a run may override on top of its preset's ``iif`` section (the command
 #: line offers each as ``--iif-<field>``; ``target`` is Python-only, ``seed`` the preset's).

@@ -138,7 +138,7 @@ def tracin_scores(
 
     Args:
         data: the logged iteration.
-        policy: a policy built by ``rlattr.build_policy`` (its state is overwritten).
+        policy: a policy built by ``rlattr.record.build_policy`` (its state is overwritten).
         target, context: the behaviour to explain and what it needs.
         params, backend: as for ``snapshot_scores``.
         target_every: recompute ∇f every this many steps (1: at every θ_t, the definition).

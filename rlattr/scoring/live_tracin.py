@@ -552,7 +552,7 @@ def replay_live_tracin(
 ) -> torch.Tensor:
     """Live TracIn of a logged iteration: its update replayed with the scorer attached.
 
-    ``policy`` (a workspace from ``rlattr.build_policy``) is overwritten and ends at
+    ``policy`` (a workspace from ``rlattr.record.build_policy``) is overwritten and ends at
     θ_{k+1}. The epochs come from the plan's ``step_epochs``. Equals the scores the
     scorer would have stored had it been attached during training.
     """

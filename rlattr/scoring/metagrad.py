@@ -145,7 +145,7 @@ def metagradient_scores(
 
     Args:
         data: the logged iteration (records, plan, start checkpoint).
-        policy: a policy built by ``rlattr.build_policy`` (its state is overwritten with
+        policy: a policy built by ``rlattr.record.build_policy`` (its state is overwritten with
             the start checkpoint; its parameters are not updated).
         target, context: the behaviour f and what it needs.
         normalization: ``"weights"`` (minibatch loss Σwℓ/Σw: w_i = 0 is removal) or

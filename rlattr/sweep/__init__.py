@@ -7,11 +7,22 @@ extra ``sweep`` (``pip install 'rlattr[sweep]'``); the ``local`` backend needs n
 """
 
 from rlattr.sweep.engine import SweepOutcome, run_sweep
-from rlattr.sweep.spec import ARMS, SweepError, SweepSpec, SweepSpecError, TaskSpec, Trial
+from rlattr.sweep.report import load_results, trial_row, trial_rows, write_report, write_trials_csv
+from rlattr.sweep.spec import (
+    ARMS,
+    EVAL_SEED,
+    SweepError,
+    SweepSpec,
+    SweepSpecError,
+    TaskSpec,
+    Trial,
+    parse_arm,
+)
 from rlattr.sweep.trial import TrialJob, run_trial
 
 __all__ = [
     "ARMS",
+    "EVAL_SEED",
     "SweepError",
     "SweepOutcome",
     "SweepSpec",
@@ -19,6 +30,12 @@ __all__ = [
     "TaskSpec",
     "Trial",
     "TrialJob",
+    "load_results",
+    "parse_arm",
     "run_sweep",
     "run_trial",
+    "trial_row",
+    "trial_rows",
+    "write_report",
+    "write_trials_csv",
 ]

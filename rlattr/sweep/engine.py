@@ -250,7 +250,7 @@ def run_sweep(
         except ValueError as error:
             raise SweepError(str(error)) from None
         # ... and a preset whose environment cannot be made, once, not once per trial.
-        from rlattr.training.presets import Preset
+        from rlattr.run.presets import Preset
 
         for preset in sorted({job.trial.preset for job in jobs}):
             Preset.load(preset).environment_spaces()

@@ -31,6 +31,8 @@ from typing import Any
 import yaml
 
 from rlattr.errors import RlattrError
+from rlattr.run.arms import ARMS, ArmName, UnknownArmError
+from rlattr.run.arms import parse_arm as _parse_arm
 
 __all__ = [
     "ARMS",
@@ -47,43 +49,6 @@ __all__ = [
     "preset_rounds",
 ]
 
-ARMS = ("ppo", "iif", "random_like", "advantage_like", "iif_metagrad")
-# Any arm but ppo may name its own drop fraction p as a percent suffix: ``iif_p25`` is the
-# preset's rule at p = 25 %, ``random_like_p12.5`` drops as many as the rule would at 12.5 %
-# (the paper's p sweep, docs/science.md §6).
-_PERCENT_SUFFIX = "_p"
-
-
-@dataclass(frozen=True)
-class ArmName:
-    """A parsed arm name: its base arm (one of ``ARMS``) and, optionally, the drop fraction
-    p that replaces the preset's (``iif_p25`` → ``ArmName("iif", 0.25)``)."""
-
-    base: str
-    fraction: float | None = None
-
-
-def parse_arm(name: str) -> ArmName:
-    """``ARMS`` member, or a member other than ``ppo`` with a ``_p<percent>`` suffix
-    (0 < percent <= 100); raises ``SweepSpecError`` otherwise."""
-    if not isinstance(name, str):
-        raise SweepSpecError(f"an arm is a name, got {name!r}")
-    if name in ARMS:
-        return ArmName(name)
-    base, sep, percent = name.rpartition(_PERCENT_SUFFIX)
-    if sep and base in ARMS and base != "ppo":
-        try:
-            value = float(percent)
-        except ValueError:
-            value = math.nan
-        if 0 < value <= 100 and percent.replace(".", "", 1).isdigit():
-            return ArmName(base, value / 100)
-    raise SweepSpecError(
-        f"unknown arm {name!r}: arms are {', '.join(ARMS)}, and any but ppo may end in "
-        "_p<percent> for its drop fraction (e.g. iif_p25)"
-    )
-
-
 # Evaluation episode j resets with seed EVAL_SEED + j for every arm, seed and round (common
 # random numbers: a difference between arms is not a difference between evaluation draws).
 EVAL_SEED = 10_000
@@ -96,6 +61,14 @@ class SweepError(RlattrError):
 
 class SweepSpecError(SweepError, ValueError):
     """A sweep spec that cannot be used as written (unknown key, bad value)."""
+
+
+def parse_arm(name: str) -> ArmName:
+    """``rlattr.run.parse_arm``, its refusal a ``SweepSpecError`` (a spec's bad value)."""
+    try:
+        return _parse_arm(name)
+    except UnknownArmError as err:
+        raise SweepSpecError(str(err)) from err
 
 
 def _help(text: str) -> dict[str, str]:
@@ -302,7 +275,7 @@ class Trial:
 
 def preset_rounds(preset_name: str) -> int:
     """The preset's budget in rounds: ``total_timesteps / (n_steps × n_envs)``, rounded up."""
-    from rlattr.training.presets import Preset
+    from rlattr.run.presets import Preset
 
     preset = Preset.load(preset_name)
     steps = int(preset.ppo.get("n_steps", 2048)) * preset.n_envs
@@ -312,7 +285,7 @@ def preset_rounds(preset_name: str) -> int:
 def plan_trials(spec: SweepSpec) -> list[Trial]:
     """Every trial of ``spec``: per task PPO and IIF first on every seed (the main
     comparison, so a partial sweep already answers it), then the other arms."""
-    from rlattr.training.presets import Preset
+    from rlattr.run.presets import Preset
 
     for task in spec.tasks:  # a missing or invalid preset stops the sweep before it starts
         Preset.load(task.preset)

@@ -25,46 +25,13 @@ from typing import Any
 from rlattr.argtypes import check_device
 from rlattr.provenance import git_commit, provenance
 from rlattr.record.io import atomic_write_json
-from rlattr.run import build_model
-from rlattr.sweep.spec import Trial, parse_arm
+from rlattr.run import arm_iif, build_model
+from rlattr.sweep.spec import Trial
 
 # A recording trial's run log, inside its run directory.
 RUN_LOG_FOLDER = "runlog"
 # Keys whose values must agree for a finished result to count as this trial's.
 _IDENTITY = ("task", "arm", "seed", "rounds")
-
-
-def arm_iif(preset: Any, arm: str, seed: int) -> Any:
-    """The filter of an arm: None for PPO, the preset's rule, or its matched ablations.
-
-    ``random_like`` and ``advantage_like`` drop as many records as the preset's rule would
-    (at random; those with the most negative advantages); ``iif_metagrad`` is the preset's
-    rule on exact metagradient scores of the coming update instead of snapshot scores. A
-    ``_p<percent>`` suffix replaces the preset's drop fraction (``parse_arm``).
-    """
-    from rlattr.training.filters import IIF
-
-    name = parse_arm(arm)
-    if name.base == "ppo":
-        return None
-    base = preset.iif_config(seed=seed, fraction=name.fraction)
-    if name.base == "iif":
-        return base
-    if name.base == "iif_metagrad":
-        return preset.iif_config(seed=seed, fraction=name.fraction, scorer="metagrad")
-    return IIF(
-        rule=name.base,
-        like=base.rule,
-        like_fraction=base.fraction,
-        warmup_iterations=base.warmup_iterations,
-        minibatching=base.minibatching,
-        seed=seed,
-    )
-
-
-def make_eval_env_factory(preset: Any) -> Callable[[], Any]:
-    """One evaluation environment of the preset (``Preset.env_factory``)."""
-    return preset.env_factory()
 
 
 def read_result(path: Path) -> dict[str, Any] | None:
@@ -150,8 +117,8 @@ def run_trial(
     """
     import torch
 
+    from rlattr.run.presets import Preset
     from rlattr.training.evaluation import EvalEveryRound, EvalPoint
-    from rlattr.training.presets import Preset
 
     if record and run_dir is None:
         raise ValueError("record=True keeps the run log in the trial's run_dir: give run_dir")

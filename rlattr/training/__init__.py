@@ -1,4 +1,4 @@
-"""Layer 3: training: AttributedPPO, IIF, record hooks, presets and the TensorBoard writer.
+"""Layer 3: training: AttributedPPO, IIF, record hooks and the TensorBoard writer.
 
 Imports the record and scoring layers, never analysis.
 
@@ -15,7 +15,6 @@ from rlattr.training.hooks import ScoreHook
 from rlattr.training.intervention import Intervention
 from rlattr.training.oracle import GroundTruthFilter
 from rlattr.training.ppo import AttributedPPO
-from rlattr.training.presets import Preset, resolve_preset_path
 from rlattr.training.score_plot import ScoreAdvantagePlot
 from rlattr.training.seams import (
     FilterDecision,
@@ -43,7 +42,6 @@ __all__ = [
     "IterationResult",
     "IterationResults",
     "KeepMaskFilter",
-    "Preset",
     "RecordHook",
     "RecordRun",
     "ScoreAdvantagePlot",
@@ -51,5 +49,4 @@ __all__ = [
     "StoredScores",
     "evaluate_policy_batched",
     "keep_mask",
-    "resolve_preset_path",
 ]

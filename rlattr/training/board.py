@@ -5,8 +5,8 @@ they land one rollout late and the last iteration never appears. rlattr's own va
 straight to SB3's TensorBoard ``SummaryWriter`` (same event files, same run) at the
 ``num_timesteps`` of the rollout they describe: the same x as ``rollout/ep_rew_mean``.
 
-Every tag rlattr writes is listed in ``TAGS`` with its meaning (the README's table is made
-from it); a test checks that nothing else is written.
+Every tag rlattr writes is listed in ``TAGS`` with its meaning; docs/tensorboard.md shows
+them all (a test keeps the two alike), and a test checks that nothing else is written.
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ class FilterDecision:
         keep_mask: ``[N]`` bool, True = the update trains on the record; None trains on
             every record.
         scores: scores to store with the iteration, by name.
-        scalars: TensorBoard scalars (``"iif/fraction_dropped"``, ...) to record.
+        scalars: TensorBoard scalars (``"filter/fraction_dropped"``, ...) to record.
         weights: ``[N]`` per-record loss weights in [0, 1] (records outside ``keep_mask``
             count as 0), or None. Weights that are all 0 or 1 act as a keep mask (weight 0
             is removal, weight 1 plain PPO, bit for bit); fractional ones train with the

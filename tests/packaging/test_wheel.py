@@ -38,9 +38,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(path, source / name)
+    # -v instead of -q: the build backend's notices are what this checks.
+    wheel_command = [*PIP[:-1], "wheel", "-v", "--no-deps", "--no-build-isolation"]
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(work / "dist"), str(source)],
+        [*wheel_command, "-w", str(work / "dist"), str(source)],
         check=True,
         capture_output=True,
         text=True,

@@ -10,6 +10,7 @@ import torch
 from rlattr import Preset, RunLog, replay_iteration
 from rlattr.record import build_policy, load_iteration, replay
 from rlattr.record.replay import state_matches
+from rlattr.run import build_model
 
 # Presets shrunk to a few seconds each; everything else (optimiser, clipping, schedules,
 # policy architecture, wrappers) is the preset's own.
@@ -28,7 +29,7 @@ def _train_shrunk(name: str, run_dir: Path, iterations: int = 3) -> RunLog:
     ppo = {**preset.ppo, **SHRUNK[name]}
     rollout = ppo["n_steps"] * preset.n_envs
     preset = preset.with_overrides(ppo=ppo, total_timesteps=iterations * rollout)
-    model = preset.build(run_dir=run_dir, seed=5, device="cpu")
+    model = build_model(preset, run_dir=run_dir, seed=5, device="cpu")
     model.learn(preset.total_timesteps)
     return RunLog(run_dir)
 
@@ -104,7 +105,7 @@ def test_training_with_a_keep_mask_replays_exactly(run_dir: Path) -> None:
         mask[1::2] = False
         return mask
 
-    model = preset.build(run_dir=run_dir, seed=2, device="cpu", keep_mask_fn=drop_odd)
+    model = build_model(preset, run_dir=run_dir, seed=2, device="cpu", keep_mask_fn=drop_odd)
     model.learn(preset.total_timesteps)
     log = RunLog(run_dir)
     for k in log.iterations():

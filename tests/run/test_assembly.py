@@ -17,7 +17,7 @@ from rlattr.run import (
     run_env_factory,
     whole_rollouts,
 )
-from rlattr.training.presets import Preset
+from rlattr.run.presets import Preset
 
 
 def test_the_budget_is_rounded_up_to_whole_rollouts() -> None:

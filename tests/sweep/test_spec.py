@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from rlattr.errors import RlattrError
+from rlattr.run import arm_iif
+from rlattr.run.presets import Preset, resolve_preset_path
 from rlattr.sweep import report
 from rlattr.sweep.engine import plan_jobs
 from rlattr.sweep.report import mean_spread, result_path, trial_row, write_report
@@ -23,8 +25,6 @@ from rlattr.sweep.spec import (
     parse_arm,
     plan_trials,
 )
-from rlattr.sweep.trial import arm_iif
-from rlattr.training.presets import Preset, resolve_preset_path
 
 EXAMPLE = """
 tasks:

@@ -18,7 +18,6 @@ import yaml
 from stable_baselines3.common.env_util import make_vec_env
 
 from rlattr.errors import PresetError
-from rlattr.record.runlog import Retention
 
 # PPO arguments a preset may set (others are rlattr's or fixed by design).
 PPO_KEYS = (
@@ -385,44 +384,6 @@ class Preset:
             if key in kwargs:
                 kwargs[key] = _import_class(kwargs[key], _SHORT_NAMES.get(key))
         return kwargs
-
-    def build(
-        self,
-        run_dir: str | Path | None = None,
-        seed: int = 0,
-        device: str = "auto",
-        resume: bool = False,
-        iif: Any = None,
-        **extra: Any,
-    ) -> Any:
-        """An ``AttributedPPO`` for this preset (recording into ``run_dir`` if given).
-
-        ``iif``: None or False trains plain PPO; True uses the preset's ``iif`` settings;
-        an ``IIF`` instance is used as given.
-        """
-        from rlattr.training.ppo import (
-            AttributedPPO,  # late: presets are also read without torch work
-        )
-
-        env = self.make_env(seed)
-        if iif is True:
-            iif = self.iif_config()
-        elif iif is False:
-            iif = None
-        return AttributedPPO(
-            self.policy,
-            env,
-            run_dir=run_dir,
-            retention=Retention(**self.recording),
-            resume=resume,
-            iif=iif,
-            run_metadata={"preset": self.to_dict()},
-            seed=seed,
-            device=device,
-            policy_kwargs=self.resolved_policy_kwargs(),
-            **self.ppo_kwargs(),
-            **extra,
-        )
 
 
 def shipped_presets() -> dict[str, Path]:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from rlattr import Preset, PresetError
-from rlattr.training.presets import LinearSchedule
+from rlattr.run import build_model
+from rlattr.run.presets import LinearSchedule
 
 AGENTS = Path(__file__).resolve().parents[2] / "agents"
 ALL_PRESETS = sorted(p.stem for p in AGENTS.glob("*.yaml"))
@@ -29,19 +30,19 @@ def test_the_issue_presets_exist() -> None:
 def test_preset_builds(name: str) -> None:
     preset = Preset.load(name)
     assert preset.sources, f"{name} must cite the source of its hyperparameters"
-    model = preset.build(seed=0, device="cpu")
+    model = build_model(preset, seed=0, device="cpu")
     assert model.n_steps == preset.ppo.get("n_steps", 2048)
     assert model.n_envs == preset.n_envs
     model.env.close()
 
 
 def test_paper_settings_of_lunarlander() -> None:
-    model = Preset.load("lunarlander").build(seed=0, device="cpu")
+    model = build_model(Preset.load("lunarlander"), seed=0, device="cpu")
     assert (model.n_steps, model.batch_size, model.n_epochs) == (2048, 64, 10)
     assert model.max_grad_norm == float("inf")
     assert type(model.policy.optimizer).__name__ == "Adam"
     assert model.policy.optimizer.param_groups[0]["lr"] == 1e-3
-    sgd = Preset.load("lunarlander_sgd").build(seed=0, device="cpu")
+    sgd = build_model(Preset.load("lunarlander_sgd"), seed=0, device="cpu")
     assert type(sgd.policy.optimizer).__name__ == "SGD"
     assert sgd.policy.optimizer.param_groups[0]["lr"] == 5e-3
 
@@ -182,8 +183,8 @@ def test_total_timesteps_in_yaml_exponent_notation() -> None:
 @pytest.mark.sparse_checkpoints  # the run log's own default spacing is checked
 def test_a_presets_checkpoint_spacing_reaches_the_run_log(tmp_path: Path) -> None:
     preset = Preset.from_dict({**_with_ppo(), "recording": {"checkpoint_every": 4}})
-    model = preset.build(run_dir=tmp_path / "run", device="cpu")
+    model = build_model(preset, run_dir=tmp_path / "run", device="cpu")
     assert model.run_log.retention.checkpoint_every == 4
     # Without it, the run log picks its own spacing (about 8192 environment steps).
-    default = Preset.from_dict(_with_ppo()).build(run_dir=tmp_path / "default", device="cpu")
+    default = build_model(Preset.from_dict(_with_ppo()), run_dir=tmp_path / "default", device="cpu")
     assert default.run_log.retention.checkpoint_every not in (None, 4)
