@@ -104,11 +104,10 @@ def select(data: Any, path: str) -> list[Any]:
 
 def rows(source: str, items: Any, *templates: tuple[str, str]) -> list[Row]:
     """One row per item and (label, value) template pair. ``items``: a path into ``source``
-    (``select``), a function of ``source`` giving them, or a list. A template's fields name the
-    item's keys (``{0[key]}`` a key that a field cannot spell); an item's ``source`` key
-    names its own file."""
-    if not isinstance(items, list):
-        items = items(source) if callable(items) else select(load(source), items)
+    (``select``) or a function of ``source`` giving them. A template's fields name the item's
+    keys (``{0[key]}`` a key that a field cannot spell); an item's ``source`` key names its
+    own file."""
+    items = items(source) if callable(items) else select(load(source), items)
     fill = Figures().vformat
     return [
         (fill(label, (item,), item), fill(value, (item,), item), item.get("source", source))
@@ -387,6 +386,7 @@ CORRUPTED, TRAP = (
 IQM = "{ap[K][iqm]:.3f} [{ap[K][low]:.3f}, {ap[K][high]:.3f}]"
 HORIZON, COMPARED = "stages/cartpole-horizon.csv", "(Hopper / LunarLander / CartPole)"
 
+# Per section: (file, items, (label, value), …) entries for ``rows``, or functions giving rows.
 # fmt: off
 SECTIONS: dict[str, list[Any]] = {
     "The paper suite": [(f"suite/{t}.md", "arm", (t + ", {arm}: seeds; SE_ave %; SE_peak %; AUC",
