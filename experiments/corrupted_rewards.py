@@ -64,10 +64,11 @@ from rlattr import (
     StoredScores,
 )
 from rlattr.analysis.detection import baseline_suspicions, detect, per_record_losses
+from rlattr.analysis.efficiency import auc as efficiency_auc
 from rlattr.analysis.efficiency import iqm
 from rlattr.run.presets import Preset, resolve_preset_path
 from rlattr.scoring.influence import snapshot_scores
-from rlattr.training.evaluation import evaluate_policy_batched
+from rlattr.training.evaluation import EvalEveryRound
 from rlattr.training.oracle import GroundTruthFilter
 
 OUT = RESULTS / "corrupted_rewards"
@@ -108,36 +109,18 @@ class DetectionHook:
         return None
 
 
-class TrueReturnCurve(BaseCallback):
-    """Evaluate on the uncorrupted environment every ``every`` iterations and at the end;
-    after each update, record the filter's dropped share and its overlap with the flags."""
+class FlaggedDrops(BaseCallback):
+    """After each update (``AttributedPPO`` delivers its ``IterationResult``): the share of
+    the buffer the filter dropped and its overlap with the flagged records."""
 
-    def __init__(self, every: int, episodes: int):
+    def __init__(self) -> None:
         super().__init__()
-        self.every, self.episodes = every, episodes
-        self.curve: list[dict[str, float]] = []
         self.drops: list[dict[str, float]] = []
-        self._iteration = 0
 
     def _on_step(self) -> bool:
         return True
 
-    def _evaluate(self) -> None:
-        if self.curve and self.curve[-1]["timesteps"] == self.num_timesteps:
-            return
-        returns = evaluate_policy_batched(
-            self.model.policy, lambda: gym.make("CartPole-v1"), self.episodes, EVAL_SEED, 32
-        )
-        self.curve.append(
-            {
-                "iteration": self._iteration,
-                "timesteps": int(self.num_timesteps),
-                "return_mean": float(returns.mean()),
-            }
-        )
-
     def on_iteration(self, result: IterationResult) -> None:
-        """After each update (AttributedPPO delivers its result): the drops it made."""
         truth = result.ground_truth or {}
         fault = truth.get("rlattr_fault")
         if fault is None:
@@ -156,14 +139,6 @@ class TrueReturnCurve(BaseCallback):
                 "flagged_dropped": float(dropped[fault].double().mean()) if fault.any() else 0.0,
             }
         )
-
-    def _on_rollout_start(self) -> None:
-        if self._iteration % self.every == 0:
-            self._evaluate()
-        self._iteration += 1
-
-    def _on_training_end(self) -> None:
-        self._evaluate()
 
 
 def build(arm: str, seed: int, hook: DetectionHook | None) -> AttributedPPO:
@@ -196,14 +171,23 @@ def run_trial(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Train one arm on one seed; its curve, drops and detection rows."""
     hook = DetectionHook() if arm in ("ppo", "iif") else None
     model = build(arm, seed, hook)
-    curve = TrueReturnCurve(args.eval_every, args.episodes)
+    # The TRUE return: plain CartPole-v1, every --eval-every iterations and at the end.
+    evaluation = EvalEveryRound(
+        lambda: gym.make("CartPole-v1"), args.episodes, EVAL_SEED, 32, dump=False,
+        every=args.eval_every,
+    )  # fmt: skip
+    drops = FlaggedDrops()
     start = time.process_time()
-    model.learn(args.timesteps, callback=curve)
+    model.learn(args.timesteps, callback=[evaluation, drops])
+    curve = [
+        {"iteration": p.round, "timesteps": p.timesteps, "return_mean": p.return_mean}
+        for p in evaluation.curve
+    ]
     return {
         "arm": arm,
         "seed": seed,
-        "curve": curve.curve,
-        "drops": curve.drops,
+        "curve": curve,
+        "drops": drops.drops,
         "detection": hook.rows if hook is not None else [],
         "cpu_seconds": time.process_time() - start,
     }
@@ -215,7 +199,7 @@ def final_return(trial: dict[str, Any]) -> float:
 
 
 def auc(trial: dict[str, Any]) -> float:
-    return statistics.mean(point["return_mean"] for point in trial["curve"])
+    return efficiency_auc([point["return_mean"] for point in trial["curve"]])
 
 
 def summarize(trials: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:

@@ -266,3 +266,22 @@ def run_spaces(log: RunLog) -> tuple[Any, Any]:
 
     spec = log.meta["policy"]
     return space_from_json(spec["observation_space"]), space_from_json(spec["action_space"])
+
+
+def add_iteration_target(parser: argparse.ArgumentParser) -> None:
+    """A run directory, one of its committed iterations, and a target: what ``attribute``
+    and ``fidelity`` both read."""
+    from rlattr.cli.paths import run_directory
+
+    parser.add_argument("run", type=run_directory, help="run directory")
+    parser.add_argument(
+        "--iteration", type=at_least(0), required=True, help="a committed iteration"
+    )
+    parser.add_argument(
+        "--target", type=target_spec, default="return", help=f"what to explain: {TARGET_HELP}"
+    )
+
+
+def config_help(config: type, name: str) -> str:
+    """The help text a config dataclass's field carries (its ``help`` metadata)."""
+    return str(config.__dataclass_fields__[name].metadata.get("help", ""))

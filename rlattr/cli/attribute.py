@@ -11,15 +11,14 @@ import torch
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
 from rlattr.cli.args import (
-    TARGET_HELP,
     HelpFormatter,
+    add_iteration_target,
     add_memory_budget,
     compute_device,
     load_target,
     memory_budget,
-    target_spec,
 )
-from rlattr.cli.paths import output_file, run_directory
+from rlattr.cli.paths import output_file
 from rlattr.record.runlog import RunLog
 
 
@@ -29,13 +28,7 @@ def add(sub: Any) -> None:
         "attribute", help="score the records of a logged iteration",
         formatter_class=HelpFormatter,
     )  # fmt: skip
-    attribute.add_argument("run", type=run_directory, help="run directory")
-    attribute.add_argument(
-        "--iteration", type=at_least(0), required=True, help="a committed iteration"
-    )
-    attribute.add_argument(
-        "--target", type=target_spec, default="return", help=f"what to explain: {TARGET_HELP}"
-    )
+    add_iteration_target(attribute)
     attribute.add_argument(
         "--method", default="snapshot", choices=["snapshot", "tracin", "metagrad"],
         help="snapshot (θ_k only), tracin (over the replayed update), metagrad (exact)",

@@ -9,13 +9,9 @@ from typing import Any
 from rlattr.analysis.diagnose import DiagnoseConfig, diagnose
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
-from rlattr.cli.args import HelpFormatter
+from rlattr.cli.args import HelpFormatter, config_help
 from rlattr.cli.paths import output_file, run_directory
 from rlattr.record.runlog import RunLog
-
-
-def _help_of(config: type, name: str) -> str:
-    return str(config.__dataclass_fields__[name].metadata.get("help", ""))
 
 
 def add(sub: Any) -> None:
@@ -32,15 +28,15 @@ def add(sub: Any) -> None:
     )
     defaults = DiagnoseConfig()
     parser.add_argument(
-        "--every", type=count, default=defaults.every, help=_help_of(DiagnoseConfig, "every")
+        "--every", type=count, default=defaults.every, help=config_help(DiagnoseConfig, "every")
     )
     parser.add_argument(
         "--fidelity-iterations", type=at_least(0), default=defaults.fidelity_iterations,
-        help=_help_of(DiagnoseConfig, "fidelity_iterations"),
+        help=config_help(DiagnoseConfig, "fidelity_iterations"),
     )  # fmt: skip
     parser.add_argument(
         "--fidelity-subsets", type=at_least(4), default=defaults.fidelity_subsets,
-        help=_help_of(DiagnoseConfig, "fidelity_subsets"),
+        help=config_help(DiagnoseConfig, "fidelity_subsets"),
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress messages")
     parser.set_defaults(func=run)

@@ -10,16 +10,14 @@ from rich.table import Table
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
 from rlattr.cli.args import (
-    TARGET_HELP,
     HelpFormatter,
+    add_iteration_target,
     add_memory_budget,
     compute_device,
     load_target,
     memory_budget,
     share,
-    target_spec,
 )
-from rlattr.cli.paths import run_directory
 from rlattr.record.runlog import RunLog
 
 
@@ -29,13 +27,7 @@ def add(sub: Any) -> None:
         "fidelity", help="check scores against leave-subset-out replay",
         formatter_class=HelpFormatter,
     )  # fmt: skip
-    fidelity.add_argument("run", type=run_directory, help="run directory")
-    fidelity.add_argument(
-        "--iteration", type=at_least(0), required=True, help="a committed iteration"
-    )
-    fidelity.add_argument(
-        "--target", type=target_spec, default="return", help=f"what to explain: {TARGET_HELP}"
-    )
+    add_iteration_target(fidelity)
     fidelity.add_argument(
         "--method", default="all", choices=["snapshot", "tracin", "metagrad", "all"],
         help="which scores to check",

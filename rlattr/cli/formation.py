@@ -13,13 +13,9 @@ from typing import Any
 from rlattr.analysis.formation import GROUPINGS, FormationConfig, formation, write_formation_report
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
-from rlattr.cli.args import HelpFormatter, load_target, target_spec
+from rlattr.cli.args import HelpFormatter, config_help, load_target, target_spec
 from rlattr.cli.paths import output_folder, run_directory
 from rlattr.record.runlog import RunLog
-
-
-def _help_of(config: type, name: str) -> str:
-    return str(config.__dataclass_fields__[name].metadata.get("help", ""))
 
 
 def add(sub: Any) -> None:
@@ -40,15 +36,15 @@ def add(sub: Any) -> None:
     defaults = FormationConfig()
     parser.add_argument(
         "--group-by", default="action", metavar="|".join((*GROUPINGS, "MODULE:FUNCTION")),
-        help=_help_of(FormationConfig, "group_by")
+        help=config_help(FormationConfig, "group_by")
         + "; MODULE:FUNCTION takes the records and returns one label per record",
     )  # fmt: skip
     parser.add_argument(
         "--neighbours", type=count, default=defaults.neighbours,
-        help=_help_of(FormationConfig, "neighbours"),
+        help=config_help(FormationConfig, "neighbours"),
     )  # fmt: skip
     parser.add_argument(
-        "--every", type=count, default=defaults.every, help=_help_of(FormationConfig, "every")
+        "--every", type=count, default=defaults.every, help=config_help(FormationConfig, "every")
     )
     parser.add_argument(
         "--out", type=output_folder, help="folder for CSV and figures (default: RUN/reports)"
