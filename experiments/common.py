@@ -3,12 +3,12 @@ git commit of the code that made them."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from rlattr.provenance import describe_git, git_state
 from rlattr.provenance import provenance as _provenance
+from rlattr.record import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,11 +46,9 @@ def final_action_target(log: Any, n_states: int = 64, seed: int = 0) -> Any:
 
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    """``payload`` into ``results/<name>``, atomically (indented, keys sorted)."""
     path = RESULTS / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, payload)
     return path
 
 

@@ -36,7 +36,6 @@ records were flagged. All six scores on this setting: experiments/detection_stud
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -48,12 +47,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import rlattr.envs  # noqa: F401  (registers rlattr/CartPoleCorruptRegion-v0)
 
+from experiments.bench_common import write_csv
 from experiments.common import RESULTS, markdown_header, provenance, write_json
 from rlattr import (
     IIF,
@@ -66,7 +65,8 @@ from rlattr import (
 from rlattr.analysis.detection import baseline_suspicions, detect, per_record_losses
 from rlattr.analysis.efficiency import auc as efficiency_auc
 from rlattr.analysis.efficiency import iqm
-from rlattr.run.presets import Preset, resolve_preset_path
+from rlattr.record import atomic_write_text
+from rlattr.run import Preset, build_model, resolve_preset_path
 from rlattr.scoring.influence import snapshot_scores
 from rlattr.training.evaluation import EvalEveryRound
 from rlattr.training.oracle import GroundTruthFilter
@@ -76,6 +76,11 @@ ENV = "rlattr.envs:rlattr/CartPoleCorruptRegion-v0"
 ARMS = ("ppo", "iif", "random_like", "oracle", "ppo_clean")
 P = 0.5  # neg_bottom's fraction of the negatives
 EVAL_SEED = 10_000
+CURVE_FIELDS = ("arm", "seed", "iteration", "timesteps", "true_return_mean")
+DETECTION_FIELDS = (
+    "arm", "seed", "iteration", "name", "average_precision", "precision_at_k", "base_rate",
+    "random_average_precision",
+)  # fmt: skip
 
 
 class DetectionHook:
@@ -142,10 +147,8 @@ class FlaggedDrops(BaseCallback):
 
 
 def build(arm: str, seed: int, hook: DetectionHook | None) -> AttributedPPO:
-    preset = Preset.load(resolve_preset_path("cartpole"))
-    env = make_vec_env(
-        "CartPole-v1" if arm == "ppo_clean" else ENV, n_envs=preset.n_envs, seed=seed
-    )
+    env_id = "CartPole-v1" if arm == "ppo_clean" else ENV
+    preset = Preset.load(resolve_preset_path("cartpole")).with_overrides(env_id=env_id)
     filters: dict[str, Any] = {}
     if arm == "iif":
         filters["iif"] = IIF(rule="neg_bottom", fraction=P)
@@ -155,16 +158,8 @@ def build(arm: str, seed: int, hook: DetectionHook | None) -> AttributedPPO:
         filters["keep_mask_fn"] = GroundTruthFilter()
     elif arm not in ("ppo", "ppo_clean"):
         raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
-    return AttributedPPO(
-        "MlpPolicy",
-        env,
-        seed=seed,
-        device="cpu",
-        record_hooks=[hook] if hook is not None else [],
-        policy_kwargs=preset.resolved_policy_kwargs(),
-        **filters,
-        **preset.ppo_kwargs(),
-    )
+    hooks = [hook] if hook is not None else []
+    return build_model(preset, seed=seed, device="cpu", record_hooks=hooks, **filters)
 
 
 def run_trial(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -368,27 +363,26 @@ def write_results(trials: dict[str, dict[int, dict[str, Any]]], args: argparse.N
             **meta,
         },
     )
-    tmp = OUT / "curves.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["arm", "seed", "iteration", "timesteps", "true_return_mean"])
-        for arm, by_seed in trials.items():
-            for seed, trial in sorted(by_seed.items()):
-                for p in trial["curve"]:
-                    writer.writerow([arm, seed, p["iteration"], p["timesteps"], p["return_mean"]])
-    tmp.replace(OUT / "curves.csv")
-    tmp = OUT / "detection.csv.tmp"
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        fields = ("iteration", "name", "average_precision", "precision_at_k", "base_rate")
-        writer.writerow(["arm", "seed", *fields, "random_average_precision"])
-        for arm, by_seed in trials.items():
-            for seed, trial in sorted(by_seed.items()):
-                for r in trial["detection"]:
-                    writer.writerow(
-                        [arm, seed, *(r[f] for f in fields), r["random_average_precision"]]
-                    )
-    tmp.replace(OUT / "detection.csv")
+    curve_rows = [
+        dict(
+            zip(
+                CURVE_FIELDS,
+                (arm, seed, p["iteration"], p["timesteps"], p["return_mean"]),
+                strict=True,
+            )
+        )
+        for arm, by_seed in trials.items()
+        for seed, trial in sorted(by_seed.items())
+        for p in trial["curve"]
+    ]
+    write_csv(OUT / "curves.csv", curve_rows, CURVE_FIELDS)
+    detection_rows = [
+        {"arm": arm, "seed": seed, **{f: r[f] for f in DETECTION_FIELDS[2:]}}
+        for arm, by_seed in trials.items()
+        for seed, trial in sorted(by_seed.items())
+        for r in trial["detection"]
+    ]
+    write_csv(OUT / "detection.csv", detection_rows, DETECTION_FIELDS)
     _plot(trials, summary)
     lines = markdown_header("Corrupted rewards: IIF vs PPO vs random drop vs oracle", meta)
     lines += [
@@ -541,9 +535,7 @@ def main() -> None:
                 trials[arm][seed] = json.loads(path.read_text())
                 continue
             trial = run_trial(arm, seed, args)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(trial))
-            tmp.replace(path)
+            atomic_write_text(path, json.dumps(trial))
             trials[arm][seed] = trial
             print(
                 f"{arm} seed {seed}: final {final_return(trial):.1f}, AUC {auc(trial):.1f}, "
