@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -268,11 +268,19 @@ class RunLog:
         path: the run directory.
         cache_checkpoints: write each checkpoint ``load_checkpoint`` rebuilds back into the
             run directory as a full one, so the next load reads it instead of replaying.
+        allow_modules: top-level modules, besides ``rlattr.allowlist``'s own list, that
+            ``run.json`` and its stored preset may name classes from (CLI: ``--allow-module``).
     """
 
-    def __init__(self, path: str | Path, cache_checkpoints: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        cache_checkpoints: bool = False,
+        allow_modules: Sequence[str] = (),
+    ):
         self.path = Path(path)
         self.cache_checkpoints = cache_checkpoints
+        self.allow_modules: tuple[str, ...] = tuple(allow_modules)
         run_json = self.path / "run.json"
         if not run_json.exists():
             raise RunLogError(f"{self.path} is not an rlattr run directory (no run.json)")
