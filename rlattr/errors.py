@@ -23,3 +23,11 @@ class CorruptRunLogError(RunLogError):
 
 class FormatVersionError(RunLogError):
     """A run directory written by an incompatible version of the on-disk format."""
+
+
+class ConfigError(RlattrError, ValueError):
+    """A configuration value outside its meaning (a gamma of 1.5, a batch size of 0)."""
+
+
+class NonFiniteError(RlattrError, FloatingPointError):
+    """A NaN or infinity where training data enters (reward, observation, advantage, loss)."""
