@@ -18,6 +18,13 @@ import yaml
 from stable_baselines3.common.env_util import make_vec_env
 
 from rlattr.errors import PresetError
+from rlattr.training.ppo_bounds import (  # PPO_BOUNDS, LinearSchedule: also read from here
+    PPO_BOUNDS,  # noqa: F401
+    Bound,
+    LinearSchedule,  # noqa: F401
+    check_ppo_values,
+    parse_schedule,
+)
 
 # PPO arguments a preset may set (others are rlattr's or fixed by design).
 PPO_KEYS = (
@@ -65,98 +72,7 @@ IIF_KEYS = (
 _SCHEDULED = ("learning_rate", "clip_range", "clip_range_vf")
 
 
-@dataclass(frozen=True)
-class Bound:
-    """What one numeric preset value may be; ``check`` names the key and the rule broken.
-
-    Attributes:
-        low, high: the interval's ends (None: unbounded).
-        low_open: exclude ``low`` itself (``> low`` instead of ``>= low``).
-        integer: a whole number (YAML ``64``, not ``64.0`` or ``"64"``).
-        nullable: ``null`` is allowed (SB3's "off").
-        schedule: ``lin_<number>`` is allowed, the number obeying the same bound.
-        infinite: ``.inf`` is allowed (e.g. ``max_grad_norm``: no clipping).
-    """
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    integer: bool = False
-    nullable: bool = False
-    schedule: bool = False
-    infinite: bool = False
-
-    def describe(self) -> str:
-        """The rule in words, e.g. ``a number in (0, 1]`` or ``a whole number >= 1``."""
-        kind = "a whole number" if self.integer else "a number"
-        if self.low is not None and self.high is not None:
-            text = f"{kind} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
-        elif self.low is not None:
-            text = f"{kind} {'>' if self.low_open else '>='} {self.low:g}"
-        else:
-            text = kind
-        if self.schedule:
-            text += " or 'lin_<number>' with such a number"
-        if self.infinite:
-            text += " or .inf"
-        return text + (" or null" if self.nullable else "")
-
-    def check(self, value: Any, where: str) -> None:
-        """Raise ``PresetError`` if ``value`` breaks the rule."""
-        if value is None and self.nullable:
-            return
-        number = value
-        if self.schedule and isinstance(value, str) and value.startswith("lin_"):
-            number = _schedule(value, where).initial
-        if not _is_number(number, self.integer) or (math.isinf(number) and not self.infinite):
-            hint = ""
-            if isinstance(value, str) and _parses_as_float(value):
-                hint = f" (YAML reads {value} as text: write it with a dot, e.g. 1.0e-3)"
-            raise PresetError(f"{where} must be {self.describe()}, got {value!r}{hint}")
-        too_low = self.low is not None and (
-            number <= self.low if self.low_open else number < self.low
-        )
-        too_high = self.high is not None and number > self.high
-        if too_low or too_high:
-            raise PresetError(f"{where} must be {self.describe()}, got {value!r}")
-
-
-def _is_number(value: Any, integer: bool) -> bool:
-    """A real number (an int where ``integer``); bools are not numbers here, NaN is not."""
-    if isinstance(value, bool):
-        return False
-    if integer:
-        return isinstance(value, int)
-    return isinstance(value, int | float) and not math.isnan(value)
-
-
-def _parses_as_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-_POSITIVE = Bound(0, low_open=True)
 _AT_LEAST_ONE = Bound(1, integer=True)
-_NON_NEGATIVE = Bound(0)
-# The bounds of every numeric PPO key (SB3's meaning); normalize_advantage is a bool.
-PPO_BOUNDS = {
-    "learning_rate": Bound(0, low_open=True, schedule=True),
-    "n_steps": _AT_LEAST_ONE,
-    "batch_size": _AT_LEAST_ONE,
-    "n_epochs": _AT_LEAST_ONE,
-    "gamma": Bound(0, 1, low_open=True),
-    # lambda = 0 is legitimate: one-step TD advantages.
-    "gae_lambda": Bound(0, 1),
-    "clip_range": Bound(0, low_open=True, schedule=True),
-    "clip_range_vf": Bound(0, low_open=True, schedule=True, nullable=True),
-    "ent_coef": _NON_NEGATIVE,
-    "vf_coef": _NON_NEGATIVE,
-    "max_grad_norm": Bound(0, low_open=True, infinite=True),
-    "target_kl": Bound(0, low_open=True, nullable=True),
-}
 RECORDING_BOUNDS = {
     "record_every": _AT_LEAST_ONE,
     "keep_last": Bound(1, integer=True, nullable=True),
@@ -218,7 +134,7 @@ class Preset:
         self._check_ppo(where)
         _check_policy_kwargs(self.policy_kwargs, f"{where} policy_kwargs")
         for key, value in self.recording.items():
-            RECORDING_BOUNDS[key].check(value, f"{where} recording.{key}")
+            RECORDING_BOUNDS[key].check(value, f"{where} recording.{key}", PresetError)
         try:
             self.iif_config()
         except ValueError as err:
@@ -231,8 +147,8 @@ class Preset:
                 raise PresetError(f"{where}: {key} must be text, got {getattr(self, key)!r}")
         if self.policy not in ("MlpPolicy", "CnnPolicy"):
             raise PresetError(f"{where}: policy must be MlpPolicy or CnnPolicy")
-        Bound(1, integer=True).check(self.total_timesteps, f"{where} total_timesteps")
-        Bound(1, integer=True).check(self.n_envs, f"{where} n_envs")
+        _AT_LEAST_ONE.check(self.total_timesteps, f"{where} total_timesteps", PresetError)
+        _AT_LEAST_ONE.check(self.n_envs, f"{where} n_envs", PresetError)
         for key in ("env_kwargs", "sources"):
             if not isinstance(getattr(self, key), dict):
                 raise PresetError(f"{where}: {key} must be a mapping")
@@ -244,18 +160,9 @@ class Preset:
             raise PresetError(f"{where}: extra must be the name of a pip extra")
 
     def _check_ppo(self, where: str) -> None:
-        """Every PPO value within SB3's meaning (a gamma of 1.7 would train, wrongly)."""
-        for key, value in self.ppo.items():
-            if key == "normalize_advantage":
-                if not isinstance(value, bool):
-                    raise PresetError(f"{where} ppo.{key} must be true or false, got {value!r}")
-            else:
-                PPO_BOUNDS[key].check(value, f"{where} ppo.{key}")
-        if self.ppo.get("normalize_advantage", True) and self.ppo.get("batch_size", 64) < 2:
-            raise PresetError(
-                f"{where} ppo.batch_size must be >= 2 with normalize_advantage (the advantages "
-                "of one record cannot be normalised); raise it or set normalize_advantage: false"
-            )
+        """Every PPO value within SB3's meaning (a gamma of 1.7 would train, wrongly): the
+        table ``AttributedPPO(...)`` checks too (``rlattr.training.ppo_bounds``)."""
+        check_ppo_values(self.ppo, f"{where} ppo.", PresetError)
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any], name: str | None = None) -> Preset:
@@ -441,7 +348,7 @@ def _check_policy_kwargs(kwargs: dict[str, Any], where: str) -> None:
         if key in kwargs and not isinstance(kwargs[key], str):
             raise PresetError(f"{where}.{key} must be a class name, got {kwargs[key]!r}")
     if "log_std_init" in kwargs:
-        Bound().check(kwargs["log_std_init"], f"{where}.log_std_init")
+        Bound().check(kwargs["log_std_init"], f"{where}.log_std_init", PresetError)
     if "net_arch" in kwargs:
         _check_net_arch(kwargs["net_arch"], f"{where}.net_arch")
 
@@ -459,7 +366,7 @@ def _check_net_arch(net_arch: Any, where: str) -> None:
     if not isinstance(layers, list):
         raise PresetError(f"{where} must be a list of layer widths or a pi/vf mapping")
     for width in layers:
-        Bound(1, integer=True).check(width, f"{where} layer width")
+        _AT_LEAST_ONE.check(width, f"{where} layer width", PresetError)
 
 
 def _check_keys(values: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -470,32 +377,9 @@ def _check_keys(values: dict[str, Any], allowed: tuple[str, ...], where: str) ->
         raise PresetError(f"unknown key(s) {unknown} in {where}; allowed: {sorted(allowed)}")
 
 
-class LinearSchedule:
-    """``initial × progress_remaining`` (progress goes 1 → 0), like the RL Zoo's ``lin_``."""
-
-    def __init__(self, initial: float):
-        self.initial = initial
-
-    def __call__(self, progress_remaining: float) -> float:
-        return progress_remaining * self.initial
-
-    def __repr__(self) -> str:
-        return f"lin_{self.initial}"
-
-
 def _schedule(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-        if value.startswith("lin_"):
-            try:
-                return LinearSchedule(float(value[4:]))
-            except ValueError:
-                pass
-        raise PresetError(f"{where}: {value!r} is neither a number nor 'lin_<number>'")
-    if value is None or isinstance(value, int | float):
-        if isinstance(value, float) and math.isnan(value):
-            raise PresetError(f"{where} is NaN")
-        return value
-    raise PresetError(f"{where}: {value!r} is neither a number nor 'lin_<number>'")
+    """A number, or ``lin_<number>`` as a ``LinearSchedule``; else ``PresetError``."""
+    return parse_schedule(value, where, PresetError)
 
 
 def _import_env_module(env_id: str) -> None:
