@@ -203,10 +203,26 @@ def replay_iteration(
 
 
 def state_matches(policy: ActorCriticPolicy, tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Names of policy parameters/buffers that differ (bitwise) from a checkpoint's."""
+    """Names of policy parameters/buffers that differ (bitwise) from a checkpoint's.
+
+    A NaN equals a NaN of the same bits (``same_bits``): a faithful replay of a state that
+    holds NaN matches it."""
     mismatched = []
     for name, value in policy.state_dict().items():
         stored = tensors.get("policy." + name)
-        if stored is None or not torch.equal(value.cpu(), stored.cpu()):
+        if stored is None or not same_bits(value.cpu(), stored.cpu()):
             mismatched.append(name)
     return mismatched
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal``, except that floating-point values with the same bit pattern are
+    equal too (NaN ≠ NaN in ``torch.equal``; here a NaN equals a NaN of the same payload)."""
+    if torch.equal(a, b):
+        return True
+    if a.dtype != b.dtype or a.shape != b.shape or not (a.is_floating_point() or a.is_complex()):
+        return False
+    if a.is_complex():
+        a, b = torch.view_as_real(a), torch.view_as_real(b)
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.view(bits), b.view(bits))
