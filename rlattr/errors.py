@@ -29,5 +29,5 @@ class ConfigError(RlattrError, ValueError):
     """A configuration value outside its meaning (a gamma of 1.5, a batch size of 0)."""
 
 
-class NonFiniteError(RlattrError, FloatingPointError):
+class NonFiniteError(RlattrError, ValueError):
     """A NaN or infinity where training data enters (reward, observation, advantage, loss)."""

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from rlattr.errors import NonFiniteError
 from rlattr.record.records import Records
 from rlattr.record.replay import IterationData, build_policy, load_iteration
 from rlattr.record.runlog import RunLog
@@ -146,9 +147,11 @@ def attribute(
         context = target_context(log, data.records)
     scores = score_iteration(data, policy, target, context, method, params, backend, memory_budget)
     if not torch.isfinite(scores).all():
-        raise ValueError(
+        raise NonFiniteError(
             f"{method} scores of iteration {iteration} contain NaN or inf "
-            f"({int((~torch.isfinite(scores)).sum())} of {len(scores)})"
+            f"({int((~torch.isfinite(scores)).sum())} of {len(scores)}): the iteration's "
+            "records or start state hold non-finite values, or the target gives them; "
+            "nothing was stored"
         )
     if store:
         assert isinstance(log, RunLog)
