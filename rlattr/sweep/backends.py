@@ -6,18 +6,21 @@ order they finish. Both retry a failed trial up to ``retries`` more times:
 - ``ray``: one core task per trial (``num_cpus=1``). ``max_retries`` re-runs a trial whose
   worker died (killed, out of memory, ``os._exit``); ``retry_exceptions=True`` also re-runs
   one that raised (Ray retries only crashes otherwise). Without ``address`` it starts a
-  local Ray instance on this machine's cores (no dashboard, no usage report); with one it
-  joins that cluster, whose workers must import the same rlattr and find preset files at
-  the same paths (shipped presets by name need nothing). Without a shared filesystem the
-  driver writes each result file from the result the task returns; the run directories
-  (TensorBoard events) then stay on the node that ran the trial.
+  local Ray instance on this machine's cores (no dashboard, no usage report) that listens
+  on the loopback interface only (``loopback_only``); with one it joins that cluster,
+  whose workers must import the same rlattr and find preset files at the same paths
+  (shipped presets by name need nothing). Without a shared filesystem the driver writes
+  each result file from the result the task returns; the run directories (TensorBoard
+  events) then stay on the node that ran the trial.
 - ``local``: a loop in this process with the same retry count for exceptions. A crash of
   the process ends the sweep; running it again resumes (finished trials are skipped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import ipaddress
 import logging
 import os
 import socket
@@ -32,6 +35,9 @@ TrialFn = Callable[[TrialJob], dict[str, Any]]
 # Ray's shared-memory object store holds only the trials' small result dicts: keep it
 # small on a shared machine (Ray's default takes 30 % of the memory).
 _OBJECT_STORE_BYTES = 200 * 1024**2
+# Ray's switch between the machine's network address and the loopback address as the node
+# address of a local instance (named for macOS and Windows, where loopback is the default).
+RAY_CLUSTER_ADDRESS_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -89,15 +95,59 @@ def init_ray(address: str | None = None, workers: int | None = None) -> None:
 def _init_local(workers: int | None) -> None:
     import ray
 
-    ray.init(
-        num_cpus=workers or os.cpu_count() or 1,
-        include_dashboard=False,
-        object_store_memory=_OBJECT_STORE_BYTES,
-        logging_level=logging.WARNING,
-        # Trials print nothing; Ray's own worker notices would break the progress display
-        # (a failure reaches the driver as the task's exception, with its traceback).
-        log_to_driver=False,
-    )
+    with loopback_only():
+        ray.init(
+            num_cpus=workers or os.cpu_count() or 1,
+            include_dashboard=False,
+            object_store_memory=_OBJECT_STORE_BYTES,
+            logging_level=logging.WARNING,
+            # Trials print nothing; Ray's own worker notices would break the progress
+            # display (a failure reaches the driver as the task's exception, with its
+            # traceback).
+            log_to_driver=False,
+        )
+    node = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node.strip("[]")).is_loopback:
+        ray.shutdown()
+        raise SweepError(
+            f"the local Ray instance took the network address {node}, so its servers would "
+            "be reachable from other machines; use --backend local, or start Ray yourself "
+            "and give its --address"
+        )
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """A local Ray started inside listens on the loopback interface only.
+
+    Where a Ray server listens follows the node's address: with the loopback address the
+    GCS server, raylet, workers and agents listen on 127.0.0.1; with the machine's network
+    address (Ray's choice on Linux) they listen on every interface (``*``, ``0.0.0.0``),
+    ``include_dashboard=False`` notwithstanding. ``_node_ip_address="127.0.0.1"`` does not
+    help: Ray turns a loopback address back into the network one. Ray takes loopback when
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is off (the macOS and Windows default): set here
+    for the processes Ray starts, and in the driver's copy of the constant Ray read when
+    it was imported; both are restored afterwards, so that joining a cluster later in the
+    same process still announces the network address.
+    """
+    try:  # Ray's own module: where another Ray keeps it elsewhere, the caller's check refuses
+        from ray._private import ray_constants
+    except ImportError:
+        ray_constants = None
+    saved_environment = os.environ.get(RAY_CLUSTER_ADDRESS_VARIABLE)
+    saved_constant = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[RAY_CLUSTER_ADDRESS_VARIABLE] = "0"
+    if saved_constant is not None:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_environment is None:
+            os.environ.pop(RAY_CLUSTER_ADDRESS_VARIABLE, None)
+        else:
+            os.environ[RAY_CLUSTER_ADDRESS_VARIABLE] = saved_environment
+        if saved_constant is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_constant
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
