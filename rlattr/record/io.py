@@ -1,12 +1,20 @@
-"""Atomic, checksummed file writes for the run directory (safetensors + JSON, never pickle)."""
+"""Atomic, checksummed file writes for the run directory (safetensors + JSON, never pickle),
+the checksums of its JSON files, and the lock its one writer holds."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
 import threading
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +24,12 @@ from safetensors.numpy import save as st_save_numpy
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from rlattr.errors import CorruptRunLogError
+from rlattr.errors import CorruptRunLogError, RunLogError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run directories are not locked
+    fcntl = None  # type: ignore[assignment]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -222,3 +235,205 @@ def _narrowed_dtypes(data: bytes) -> dict[str, torch.dtype]:
     if not all(isinstance(d, torch.dtype) for d in dtypes.values()):
         raise ValueError(f"unknown dtype in the header metadata {stored}")
     return dtypes
+
+
+# ----------------------------------------------------------------- JSON checksums
+# Key under which a run-log JSON file stores the SHA-256 of its own content (every key and
+# value but this one, in canonical form: sorted keys, no whitespace). The file cannot hold
+# the hash of its own bytes, so the hash is of the content: an edited value (gamma in
+# ``run.json``, a clip range in ``iteration.json``) no longer matches; re-indenting does.
+JSON_CHECKSUM_KEY = "json_sha256"
+
+
+def json_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of ``payload`` (without ``JSON_CHECKSUM_KEY``) as JSON reads it back.
+
+    The payload goes through a JSON round trip first, so what is written (tuples, integer
+    keys) and what is read back (lists, string keys) give the same hash.
+    """
+    body = {k: v for k, v in payload.items() if k != JSON_CHECKSUM_KEY}
+    as_read = json.loads(json.dumps(body, allow_nan=True))
+    canonical = json.dumps(as_read, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return sha256_bytes(canonical.encode())
+
+
+def with_json_checksum(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with its ``JSON_CHECKSUM_KEY`` (replacing a stale one)."""
+    body = {k: v for k, v in payload.items() if k != JSON_CHECKSUM_KEY}
+    return {**body, JSON_CHECKSUM_KEY: json_checksum(body)}
+
+
+def check_json_checksum(path: Path, payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(``payload`` without its checksum, whether it had one) of a JSON file read from
+    ``path``; a checksum that does not match is a ``CorruptRunLogError`` naming the file."""
+    if JSON_CHECKSUM_KEY not in payload:
+        return payload, False
+    body = {k: v for k, v in payload.items() if k != JSON_CHECKSUM_KEY}
+    if json_checksum(body) != payload[JSON_CHECKSUM_KEY]:
+        raise CorruptRunLogError(
+            f"{path} does not match its recorded checksum ({JSON_CHECKSUM_KEY}): the file "
+            "was edited or damaged; restore it from a copy of the run"
+        )
+    return body, True
+
+
+def atomic_create_json(path: Path, payload: dict[str, Any]) -> bool:
+    """Write ``payload`` (indented JSON) to ``path`` atomically, only if ``path`` does not
+    exist: the whole file appears at once, or nothing. False when ``path`` already existed
+    (it is left as it was).
+
+    The bytes go to a temporary file that is then hard-linked to ``path`` (``link`` fails
+    on an existing target, as ``O_EXCL`` does); where the file system has no hard links,
+    the file is created with ``O_EXCL`` and written in place.
+    """
+    text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: exclusive create, then write
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(out, "wb") as handle:
+                handle.write(text.encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        return True
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------- the writer lock
+# The file in a run directory that its one writer holds an exclusive ``flock`` on, for as
+# long as it writes (the process's life, or until ``WriterLock.release``). The kernel
+# releases the lock when the process ends, however it ends; the file stays, and says who
+# held it last (JSON: pid, host, since, command). ``.json`` so that a run directory holds
+# only JSON and safetensors.
+LOCK_FILE = "lock.json"
+
+
+class RunLockedError(RunLogError):
+    """Another process writes this run directory (it holds the directory's writer lock)."""
+
+
+@dataclass
+class _Hold:
+    """This process's flock on one lock file, shared by every writer in the process."""
+
+    fd: int
+    pid: int
+    count: int = 1
+
+
+_holds: dict[tuple[int, int], _Hold] = {}
+_holds_guard = threading.Lock()
+
+
+class WriterLock:
+    """One writer's share of the process's lock on a run directory; ``release`` (also run
+    when the object is collected) gives it up, and the last share unlocks the file."""
+
+    def __init__(self, directory: Path, key: tuple[int, int]):
+        self.directory = directory
+        self._key: tuple[int, int] | None = key
+        self._finalizer = weakref.finalize(self, _release, key)
+
+    @property
+    def held(self) -> bool:
+        return self._key is not None
+
+    def release(self) -> None:
+        if self._key is not None:
+            self._key = None
+            self._finalizer()
+
+
+def _release(key: tuple[int, int]) -> None:
+    with _holds_guard:
+        hold = _holds.get(key)
+        if hold is None or hold.pid != os.getpid():
+            return
+        hold.count -= 1
+        if hold.count == 0:
+            del _holds[key]
+            with contextlib.suppress(OSError):
+                if fcntl is not None:
+                    fcntl.flock(hold.fd, fcntl.LOCK_UN)
+                os.close(hold.fd)
+
+
+def acquire_writer_lock(directory: Path) -> WriterLock:
+    """Take the writer lock of run directory ``directory`` (created if missing) without
+    waiting: a ``RunLockedError`` naming the holder (pid, host, since when, its command)
+    when another process holds it. Within one process the lock is shared: every writer
+    there gets a share (two writers in one process are the program's own business)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    with _holds_guard:
+        for _ in range(10):  # the file was replaced under us: lock the new one
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            info = os.fstat(fd)
+            key = (info.st_dev, info.st_ino)
+            hold = _holds.get(key)
+            if hold is not None and hold.pid == os.getpid():
+                os.close(fd)
+                hold.count += 1
+                return WriterLock(directory, key)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise RunLockedError(
+                        f"{directory} is being written by another process ({holder}); two "
+                        "writers would corrupt the run: wait for that one to finish (or stop "
+                        "it), or choose another run directory"
+                    ) from None
+            try:
+                same = os.stat(path).st_ino == info.st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise RunLogError(f"{path} keeps being replaced: cannot lock {directory}")
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder, sort_keys=True) + "\n").encode(), 0)
+        _holds[key] = _Hold(fd=fd, pid=os.getpid())
+        return WriterLock(directory, key)
+
+
+def _read_holder(fd: int) -> str:
+    """Who holds the lock, as its file says (it writes that right after locking)."""
+    for _ in range(50):
+        try:
+            stored = json.loads(os.pread(fd, 1 << 16, 0).decode())
+        except (OSError, ValueError):
+            time.sleep(0.02)
+            continue
+        if isinstance(stored, dict) and "pid" in stored:
+            return (
+                f"pid {stored['pid']} on host {stored.get('host', '?')}, since "
+                f"{stored.get('since', '?')}: {stored.get('command', '?')}"
+            )
+        time.sleep(0.02)
+    return "its pid and host are not written yet"

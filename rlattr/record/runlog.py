@@ -49,11 +49,18 @@ import torch
 
 from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError
 from rlattr.record.io import (
+    JSON_CHECKSUM_KEY,
+    RunLockedError,
+    WriterLock,
+    acquire_writer_lock,
+    atomic_create_json,
     atomic_write_json,
     atomic_write_tensors,
+    check_json_checksum,
     read_json,
     read_tensors,
     sha256_file,
+    with_json_checksum,
 )
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records, recompute_gae
@@ -61,6 +68,11 @@ from rlattr.record.records import Records, recompute_gae
 FORMAT_NAME = "rlattr-runlog"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+# Minor version of format 2 (``run.json["format_minor"]``, absent: 0), which readers of
+# older releases ignore. 1: every JSON file (run.json, iteration.json, checkpoint and score
+# JSON) stores the checksum of its content (``io.JSON_CHECKSUM_KEY``), checked on load and
+# by ``verify``; runs without it still read, their metadata unverified.
+FORMAT_MINOR = 1
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 # Record fields format 2 leaves out when GAE recomputes them bit for bit.
 _GAE_FIELDS = ("advantages", "returns")
@@ -164,6 +176,8 @@ class VerifyReport:
         gaps: iterations the retention policy should have kept between the first and the
             last committed one, but that are not committed (deleted, or never finished):
             a kill cannot cause one, since iterations commit in order.
+        metadata_verified: whether the JSON files carry checksums (format 2.1 on); False
+            for runs written before, whose metadata cannot be checked (only parsed).
     """
 
     iterations: list[int] = field(default_factory=list)
@@ -171,6 +185,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     gaps: list[int] = field(default_factory=list)
+    metadata_verified: bool = True
 
     @property
     def ok(self) -> bool:
@@ -264,10 +279,17 @@ _SPARSE_VALUE = "rebuilt by replaying the previous iteration"
 class RunLog:
     """Read and write one run directory. Open an existing one with ``RunLog(path)``.
 
+    One process writes a run at a time: ``create``, ``open_for_writing`` and the first
+    write of a log opened for reading (``write_scores``, say) take the directory's writer
+    lock (``io.LOCK_FILE``, an OS lock the kernel drops when the process ends), and hold
+    it until ``release_writer`` or until the log is collected. Another process then gets a
+    ``RunLockedError`` naming the holder. Reading takes no lock.
+
     Args:
         path: the run directory.
         cache_checkpoints: write each checkpoint ``load_checkpoint`` rebuilds back into the
-            run directory as a full one, so the next load reads it instead of replaying.
+            run directory as a full one, so the next load reads it instead of replaying
+            (skipped while another process writes the run).
         allow_modules: top-level modules, besides ``rlattr.allowlist``'s own list, that
             ``run.json`` and its stored preset may name classes from (CLI: ``--allow-module``).
     """
@@ -281,13 +303,14 @@ class RunLog:
         self.path = Path(path)
         self.cache_checkpoints = cache_checkpoints
         self.allow_modules: tuple[str, ...] = tuple(allow_modules)
+        self._writer_lock: WriterLock | None = None
         run_json = self.path / "run.json"
         if not run_json.exists():
             raise RunLogError(f"{self.path} is not an rlattr run directory (no run.json)")
-        self.meta = read_json(run_json)
-        if self.meta.get("format") != FORMAT_NAME:
+        stored = read_json(run_json)
+        if stored.get("format") != FORMAT_NAME:
             raise FormatVersionError(f"{run_json} is not an rlattr run log")
-        version = self.meta.get("format_version")
+        version = stored.get("format_version")
         if version not in READABLE_VERSIONS:
             raise FormatVersionError(
                 f"{self.path} uses run-log format version {version}; this rlattr reads "
@@ -295,9 +318,9 @@ class RunLog:
                 "that wrote it."
             )
         self.format_version: int = version
-        _check_run_meta(run_json, self.meta)
+        _check_run_meta(run_json, stored)
         # Format 1 kept every checkpoint full and did not store the spacing.
-        stored_retention = {"checkpoint_every": 1, **self.meta.get("retention", {})}
+        stored_retention = {"checkpoint_every": 1, **stored.get("retention", {})}
         try:
             self.retention = Retention(**stored_retention)
         except (TypeError, ValueError) as err:
@@ -305,6 +328,97 @@ class RunLog:
                 f"{run_json} holds an invalid retention ({err}): the file is damaged or was "
                 "edited; restore it from a copy of the run"
             ) from err
+        minor = stored.get("format_minor", 0) if version >= 2 else 0
+        if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+            raise CorruptRunLogError(f"{run_json} holds an invalid format_minor {minor!r}")
+        self.format_minor: int = minor
+        # A run.json that fails its checksum is read (so that ``verify`` and ``rlattr
+        # inspect`` report it with the rest) but not used: ``meta`` and every load refuse.
+        self._run_json_problem: str | None = None
+        try:
+            self._meta = self._checked(run_json, stored)
+        except CorruptRunLogError as err:
+            self._meta = {k: v for k, v in stored.items() if k != JSON_CHECKSUM_KEY}
+            self._run_json_problem = str(err)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``run.json`` (without its checksum); a ``CorruptRunLogError`` when the file does
+        not match its checksum."""
+        if self._run_json_problem is not None:
+            raise CorruptRunLogError(self._run_json_problem)
+        return self._meta
+
+    @property
+    def stored_meta(self) -> dict[str, Any]:
+        """``run.json`` as read, whether or not it matches its checksum (for reports that
+        show a damaged run; everything else reads ``meta``)."""
+        return self._meta
+
+    @property
+    def metadata_checksummed(self) -> bool:
+        """Whether this run's JSON files carry checksums (format 2.1 on; older runs' are
+        read unverified)."""
+        return self.format_minor >= 1
+
+    def _checked(self, path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` read from ``path``, checked against its checksum and without it."""
+        body, had_checksum = check_json_checksum(path, payload)
+        if not had_checksum and self.metadata_checksummed:
+            raise CorruptRunLogError(
+                f"{path} lacks its checksum ({JSON_CHECKSUM_KEY}), which every JSON file of "
+                "this run stores: the file was edited or replaced; restore it from a copy of "
+                "the run"
+            )
+        return body
+
+    def _read_meta_json(self, path: Path) -> dict[str, Any]:
+        """A JSON file of the run, checked against its checksum (``CorruptRunLogError``
+        naming the file when it does not match)."""
+        return self._checked(path, read_json(path))
+
+    def _json(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` as written: with its checksum when the run stores them."""
+        return with_json_checksum(payload) if self.metadata_checksummed else payload
+
+    def _require_intact_run_json(self) -> None:
+        if self._run_json_problem is not None:
+            raise CorruptRunLogError(self._run_json_problem)
+
+    # ----------------------------------------------------------------- the writer lock
+    @classmethod
+    def open_for_writing(
+        cls,
+        path: str | Path,
+        cache_checkpoints: bool = False,
+        allow_modules: Sequence[str] = (),
+    ) -> RunLog:
+        """Open an existing run to write to it (resume): ``RunLog(path, ...)`` holding the
+        directory's writer lock (``RunLockedError`` naming the holder if another process
+        holds it)."""
+        log = cls(path, cache_checkpoints, allow_modules)
+        log.acquire_writer()
+        return log
+
+    def acquire_writer(self) -> None:
+        """Take the run directory's writer lock, unless this log holds it already; held
+        until ``release_writer``, until the log is collected, or until the process ends.
+        ``RunLockedError`` (naming the holder's pid, host and command) when another
+        process holds it. Every write takes it first, so calling this is only needed to be
+        refused before doing any work."""
+        if self._writer_lock is None or not self._writer_lock.held:
+            self._writer_lock = acquire_writer_lock(self.path)
+
+    def release_writer(self) -> None:
+        """Give up the writer lock (another process may then write the run)."""
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this log holds the run directory's writer lock."""
+        return self._writer_lock is not None and self._writer_lock.held
 
     # ----------------------------------------------------------------- creation
     @classmethod
@@ -315,18 +429,22 @@ class RunLog:
         retention: Retention | None = None,
         format_version: int | None = None,
     ) -> RunLog:
-        """Start a new run directory. Refuses to overwrite one that already holds a run.
+        """Start a new run directory, holding its writer lock (see ``acquire_writer``).
+        Refuses to overwrite one that already holds a run: ``run.json`` is created only
+        where none exists (atomically: a reader sees all of it or none).
 
         ``format_version`` None writes ``write_format_version()`` (format 2 unless a
         ``writing_format`` block says otherwise); 1 writes the layout older releases wrote
-        (int64 indices, every checkpoint full), for comparisons and compatibility tests.
+        (int64 indices, every checkpoint full, no JSON checksums), for comparisons and
+        compatibility tests.
         """
         root = Path(path)
+        exists = RunLogError(
+            f"{root} already holds a run; pass resume=True (CLI: --resume) to continue "
+            "it, or choose another run directory"
+        )
         if (root / "run.json").exists():
-            raise RunLogError(
-                f"{root} already holds a run; pass resume=True (CLI: --resume) to continue "
-                "it, or choose another run directory"
-            )
+            raise exists
         version = write_format_version() if format_version is None else format_version
         if version not in READABLE_VERSIONS:
             raise ValueError(f"format_version must be one of {READABLE_VERSIONS}, got {version}")
@@ -335,13 +453,23 @@ class RunLog:
         if version == 1:  # every checkpoint full, and no key for the spacing
             del stored_retention["checkpoint_every"]
         payload = {
-            **meta,
+            **{k: v for k, v in meta.items() if k not in (JSON_CHECKSUM_KEY, "format_minor")},
             "format": FORMAT_NAME,
             "format_version": version,
             "retention": stored_retention,
         }
-        atomic_write_json(root / "run.json", payload)
-        return cls(root)
+        if version >= 2:
+            payload = with_json_checksum({**payload, "format_minor": FORMAT_MINOR})
+        lock = acquire_writer_lock(root)
+        try:
+            if not atomic_create_json(root / "run.json", payload):
+                raise exists
+            log = cls(root)
+        except BaseException:
+            lock.release()
+            raise
+        log._writer_lock = lock
+        return log
 
     # ----------------------------------------------------------------- paths
     @property
@@ -382,10 +510,11 @@ class RunLog:
         self, iteration: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     ) -> int:
         """Write the state at the start of ``iteration``; returns bytes written."""
+        self.acquire_writer()
         tensor_path, json_path = self._checkpoint_paths(iteration)
         digest, size = atomic_write_tensors(tensor_path, tensors, narrow=self._narrow)
         payload = {**meta, "iteration": iteration, "sha256": digest, "bytes": size}
-        atomic_write_json(json_path, payload, compact=self._narrow)
+        atomic_write_json(json_path, self._json(payload), compact=self._narrow)
         return size
 
     @property
@@ -412,6 +541,7 @@ class RunLog:
         ``iteration.json`` is written last: its presence is what marks the iteration done.
         Returns the number of bytes written.
         """
+        self.acquire_writer()
         k = records.iteration
         directory = self.iteration_dir(k)
         if (directory / "iteration.json").exists():
@@ -456,7 +586,7 @@ class RunLog:
             "plan": plan_meta,
             "info": _json_safe(info),
         }
-        atomic_write_json(directory / "iteration.json", payload, compact=self._narrow)
+        atomic_write_json(directory / "iteration.json", self._json(payload), compact=self._narrow)
         return written
 
     # ----------------------------------------------------------------- scores
@@ -470,6 +600,7 @@ class RunLog:
         """
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"score name {name!r} may hold letters, digits, '-', '_' and '.'")
+        self.acquire_writer()
         directory = self.iteration_dir(iteration) / "scores"
         stored = {"scores": scores.to(torch.float64)}
         if not self._narrow:  # format 2 leaves out the ids: record i of iteration k
@@ -479,11 +610,8 @@ class RunLog:
         digest, size = atomic_write_tensors(
             directory / f"{name}.safetensors", stored, narrow=self._narrow
         )
-        atomic_write_json(
-            directory / f"{name}.json",
-            {**_json_safe(meta), "name": name, "iteration": iteration, "sha256": digest},
-            compact=self._narrow,
-        )
+        stored_meta = {**_json_safe(meta), "name": name, "iteration": iteration, "sha256": digest}
+        atomic_write_json(directory / f"{name}.json", self._json(stored_meta), compact=self._narrow)
         return size
 
     def score_names(self, iteration: int) -> list[str]:
@@ -501,7 +629,8 @@ class RunLog:
                 f"no scores {name!r} for iteration {iteration} in {self.path} "
                 f"(stored: {self.score_names(iteration) or 'none'}); run `rlattr attribute`"
             )
-        meta = read_json(json_path)
+        self._require_intact_run_json()
+        meta = self._read_meta_json(json_path)
         tensors = read_tensors(directory / f"{name}.safetensors", meta["sha256"], device)
         return tensors["scores"], meta
 
@@ -515,11 +644,12 @@ class RunLog:
                 f"iteration {iteration} is not recorded in {self.path} "
                 f"(recorded iterations: {shown}; {len(available)} in all)"
             )
-        return read_json(path)
+        return self._read_meta_json(path)
 
     def _read_iteration_file(
         self, iteration: int, name: str, device: torch.device | str
     ) -> dict[str, torch.Tensor]:
+        self._require_intact_run_json()
         meta = self.iteration_meta(iteration)
         path = self.iteration_dir(iteration) / name
         if not path.exists():
@@ -592,7 +722,7 @@ class RunLog:
                 f"no checkpoint for the start of iteration {iteration} in {self.path} "
                 f"(checkpoints: {shown}; {len(checkpoints)} in all)"
             )
-        return read_json(json_path)
+        return self._read_meta_json(json_path)
 
     def is_full_checkpoint(self, iteration: int) -> bool:
         """Whether the checkpoint of ``iteration`` holds its tensors (False: it is rebuilt
@@ -617,6 +747,7 @@ class RunLog:
         tensors hold no RNG state. ``cache`` (default: the log's ``cache_checkpoints``)
         writes the rebuilt state back as a full checkpoint.
         """
+        self._require_intact_run_json()
         meta = self.checkpoint_meta(iteration)
         if _SPARSE in meta:
             if _rebuilder is None:  # only if rlattr.record's __init__ did not run
@@ -636,14 +767,34 @@ class RunLog:
     def _store_rebuilt(
         self, iteration: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
     ) -> None:
-        """Make a rebuilt checkpoint full: tensors first, then the JSON that commits them."""
+        """Make a rebuilt checkpoint full: tensors first, then the JSON that commits them.
+
+        Skipped while another process writes the run (the checkpoint stays rebuildable);
+        a log that was not the writer holds the lock only for this write.
+        """
         stored = {k: v for k, v in meta.items() if k not in (_SPARSE, "sha256", "bytes")}
-        self.write_checkpoint(iteration, tensors, stored)
+        if self.is_writer:
+            self.write_checkpoint(iteration, tensors, stored)
+            return
+        try:
+            self.acquire_writer()
+        except RunLockedError:
+            return
+        try:
+            self.write_checkpoint(iteration, tensors, stored)
+        finally:
+            self.release_writer()
 
     # ----------------------------------------------------------------- integrity
     def verify(self) -> VerifyReport:
         """Recompute every checksum; list corrupt files and uncommitted leftovers."""
-        report = VerifyReport(iterations=self.iterations(), checkpoints=self.checkpoints())
+        report = VerifyReport(
+            iterations=self.iterations(),
+            checkpoints=self.checkpoints(),
+            metadata_verified=self.metadata_checksummed,
+        )
+        if self._run_json_problem is not None:
+            report.problems.append(self._run_json_problem)
         for k in report.iterations:
             try:
                 meta = self.iteration_meta(k)
@@ -658,7 +809,7 @@ class RunLog:
                     report.problems.append(f"{path}: checksum mismatch (truncated or altered)")
             for score_json in sorted((self.iteration_dir(k) / "scores").glob("*.json")):
                 try:
-                    expected = read_json(score_json).get("sha256")
+                    expected = self._read_meta_json(score_json).get("sha256")
                 except CorruptRunLogError as err:
                     report.problems.append(str(err))
                     continue
@@ -671,7 +822,7 @@ class RunLog:
         for k in report.checkpoints:
             tensor_path, json_path = self._checkpoint_paths(k)
             try:
-                meta = read_json(json_path)
+                meta = self._read_meta_json(json_path)
             except CorruptRunLogError as err:
                 report.problems.append(str(err))
                 continue
@@ -741,6 +892,7 @@ class RunLog:
 
     def discard_after(self, iteration: int) -> None:
         """Remove everything a killed run left beyond the restart point ``iteration``."""
+        self.acquire_writer()
         root = self.path / "iterations"
         if root.exists():
             for d in root.iterdir():
@@ -768,6 +920,7 @@ class RunLog:
         Returns the bytes of checkpoint tensors a sparse checkpoint gave up (so what was
         written, less this, is what the run adds on disk).
         """
+        self.acquire_writer()
         if self.retention.record_every == 1 and self.retention.keep_last is None:
             # Everything is kept; the checkpoint before the newest loses its tensors unless
             # it is on the full grid (the newest stays full: resume starts from it).
@@ -799,13 +952,13 @@ class RunLog:
         previous_committed = (self.iteration_dir(iteration - 1) / "iteration.json").exists()
         if not json_path.exists() or not previous_committed:
             return 0
-        meta = read_json(json_path)
+        meta = self._read_meta_json(json_path)
         if _SPARSE in meta or meta.get("rebuilt"):
             return 0  # already sparse, or rebuilt and cached on request
         # The RNG states go with the tensors (a rebuilt state has none: resume never
         # starts from one), so their JSON part goes too.
         stored = {k: v for k, v in meta.items() if k not in ("sha256", "bytes", "numpy_rng")}
-        atomic_write_json(json_path, {**stored, _SPARSE: _SPARSE_VALUE}, compact=True)
+        atomic_write_json(json_path, self._json({**stored, _SPARSE: _SPARSE_VALUE}), compact=True)
         freed = tensor_path.stat().st_size if tensor_path.exists() else 0
         tensor_path.unlink(missing_ok=True)
         return freed

@@ -196,7 +196,7 @@ class AttributedPPO(PPO):
             return
         self.run_dir = Path(self.run_dir)  # load(path, run_dir="...") passes a string
         if self._resume and (self.run_dir / "run.json").exists():
-            self.run_log = RunLog(self.run_dir)
+            self.run_log = RunLog.open_for_writing(self.run_dir)  # refused while another writes
             self._restore_from_run_log()
         else:
             meta = run_json(self, self._run_metadata)
