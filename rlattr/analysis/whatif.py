@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 
+from rlattr.analysis.markup import markdown_text
 from rlattr.errors import RlattrError, RunLogError
 from rlattr.record.replay import IterationData, build_policy, load_iteration, replay
 from rlattr.record.runlog import RunLog
@@ -375,12 +376,15 @@ def whatif_markdown(results: dict[str, list[WhatIfResult]], title: str) -> str:
         for r in items:
             by_iteration.setdefault(r.iteration, []).append(r)
     first = next(r for items in results.values() for r in items)
+    # Run paths, the rule and the title are the user's text: escaped (rlattr.analysis.markup).
     lines = [
-        f"# {title}",
+        f"# {markdown_text(title)}",
         "",
-        f"Rule `{first.rule}`; {first.episodes} evaluation episodes per policy from seed "
-        f"{first.eval_seed} (the same episodes for every policy); Δ = return of the retrained "
-        "θ'_{k+1} − return of the logged θ_{k+1}; runs: " + ", ".join(results) + ".",
+        f"Rule {markdown_text(first.rule)}; {first.episodes} evaluation episodes per policy "
+        f"from seed {first.eval_seed} (the same episodes for every policy); Δ = return of the "
+        "retrained θ'_{k+1} − return of the logged θ_{k+1}; runs: "
+        + ", ".join(markdown_text(run) for run in results)
+        + ".",
         "",
         "| iteration | runs | dropped (mean) | Δ rule, mean | Δ random control, mean | "
         "rule > control (runs) | rule Δ > 2 SE (runs) |",

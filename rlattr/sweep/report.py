@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rlattr.analysis.efficiency import auc, efficiency, final_return, first_reach
+from rlattr.analysis.markup import markdown_text
 from rlattr.record.io import atomic_write_text
 from rlattr.sweep.spec import SweepSpec
 from rlattr.sweep.trial import read_result
@@ -240,15 +241,18 @@ def markdown(
     results: Mapping[str, Mapping[str, Mapping[int, Mapping[str, Any]]]],
     statistics: bool = False,
 ) -> str:
-    """The sweep's Markdown report: settings, then one table per task."""
+    """The sweep's Markdown report: settings, then one table per task.
+
+    Task, preset and arm names are the spec's text: escaped (``markdown_text``), so that a
+    name shows as itself and a table keeps one row per arm."""
     lines = [
         "# Sweep results",
         "",
-        f"Arms {', '.join(spec.arms)}; seeds {', '.join(map(str, spec.seeds))} (where a task "
-        "names none of its own); stochastic evaluation after every round. Metrics against "
-        "PPO on the same seed (rlattr.analysis.efficiency; SE_ave over PPO's successive "
-        "running maxima, RT_peak on the CPU clock; a level never reached counts at round "
-        "R + 1). Cells: mean ± "
+        f"Arms {', '.join(map(markdown_text, spec.arms))}; seeds "
+        f"{', '.join(map(str, spec.seeds))} (where a task names none of its own); "
+        "stochastic evaluation after every round. Metrics against PPO on the same seed "
+        "(rlattr.analysis.efficiency; SE_ave over PPO's successive running maxima, RT_peak "
+        "on the CPU clock; a level never reached counts at round R + 1). Cells: mean ± "
         "sample standard deviation over the finished seeds.",
         "",
     ]
@@ -256,7 +260,7 @@ def markdown(
         {t["git_commit"] for arms in results.values() for s in arms.values() for t in s.values()}
     )
     if commits:
-        lines += [f"Code: git commit(s) {', '.join(commits)}.", ""]
+        lines += [f"Code: git commit(s) {', '.join(map(markdown_text, commits))}.", ""]
     titles = [title for title, _, _ in SUMMARY_COLUMNS]
     by_task: dict[str, list[dict[str, str]]] = {}
     for cells in summary_rows(rows):
@@ -267,15 +271,15 @@ def markdown(
         episodes = _listed(int(t["evaluation"]["episodes"]) for t in trials)
         steps = _listed(int(t["steps_per_round"]) for t in trials)
         lines += [
-            f"## {task} ({trials[0]['preset']['name']}: {rounds} rounds of {steps} steps, "
-            f"{episodes} evaluation episodes)",
+            f"## {markdown_text(task)} ({markdown_text(trials[0]['preset']['name'])}: "
+            f"{rounds} rounds of {steps} steps, {episodes} evaluation episodes)",
             "",
             "| arm | seeds | " + " | ".join(titles) + " |",
             "|---" * (len(titles) + 2) + "|",
         ]
         for cells in group:
             lines.append(
-                f"| {cells['arm']} | {cells['seeds']} | "
+                f"| {markdown_text(cells['arm'])} | {cells['seeds']} | "
                 + " | ".join(cells[t] for t in titles)
                 + " |"
             )
@@ -325,7 +329,7 @@ def _statistics(rows: Sequence[Mapping[str, Any]], task: str) -> list[str]:
                 reps=BOOTSTRAP_REPS,
             )
             cells.append(f"{p.estimate:.2f} [{p.low:.2f}, {p.high:.2f}]")
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append(f"| {markdown_text(arm)} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
