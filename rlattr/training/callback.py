@@ -30,13 +30,22 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import configure_logger
 
-from rlattr.errors import RunLogError, UnsupportedError
+from rlattr.errors import ConfigError, RunLogError, UnsupportedError
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.record.plan import cut_minibatches
 from rlattr.record.records import Records
-from rlattr.record.replay import workspace_policy
+from rlattr.record.replay import same_bits, workspace_policy
 from rlattr.record.runlog import BackgroundWriter, Retention, RunLog
 from rlattr.record.update import run_update, trace_to_plan
+from rlattr.training.nonfinite import (
+    NonFinite,
+    NonFiniteFinding,
+    act_on,
+    check_nonfinite_mode,
+    find_in_records,
+    find_in_update,
+)
+from rlattr.training.ppo_bounds import check_ppo_values, ppo_values_of
 from rlattr.training.rundir import (
     check_policy_class,
     check_policy_modules,
@@ -66,6 +75,11 @@ class RecordRun(BaseCallback):
         run_metadata: extra JSON stored in ``run.json["config"]``.
         tensorboard: when the model has no ``tensorboard_log`` (and no logger of its own),
             write TensorBoard events to ``run_dir/tb``, as AttributedPPO does.
+        nonfinite: what a NaN or inf reward, observation, advantage or loss does, as for
+            ``AttributedPPO``: ``"error"`` (default: ``NonFiniteError`` before anything of
+            the iteration is committed), ``"skip-iteration"`` (SB3 does not train on that
+            rollout; nothing is recorded) or ``"warn"``. A loss that turns non-finite in
+            the middle of SB3's own update can stop it inside ``PPO.train`` first.
         verbose: SB3's callback verbosity.
 
     Example:
@@ -80,9 +94,11 @@ class RecordRun(BaseCallback):
         retention: Retention | None = None,
         run_metadata: dict[str, Any] | None = None,
         tensorboard: bool = True,
+        nonfinite: NonFinite = "error",
         verbose: int = 0,
     ):
         super().__init__(verbose)
+        self.nonfinite: NonFinite = check_nonfinite_mode(nonfinite, "RecordRun nonfinite")
         self.run_dir = Path(run_dir)
         self.retention = retention or Retention()
         self.run_metadata = dict(run_metadata or {})
@@ -107,7 +123,10 @@ class RecordRun(BaseCallback):
             )
         self.run_log = RunLog.create(
             self.run_dir,
-            run_json(model, {"recorder": "RecordRun", **self.run_metadata}),
+            run_json(
+                model,
+                {"recorder": "RecordRun", "nonfinite": self.nonfinite, **self.run_metadata},
+            ),
             self.retention,
         )
         self.retention = self.run_log.retention
@@ -134,6 +153,9 @@ class RecordRun(BaseCallback):
             last_values=torch.tensor(last_values, dtype=torch.float32, device=records.device),
             last_dones=torch.tensor(last_dones, dtype=torch.float32, device=records.device),
         )
+        if self._nonfinite_skips(find_in_records(records)):
+            _skip_next_train(model)  # SB3's train() on this rollout does nothing
+            return
         self._pending = _Rollout(
             records=records,
             start=capture_checkpoint(model.policy),
@@ -142,14 +164,25 @@ class RecordRun(BaseCallback):
         )
 
     def _on_rollout_start(self) -> None:
+        _unskip_train(self.model)
         self._finish_iteration()
 
     def _on_step(self) -> bool:
         return True
 
     def _on_training_end(self) -> None:
+        _unskip_train(self.model)
         self._finish_iteration()
         self._writer.drain()
+
+    def _nonfinite_skips(self, finding: NonFiniteFinding | None) -> bool:
+        """Act on a non-finite ``finding`` as ``nonfinite`` says; True: skip the iteration.
+        Before an error, the iterations already submitted are written (and only they)."""
+        if finding is None:
+            return False
+        if self.nonfinite == "error":
+            self._writer.drain()
+        return act_on(finding, self.nonfinite, stacklevel=5)
 
     # ------------------------------------------------------------------ recording
     def _checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -192,6 +225,13 @@ class RecordRun(BaseCallback):
         trace, stats, stopped = run_update(
             workspace, records, loss_config, epochs(), check_target_kl=True
         )
+        loss_finding = find_in_update(records.iteration, trace, stats)
+        if loss_finding is not None and self.nonfinite != "warn":
+            # SB3's policy is back at θ_k and its update uncounted; nothing is recorded.
+            restore_checkpoint(model.policy, *pending.start)
+            model._n_updates = pending.n_updates
+        if self._nonfinite_skips(loss_finding):
+            return
         self._check_same_update(pending, stats.n_epochs_run)
         keep_all = torch.ones(len(records), dtype=torch.bool, device=records.device)
         plan = trace_to_plan(
@@ -223,7 +263,7 @@ class RecordRun(BaseCallback):
         differs = [
             name
             for name, value in model.policy.state_dict().items()
-            if not torch.equal(value, replayed[name])
+            if not same_bits(value, replayed[name])
         ]
         ran = model._n_updates - pending.n_updates
         if differs or ran != n_epochs_run:
@@ -255,3 +295,15 @@ def _check_recordable(model: Any) -> None:
     check_spaces(model.observation_space, model.action_space)
     check_policy_class(model.policy_class)
     check_policy_modules(model.policy)
+    # The bounds of a preset's ppo section and of AttributedPPO(...), with the same words.
+    check_ppo_values(ppo_values_of(model), "RecordRun: PPO ", ConfigError, text_schedules=False)
+
+
+def _skip_next_train(model: PPO) -> None:
+    """SB3's next ``train()`` does nothing (a callback cannot otherwise keep SB3 from
+    training on a rollout); the method comes back on the next rollout or at the end."""
+    model.train = lambda: None  # type: ignore[method-assign]
+
+
+def _unskip_train(model: PPO) -> None:
+    model.__dict__.pop("train", None)

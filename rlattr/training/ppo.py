@@ -17,7 +17,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 
-from rlattr.errors import RunLogError, UnsupportedError
+from rlattr.errors import NonFiniteError, RunLogError, UnsupportedError
 from rlattr.record.checkpoint import capture_checkpoint, restore_checkpoint
 from rlattr.record.loss import PPOLossConfig
 from rlattr.record.plan import UpdatePlan, mask_minibatches, sample_epoch_minibatches
@@ -28,6 +28,17 @@ from rlattr.record.update import run_update, trace_to_plan
 from rlattr.training.board import Board, BoardConfig, IterationTiming, tensorboard_writer
 from rlattr.training.ground_truth import GroundTruthRecorder
 from rlattr.training.hooks import UpdateObservers
+from rlattr.training.nonfinite import (
+    NonFinite,
+    NonFiniteFinding,
+    act_on,
+    check_nonfinite_mode,
+    crashed_update,
+    find_in_records,
+    find_in_update,
+    parameters_finite,
+)
+from rlattr.training.ppo_bounds import check_ppo_values
 from rlattr.training.rundir import (
     check_policy_argument,
     check_policy_class,
@@ -88,7 +99,13 @@ class AttributedPPO(PPO):
         board: what the TensorBoard diagnostics show and how often
             (``rlattr.training.board.BoardConfig``); they are written wherever SB3 writes
             TensorBoard (``run_dir/tb`` by default, or ``tensorboard_log``).
-        **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts.
+        nonfinite: what a NaN or inf reward, observation, advantage or loss does:
+            ``"error"`` (raise ``NonFiniteError`` naming iteration, field, env and step,
+            before anything of the iteration is committed), ``"skip-iteration"`` (discard
+            the rollout: no update, nothing recorded) or ``"warn"`` (train on it). None:
+            the resumed run's choice, else ``"error"``. Stored in ``run.json``'s config.
+        **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts; the PPO fields are
+            checked against the bounds presets obey (``rlattr.training.ppo_bounds``).
 
     What each iteration did (buffer, executed plan, keep mask, loss weights, scores,
     filter scalars, ground truth) is returned by its update as an
@@ -115,10 +132,18 @@ class AttributedPPO(PPO):
         iif: Any = None,
         intervention: Any = None,
         board: BoardConfig | None = None,
+        nonfinite: NonFinite | None = None,
         **ppo_kwargs: Any,
     ):
         check_policy_argument(policy)
+        # The same bounds as a preset's ppo section, with the same words.
+        check_ppo_values(ppo_kwargs, "AttributedPPO ", text_schedules=False)
+        self.nonfinite: NonFinite = check_nonfinite_mode(
+            "error" if nonfinite is None else nonfinite, "AttributedPPO nonfinite"
+        )
+        self._nonfinite_given = nonfinite is not None
         self._run_metadata = dict(run_metadata or {})
+        self._run_metadata["nonfinite"] = self.nonfinite
         if ppo_kwargs.get("use_sde"):
             raise UnsupportedError(
                 "use_sde=True is not supported: gSDE exploration noise is not logged, so its "
@@ -214,6 +239,7 @@ class AttributedPPO(PPO):
 
     def _restore_from_run_log(self) -> None:
         assert self.run_log is not None
+        self._resume_nonfinite(self.run_log.meta.get("config", {}).get("nonfinite"))
         self._check_same_filter(self.run_log.meta.get("config", {}).get("iif"))
         self._check_same_intervention(self.run_log.meta.get("config", {}).get("intervention"))
         start = self.run_log.resume_point()
@@ -233,6 +259,19 @@ class AttributedPPO(PPO):
             # The environments cannot be restored mid-episode; start fresh episodes with
             # seeds that differ from the original start's.
             self.env.seed(self.seed + 1_000_003 * self.iteration)
+
+    def _resume_nonfinite(self, stored: str | None) -> None:
+        """A resumed run treats non-finite values as it did: its stored choice unless one is
+        given, and a different one given is refused (runs from before the option had none)."""
+        if stored is None:
+            return
+        if self._nonfinite_given and stored != self.nonfinite:
+            raise RunLogError(
+                f"{self.run_dir} was trained with nonfinite={stored!r}, and is being resumed "
+                f"with nonfinite={self.nonfinite!r}; resume it with the same (or leave it out)"
+            )
+        self.nonfinite = check_nonfinite_mode(stored, f"{self.run_dir} run.json nonfinite")
+        self._run_metadata["nonfinite"] = self.nonfinite
 
     def _check_same_filter(self, stored: dict[str, Any] | None) -> None:
         """A resumed run must filter as it did: the rest of its log would not be one run."""
@@ -362,14 +401,18 @@ class AttributedPPO(PPO):
 
     def train(self) -> None:
         """One PPO update on the current rollout buffer, through an explicit update plan;
-        its ``IterationResult`` goes to the callbacks of ``learn`` (``on_iteration``)."""
+        its ``IterationResult`` goes to the callbacks of ``learn`` (``on_iteration``).
+        A rollout skipped for a non-finite value (``nonfinite="skip-iteration"``) trains
+        and delivers nothing."""
         result = self.train_iteration()
+        if result is None:
+            return
         self._last_result = result
         deliver_result(self._callback, result)
 
-    def train_iteration(self) -> IterationResult:
+    def train_iteration(self) -> IterationResult | None:
         """One PPO update on the current rollout buffer (what ``train`` runs); returns what
-        the iteration did."""
+        the iteration did, or None when ``nonfinite="skip-iteration"`` discarded it."""
         train_start = time.perf_counter()
         rollout_s = train_start - self._phase_start
         self.policy.set_training_mode(True)
@@ -378,6 +421,9 @@ class AttributedPPO(PPO):
 
         records = Records.from_rollout_buffer(self.rollout_buffer, self.iteration)
         ground_truth = self._ground_truth.take(self.device)
+        # Before anything of the iteration happens: a non-finite input raises or skips here.
+        if self._nonfinite_skips(find_in_records(records)):
+            return None
         # θ_k and the optimiser state, kept so the iteration can be attributed in memory.
         start = capture_checkpoint(self.policy)
         context = IterationContext(
@@ -418,6 +464,14 @@ class AttributedPPO(PPO):
 
         # Hooks that watch the update from inside (live TracIn); none: callbacks are None.
         observers = UpdateObservers(self.record_hooks, context)
+        last_step: list[int] = []  # the step a crash came after (reads nothing else)
+        observed = observers.before_step
+
+        def before_step(step: int, indices: torch.Tensor) -> None:
+            last_step[:] = [step]
+            if observed is not None:
+                observed(step, indices)
+
         try:
             trace, stats, stopped = run_update(
                 self.policy,
@@ -425,12 +479,29 @@ class AttributedPPO(PPO):
                 loss_config,
                 observers.epochs(epochs()),
                 check_target_kl=True,
-                before_step=observers.before_step,
+                before_step=before_step,
                 after_step=observers.after_step,
                 record_weights=weights,
             )
+        except ValueError as err:
+            # torch refuses a distribution over non-finite parameters (a step before
+            # took a non-finite loss or gradient): said as such, θ_k restored.
+            if isinstance(err, NonFiniteError) or parameters_finite(self.policy):
+                raise
+            finding = crashed_update(self.iteration, last_step[0] if last_step else None)
+            restore_checkpoint(self.policy, *start)
+            if self.nonfinite == "warn":
+                raise NonFiniteError(f"{finding.message()}; the update cannot go on") from err
+            if self._nonfinite_skips(finding):
+                return None
+            raise  # pragma: no cover (act_on raised)
         finally:
             observers.detach()
+        loss_finding = find_in_update(self.iteration, trace, stats)
+        if loss_finding is not None and self.nonfinite != "warn":
+            restore_checkpoint(self.policy, *start)  # θ_k, not the non-finite θ_k+1
+        if self._nonfinite_skips(loss_finding):
+            return None
         self._n_updates += stats.n_epochs_run
         if stopped and self.verbose >= 1:
             print(f"Early stopping at step {stats.n_epochs_run - 1} due to reaching max kl")
@@ -488,6 +559,14 @@ class AttributedPPO(PPO):
         self.iteration += 1
         self._phase_start = time.perf_counter()
         return result
+
+    def _nonfinite_skips(self, finding: NonFiniteFinding | None) -> bool:
+        """Act on a non-finite ``finding`` as ``nonfinite`` says; True: skip the iteration
+        (nothing of it is recorded or counted: the next rollout takes its number)."""
+        if finding is None or not act_on(finding, self.nonfinite, stacklevel=5):
+            return False
+        self._phase_start = time.perf_counter()
+        return True
 
     def _filter(
         self,
