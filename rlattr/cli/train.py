@@ -36,6 +36,7 @@ from rlattr.run import (
     committed_summary,
 )
 from rlattr.run.presets import Preset
+from rlattr.training.nonfinite import NONFINITE_MODES
 
 
 def add(sub: Any) -> None:
@@ -54,6 +55,12 @@ def add(sub: Any) -> None:
     train.add_argument("--device", type=device, default="auto", help="cpu, cuda[:N], mps, auto")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nonfinite", choices=NONFINITE_MODES, default=None,
+        help="what a NaN or inf reward, observation, advantage or loss does: error stops "
+        "before its iteration is committed, skip-iteration discards that rollout, warn trains "
+        "on it (default: the resumed run's, else error)",
+    )  # fmt: skip
     _add_iif_options(train)
     _add_intervention_options(train)
     train.set_defaults(func=run)
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         iif_overrides={name: getattr(args, f"iif_{name}") for name in IIF_OPTION_FIELDS},
         memory_budget=args.memory_budget,
         intervention=_intervention_options(args),
+        nonfinite=args.nonfinite,
     )
     assembled = assemble(preset, options)
     model, preset = assembled.model, assembled.preset

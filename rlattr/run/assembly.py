@@ -80,8 +80,21 @@ class RunOptions:
     intervention: InterventionOptions | None = field(
         default=None, metadata=_help("a targeted intervention (IIF then travels inside it)")
     )
+    nonfinite: str | None = field(
+        default=None,
+        metadata=_help(
+            "what a NaN or inf reward, observation, advantage or loss does: error, "
+            "skip-iteration or warn (None: the resumed run's choice, else error)"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        from rlattr.training.nonfinite import NONFINITE_MODES
+
+        if self.nonfinite is not None and self.nonfinite not in NONFINITE_MODES:
+            raise RunOptionsError(
+                f"nonfinite must be one of {', '.join(NONFINITE_MODES)}, got {self.nonfinite!r}"
+            )
         unknown = sorted(set(self.iif_overrides) - set(IIF_OPTION_FIELDS))
         if unknown:
             raise RunOptionsError(f"unknown IIF option(s) {unknown}; known: {IIF_OPTION_FIELDS}")
@@ -253,6 +266,8 @@ def assemble(preset: Preset, options: RunOptions) -> AssembledRun:
         check_resumable(run_dir, preset, options.iif, options.intervention is not None)
     spaces = preset.environment_spaces(options.seed)
     extra: dict[str, Any] = {}
+    if options.nonfinite is not None:
+        extra["nonfinite"] = options.nonfinite
     if options.intervention is not None:
         extra["intervention"] = _intervention(options.intervention, iif, spaces)
         iif = None  # it travels inside the intervention (with_iif)
