@@ -34,6 +34,7 @@ LAYERS = {
     "versions": 0,
     "provenance": 0,
     "extractors": 0,
+    "allowlist": 0,
     "envs": 0,
     "agents": 0,
     "record": 1,

@@ -285,3 +285,21 @@ def add_iteration_target(parser: argparse.ArgumentParser) -> None:
 def config_help(config: type, name: str) -> str:
     """The help text a config dataclass's field carries (its ``help`` metadata)."""
     return str(config.__dataclass_fields__[name].metadata.get("help", ""))
+
+
+def add_allow_module(parser: argparse.ArgumentParser) -> None:
+    """``--allow-module NAME`` (repeatable): a module a run directory or preset may name
+    besides ``rlattr.allowlist.ALLOWED_MODULES`` (``allowed_modules(args)``)."""
+    from rlattr.allowlist import ALLOWED_MODULES
+
+    parser.add_argument(
+        "--allow-module", action="append", metavar="NAME",
+        help="a top-level module whose classes the run or preset may name, besides "
+        f"{', '.join(ALLOWED_MODULES)} (importing it runs its code: allow only what you "
+        "trust); repeatable",
+    )  # fmt: skip
+
+
+def allowed_modules(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--allow-module`` names given (none: an empty tuple)."""
+    return tuple(getattr(args, "allow_module", None) or ())

@@ -12,13 +12,15 @@ from rlattr.argtypes import at_least
 from rlattr.cli import console as out
 from rlattr.cli.args import (
     HelpFormatter,
+    add_allow_module,
     add_iteration_target,
     add_memory_budget,
+    allowed_modules,
     compute_device,
     load_target,
     memory_budget,
 )
-from rlattr.cli.paths import output_file
+from rlattr.cli.paths import output_file, require_writable
 from rlattr.record.runlog import RunLog
 
 
@@ -52,6 +54,7 @@ def add(sub: Any) -> None:
         help="also write one row per record (env, step, episode, observation, action, reward, "
         "advantages, scores, kept)",
     )  # fmt: skip
+    add_allow_module(attribute)
     attribute.set_defaults(func=run)
 
 
@@ -60,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from rlattr.scoring.attribute import attribute, score_name
 
     budget = memory_budget(args, args.method == "metagrad", "with --method metagrad")
-    log = RunLog(args.run)
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
+    if not args.no_store:  # the scores go into the run (and its writer lock): refuse now
+        for folder in (log.path, log.iteration_dir(args.iteration) / "scores"):
+            require_writable(
+                folder, str(log.path), "add --no-store (--out still writes the table), or "
+                "score a writable copy of the run",
+            )  # fmt: skip
     log.iteration_meta(args.iteration)  # the iteration exists, before the target is read
     target = load_target(args.target, log)
     start = time.perf_counter()

@@ -9,8 +9,8 @@ from typing import Any
 from rlattr.analysis.diagnose import DiagnoseConfig, diagnose
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
-from rlattr.cli.args import HelpFormatter, config_help
-from rlattr.cli.paths import output_file, run_directory
+from rlattr.cli.args import HelpFormatter, add_allow_module, allowed_modules, config_help
+from rlattr.cli.paths import output_file, require_writable, run_directory
 from rlattr.record.runlog import RunLog
 
 
@@ -39,12 +39,17 @@ def add(sub: Any) -> None:
         help=config_help(DiagnoseConfig, "fidelity_subsets"),
     )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress messages")
+    add_allow_module(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the HTML diagnosis report and print its fidelity checks."""
-    log = RunLog(args.run)
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
+    if args.out is None:  # the report goes into the run: refuse a read-only one now
+        require_writable(
+            log.path / "reports", str(log.path), "choose --out (a report file elsewhere)"
+        )
     try:
         config = DiagnoseConfig(
             every=args.every,

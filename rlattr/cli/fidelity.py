@@ -11,8 +11,10 @@ from rlattr.argtypes import at_least
 from rlattr.cli import console as out
 from rlattr.cli.args import (
     HelpFormatter,
+    add_allow_module,
     add_iteration_target,
     add_memory_budget,
+    allowed_modules,
     compute_device,
     load_target,
     memory_budget,
@@ -47,6 +49,7 @@ def add(sub: Any) -> None:
     fidelity.add_argument("--device", type=compute_device, default="cpu", help="where to replay")
     add_memory_budget(fidelity, "with --method metagrad or all")
     fidelity.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_allow_module(fidelity)
     fidelity.set_defaults(func=run)
 
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     budget = memory_budget(
         args, args.method in ("metagrad", "all"), "with --method metagrad or all"
     )
-    log = RunLog(args.run)
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
     log.iteration_meta(args.iteration)
     target = load_target(args.target, log)
     methods = ["snapshot", "tracin", "metagrad"] if args.method == "all" else [args.method]

@@ -13,8 +13,15 @@ from typing import Any
 from rlattr.analysis.formation import GROUPINGS, FormationConfig, formation, write_formation_report
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
-from rlattr.cli.args import HelpFormatter, config_help, load_target, target_spec
-from rlattr.cli.paths import output_folder, run_directory
+from rlattr.cli.args import (
+    HelpFormatter,
+    add_allow_module,
+    allowed_modules,
+    config_help,
+    load_target,
+    target_spec,
+)
+from rlattr.cli.paths import output_folder, require_writable, run_directory, writable
 from rlattr.record.runlog import RunLog
 
 
@@ -50,6 +57,7 @@ def add(sub: Any) -> None:
         "--out", type=output_folder, help="folder for CSV and figures (default: RUN/reports)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress messages")
+    add_allow_module(parser)
     parser.set_defaults(func=run)
 
 
@@ -90,7 +98,9 @@ def _labels_of(function: Callable[[Any], Any], text: str, records: Any) -> list[
 
 def run(args: argparse.Namespace) -> int:
     """Behaviour formation over the run: CSV, figures and the score-vs-change check."""
-    log = RunLog(args.run)
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
+    if args.out is None:  # CSV and figures go into the run: refuse a read-only one now
+        require_writable(log.path / "reports", str(log.path), "choose --out (a folder elsewhere)")
     if not log.iterations():
         raise out.UsageError(f"{log.path} holds no committed iteration")
     behavior = load_target(args.behavior, log)
@@ -101,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = formation(log, behavior, config, progress=say)
     folder = args.out or log.path / "reports"
-    written = write_formation_report(result, folder, log.tb_dir / "reports")
+    # The figures also go to the run's TensorBoard where the run can be written.
+    tensorboard = log.tb_dir / "reports" if writable(log.tb_dir / "reports") else None
+    written = write_formation_report(result, folder, tensorboard)
     first, last = result.iterations[0], result.iterations[-1]
     out.console.print(
         f"behaviour {first.behavior:.3f} at iteration {first.iteration} → {last.behavior:.3f} "

@@ -9,10 +9,11 @@ from typing import Any
 from rich.table import Table
 
 from rlattr.cli import console as out
-from rlattr.cli.args import HelpFormatter
+from rlattr.cli.args import HelpFormatter, add_allow_module, allowed_modules
 from rlattr.cli.paths import run_directory
 from rlattr.errors import RlattrError
 from rlattr.record.runlog import RunLog
+from rlattr.record.serialize import check_run_names
 from rlattr.run import resume_command
 
 
@@ -24,24 +25,29 @@ def add(sub: Any) -> None:
         formatter_class=HelpFormatter,
     )
     inspect_.add_argument("run", type=run_directory, help="run directory")
+    add_allow_module(inspect_)
     inspect_.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the run's summary and verification; 1 if a problem was found."""
-    log = RunLog(args.run)
-    config = log.meta.get("config", {})
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
+    if log.run_json_problem is None:  # else reported below (exit 1), and nothing is built
+        check_run_names(log)  # a run naming modules not allowed is refused, as replay would
+    meta = log.stored_meta  # as read: a run.json that fails its checksum is shown, and flagged
+    config = meta.get("config", {})
     preset = config.get("preset", {})
     report = log.verify()
     iterations = report.iterations
     table = Table(title=f"run {log.path}", show_header=False)
     from rlattr.training.rundir import run_summary
 
-    for label, text in run_summary(log.meta):  # the preset, or what a Python run knows
+    for label, text in run_summary(meta):  # the preset, or what a Python run knows
         table.add_row(label, text)
-    table.add_row("seed", str(log.meta.get("seed")))
-    table.add_row("format", f"{log.meta['format']} v{log.meta['format_version']}")
-    versions = log.meta.get("versions", {})
+    table.add_row("seed", str(meta.get("seed")))
+    minor = f".{log.format_minor}" if log.format_minor else ""
+    table.add_row("format", f"{meta['format']} v{meta['format_version']}{minor}")
+    versions = meta.get("versions", {})
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
     table.add_row("IIF", _describe_iif(config.get("iif")))
     if config.get("iif") is not None:
@@ -70,11 +76,17 @@ def run(args: argparse.Namespace) -> int:
         if report.ok
         else f"[red]{len(report.problems)} problem(s)[/]"
     )
+    if not report.metadata_verified:
+        status += (
+            "\n[yellow]metadata unverified[/]: written before JSON files carried checksums "
+            "(run.json, iteration.json and checkpoint JSON are parsed, not checked)"
+        )
     table.add_row("verification", status)
     out.console.print(table)
     for problem in report.problems:
         out.console.print(f"  {problem}", style="red", soft_wrap=True, markup=False, emoji=False)
-    if report.leftovers or not _finished(preset, last_meta):
+    resumable = log.run_json_problem is None  # resuming reads run.json
+    if resumable and (report.leftovers or not _finished(preset, last_meta)):
         out.console.print(
             f"resume with: {resume_command(log)}", soft_wrap=True, markup=False, emoji=False
         )

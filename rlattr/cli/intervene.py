@@ -28,7 +28,7 @@ from rlattr.analysis.whatif import (
     write_whatif_report,
 )
 from rlattr.argtypes import at_least
-from rlattr.cli.args import HelpFormatter, compute_device, share
+from rlattr.cli.args import HelpFormatter, add_allow_module, allowed_modules, compute_device, share
 from rlattr.cli.paths import output_folder, run_directory
 from rlattr.record.runlog import RunLog
 from rlattr.run import RunOptionsError, run_env_factory
@@ -85,6 +85,7 @@ def add(sub: Any) -> None:
         help="folder for whatif.csv/.md/.png (default: RUN/reports/whatif)",
     )
     parser.add_argument("--device", type=device, default="cpu", help="where to replay")
+    add_allow_module(parser)
     parser.set_defaults(func=run)
 
 
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise WhatIfError(str(err)) from err
-    logs = [RunLog(path) for path in args.run]  # every run opens before any work
+    # every run opens before any work
+    logs = [RunLog(path, allow_modules=allowed_modules(args)) for path in args.run]
     plans = {str(log.path): (log, _iterations(log, args)) for log in logs}
     for log, iterations in plans.values():
         _ensure_scores(log, iterations, config.scores, args.compute_scores)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rlattr.argtypes import at_least
 from rlattr.cli import console as out
-from rlattr.cli.args import HelpFormatter, compute_device
+from rlattr.cli.args import HelpFormatter, add_allow_module, allowed_modules, compute_device
 from rlattr.cli.paths import run_directory
 from rlattr.record.runlog import RunLog
 
@@ -24,6 +24,7 @@ def add(sub: Any) -> None:
         help="iteration to replay; repeatable (default: all)",
     )  # fmt: skip
     replay.add_argument("--device", type=compute_device, default="cpu", help="where to replay")
+    add_allow_module(replay)
     replay.set_defaults(func=run)
 
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         state_matches,
     )
 
-    log = RunLog(args.run)
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
     iterations = args.iteration or log.iterations()
     if not iterations:
         raise out.UsageError(f"{log.path} holds no committed iteration to replay")

@@ -12,6 +12,8 @@ from rlattr.argtypes import at_least
 from rlattr.cli import console as out
 from rlattr.cli.args import (
     HelpFormatter,
+    add_allow_module,
+    allowed_modules,
     compute_device,
     load_target,
     stage_span,
@@ -54,6 +56,7 @@ def add(sub: Any) -> None:
     stages.add_argument("--top", type=at_least(0), default=10, help="records shown with --records")
     stages.add_argument("--device", type=compute_device, default="cpu", help="where to compute")
     stages.add_argument("--no-progress", action="store_true", help="no progress display")
+    add_allow_module(stages)
     stages.set_defaults(func=run)
 
 
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     """Stage effects (FO, SO, ground truth), or one stage split over its records."""
     from rlattr.analysis.stages import stage_effects
 
-    log = RunLog(args.run)
+    log = RunLog(args.run, allow_modules=allowed_modules(args))
     _check_stages(log, args.records or args.stages, "--records" if args.records else "--stages")
     plain_return = args.behavior.text == "return"
     behavior = None if plain_return else load_target(args.behavior, log)

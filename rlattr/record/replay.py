@@ -20,7 +20,7 @@ from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.plan import UpdatePlan
 from rlattr.record.records import Records
 from rlattr.record.runlog import RunLog
-from rlattr.record.serialize import decode, import_class, space_from_json
+from rlattr.record.serialize import decode, import_class, run_allowance, space_from_json
 from rlattr.record.update import StepCallback, UpdateStats, run_update
 
 
@@ -31,12 +31,13 @@ def build_policy(log: RunLog, device: torch.device | str = "cpu") -> ActorCritic
     meaning. The caller's torch RNG is left untouched (initialisation draws from it).
     """
     spec = log.meta["policy"]
+    allowance = run_allowance(log)  # every class name checked before anything is imported
     return _construct(
-        import_class(spec["class"]),
+        import_class(spec["class"], allowance),
         space_from_json(spec["observation_space"]),
         space_from_json(spec["action_space"]),
         lambda _: 0.0,  # the real learning rate comes from the checkpoint and the plan
-        decode(spec["kwargs"]),
+        decode(spec["kwargs"], allowance),
     ).to(device)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any
 
@@ -10,7 +9,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from rlattr.errors import UnsupportedError
+from rlattr.allowlist import Allowance
+from rlattr.errors import CorruptRunLogError, UnsupportedError
 
 _CLASS_KEY = "__class__"
 # Importing a name from a log is only allowed for these kinds of objects (no arbitrary code).
@@ -37,6 +37,29 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
 
 
 def space_from_json(payload: dict[str, Any]) -> spaces.Space:
+    """The space ``space_to_json`` described.
+
+    Raises:
+        CorruptRunLogError: ``payload`` is not such a description (a damaged or edited
+            ``run.json``).
+    """
+    try:
+        return _space_from_json(payload)
+    except UnsupportedError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise CorruptRunLogError(
+            f"run.json holds an unreadable space {_short(payload)} ({type(err).__name__}: "
+            f"{err}): the file is damaged or was edited; restore it from a copy of the run"
+        ) from err
+
+
+def _short(payload: Any) -> str:
+    text = repr(payload)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _space_from_json(payload: dict[str, Any]) -> spaces.Space:
     kind = payload["type"]
     if kind == "Box":
         dtype = np.dtype(payload["dtype"])
@@ -59,18 +82,23 @@ def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def import_class(path: str) -> type:
-    """Import ``package.module.Class`` for a torch module or optimiser class."""
-    module_name, _, name = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"{path!r} is not a dotted class path")
-    try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot import {path!r}: {err}") from err
-    if not (inspect.isclass(obj) and issubclass(obj, _ALLOWED_BASES)):
-        raise ValueError(f"{path!r} is not a torch.nn.Module or torch.optim.Optimizer class")
-    return obj
+def import_class(path: str, allowance: Allowance | None = None) -> type:
+    """Import ``package.module.Class`` for a torch module or optimiser class, after
+    ``rlattr.allowlist`` allows its module (nothing is imported before).
+
+    Args:
+        path: the dotted class name.
+        allowance: the modules allowed besides the built-in list, and the run directory
+            the name comes from (default: the built-in list only).
+
+    Raises:
+        DisallowedModuleError: the module is not allowed (``--allow-module`` allows it).
+        BadClassNameError: a malformed name, or not such a class.
+    """
+    allowance = allowance or Allowance()
+    return allowance.import_class(
+        path, _ALLOWED_BASES, "a torch.nn.Module or torch.optim.Optimizer class"
+    )
 
 
 def encode(value: Any) -> Any:
@@ -88,12 +116,59 @@ def encode(value: Any) -> Any:
     raise TypeError(f"cannot store {value!r} ({type(value).__name__}) in a run log as JSON")
 
 
-def decode(value: Any) -> Any:
-    """Inverse of ``encode``."""
+def decode(value: Any, allowance: Allowance | None = None) -> Any:
+    """Inverse of ``encode``; each class through ``import_class(..., allowance)``."""
     if isinstance(value, dict):
         if set(value) == {_CLASS_KEY}:
-            return import_class(value[_CLASS_KEY])
-        return {k: decode(v) for k, v in value.items()}
+            return import_class(value[_CLASS_KEY], allowance)
+        return {k: decode(v, allowance) for k, v in value.items()}
     if isinstance(value, list):
-        return [decode(v) for v in value]
+        return [decode(v, allowance) for v in value]
     return value
+
+
+def run_allowance(log: Any) -> Allowance:
+    """What the run in ``log`` (a ``RunLog``) may name: its ``allow_modules``, nothing
+    from inside its directory."""
+    return Allowance.of(
+        getattr(log, "allow_modules", ()), log.path, source=f"run.json of {log.path}"
+    )
+
+
+def named_modules(meta: dict[str, Any]) -> list[str]:
+    """The modules a ``run.json`` names (its policy's classes, its stored preset's
+    ``module:`` environment, wrappers and classes, its environment id), none imported."""
+    policy = meta.get("policy") if isinstance(meta.get("policy"), dict) else {}
+    names: list[Any] = [policy.get("class"), *_encoded_classes(policy.get("kwargs"))]
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    preset = config.get("preset") if isinstance(config.get("preset"), dict) else {}
+    env_ids = [preset.get("env_id"), (meta.get("environment") or {}).get("id")]
+    modules = [i.partition(":")[0] for i in env_ids if isinstance(i, str) and ":" in i]
+    wrappers = preset.get("wrappers") if isinstance(preset.get("wrappers"), list) else []
+    kwargs = preset.get("policy_kwargs") if isinstance(preset.get("policy_kwargs"), dict) else {}
+    names += [*wrappers, *kwargs.values()]
+    # a bare class name (``ReLU``) is looked up in torch.nn / torch.optim
+    modules += [n.rpartition(".")[0] for n in names if isinstance(n, str) and "." in n]
+    return modules
+
+
+def _encoded_classes(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        if set(value) == {_CLASS_KEY}:
+            return [value[_CLASS_KEY]]
+        return [name for v in value.values() for name in _encoded_classes(v)]
+    if isinstance(value, list):
+        return [name for v in value for name in _encoded_classes(v)]
+    return []
+
+
+def check_run_names(log: Any) -> None:
+    """Refuse the run in ``log`` (a ``RunLog``) if ``run.json`` names a module that
+    ``run_allowance(log)`` does not allow; imports nothing.
+
+    Raises:
+        DisallowedModuleError, BadClassNameError: as ``rlattr.allowlist.Allowance``.
+    """
+    allowance = run_allowance(log)
+    for module in named_modules(log.meta):
+        allowance.check_module(module)

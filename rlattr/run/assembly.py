@@ -299,20 +299,30 @@ def run_env_factory(log: RunLog) -> Callable[[], Any]:
     environment and wrappers, or the environment id it recorded (a run trained through
     the Python API on a registered id); for evaluation and what-ifs.
 
+    Every module the run names (``module:`` of an id, wrappers) is checked by
+    ``rlattr.allowlist`` before it is imported, with ``log.allow_modules`` allowed too.
+
     Raises:
         RunOptionsError: the run names neither (its environment cannot be rebuilt).
+        DisallowedModuleError: the run names a module that is not allowed.
     """
     import rlattr.envs  # noqa: F401  (the project's environments, for runs trained on them)
+    from rlattr.allowlist import Allowance
 
+    allowed = getattr(log, "allow_modules", ())
     stored = log.meta.get("config", {}).get("preset")
     if stored is not None:
-        return Preset.from_dict(stored).env_factory()
+        return Preset.from_dict(stored).allowing(allowed, run_dir=log.path).env_factory()
     env_id = log.meta.get("environment", {}).get("id")
     if env_id is None:
         raise RunOptionsError(
             f"{log.path} names neither a preset nor a registered environment id, so its "
             "environment cannot be rebuilt"
         )
+    if not isinstance(env_id, str):
+        raise RunOptionsError(f"{log.path}: run.json's environment id {env_id!r} is not text")
+    # gym.make imports the module of an id ``module:Name``: allowed first
+    Allowance.of(allowed, log.path, f"run.json of {log.path}").check_env_id(env_id)
     import gymnasium as gym
 
     def make_env() -> Any:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.resources
-import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
 import yaml
 from stable_baselines3.common.env_util import make_vec_env
 
+from rlattr.allowlist import Allowance, BadClassNameError
 from rlattr.errors import PresetError
 from rlattr.training.ppo_bounds import (  # PPO_BOUNDS, LinearSchedule: also read from here
     PPO_BOUNDS,  # noqa: F401
@@ -101,6 +101,9 @@ class Preset:
         policy_kwargs: SB3 policy arguments (keys in ``POLICY_KWARG_KEYS``); classes by name.
         env_kwargs: keyword arguments of ``gymnasium.make``.
         wrappers: dotted paths of ``gymnasium.Wrapper`` classes applied in order.
+            Every class and ``module:`` a preset names comes from a package
+            ``rlattr.allowlist`` allows, or one allowed with ``allowing`` (CLI:
+            ``--allow-module``); nothing is imported before that check.
         recording: RunLog retention (``record_every``, ``keep_last``).
         iif: IIF settings used when filtering is switched on (keys in ``IIF_KEYS``);
             filtering itself is switched on by ``build(iif=True)`` or ``rlattr train --iif``.
@@ -123,6 +126,8 @@ class Preset:
     description: str = ""
     sources: dict[str, str] = field(default_factory=dict)
     extra: str | None = None
+    # What the class names may come from (``allowing``): not one of the preset's values.
+    _allowance: ClassVar[Allowance | None] = None
 
     def __post_init__(self) -> None:
         where = f"preset {self.name!r}"
@@ -185,8 +190,9 @@ class Preset:
             raise PresetError(f"preset {values['name']!r}: {err}") from err
 
     @classmethod
-    def load(cls, path: str | Path) -> Preset:
-        """Read a preset from a YAML file (or a bare name found in ``agents/``)."""
+    def load(cls, path: str | Path, allow_modules: Iterable[str] = ()) -> Preset:
+        """Read a preset from a YAML file (or a bare name found in ``agents/``); its class
+        names may come from ``allow_modules`` besides ``rlattr.allowlist``'s list."""
         resolved = resolve_preset_path(path)
         try:
             payload = yaml.safe_load(resolved.read_text(encoding="utf-8"))
@@ -199,9 +205,10 @@ class Preset:
         if not isinstance(payload, dict):
             raise PresetError(f"{resolved} should hold a mapping of preset keys")
         try:
-            return cls.from_dict(payload, name=payload.get("name", resolved.stem))
+            preset = cls.from_dict(payload, name=payload.get("name", resolved.stem))
         except PresetError as err:
             raise PresetError(f"{resolved}: {err}") from err  # which file to correct
+        return preset.allowing(allow_modules) if allow_modules else preset
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(asdict(self))
@@ -211,13 +218,36 @@ class Preset:
         for key, value in changes.items():
             if value is not None:
                 values[key] = value
-        return Preset.from_dict(values)
+        changed = Preset.from_dict(values)
+        if self._allowance is not None:
+            object.__setattr__(changed, "_allowance", self._allowance)
+        return changed
+
+    def allowing(self, modules: Iterable[str] = (), run_dir: str | Path | None = None) -> Preset:
+        """This preset, its classes, wrappers and ``module:`` environment allowed from
+        ``modules`` besides ``rlattr.allowlist.ALLOWED_MODULES``.
+
+        Args:
+            modules: top-level modules the user allows (CLI: ``--allow-module``).
+            run_dir: the run directory the preset is stored in, if it is; no module is
+                then taken from inside it.
+        """
+        allowed = copy.copy(self)
+        where = f"the preset stored in {run_dir}" if run_dir is not None else None
+        allowance = Allowance.of(modules, run_dir, where or f"preset {self.name!r}")
+        object.__setattr__(allowed, "_allowance", allowance)
+        return allowed
+
+    @property
+    def allowance(self) -> Allowance:
+        """What this preset's class names may come from (see ``allowing``)."""
+        return self._allowance or Allowance.of(source=f"preset {self.name!r}")
 
     # ------------------------------------------------------------------ building
     def _wrap_function(self) -> Callable[[gym.Env], gym.Env] | None:
         """The preset's wrappers applied in order (None without wrappers)."""
-        _import_env_module(self.env_id)
-        wrapper_classes = [_import_wrapper(path) for path in self.wrappers]
+        _import_env_module(self.env_id, self.allowance)
+        wrapper_classes = [_import_wrapper(path, self.allowance) for path in self.wrappers]
         if not wrapper_classes:
             return None
 
@@ -289,7 +319,7 @@ class Preset:
         kwargs = copy.deepcopy(self.policy_kwargs)
         for key in ("activation_fn", "optimizer_class", "features_extractor_class"):
             if key in kwargs:
-                kwargs[key] = _import_class(kwargs[key], _SHORT_NAMES.get(key))
+                kwargs[key] = _import_class(kwargs[key], _SHORT_NAMES.get(key), self.allowance)
         return kwargs
 
 
@@ -382,7 +412,10 @@ def _schedule(value: Any, where: str) -> Any:
     return parse_schedule(value, where, PresetError)
 
 
-def _import_env_module(env_id: str) -> None:
+def _import_env_module(env_id: str, allowance: Allowance) -> None:
+    """Import the ``module`` of an id ``module:Name`` once the allow-list allows it (a
+    registered id needs nothing imported)."""
+    allowance.check_env_id(env_id)
     module, sep, _ = env_id.partition(":")
     if sep:
         try:
@@ -394,26 +427,18 @@ def _import_env_module(env_id: str) -> None:
             ) from err
 
 
-def _import_class(path: str, default_module: str | None) -> type:
-    module_name, _, name = path.rpartition(".")
-    module_name = module_name or default_module or ""
+def _import_class(path: str, default_module: str | None, allowance: Allowance) -> type:
     try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise PresetError(f"cannot import {path!r}: {err}") from err
-    if not inspect.isclass(obj):
-        raise PresetError(f"{path!r} is not a class")
-    if not issubclass(obj, torch.nn.Module | torch.optim.Optimizer):
-        raise PresetError(f"{path!r} is not a torch module or optimiser class")
-    return obj
+        return allowance.import_class(
+            path, (torch.nn.Module, torch.optim.Optimizer), "a torch module or optimiser class",
+            default_module,
+        )  # fmt: skip
+    except BadClassNameError as err:
+        raise PresetError(str(err)) from err
 
 
-def _import_wrapper(path: str) -> type:
-    module_name, _, name = path.rpartition(".")
+def _import_wrapper(path: str, allowance: Allowance) -> type:
     try:
-        obj = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise PresetError(f"cannot import wrapper {path!r}: {err}") from err
-    if not (inspect.isclass(obj) and issubclass(obj, gym.Wrapper)):
-        raise PresetError(f"{path!r} is not a gymnasium.Wrapper class")
-    return obj
+        return allowance.import_class(path, (gym.Wrapper,), "a gymnasium.Wrapper class")
+    except BadClassNameError as err:
+        raise PresetError(str(err)) from err
