@@ -296,7 +296,7 @@ def _check_recordable(model: Any) -> None:
     check_policy_class(model.policy_class)
     check_policy_modules(model.policy)
     # The bounds of a preset's ppo section and of AttributedPPO(...), with the same words.
-    check_ppo_values(ppo_values_of(model), "RecordRun: PPO ", ConfigError, text_schedules=False)
+    check_ppo_values(ppo_values_of(model), "RecordRun: PPO ", ConfigError)
 
 
 def _skip_next_train(model: PPO) -> None:

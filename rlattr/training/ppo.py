@@ -38,7 +38,7 @@ from rlattr.training.nonfinite import (
     find_in_update,
     parameters_finite,
 )
-from rlattr.training.ppo_bounds import check_ppo_values
+from rlattr.training.ppo_bounds import SCHEDULED_FIELDS, check_ppo_values, parse_schedule
 from rlattr.training.rundir import (
     check_policy_argument,
     check_policy_class,
@@ -105,7 +105,8 @@ class AttributedPPO(PPO):
             the rollout: no update, nothing recorded) or ``"warn"`` (train on it). None:
             the resumed run's choice, else ``"error"``. Stored in ``run.json``'s config.
         **ppo_kwargs: everything ``stable_baselines3.PPO`` accepts; the PPO fields are
-            checked against the bounds presets obey (``rlattr.training.ppo_bounds``).
+            checked against the bounds presets obey (``rlattr.training.ppo_bounds``), and
+            a schedule may be written as in a preset (``learning_rate="lin_0.001"``).
 
     What each iteration did (buffer, executed plan, keep mask, loss weights, scores,
     filter scalars, ground truth) is returned by its update as an
@@ -137,7 +138,10 @@ class AttributedPPO(PPO):
     ):
         check_policy_argument(policy)
         # The same bounds as a preset's ppo section, with the same words.
-        check_ppo_values(ppo_kwargs, "AttributedPPO ", text_schedules=False)
+        check_ppo_values(ppo_kwargs, "AttributedPPO ")
+        for key in SCHEDULED_FIELDS:  # "lin_0.001" means what it means in a preset
+            if isinstance(ppo_kwargs.get(key), str):
+                ppo_kwargs[key] = parse_schedule(ppo_kwargs[key], f"AttributedPPO {key}")
         self.nonfinite: NonFinite = check_nonfinite_mode(
             "error" if nonfinite is None else nonfinite, "AttributedPPO nonfinite"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from rlattr.errors import ConfigError
@@ -142,7 +142,6 @@ def check_ppo_values(
     values: Mapping[str, Any],
     prefix: str,
     error: type[Exception] = ConfigError,
-    text_schedules: bool = True,
 ) -> None:
     """Every PPO field in ``values`` within SB3's meaning (a gamma of 1.7 would train,
     wrongly); fields outside ``PPO_BOUNDS`` and ``normalize_advantage`` are not looked at.
@@ -151,11 +150,9 @@ def check_ppo_values(
         values: field → value, as a preset's ``ppo`` section or ``PPO(**kwargs)`` has them.
         prefix: what the message puts before the field's name (``"preset 'x' ppo."``).
         error: the exception to raise.
-        text_schedules: ``lin_<number>`` is a schedule (a preset's); False where only
-            numbers and callables mean something (the Python API).
 
-    A callable schedule is checked through its initial value when it is a
-    ``LinearSchedule``; other callables are taken as given.
+    ``lin_<number>`` (text) and a ``LinearSchedule`` are checked through their initial
+    value; other callable schedules are taken as given.
     """
     for key, value in values.items():
         if key == "normalize_advantage":
@@ -169,14 +166,16 @@ def check_ppo_values(
             value = value.initial
         elif callable(value) and bound.schedule:
             continue
-        if not text_schedules and bound.schedule:
-            bound = replace(bound, schedule=False)
         bound.check(value, f"{prefix}{key}", error)
     if values.get("normalize_advantage", True) and values.get("batch_size", 64) < 2:
         raise error(
             f"{prefix}batch_size must be >= 2 with normalize_advantage (the advantages of one "
             "record cannot be normalised); raise it or set normalize_advantage: false"
         )
+
+
+#: The PPO fields that may be a schedule (a number, ``lin_<number>`` or a callable).
+SCHEDULED_FIELDS = tuple(key for key, bound in PPO_BOUNDS.items() if bound.schedule)
 
 
 def ppo_values_of(model: Any) -> dict[str, Any]:

@@ -44,3 +44,10 @@ class InfObservationAt(gym.Wrapper):
             observation[0] = float("inf")
         self.steps += 1
         return observation, reward, terminated, truncated, info
+
+
+class LateNaNReward(NaNRewardAt):
+    """NaN as the reward of step 21: with one env and 16-step rollouts, iteration 1's
+    rollout step 5 (iteration 0 is clean)."""
+
+    at_step = 21
