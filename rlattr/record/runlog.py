@@ -356,6 +356,11 @@ class RunLog:
         return self._meta
 
     @property
+    def run_json_problem(self) -> str | None:
+        """Why ``run.json`` cannot be used (it does not match its checksum), or None."""
+        return self._run_json_problem
+
+    @property
     def metadata_checksummed(self) -> bool:
         """Whether this run's JSON files carry checksums (format 2.1 on; older runs' are
         read unverified)."""
