@@ -147,10 +147,11 @@ def _cell(values: list[float], digits: int) -> str:
 # Shares of PPO's peak the comparison table leads with (rounds an arm needs to get there).
 PEAK_SHARES = (0.5, 0.9, 0.99)
 MEANING = (
-    "Rounds to x % of PPO's peak: the first evaluated round at which an arm's return is x % "
-    "of the way from PPO's initial return to PPO's peak on the same seed (fewer is faster; "
-    ">R: not within its R rounds). SE_ave / SE_peak: the IIF paper's sample-efficiency gain "
-    "over PPO in % (0 = as fast as PPO, higher = faster)."
+    "n: seeds. →x %: rounds until an arm's return is x % of the way from PPO's initial "
+    "return to PPO's peak on the same seed (fewer is faster; >R: not within its R rounds). "
+    "SE_ave / SE_peak: the IIF paper's sample-efficiency gain over PPO in % (0 = as fast "
+    "as PPO, higher = faster). final: the last evaluation's return. CPU s: training CPU "
+    "seconds per round."
 )
 
 
@@ -173,9 +174,9 @@ def comparison_table(spec: SweepSpec, task: str) -> Table:
     finals = [abs(r["final_return"]) for r in rows] or [0.0]
     digits = 3 if max(finals) < 10 else 1
     table = Table(title=f"{task}: evaluation return per round, mean ± sd over seeds")
-    shares = [f"rounds to {share:.0%} of PPO's peak" for share in PEAK_SHARES]
-    columns = ("arm", "seeds", *shares, "SE_ave %", "SE_peak %", "AUC", "final return")
-    for column in (*columns, "CPU s / round"):
+    shares = [f"→{100 * share:g} %" for share in PEAK_SHARES]
+    columns = ("arm", "n", *shares, "SE_ave", "SE_peak", "AUC", "final")
+    for column in (*columns, "CPU s"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     ppo_runs = results.get("ppo", {})
     peaks = [r["ppo_peak"] for r in rows if r["arm"] == "ppo"]
