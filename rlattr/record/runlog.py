@@ -783,7 +783,7 @@ class RunLog:
             return
         try:
             self.acquire_writer()
-        except RunLockedError:
+        except (RunLockedError, OSError):  # another writer, or a read-only run directory
             return
         try:
             self.write_checkpoint(iteration, tensors, stored)
