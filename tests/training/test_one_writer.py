@@ -176,3 +176,64 @@ def test_the_lock_goes_with_a_killed_holder(tmp_path: Path) -> None:
     assert log.is_writer
     stored = (run_dir / LOCK_FILE).read_text()
     assert f'"pid": {os.getpid()}' in stored and socket.gethostname() in stored
+
+
+TRY_TO_WRITE = """
+import sys
+from rlattr.record.io import RunLockedError
+from rlattr.record.runlog import RunLog
+try:
+    RunLog.open_for_writing(sys.argv[1])
+except RunLockedError as err:
+    print(err)
+"""
+
+
+def test_record_run_holds_the_lock_of_the_run_it_records(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    from rlattr import RecordRun
+
+    run_dir = tmp_path / "sb3"
+    callback = RecordRun(run_dir, tensorboard=False)
+    PPO("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=16, n_epochs=2, seed=0).learn(
+        64, callback=callback
+    )
+    assert callback.run_log.is_writer
+    attempt = subprocess.run(
+        [sys.executable, "-c", TRY_TO_WRITE, str(run_dir)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in attempt.stdout, attempt
+    callback.run_log.release_writer()
+    attempt = subprocess.run(
+        [sys.executable, "-c", TRY_TO_WRITE, str(run_dir)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert attempt.returncode == 0 and attempt.stdout == "", attempt
+
+
+def _someone_else_can_write(run_dir: Path) -> bool:
+    attempt = subprocess.run(
+        [sys.executable, "-c", TRY_TO_WRITE, str(run_dir)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert attempt.returncode == 0, attempt.stderr
+    return attempt.stdout == ""
+
+
+def test_within_a_process_the_lock_is_shared_until_its_last_writer_lets_go(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    AttributedPPO(
+        "MlpPolicy", "CartPole-v1", run_dir=run_dir, n_steps=32, batch_size=16, n_epochs=2,
+        device="cpu", seed=0,
+    ).run_log.release_writer()  # fmt: skip
+    first, second = RunLog.open_for_writing(run_dir), RunLog(run_dir)
+    second.write_scores(0, "mine", torch.zeros(32), {})  # takes a share, does not wait
+    assert first.is_writer and second.is_writer
+    first.release_writer()
+    assert not first.is_writer and not _someone_else_can_write(run_dir)
+    del second  # collected: its share goes with it
+    assert _someone_else_can_write(run_dir)
