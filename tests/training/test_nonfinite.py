@@ -301,12 +301,12 @@ def test_good_values_and_text_schedules_pass_the_api_door() -> None:
 
 
 # ---------------------------------------------------------------------- the command line
-def _allow_tests() -> list[str]:
-    """``--allow-module tests`` where ``rlattr train`` has the option (the wrapper below is
-    a module of this test suite, which an allow-list may refuse to import otherwise)."""
+def _allow_tests(command: str = "train") -> list[str]:
+    """``--allow-module tests`` where ``command`` has the option (the wrapper below is a
+    module of this test suite, which an allow-list may refuse to import otherwise)."""
     subparsers = next(a for a in build_parser()._actions if a.dest == "command")
-    train = subparsers.choices["train"]  # type: ignore[union-attr]
-    known = {option for action in train._actions for option in action.option_strings}
+    parser = subparsers.choices[command]  # type: ignore[index]
+    known = {option for action in parser._actions for option in action.option_strings}
     return ["--allow-module", "tests"] if "--allow-module" in known else []
 
 
@@ -330,7 +330,7 @@ def test_train_on_a_nan_reward_is_one_error_line(tmp_path: Path, capsys) -> None
     line = _error_line(capsys, argv + _allow_tests())
     assert line.startswith("error: iteration 1: non-finite reward (nan) at env 0, rollout step 5")
     assert RunLog(run).iterations() == [0]
-    assert main(["inspect", str(run)]) == 0
+    assert main(["inspect", str(run), *_allow_tests("inspect")]) == 0
 
 
 def test_train_nonfinite_skip_iteration_trains_on(tmp_path: Path, capsys) -> None:
