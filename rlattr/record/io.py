@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -338,6 +339,22 @@ class _Hold:
 
 _holds: dict[tuple[int, int], _Hold] = {}
 _holds_guard = threading.Lock()
+# A share collected (its finalizer run by the garbage collector) while its thread is inside
+# the guard is dropped when that thread leaves it: taking the guard there would deadlock.
+_inside = threading.local()
+_deferred: list[tuple[int, int]] = []
+
+
+@contextlib.contextmanager
+def _guarded() -> Iterator[None]:
+    with _holds_guard:
+        _inside.active = True
+        try:
+            yield
+        finally:
+            while _deferred:
+                _drop(_deferred.pop())
+            _inside.active = False
 
 
 class WriterLock:
@@ -360,17 +377,25 @@ class WriterLock:
 
 
 def _release(key: tuple[int, int]) -> None:
-    with _holds_guard:
-        hold = _holds.get(key)
-        if hold is None or hold.pid != os.getpid():
-            return
-        hold.count -= 1
-        if hold.count == 0:
-            del _holds[key]
-            with contextlib.suppress(OSError):
-                if fcntl is not None:
-                    fcntl.flock(hold.fd, fcntl.LOCK_UN)
-                os.close(hold.fd)
+    if getattr(_inside, "active", False):
+        _deferred.append(key)
+        return
+    with _guarded():
+        _drop(key)
+
+
+def _drop(key: tuple[int, int]) -> None:
+    """One share of ``key`` less; the last one unlocks and closes the file."""
+    hold = _holds.get(key)
+    if hold is None or hold.pid != os.getpid():
+        return
+    hold.count -= 1
+    if hold.count == 0:
+        del _holds[key]
+        with contextlib.suppress(OSError):
+            if fcntl is not None:
+                fcntl.flock(hold.fd, fcntl.LOCK_UN)
+            os.close(hold.fd)
 
 
 def acquire_writer_lock(directory: Path) -> WriterLock:
@@ -380,7 +405,7 @@ def acquire_writer_lock(directory: Path) -> WriterLock:
     there gets a share (two writers in one process are the program's own business)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
-    with _holds_guard:
+    with _guarded():
         for _ in range(10):  # the file was replaced under us: lock the new one
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             info = os.fstat(fd)
