@@ -174,6 +174,13 @@ def test_skip_iteration_on_a_non_finite_loss_keeps_theta_k(tmp_path: Path) -> No
     assert state_matches(model.policy, log.load_checkpoint(0)[0]) == []
 
 
+def test_warn_still_stops_an_update_that_cannot_go_on(tmp_path: Path) -> None:
+    model = _model(tmp_path / "run", _envs(None), ent_coef=1e39, nonfinite="warn")
+    with pytest.raises(NonFiniteError, match=r"turned non-finite .* the update cannot go on"):
+        model.learn(16)
+    assert RunLog(tmp_path / "run").iterations() == []
+
+
 def test_a_resume_keeps_the_runs_choice(tmp_path: Path) -> None:
     run = tmp_path / "run"
     _model(run, _envs(None), nonfinite="skip-iteration").learn(16)
@@ -217,6 +224,16 @@ def test_record_run_skip_iteration_keeps_sb3_from_training_on_it(tmp_path: Path)
     assert "train" not in model.__dict__
     _replays(log)
     assert state_matches(model.policy, log.load_checkpoint(2)[0]) == []
+
+
+def test_record_run_refuses_a_non_finite_loss_and_restores_theta_k(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    model = _sb3(_envs(None), ent_coef=1e39, batch_size=16, n_epochs=1)
+    with pytest.raises(NonFiniteError, match=r"^iteration 0: non-finite loss at optimiser step 0"):
+        model.learn(16, callback=RecordRun(run))
+    log = RunLog(run)
+    assert log.iterations() == [] and model._n_updates == 0
+    assert state_matches(model.policy, log.load_checkpoint(0)[0]) == []
 
 
 def test_record_run_warn_records_a_nan_state_that_replays(tmp_path: Path) -> None:
