@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -426,6 +427,13 @@ def acquire_writer_lock(directory: Path) -> WriterLock:
                         "writers would corrupt the run: wait for that one to finish (or stop "
                         "it), or choose another run directory"
                     ) from None
+                except OSError as err:  # a file system without locks (some network mounts)
+                    warnings.warn(
+                        f"cannot lock {path} ({err}): nothing stops a second process from "
+                        "writing this run at the same time",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
             try:
                 same = os.stat(path).st_ino == info.st_ino
             except FileNotFoundError:
