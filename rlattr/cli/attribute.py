@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 folder, str(log.path), "add --no-store (--out still writes the table), or "
                 "score a writable copy of the run",
             )  # fmt: skip
+        log.acquire_writer()  # another writer (a training run) is refused before the work
     log.iteration_meta(args.iteration)  # the iteration exists, before the target is read
     target = load_target(args.target, log)
     start = time.perf_counter()

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         require_writable(
             log.path / "reports", str(log.path), "choose --out (a report file elsewhere)"
         )
+        log.acquire_writer()  # one writer at a time: refused now if another holds the run
     try:
         config = DiagnoseConfig(
             every=args.every,

@@ -22,6 +22,7 @@ from rlattr.cli.args import (
     target_spec,
 )
 from rlattr.cli.paths import output_folder, require_writable, run_directory, writable
+from rlattr.record.io import RunLockedError
 from rlattr.record.runlog import RunLog
 
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     log = RunLog(args.run, allow_modules=allowed_modules(args))
     if args.out is None:  # CSV and figures go into the run: refuse a read-only one now
         require_writable(log.path / "reports", str(log.path), "choose --out (a folder elsewhere)")
+        log.acquire_writer()  # one writer at a time: refused now if another holds the run
     if not log.iterations():
         raise out.UsageError(f"{log.path} holds no committed iteration")
     behavior = load_target(args.behavior, log)
@@ -111,8 +113,14 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = formation(log, behavior, config, progress=say)
     folder = args.out or log.path / "reports"
-    # The figures also go to the run's TensorBoard where the run can be written.
+    # The figures also go to the run's TensorBoard where the run can be written and no
+    # other process writes it.
     tensorboard = log.tb_dir / "reports" if writable(log.tb_dir / "reports") else None
+    if tensorboard is not None and args.out is not None:
+        try:
+            log.acquire_writer()
+        except RunLockedError:
+            tensorboard = None
     written = write_formation_report(result, folder, tensorboard)
     first, last = result.iterations[0], result.iterations[-1]
     out.console.print(

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
 
     log = RunLog(args.run, allow_modules=allowed_modules(args))
     _check_stages(log, args.records or args.stages, "--records" if args.records else "--stages")
+    if not args.records:  # the chart goes into the run: one writer at a time
+        log.acquire_writer()
     plain_return = args.behavior.text == "return"
     behavior = None if plain_return else load_target(args.behavior, log)
     start = time.perf_counter()
