@@ -15,8 +15,17 @@ Layout (tensors in safetensors, metadata in JSON, every write atomic, no pickle)
                                     rates and accumulation, the round's statistics;
                                     written last (the commit marker)
     final.safetensors + final.json  trainable parameters when training ended
+    lock.json                       the writer lock (``rlattr.record.io.LOCK_FILE``)
 
 Round k's end state is round k+1's start state (or ``final``).
+
+The same protections as the PPO run log (``rlattr.record.runlog``): one process writes a
+run at a time (``create``, ``open_for_writing`` and every write take the directory's writer
+lock; another process gets a ``RunLockedError`` naming the holder), ``run.json`` and each
+``round.json`` are created exclusively (never overwritten), and every JSON file stores the
+checksum of its content (``json_sha256``), checked on read (``CorruptRunLogError`` naming
+the file) and by ``verify``. Runs written before (format 1.0: no ``format_minor``) still
+read, their JSON unverified.
 """
 
 from __future__ import annotations
@@ -28,13 +37,28 @@ from typing import Any
 
 import torch
 
-from rlattr.errors import FormatVersionError, RunLogError, UnsupportedError
+from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError, UnsupportedError
 from rlattr.llm.batch import SequenceBatch
-from rlattr.record.io import atomic_write_json, atomic_write_tensors, read_json, read_tensors
+from rlattr.record.io import (
+    JSON_CHECKSUM_KEY,
+    WriterLock,
+    acquire_writer_lock,
+    atomic_create_json,
+    atomic_write_json,
+    atomic_write_tensors,
+    check_json_checksum,
+    read_json,
+    read_tensors,
+    sha256_file,
+    with_json_checksum,
+)
 from rlattr.versions import package_versions
 
 FORMAT_NAME = "rlattr-llm-runlog"
 FORMAT_VERSION = 1
+# Minor version (``run.json["format_minor"]``, absent: 0). 1: every JSON file stores the
+# checksum of its content (``JSON_CHECKSUM_KEY``); runs without it read unverified.
+FORMAT_MINOR = 1
 _INPUT, _PARAM, _OPTIM = "input.", "param.", "optim."
 
 
@@ -86,6 +110,29 @@ class RoundRecord:
         return groups
 
 
+@dataclass
+class LLMVerifyReport:
+    """Outcome of ``LLMRunLog.verify``.
+
+    Attributes:
+        rounds: the committed rounds.
+        problems: corrupt or missing files, and rounds missing between committed ones; any
+            problem makes ``ok`` false.
+        leftovers: uncommitted files (a round interrupted before its ``round.json``).
+        metadata_verified: whether the JSON files carry checksums (format 1.1 on); False
+            for runs written before, whose JSON is only parsed.
+    """
+
+    rounds: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    metadata_verified: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
 def capture_optimizer(optimizer: Any) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """An optimiser's per-parameter state as (tensors, JSON scalars), keyed by position."""
     tensors: dict[str, torch.Tensor] = {}
@@ -119,39 +166,130 @@ def _name(index: int) -> str:
 
 
 class LLMRunLog:
-    """Reader and writer of a language-model run directory."""
+    """Reader and writer of a language-model run directory.
+
+    ``LLMRunLog(path)`` reads (no lock). ``create`` and ``open_for_writing`` hold the
+    directory's writer lock, and every write takes it first (see ``acquire_writer``).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._writer_lock: WriterLock | None = None
         run_json = self.path / "run.json"
         if not run_json.exists():
             raise RunLogError(f"{self.path} is not an rlattr LLM run directory (no run.json)")
-        self.meta = read_json(run_json)
-        if self.meta.get("format") != FORMAT_NAME:
+        stored = read_json(run_json)
+        if stored.get("format") != FORMAT_NAME:
             raise RunLogError(f"{run_json} is not an rlattr LLM run log")
-        if self.meta.get("format_version") != FORMAT_VERSION:
+        if stored.get("format_version") != FORMAT_VERSION:
             raise FormatVersionError(
-                f"{run_json} has format version {self.meta.get('format_version')}; this "
+                f"{run_json} has format version {stored.get('format_version')}; this "
                 f"rlattr reads version {FORMAT_VERSION}"
             )
+        minor = stored.get("format_minor", 0)
+        if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+            raise CorruptRunLogError(f"{run_json} holds an invalid format_minor {minor!r}")
+        self.format_minor: int = minor
+        # A run.json that fails its checksum is read (so that ``verify`` reports it with the
+        # rest) but not used: ``meta`` and every read of a round refuse.
+        self._run_json_problem: str | None = None
+        try:
+            self._meta = self._checked(run_json, stored)
+        except CorruptRunLogError as err:
+            self._meta = {k: v for k, v in stored.items() if k != JSON_CHECKSUM_KEY}
+            self._run_json_problem = str(err)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``run.json`` (without its checksum); a ``CorruptRunLogError`` naming the file when
+        it does not match its checksum."""
+        self._require_intact_run_json()
+        return self._meta
+
+    @property
+    def metadata_checksummed(self) -> bool:
+        """Whether this run's JSON files carry checksums (older runs' read unverified)."""
+        return self.format_minor >= 1
+
+    def _require_intact_run_json(self) -> None:
+        if self._run_json_problem is not None:
+            raise CorruptRunLogError(self._run_json_problem)
+
+    def _checked(self, path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` read from ``path``, checked against its checksum and without it."""
+        body, had_checksum = check_json_checksum(path, payload)
+        if not had_checksum and self.metadata_checksummed:
+            raise CorruptRunLogError(
+                f"{path} lacks its checksum ({JSON_CHECKSUM_KEY}), which every JSON file of "
+                "this run stores: the file was edited or replaced; restore it from a copy of "
+                "the run"
+            )
+        return body
+
+    def _read_json(self, path: Path) -> dict[str, Any]:
+        """A JSON file of the run, checked against its checksum (``CorruptRunLogError``
+        naming the file when it does not match)."""
+        return self._checked(path, read_json(path))
+
+    def _json(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` as written: with its checksum when the run stores them."""
+        return with_json_checksum(payload) if self.metadata_checksummed else payload
+
+    # -- the writer lock -------------------------------------------------------------------
+
+    @classmethod
+    def open_for_writing(cls, path: str | Path) -> LLMRunLog:
+        """An existing run, opened to write to it, holding its writer lock
+        (``RunLockedError`` naming the holder when another process holds it)."""
+        log = cls(path)
+        log.acquire_writer()
+        return log
+
+    def acquire_writer(self) -> None:
+        """Take the run directory's writer lock unless this log holds it; held until
+        ``release_writer``, until the log is collected, or until the process ends. Every
+        write takes it first: calling this is only needed to be refused before the work."""
+        if self._writer_lock is None or not self._writer_lock.held:
+            self._writer_lock = acquire_writer_lock(self.path)
+
+    def release_writer(self) -> None:
+        """Give up the writer lock (another process may then write the run)."""
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this log holds the run directory's writer lock."""
+        return self._writer_lock is not None and self._writer_lock.held
 
     @classmethod
     def create(cls, path: str | Path, settings: dict[str, Any]) -> LLMRunLog:
-        """Start a run directory (an existing one is refused: runs are never overwritten)."""
+        """Start a run directory, holding its writer lock. The lock is taken first, so a
+        directory another process writes is refused naming that process
+        (``RunLockedError``); a run that exists is refused (runs are never overwritten):
+        ``run.json`` is created only where none exists, all at once."""
         path = Path(path)
-        if (path / "run.json").exists():
-            raise RunLogError(f"{path} already holds a run; choose a new run directory")
-        atomic_write_json(
-            path / "run.json",
+        payload = with_json_checksum(
             {
                 "format": FORMAT_NAME,
                 "format_version": FORMAT_VERSION,
+                "format_minor": FORMAT_MINOR,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "versions": package_versions(),
                 "settings": settings,
-            },
+            }
         )
-        return cls(path)
+        lock = acquire_writer_lock(path)
+        try:
+            if not atomic_create_json(path / "run.json", payload):
+                raise RunLogError(f"{path} already holds a run; choose a new run directory")
+            log = cls(path)
+        except BaseException:
+            lock.release()
+            raise
+        log._writer_lock = lock
+        return log
 
     def round_dir(self, index: int) -> Path:
         return self.path / "rounds" / _name(index)
@@ -174,6 +312,8 @@ class LLMRunLog:
         optimizer: Any,
     ) -> None:
         """Record a round's pairs and its starting state (before any of its updates)."""
+        self.acquire_writer()
+        self._refuse_committed(index)
         tensors: dict[str, torch.Tensor] = {}
         for key, value in inputs.items():
             if value is None:
@@ -194,6 +334,15 @@ class LLMRunLog:
             "optimizer_scalars": optim_scalars,
         }
 
+    def _refuse_committed(self, index: int, committed: bool | None = None) -> None:
+        """A ``RunLogError`` when round ``index`` is committed (``committed`` None: look)."""
+        if committed is None:
+            committed = (self.round_dir(index) / "round.json").exists()
+        if committed:
+            raise RunLogError(
+                f"round {index} is already committed in {self.path}; runs are never overwritten"
+            )
+
     def commit_round(
         self,
         index: int,
@@ -202,6 +351,8 @@ class LLMRunLog:
         stats: dict[str, Any],
     ) -> None:
         """Write the round's update plan and its commit marker (after its last update)."""
+        self.acquire_writer()
+        self._refuse_committed(index)
         directory = self.round_dir(index)
         rows = [step.rows.to("cpu", torch.int64) for step in micro_steps]
         counts = torch.tensor([len(r) for r in rows], dtype=torch.int64)
@@ -216,44 +367,50 @@ class LLMRunLog:
             plan["cuda_rng_states"] = torch.stack([s.cuda_rng_state.cpu() for s in micro_steps])
         plan_sha, _ = atomic_write_tensors(directory / "plan.safetensors", plan)
         pending = getattr(self, "_pending", {})
-        atomic_write_json(
+        created = atomic_create_json(
             directory / "round.json",
-            {
-                "round": index,
-                "sha256": {
-                    "batch.safetensors": pending.get("batch.safetensors"),
-                    "start.safetensors": pending.get("start.safetensors"),
-                    "plan.safetensors": plan_sha,
-                },
-                "optimizer_scalars": pending.get("optimizer_scalars", {}),
-                "max_grad_norm": max_grad_norm,
-                "micro_steps": [
-                    {
-                        "optimizer_step": s.optimizer_step,
-                        "learning_rates": list(s.learning_rates),
-                        "accumulation": s.accumulation,
-                    }
-                    for s in micro_steps
-                ],
-                "stats": stats,
-            },
+            self._json(
+                {
+                    "round": index,
+                    "sha256": {
+                        "batch.safetensors": pending.get("batch.safetensors"),
+                        "start.safetensors": pending.get("start.safetensors"),
+                        "plan.safetensors": plan_sha,
+                    },
+                    "optimizer_scalars": pending.get("optimizer_scalars", {}),
+                    "max_grad_norm": max_grad_norm,
+                    "micro_steps": [
+                        {
+                            "optimizer_step": s.optimizer_step,
+                            "learning_rates": list(s.learning_rates),
+                            "accumulation": s.accumulation,
+                        }
+                        for s in micro_steps
+                    ],
+                    "stats": stats,
+                }
+            ),
         )
+        self._refuse_committed(index, committed=not created)
 
     def write_final(self, parameters: dict[str, torch.Tensor]) -> None:
+        """The trainable parameters when training ended (a later ``train`` replaces them)."""
+        self.acquire_writer()
         sha, _ = atomic_write_tensors(
             self.path / "final.safetensors", {n: p.detach() for n, p in parameters.items()}
         )
-        atomic_write_json(self.path / "final.json", {"sha256": sha})
+        atomic_write_json(self.path / "final.json", self._json({"sha256": sha}))
 
     # -- reading ---------------------------------------------------------------------------
 
     def read_round(self, index: int, device: torch.device | str = "cpu") -> RoundRecord:
+        self._require_intact_run_json()
         directory = self.round_dir(index)
         if not (directory / "round.json").exists():
             raise RunLogError(
                 f"round {index} is not committed in {self.path}; have {self.rounds()}"
             )
-        meta = read_json(directory / "round.json")
+        meta = self._read_json(directory / "round.json")
         sha = meta["sha256"]
         batch = read_tensors(directory / "batch.safetensors", sha["batch.safetensors"], device)
         start = read_tensors(directory / "start.safetensors", sha["start.safetensors"], device)
@@ -290,12 +447,64 @@ class LLMRunLog:
         self, index: int, device: torch.device | str = "cpu"
     ) -> dict[str, torch.Tensor]:
         """Trainable parameters after round ``index`` (next round's start, or final)."""
+        self._require_intact_run_json()
         following = self.round_dir(index + 1)
         if (following / "round.json").exists():
-            sha = read_json(following / "round.json")["sha256"]["start.safetensors"]
+            sha = self._read_json(following / "round.json")["sha256"]["start.safetensors"]
             start = read_tensors(following / "start.safetensors", sha, device)
             return {k[len(_PARAM) :]: v for k, v in start.items() if k.startswith(_PARAM)}
         if (self.path / "final.json").exists():
-            sha = read_json(self.path / "final.json")["sha256"]
+            sha = self._read_json(self.path / "final.json")["sha256"]
             return read_tensors(self.path / "final.safetensors", sha, device)
         raise RunLogError(f"no end state of round {index} in {self.path}")
+
+    # -- integrity -------------------------------------------------------------------------
+
+    def verify(self) -> LLMVerifyReport:
+        """Check every file the run wrote: each JSON file against its own checksum (when the
+        run stores them: ``metadata_verified``) and each safetensors file against the
+        checksum its JSON file recorded; list rounds missing between committed ones and
+        uncommitted leftovers."""
+        report = LLMVerifyReport(rounds=self.rounds(), metadata_verified=self.metadata_checksummed)
+        if self._run_json_problem is not None:
+            report.problems.append(self._run_json_problem)
+        tensor_files: list[tuple[Path, Any]] = []
+        for k in report.rounds:
+            try:
+                meta = self._read_json(self.round_dir(k) / "round.json")
+            except CorruptRunLogError as err:
+                report.problems.append(str(err))
+                continue
+            for name, sha in meta.get("sha256", {}).items():
+                tensor_files.append((self.round_dir(k) / name, sha))
+        final_json = self.path / "final.json"
+        if final_json.exists():
+            try:
+                tensor_files.append(
+                    (self.path / "final.safetensors", self._read_json(final_json).get("sha256"))
+                )
+            except CorruptRunLogError as err:
+                report.problems.append(str(err))
+        elif (self.path / "final.safetensors").exists():
+            report.leftovers.append(str(self.path / "final.safetensors"))
+        for path, sha in tensor_files:
+            if not path.exists():
+                report.problems.append(f"{path}: missing")
+            elif sha is None:
+                report.problems.append(f"{path}: no checksum recorded")
+            elif sha256_file(path) != sha:
+                report.problems.append(f"{path}: checksum mismatch (truncated or altered)")
+        committed = set(report.rounds)
+        gaps = [k for k in range(max(committed, default=0)) if k not in committed]
+        for k in gaps:
+            report.problems.append(
+                f"{self.round_dir(k)}: round {k} is not committed although later ones are "
+                "(deleted or damaged): it cannot be replayed"
+            )
+        root = self.path / "rounds"
+        if root.exists():
+            gap_dirs = {self.round_dir(k) for k in gaps}  # reported as problems
+            for d in sorted(root.iterdir()):
+                if not (d / "round.json").exists() and d not in gap_dirs:
+                    report.leftovers.append(str(d))
+        return report
