@@ -19,7 +19,9 @@ from rlattr.cli import console as out
 from rlattr.cli.args import (
     NO_BUDGET,
     HelpFormatter,
+    add_allow_module,
     add_memory_budget,
+    allowed_modules,
     budget_option,
     literal_choices,
     preset_names,
@@ -61,6 +63,7 @@ def add(sub: Any) -> None:
         "before its iteration is committed, skip-iteration discards that rollout, warn trains "
         "on it (default: the resumed run's, else error)",
     )  # fmt: skip
+    add_allow_module(train)
     _add_iif_options(train)
     _add_intervention_options(train)
     train.set_defaults(func=run)
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.intervene is None and given:
         raise out.UsageError(f"{given[0]} only applies with --intervene action:FILE")
-    preset = Preset.load(args.preset)
+    preset = Preset.load(args.preset, allow_modules=allowed_modules(args))
     run_dir = Path(args.run_dir or f"runs/{preset.name}-s{args.seed}")
     if args.resume and not (run_dir / "run.json").exists():
         out.console.print(f"[yellow]{run_dir} holds no run yet; starting a new one[/]")
