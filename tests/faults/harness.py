@@ -186,6 +186,9 @@ def run_child(argv: list[str], out: Path, point: Point | None = None, run_dir: P
                 target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(target, fd)
                 os.close(target)
+            # pytest's capture replaced these; the child writes to its own files.
+            sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
             if point is not None:
                 assert run_dir is not None
                 install(point, run_dir, fault)
