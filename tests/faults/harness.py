@@ -27,6 +27,8 @@ import torch._dynamo  # noqa: F401  (imported here once: Adam imports it lazily,
 import yaml
 
 import rlattr.cli.main  # noqa: F401  (the forked children find it imported)
+from rlattr import RunLog
+from rlattr.record.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 256  # one CartPole iteration of the shipped preset (8 envs x 32 steps)
@@ -202,6 +204,12 @@ def run_child(argv: list[str], out: Path, point: Point | None = None, run_dir: P
             status = 1
         finally:
             with contextlib.suppress(BaseException):
+                # What the interpreter does at exit, which os._exit skips: wait for the
+                # worker threads (the run log's background writer) to finish their work.
+                import concurrent.futures.thread
+
+                concurrent.futures.thread._python_exit()
+            with contextlib.suppress(BaseException):
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(status)
@@ -211,6 +219,26 @@ def run_child(argv: list[str], out: Path, point: Point | None = None, run_dir: P
         print(f"{argv[0]}: {time.perf_counter() - started:.2f} s", file=sys.__stderr__)
     code = os.waitstatus_to_exitcode(wait_status)
     return Outcome(code, stdout.read_text(), stderr.read_text())
+
+
+def snapshot(run_dir: Path, full_every: int = 1) -> dict[str, str]:
+    """SHA-256 of every file of the committed iterations and of the full checkpoints they
+    start from and end at (and of run.json)."""
+    if not (run_dir / "run.json").exists():
+        return {}
+    log = RunLog(run_dir)
+    committed = log.iterations()
+    files = [run_dir / "run.json"]
+    files += [p for k in committed for p in log.iteration_dir(k).rglob("*") if p.is_file()]
+    if committed:  # with sparse checkpoints, those on the full grid
+        for k in range(0, committed[-1] + 2, full_every):
+            files += [run_dir / "checkpoints" / f"{k:06d}{s}" for s in (".safetensors", ".json")]
+    return {str(p.relative_to(run_dir)): sha256_file(p) for p in files}
+
+
+def leftover_temporaries(run_dir: Path) -> list[str]:
+    """Temporary files of atomic writes still in ``run_dir``."""
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*.tmp"))
 
 
 def preset(folder: Path, checkpoint_every: int) -> Path:

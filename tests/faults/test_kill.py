@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 
 from rlattr import RunLog
-from rlattr.record.io import sha256_file
 from tests.faults.harness import (
     AFTER_RENAME,
     AFTER_UNLINK,
@@ -28,6 +27,7 @@ from tests.faults.harness import (
     Point,
     preset,
     run_child,
+    snapshot,
     train_argv,
 )
 
@@ -76,20 +76,6 @@ SPARSE_POINTS = [
 ]  # fmt: skip
 
 
-def _snapshot(run_dir, sparse: bool) -> dict[str, str]:
-    """SHA-256 of every file of the committed iterations and of the full checkpoints they
-    start from and end at."""
-    if not (run_dir / "run.json").exists():
-        return {}
-    log = RunLog(run_dir)
-    committed = log.iterations()
-    files = [p for k in committed for p in log.iteration_dir(k).rglob("*") if p.is_file()]
-    if committed:  # with sparse checkpoints, those on the full grid (every 2nd)
-        for k in range(0, committed[-1] + 2, 2 if sparse else 1):
-            files += [run_dir / "checkpoints" / f"{k:06d}{s}" for s in (".safetensors", ".json")]
-    return {str(p.relative_to(run_dir)): sha256_file(p) for p in files}
-
-
 def kill_and_resume(point: Point, tmp_path, sparse: bool) -> dict:
     """The row of the fault table for ``point`` (asserting what it says)."""
     run_dir = tmp_path / "run"
@@ -98,7 +84,7 @@ def kill_and_resume(point: Point, tmp_path, sparse: bool) -> dict:
         train_argv(preset_file, run_dir, ITERATIONS), tmp_path / "killed", point, run_dir
     )
     assert killed.status == -9, f"the kill did not strike: {killed.stderr}"
-    before = _snapshot(run_dir, sparse)
+    before = snapshot(run_dir, 2 if sparse else 1)
     committed_before = RunLog(run_dir).iterations() if (run_dir / "run.json").exists() else []
     inspect_killed = run_child(["inspect", str(run_dir)], tmp_path / "inspect-killed")
     resumed = run_child(
@@ -121,7 +107,7 @@ def kill_and_resume(point: Point, tmp_path, sparse: bool) -> dict:
         assert {0, 2, ITERATIONS} <= set(logged), logged
     else:
         assert logged == list(range(ITERATIONS + 1))
-    after = _snapshot(run_dir, sparse)
+    after = snapshot(run_dir, 2 if sparse else 1)
     lost = sorted(name for name, digest in before.items() if after.get(name) != digest)
     assert lost == [], f"committed before the kill, changed or lost after: {lost}"
     # Before the kill, the iterations before the killed one had committed (a kill loses only
