@@ -10,6 +10,7 @@ blocks stay in their sub-packages, each listing them in ``__all__``: ``rlattr.re
 ``rlattr.analysis`` (``stage_record_scores``) and ``rlattr.training``.
 """
 
+from rlattr.allowlist import DisallowedModuleError
 from rlattr.analysis.fidelity import fidelity
 from rlattr.analysis.stages import stage_effects
 from rlattr.analysis.tables import scores_table
@@ -17,11 +18,13 @@ from rlattr.analysis.whatif import WhatIfConfig, whatif
 from rlattr.errors import (
     CorruptRunLogError,
     FormatVersionError,
+    NonFiniteError,
     PresetError,
     RlattrError,
     RunLogError,
     UnsupportedError,
 )
+from rlattr.record.io import RunLockedError
 from rlattr.record.replay import replay_iteration
 from rlattr.record.runlog import Retention, RunLog
 from rlattr.run import Preset
@@ -50,6 +53,7 @@ __all__ = [
     "AttributedPPO",
     "CallableTarget",
     "CorruptRunLogError",
+    "DisallowedModuleError",
     "FilterDecision",
     "FormatVersionError",
     "GroundTruthFilter",
@@ -59,12 +63,14 @@ __all__ = [
     "IterationResults",
     "KeepMaskFilter",
     "LiveTracIn",
+    "NonFiniteError",
     "Preset",
     "PresetError",
     "RecordRun",
     "Retention",
     "ReturnTarget",
     "RlattrError",
+    "RunLockedError",
     "RunLog",
     "RunLogError",
     "ScoreHook",

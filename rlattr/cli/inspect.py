@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     versions = meta.get("versions", {})
     table.add_row("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
     table.add_row("IIF", _describe_iif(config.get("iif")))
+    # What a NaN or inf reward, observation, advantage or loss does to this run.
+    table.add_row("non-finite values", str(config.get("nonfinite", "not recorded (older run)")))
     if config.get("iif") is not None:
         table.add_row("dropped", dropped_share(log, iterations))
     span = f"{iterations[0]}..{iterations[-1]}" if iterations else "none"

@@ -40,7 +40,7 @@ from rlattr.llm.fidelity import SubsetEffects, subset_effects
 from rlattr.llm.ghost import score_parameters, sequence_dots
 from rlattr.llm.loss import LossSpec, sequence_losses, sequence_weights
 from rlattr.llm.replay import replay_round
-from rlattr.llm.runlog import FORMAT_VERSION, LLMRunLog
+from rlattr.llm.runlog import FORMAT_VERSION, LLMRunLog, LLMVerifyReport
 from rlattr.llm.scores import snapshot_scores, target_gradient
 from rlattr.llm.toy import SentimentTask, char_tokenizer, pretrain, tiny_causal_lm
 from rlattr.llm.trainer import IIFGRPOTrainer, RoundStats
@@ -52,6 +52,7 @@ __all__ = [
     "RULES",
     "IIFGRPOTrainer",
     "LLMRunLog",
+    "LLMVerifyReport",
     "LossSpec",
     "RoundStats",
     "SentimentTask",

@@ -10,6 +10,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -328,11 +329,13 @@ def test_inspect_reports_an_interrupted_run(copy_of: Path, capsys) -> None:
 def test_inspect_shows_iif_and_stored_scores(tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     argv = ["train", "cartpole", "--timesteps", "512", "--run-dir", str(run), *QUIET]
-    assert main([*argv, "--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]) == 0
+    iif = ["--iif", "--iif-rule", "bottom", "--iif-fraction", "0.25"]
+    assert main([*argv, *iif, "--nonfinite", "skip-iteration"]) == 0
     capsys.readouterr()
     assert main(["inspect", str(run)]) == 0
     out = capsys.readouterr().out
     assert "rule bottom, fraction 0.25" in out
+    assert re.search(r"non-finite values\s+│\s+skip-iteration", out)
     assert "snapshot-return: 2 iteration(s) (0..1)" in out
     assert "complete" in out
 
