@@ -18,6 +18,7 @@ import os
 import pathlib
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,14 +93,18 @@ class _Injector:
 
 
 class _FullDiskFile:
-    """A file object whose ``write`` stores half of the bytes, then fails with ENOSPC."""
+    """A file object whose ``write`` stores half of the bytes, then fails with ENOSPC
+    (once ``wait_for`` is set, when given: a slow disk, failing only once the next write is
+    queued behind it)."""
 
-    def __init__(self, handle: Any):
-        self._handle = handle
+    def __init__(self, handle: Any, wait_for: threading.Event | None = None):
+        self._handle, self._wait_for = handle, wait_for
 
     def write(self, data: bytes) -> int:
         self._handle.write(data[: len(data) // 2])
         self._handle.flush()
+        if self._wait_for is not None:
+            self._wait_for.wait(timeout=60)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def __getattr__(self, name: str) -> Any:
@@ -113,11 +118,24 @@ class _FullDiskFile:
 
 
 def install(point: Point, run_dir: Path, fault: str) -> None:
-    """Wrap the writers (in this process) so that ``fault`` ("kill" or "enospc") strikes at
-    ``point`` of run directory ``run_dir``."""
+    """Wrap the writers (in this process) so that ``fault`` strikes at ``point`` of run
+    directory ``run_dir``: "kill" (SIGKILL), "enospc" (a full disk), "enospc-queued" (a full
+    disk that fails the write only once the run log has queued its next write)."""
     import rlattr.record.io as rio
+    import rlattr.record.runlog as runlog
 
     injector = _Injector(point, Path(os.path.abspath(run_dir)), fault)
+    queued = threading.Event()  # the run log queued a write after the failing one began
+    failing = threading.Event()  # the failing write has begun
+    if fault == "enospc-queued":
+        submit = runlog.BackgroundWriter.submit
+
+        def submit_(self: Any, *args: Any, **kwargs: Any) -> None:
+            submit(self, *args, **kwargs)
+            if failing.is_set():
+                queued.set()
+
+        runlog.BackgroundWriter.submit = submit_  # type: ignore[method-assign]
     write_bytes, fdopen, replace = rio.atomic_write_bytes, os.fdopen, os.replace
     link, pwrite, unlink = os.link, os.pwrite, pathlib.Path.unlink
 
@@ -135,6 +153,9 @@ def install(point: Point, run_dir: Path, fault: str) -> None:
             if injector.hit(WRITING, target):
                 if fault == "kill":
                     injector.strike()
+                if fault == "enospc-queued":
+                    failing.set()
+                    return _FullDiskFile(handle, queued)
                 return _FullDiskFile(handle)
         return handle
 
@@ -259,3 +280,28 @@ def train_argv(
     argv = ["train", str(preset_file), "--timesteps", str(STEPS * iterations),
             "--run-dir", str(run_dir), "--no-progress", "--seed", "3"]  # fmt: skip
     return argv + (["--resume"] if resume else [])
+
+
+# ----------------------------------------------------------------- the fault table
+# Rows the cases add once their assertions passed (``tests/faults/table.py`` writes them to
+# docs/faults.md): section, fault, where, outcome, what was lost.
+ROWS: list[dict[str, str]] = []
+
+
+def add_row(section: str, fault: str, where: str, outcome: str, lost: str) -> None:
+    ROWS.append(
+        {"section": section, "fault": fault, "where": where, "outcome": outcome, "lost": lost}
+    )
+
+
+def said(outcome: Outcome) -> str:
+    """How a failed command reported itself: one ``error:`` line, or a traceback."""
+    if "Traceback" in outcome.stderr:
+        last = outcome.stderr.strip().splitlines()[-1]
+        return f"a traceback ending `{last}`"
+    lines = [line for line in outcome.stderr.strip().splitlines() if line]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if len(errors) == 1:
+        extra = " + the resume command" if any("resume with:" in ln for ln in lines) else ""
+        return f"one `error:` line{extra}"
+    return f"{len(lines)} lines on stderr, {len(errors)} `error:`"

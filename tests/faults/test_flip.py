@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import Outcome, preset, run_child, train_argv
+from tests.faults.harness import Outcome, add_row, preset, run_child, train_argv
 
 K = 1  # the iteration whose files are flipped (run of 3 iterations)
 
@@ -96,4 +96,17 @@ def flip_case(kind: Kind, trained: tuple[Path, str], tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name.replace(" ", "-"))
 def test_flipped_byte(kind: Kind, trained: tuple[Path, str], tmp_path: Path) -> None:
-    flip_case(kind, trained, tmp_path)
+    case = flip_case(kind, trained, tmp_path)
+    loads = case["loads"]
+    add_row(
+        "flip",
+        f"one byte flipped (offset {case['offset']})",
+        f"{kind.name}: `{kind.path}`",
+        f"inspect: exit {case['inspected'].status}, names the file; "
+        + "; ".join(
+            f"`{command}`: exit {loads[command].status}"
+            + (", one `error:` line naming the file" if command in kind.loaders else "")
+            for command in (REPLAY, ATTRIBUTE)
+        ),
+        "the flipped file only (detected; every load refuses it)",
+    )

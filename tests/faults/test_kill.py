@@ -23,8 +23,8 @@ from tests.faults.harness import (
     BEFORE_UNLINK,
     LOCK_WRITE,
     WRITING,
-    Outcome,
     Point,
+    add_row,
     preset,
     run_child,
     snapshot,
@@ -135,16 +135,31 @@ def _committed_at_kill(point: Point) -> list[int]:
     return list(range(K))
 
 
-def describe(outcome: Outcome) -> str:
-    return f"{outcome.status}"
-
-
 @pytest.mark.parametrize("point", POINTS, ids=lambda p: p.name)
 def test_kill_then_resume(point: Point, tmp_path) -> None:
-    kill_and_resume(point, tmp_path, sparse=False)
+    _row(kill_and_resume(point, tmp_path, sparse=False))
 
 
 @pytest.mark.parametrize("point", SPARSE_POINTS, ids=lambda p: p.name)
 @pytest.mark.sparse_checkpoints
 def test_kill_while_a_checkpoint_turns_sparse(point: Point, tmp_path) -> None:
-    kill_and_resume(point, tmp_path, sparse=True)
+    _row(kill_and_resume(point, tmp_path, sparse=True))
+
+
+def _row(case: dict) -> None:
+    point: Point = case["point"]
+    committed = case["committed_before"]
+    shown = f"{committed[0]}..{committed[-1]}" if committed else "none"
+    extra = ""
+    if point.name.startswith("sparse") and 1 in case["full_checkpoints"]:
+        extra = "; checkpoint 1 stays full (not turned sparse on resume: more bytes, no loss)"
+    add_row(
+        "kill",
+        "kill -9 (SIGKILL) of `train`",
+        point.what,
+        f"committed at the kill: {shown}; inspect after the kill: exit "
+        f"{case['inspect_killed'].status}; `train --resume`: exit {case['resumed'].status}; "
+        f"inspect: exit {case['inspected'].status}, no leftovers; replay (all {ITERATIONS}): exit "
+        f"{case['replayed'].status}{extra}",
+        f"nothing ({case['files_checked']} committed files unchanged)",
+    )
