@@ -10,9 +10,14 @@ they are fixed, then they become cases). Exits 1 if a test failed; the table the
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -58,6 +63,7 @@ SECTIONS = {
     "kill": "kill -9 at every write point (tests/faults/test_kill.py)",
     "disk full": "Disk full (tests/faults/test_disk_full.py)",
     "flip": "A flipped byte in every file kind (tests/faults/test_flip.py)",
+    "real": "A real full disk (observed by table.py)",
 }
 
 
@@ -106,10 +112,79 @@ def observe_queued_write_after_full_disk(folder: Path) -> dict[str, str]:
         "queued behind it (background writer)",
         "outcome": f"`train`: exit {failed.status}, {said(failed)}; committed: {committed}; "
         f"gaps: {report.gaps}; inspect: exit {inspected.status}; `train --resume`: exit "
-        f"{resumed.status} ({' '.join(resumed.stdout.split())[:90]}); committed after: "
+        f"{resumed.status}, {_resumed_at(resumed.stdout)}; committed after: "
         f"{after.iterations()}",
         "lost": lost,
     }
+
+
+def _resumed_at(stdout: str) -> str:
+    """Where ``train --resume`` said it resumed (without the temporary path)."""
+    words = " ".join(stdout.split())
+    found = re.search(r"resuming \S+ at (iteration \d+)", words)
+    return f"resumed at {found.group(1)}" if found else "did not say where it resumed"
+
+
+# A real full disk: a tmpfs of 600 KiB in a private mount namespace (unshare), training
+# into it until a write fails; then the tmpfs grows and the run resumes.
+REAL_DISK = """
+set -u
+mount -t tmpfs -o size=600k tmpfs "$1"
+"$2" -m rlattr.cli train "$3" --timesteps 2560 --run-dir "$1/run" --no-progress --seed 3 \
+    > "$4/full.out" 2> "$4/full.err"; echo $? > "$4/full.status"
+"$2" -c 'import json, sys; from rlattr import RunLog; log = RunLog(sys.argv[1]); \
+print(json.dumps({"committed": log.iterations(), "gaps": log.verify().gaps}))' "$1/run" \
+    > "$4/committed.json"
+mount -o remount,size=64m "$1"
+"$2" -m rlattr.cli train "$3" --timesteps 2560 --run-dir "$1/run" --no-progress --seed 3 \
+    --resume > "$4/resume.out" 2> "$4/resume.err"; echo $? > "$4/resume.status"
+"$2" -m rlattr.cli inspect "$1/run" > /dev/null 2>&1; echo $? > "$4/inspect.status"
+"$2" -m rlattr.cli replay "$1/run" > /dev/null 2>&1; echo $? > "$4/replay.status"
+"$2" -c 'import json, sys; from rlattr import RunLog; log = RunLog(sys.argv[1]); \
+print(json.dumps({"committed": log.iterations(), "gaps": log.verify().gaps}))' "$1/run" \
+    > "$4/after.json"
+"""
+
+
+def observe_real_full_disk(folder: Path) -> dict[str, str] | None:
+    """A real ENOSPC (tmpfs); None where private mount namespaces are unavailable."""
+    if shutil.which("unshare") is None:
+        return None
+    mount, out = folder / "mnt", folder / "out"
+    mount.mkdir()
+    out.mkdir()
+    done = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "sh", "-c", REAL_DISK, "sh", str(mount),
+         sys.executable, str(preset(folder, 1)), str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    if done.returncode != 0 or not (out / "after.json").exists():
+        return None
+
+    def read(name: str) -> str:
+        return (out / name).read_text().strip()
+
+    failed = harness.Outcome(int(read("full.status")), read("full.out"), read("full.err"))
+    before, after = json.loads(read("committed.json")), json.loads(read("after.json"))
+    clean = failed.status == 2 and said(failed).startswith("one `error:`")
+    found = "" if clean else " — found: not one `error:` line with the resume command"
+    lost = "nothing" if not after["gaps"] else f"found: iterations {after['gaps']} lost"
+    return {
+        "section": "found" if (found or after["gaps"]) else "real",
+        "fault": "a real full disk (tmpfs of 600 KiB, `unshare`)",
+        "where": "train: whichever write fills it",
+        "outcome": f"`train`: exit {failed.status}, {said(failed)}{found}; committed: "
+        f"{_span(before['committed'])}, gaps: {before['gaps']}; after making room, "
+        f"`train --resume`: exit {read('resume.status')}, {_resumed_at(read('resume.out'))}; "
+        f"inspect: exit {read('inspect.status')}; replay: exit {read('replay.status')}; "
+        f"committed: {_span(after['committed'])}",
+        "lost": lost,
+    }
+
+
+def _span(iterations: list[int]) -> str:
+    return f"{iterations[0]}..{iterations[-1]}" if iterations else "none"
 
 
 def _cell(text: str) -> str:
@@ -182,10 +257,12 @@ def main() -> int:
     cited_status = pytest.main(["-q", "-p", "no:cacheprovider", *cited], plugins=[collector])
     cited_seconds = time.perf_counter() - started
     rows = list(harness.ROWS)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as folder:
         rows.append(observe_queued_write_after_full_disk(Path(folder)))
+    with tempfile.TemporaryDirectory() as folder:
+        real = observe_real_full_disk(Path(folder))
+        if real is not None:
+            rows.append(real)
     failed = int(status) != 0 or int(cited_status) != 0
     OUT.write_text(render(rows, collector, int(failed), seconds, cited_seconds))
     print(f"wrote {OUT.relative_to(ROOT)} ({len(rows)} rows)")

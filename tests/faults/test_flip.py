@@ -101,7 +101,7 @@ def test_flipped_byte(kind: Kind, trained: tuple[Path, str], tmp_path: Path) -> 
     add_row(
         "flip",
         f"one byte flipped (offset {case['offset']})",
-        f"{kind.name}: `{kind.path}`",
+        f"{kind.name}: `{kind.path.replace('SCORE', trained[1])}`",
         f"inspect: exit {case['inspected'].status}, names the file; "
         + "; ".join(
             f"`{command}`: exit {loads[command].status}"

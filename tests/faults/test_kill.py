@@ -153,13 +153,17 @@ def _row(case: dict) -> None:
     extra = ""
     if point.name.startswith("sparse") and 1 in case["full_checkpoints"]:
         extra = "; checkpoint 1 stays full (not turned sparse on resume: more bytes, no loss)"
+    no_run = " (no run.json yet: not a run directory)" if case["files_checked"] == 0 else ""
     add_row(
         "kill",
         "kill -9 (SIGKILL) of `train`",
         point.what,
         f"committed at the kill: {shown}; inspect after the kill: exit "
-        f"{case['inspect_killed'].status}; `train --resume`: exit {case['resumed'].status}; "
+        f"{case['inspect_killed'].status}{no_run}; `train --resume`: exit "
+        f"{case['resumed'].status}; "
         f"inspect: exit {case['inspected'].status}, no leftovers; replay (all {ITERATIONS}): exit "
         f"{case['replayed'].status}{extra}",
-        f"nothing ({case['files_checked']} committed files unchanged)",
+        f"nothing ({case['files_checked']} committed files unchanged)"
+        if case["files_checked"]
+        else "nothing (nothing had been written that a run keeps)",
     )
