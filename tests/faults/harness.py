@@ -32,6 +32,7 @@ from rlattr import RunLog
 from rlattr.record.io import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
+CHILD_TIMEOUT = 300  # seconds
 STEPS = 256  # one CartPole iteration of the shipped preset (8 envs x 32 steps)
 
 # Moments of one atomic write at which a fault can strike.
@@ -235,7 +236,15 @@ def run_child(argv: list[str], out: Path, point: Point | None = None, run_dir: P
                 sys.stderr.flush()
             os._exit(status)
     started = time.perf_counter()
-    _, wait_status = os.waitpid(pid, 0)
+    while True:  # a guard only: a case takes about a second
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.perf_counter() - started > CHILD_TIMEOUT:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"rlattr {' '.join(argv)} ran over {CHILD_TIMEOUT} s")
+        time.sleep(0.01)
     if os.environ.get("RLATTR_FAULTS_TIMING"):
         print(f"{argv[0]}: {time.perf_counter() - started:.2f} s", file=sys.__stderr__)
     code = os.waitstatus_to_exitcode(wait_status)

@@ -11,6 +11,9 @@ while the temporary file is open, after the fsync before the rename, and after t
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from rlattr import RunLog
@@ -25,6 +28,7 @@ from tests.faults.harness import (
     WRITING,
     Point,
     add_row,
+    leftover_temporaries,
     preset,
     run_child,
     snapshot,
@@ -125,6 +129,58 @@ def kill_and_resume(point: Point, tmp_path, sparse: bool) -> dict:
     }
 
 
+# While ``attribute`` stores the scores of iteration 1 (in a finished 3-iteration run).
+SCORE_POINTS = [
+    Point("scores-before-rename", BEFORE_RENAME, "iterations/000001/scores/*.safetensors",
+          "`attribute` storing scores: tensors fsynced, not renamed"),
+    Point("scores-json-before", BEFORE, "iterations/000001/scores/*.json",
+          "`attribute` storing scores: tensors in place, JSON not written"),
+    Point("scores-json-before-rename", BEFORE_RENAME, "iterations/000001/scores/*.json",
+          "`attribute` storing scores: JSON fsynced, not renamed"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("kill-scores")
+    done = run_child(train_argv(preset(folder, 1), folder / "run", ITERATIONS), folder / "train")
+    assert done.status == 0, done.stderr
+    return folder / "run"
+
+
+def kill_while_storing_scores(point: Point, trained: Path, tmp_path: Path) -> dict:
+    """The row of the fault table for ``point`` (asserting what it says)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    before = snapshot(run_dir)
+    argv = ["attribute", str(run_dir), "--iteration", "1"]
+    killed = run_child(argv, tmp_path / "killed", point, run_dir)
+    assert killed.status == -9, f"the kill did not strike: {killed.stderr}"
+    assert RunLog(run_dir).score_names(1) == []  # nothing half-stored is listed
+    inspect_killed = run_child(["inspect", str(run_dir)], tmp_path / "inspect-killed")
+    assert inspect_killed.status == 0, inspect_killed.stdout + inspect_killed.stderr
+    again = run_child(argv, tmp_path / "again")
+    assert again.status == 0, again.stderr
+    assert len(RunLog(run_dir).score_names(1)) == 1
+    inspected = run_child(["inspect", str(run_dir)], tmp_path / "inspect")
+    assert inspected.status == 0, inspected.stdout + inspected.stderr
+    replayed = run_child(["replay", str(run_dir)], tmp_path / "replay")
+    assert replayed.status == 0, replayed.stdout + replayed.stderr
+    after = snapshot(run_dir)
+    lost = sorted(name for name, digest in before.items() if after.get(name) != digest)
+    assert lost == [], f"committed before the kill, changed or lost after: {lost}"
+    temporaries = leftover_temporaries(run_dir)  # a kill leaves its temporary file
+    return {
+        "point": point,
+        "inspect_killed": inspect_killed,
+        "again": again,
+        "inspected": inspected,
+        "replayed": replayed,
+        "files_checked": len(before),
+        "temporaries": temporaries,
+    }
+
+
 def _committed_at_kill(point: Point) -> list[int]:
     if point.name.startswith(("lock", "run.json", "checkpoint0")):
         return []
@@ -166,4 +222,21 @@ def _row(case: dict) -> None:
         f"nothing ({case['files_checked']} committed files unchanged)"
         if case["files_checked"]
         else "nothing (nothing had been written that a run keeps)",
+    )
+
+
+@pytest.mark.parametrize("point", SCORE_POINTS, ids=lambda p: p.name)
+def test_kill_while_storing_scores(point: Point, trained: Path, tmp_path: Path) -> None:
+    case = kill_while_storing_scores(point, trained, tmp_path)
+    temporaries = case["temporaries"]
+    left = f"; temporary file left: {', '.join(temporaries)}" if temporaries else ""
+    add_row(
+        "kill",
+        "kill -9 (SIGKILL) of `attribute`",
+        point.what,
+        f"nothing listed as stored; inspect after the kill: exit "
+        f"{case['inspect_killed'].status}; `attribute` again: exit {case['again'].status}, "
+        f"stored; inspect: exit {case['inspected'].status}; replay (all {ITERATIONS}): exit "
+        f"{case['replayed'].status}{left}",
+        f"nothing ({case['files_checked']} committed files unchanged)",
     )
