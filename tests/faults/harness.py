@@ -267,8 +267,12 @@ def snapshot(run_dir: Path, full_every: int = 1) -> dict[str, str]:
 
 
 def leftover_temporaries(run_dir: Path) -> list[str]:
-    """Temporary files of atomic writes still in ``run_dir``."""
-    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*.tmp"))
+    """Temporary files of atomic writes still in ``run_dir`` (their random part as ``*``)."""
+    found = {
+        str(p.relative_to(run_dir).with_name(p.name.rsplit(".", 2)[0] + ".*.tmp"))
+        for p in run_dir.rglob(".*.tmp")
+    }
+    return sorted(found)
 
 
 def preset(folder: Path, checkpoint_every: int) -> Path:

@@ -209,7 +209,8 @@ def render(rows: list[dict[str, str]], collector: Collector, status: int, second
         "```",
         "",
         f"Last run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}: `tests/faults` {dict(suite)} in {seconds:.0f} s "
+        f"Python {platform.python_version()}: `tests/faults` "
+        f"{', '.join(f'{n} {outcome}' for outcome, n in sorted(suite.items()))} in {seconds:.0f} s "
         f"(the cited tests: {cited_seconds:.0f} s){'' if status == 0 else '; FAILURES below'}. "
         "Each row is written by a case only after its assertions passed; the rows under "
         "*Found* are observed, not asserted. CartPole, 256 steps an iteration, every "

@@ -229,7 +229,12 @@ def _row(case: dict) -> None:
 def test_kill_while_storing_scores(point: Point, trained: Path, tmp_path: Path) -> None:
     case = kill_while_storing_scores(point, trained, tmp_path)
     temporaries = case["temporaries"]
-    left = f"; temporary file left: {', '.join(temporaries)}" if temporaries else ""
+    left = (
+        f"; temporary file left, still there after `attribute` again and not reported by "
+        f"inspect: `{', '.join(temporaries)}`"
+        if temporaries
+        else ""
+    )
     add_row(
         "kill",
         "kill -9 (SIGKILL) of `attribute`",
