@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -199,17 +200,29 @@ class BackgroundWriter:
     update; doing it while the next rollout is collected keeps recording nearly free.
     Order is preserved (one worker), so the commit protocol is unchanged: a kill loses at
     most the iterations still queued, which are uncommitted and discarded on resume.
-    Errors surface at the next ``submit`` or at ``drain``.
+    Errors surface at the next ``submit`` or at ``drain``. After a write fails, the writes
+    queued behind it do not run: a later iteration committed past a missing one would leave
+    a gap that a resume (which restarts after the last commit) never fills.
     """
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlattr-runlog")
         self._pending: list[Future[int]] = []
+        self._failed = threading.Event()
         self.bytes_written = 0
 
     def submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         self._collect(block=False)
-        self._pending.append(self._executor.submit(fn, *args, **kwargs))
+        self._pending.append(self._executor.submit(self._run, fn, args, kwargs))
+
+    def _run(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        if self._failed.is_set():
+            return 0  # an earlier write failed: nothing may commit after it
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def drain(self) -> None:
         """Wait for every queued write; re-raise the first error."""
