@@ -20,7 +20,7 @@ from rich.table import Table
 
 from rlattr.analysis.efficiency import rounds_to_share_of_peak
 from rlattr.argtypes import at_least
-from rlattr.cli.args import HelpFormatter
+from rlattr.cli.args import HelpFormatter, add_allow_module, allowed_modules
 from rlattr.sweep.engine import SweepOutcome, run_sweep
 from rlattr.sweep.report import load_results, trial_rows
 from rlattr.sweep.spec import SweepSpec, SweepSpecError, parse_arm
@@ -62,6 +62,7 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         help="keep every trial's run log in <run dir>/runlog (for rlattr diagnose, attribute, "
         "fidelity, intervene)",
     )
+    add_allow_module(parser)
 
 
 def add(sub: Any) -> None:
@@ -89,7 +90,10 @@ def _spec_keys() -> str:
 
 
 def run_spec(spec: SweepSpec, args: argparse.Namespace, console: Console) -> SweepOutcome:
-    spec = spec.with_overrides(retries=args.retries, record=True if args.record else None)
+    allow = (*spec.allow_modules, *allowed_modules(args)) or None
+    spec = spec.with_overrides(
+        retries=args.retries, record=True if args.record else None, allow_modules=allow
+    )
     return run_sweep(
         spec,
         args.backend,

@@ -252,8 +252,8 @@ def run_sweep(
         # ... and a preset whose environment cannot be made, once, not once per trial.
         from rlattr.run.presets import Preset
 
-        for preset in sorted({job.trial.preset for job in jobs}):
-            Preset.load(preset).environment_spaces()
+        for preset, allowed in sorted({(j.trial.preset, j.trial.allow_modules) for j in jobs}):
+            Preset.load(preset, allow_modules=allowed).environment_spaces()
     result = SweepOutcome(spec, chosen, skipped=skipped)
     for job in jobs:  # an unfinished result is a killed attempt's: the trial starts anew
         Path(job.result_path).unlink(missing_ok=True)

@@ -165,8 +165,21 @@ class SweepSpec:
             "<run dir>/runlog, for rlattr diagnose, attribute, fidelity and intervene"
         ),
     )
+    allow_modules: tuple[str, ...] = field(
+        default=(),
+        metadata=_help(
+            "modules the presets may name besides rlattr's list (rlattr.allowlist): "
+            "importing one runs its code, so list only what you trust"
+        ),
+    )
 
     def __post_init__(self) -> None:
+        allow = self.allow_modules
+        if isinstance(allow, str) or not all(
+            isinstance(m, str) and m for m in _as_list(allow, "allow_modules")
+        ):
+            raise SweepSpecError(f"allow_modules must be a list of module names, got {allow!r}")
+        object.__setattr__(self, "allow_modules", tuple(allow))
         tasks = tuple(_task(entry) for entry in _as_list(self.tasks, "tasks"))
         if not tasks:
             raise SweepSpecError("tasks is empty: name at least one preset, e.g. tasks: [cartpole]")
@@ -254,6 +267,7 @@ class Trial:
         eval_seed: episode j of every evaluation resets with ``eval_seed + j``.
         eval_envs: evaluation environments stepped side by side.
         eval_every: evaluate after every this many rounds (and after the last).
+        allow_modules: modules the preset may name besides rlattr's list.
     """
 
     task: str
@@ -266,6 +280,7 @@ class Trial:
     eval_seed: int = EVAL_SEED
     eval_envs: int = EVAL_ENVS
     eval_every: int = 1
+    allow_modules: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -273,11 +288,11 @@ class Trial:
         return f"{self.task}/{self.arm}-s{self.seed}"
 
 
-def preset_rounds(preset_name: str) -> int:
+def preset_rounds(preset_name: str, allow_modules: tuple[str, ...] = ()) -> int:
     """The preset's budget in rounds: ``total_timesteps / (n_steps × n_envs)``, rounded up."""
     from rlattr.run.presets import Preset
 
-    preset = Preset.load(preset_name)
+    preset = Preset.load(preset_name, allow_modules=allow_modules)
     steps = int(preset.ppo.get("n_steps", 2048)) * preset.n_envs
     return max(1, math.ceil(preset.total_timesteps / steps))
 
@@ -288,12 +303,12 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
     from rlattr.run.presets import Preset
 
     for task in spec.tasks:  # a missing or invalid preset stops the sweep before it starts
-        Preset.load(task.preset)
+        Preset.load(task.preset, allow_modules=spec.allow_modules)
     trials = []
     for task in spec.tasks:
         main = [arm for arm in spec.arms_of(task) if arm in ("ppo", "iif")]
         others = [arm for arm in spec.arms_of(task) if arm not in main]
-        rounds = task.rounds or spec.rounds or preset_rounds(task.preset)
+        rounds = task.rounds or spec.rounds or preset_rounds(task.preset, spec.allow_modules)
         episodes = task.eval_episodes or spec.eval_episodes
         every = task.eval_every or spec.eval_every
         for group in (main, others):
@@ -309,6 +324,7 @@ def plan_trials(spec: SweepSpec) -> list[Trial]:
                             episodes,
                             spec.device,
                             eval_every=every,
+                            allow_modules=spec.allow_modules,
                         )
                     )
     return trials

@@ -128,7 +128,7 @@ def run_trial(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        preset = Preset.load(trial.preset)
+        preset = Preset.load(trial.preset, allow_modules=trial.allow_modules)
         iif = arm_iif(preset, trial.arm, trial.seed)
         run_log_dir = run_dir / RUN_LOG_FOLDER if record and run_dir is not None else None
         before = _resumable(result_path, trial, run_log_dir)

@@ -88,6 +88,8 @@ def test_without_rounds_a_trial_runs_the_presets_budget() -> None:
         ({"eval_episodes": 2.5}, "eval_episodes must be a whole number"),
         ({"retries": -1}, "retries must be a whole number >= 0"),
         ({"eval_every": 0}, "eval_every must be a whole number >= 1"),
+        ({"allow_modules": "tests"}, "allow_modules must be a list of module names"),
+        ({"allow_modules": [""]}, "allow_modules must be a list of module names"),
         ({"tasks": [{"preset": "cartpole", "eval_every": 0}]}, "'cartpole' eval_every must be"),
         ({"tasks": []}, "tasks is empty"),
         ({"tasks": ["cartpole", "cartpole"]}, "task names repeat"),
