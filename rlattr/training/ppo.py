@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import explained_variance
 
@@ -313,12 +313,16 @@ class AttributedPPO(PPO):
 
     def _init_callback(self, callback: Any, progress_bar: bool = False) -> Any:
         # The ground-truth recorder runs after the user's callbacks, as one more callback.
+        # SB3 also takes a plain function ``f(locals_, globals_) -> bool``: wrapped as SB3
+        # wraps it, before it joins the list (a list holds callbacks only).
         if callback is None:
             callbacks = [self._ground_truth]
         elif isinstance(callback, list):
             callbacks = [*callback, self._ground_truth]
-        else:
+        elif isinstance(callback, BaseCallback):
             callbacks = [callback, self._ground_truth]
+        else:
+            callbacks = [ConvertCallback(callback), self._ground_truth]
         # Kept for the learn() in progress: SB3 calls train() without its callbacks, and
         # each iteration's result goes to those with on_iteration (deliver_result).
         self._callback = super()._init_callback(callbacks, progress_bar)

@@ -253,3 +253,27 @@ def test_records_follow_sb3_flattening() -> None:
     assert records.advantages[i].item() == pytest.approx(float(buffer.advantages[step, env]))
     assert records.record_ids[i].item() == records.iteration * 128 + i
     gym.make("CartPole-v1").close()
+
+
+def test_a_function_callback_works_as_in_sb3(run_dir: Any) -> None:
+    # SB3 accepts ``callback=f(locals_, globals_) -> bool``; returning False stops training.
+    kwargs = {**SMALL, "seed": 3}
+    calls = {"sb3": 0, "rlattr": 0}
+
+    def counting(name: str, limit: int) -> Any:
+        def callback(locals_: dict[str, Any], globals_: dict[str, Any]) -> bool:
+            calls[name] += 1
+            return calls[name] < limit
+
+        return callback
+
+    reference = PPO("MlpPolicy", "CartPole-v1", **kwargs)
+    reference.learn(256, callback=counting("sb3", 10**9))
+    attributed = AttributedPPO("MlpPolicy", "CartPole-v1", run_dir=run_dir, **kwargs)
+    attributed.learn(256, callback=counting("rlattr", 10**9))
+    assert calls["sb3"] == calls["rlattr"] > 0
+    assert_same_parameters(reference.policy, attributed.policy)
+    stopped = AttributedPPO("MlpPolicy", "CartPole-v1", **kwargs)
+    calls["rlattr"] = 0
+    stopped.learn(256, callback=counting("rlattr", 5))
+    assert calls["rlattr"] == 5 and stopped.num_timesteps < 256
