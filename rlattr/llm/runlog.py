@@ -41,12 +41,12 @@ from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError, U
 from rlattr.llm.batch import SequenceBatch
 from rlattr.record.io import (
     JSON_CHECKSUM_KEY,
+    ProtectedRunDirectory,
     WriterLock,
     acquire_writer_lock,
     atomic_create_json,
     atomic_write_json,
     atomic_write_tensors,
-    check_json_checksum,
     read_json,
     read_tensors,
     sha256_file,
@@ -165,7 +165,7 @@ def _name(index: int) -> str:
     return f"{index:06d}"
 
 
-class LLMRunLog:
+class LLMRunLog(ProtectedRunDirectory):
     """Reader and writer of a language-model run directory.
 
     ``LLMRunLog(path)`` reads (no lock). ``create`` and ``open_for_writing`` hold the
@@ -206,35 +206,6 @@ class LLMRunLog:
         self._require_intact_run_json()
         return self._meta
 
-    @property
-    def metadata_checksummed(self) -> bool:
-        """Whether this run's JSON files carry checksums (older runs' read unverified)."""
-        return self.format_minor >= 1
-
-    def _require_intact_run_json(self) -> None:
-        if self._run_json_problem is not None:
-            raise CorruptRunLogError(self._run_json_problem)
-
-    def _checked(self, path: Path, payload: dict[str, Any]) -> dict[str, Any]:
-        """``payload`` read from ``path``, checked against its checksum and without it."""
-        body, had_checksum = check_json_checksum(path, payload)
-        if not had_checksum and self.metadata_checksummed:
-            raise CorruptRunLogError(
-                f"{path} lacks its checksum ({JSON_CHECKSUM_KEY}), which every JSON file of "
-                "this run stores: the file was edited or replaced; restore it from a copy of "
-                "the run"
-            )
-        return body
-
-    def _read_json(self, path: Path) -> dict[str, Any]:
-        """A JSON file of the run, checked against its checksum (``CorruptRunLogError``
-        naming the file when it does not match)."""
-        return self._checked(path, read_json(path))
-
-    def _json(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """``payload`` as written: with its checksum when the run stores them."""
-        return with_json_checksum(payload) if self.metadata_checksummed else payload
-
     # -- the writer lock -------------------------------------------------------------------
 
     @classmethod
@@ -244,24 +215,6 @@ class LLMRunLog:
         log = cls(path)
         log.acquire_writer()
         return log
-
-    def acquire_writer(self) -> None:
-        """Take the run directory's writer lock unless this log holds it; held until
-        ``release_writer``, until the log is collected, or until the process ends. Every
-        write takes it first: calling this is only needed to be refused before the work."""
-        if self._writer_lock is None or not self._writer_lock.held:
-            self._writer_lock = acquire_writer_lock(self.path)
-
-    def release_writer(self) -> None:
-        """Give up the writer lock (another process may then write the run)."""
-        if self._writer_lock is not None:
-            self._writer_lock.release()
-            self._writer_lock = None
-
-    @property
-    def is_writer(self) -> bool:
-        """Whether this log holds the run directory's writer lock."""
-        return self._writer_lock is not None and self._writer_lock.held
 
     @classmethod
     def create(cls, path: str | Path, settings: dict[str, Any]) -> LLMRunLog:
@@ -410,7 +363,7 @@ class LLMRunLog:
             raise RunLogError(
                 f"round {index} is not committed in {self.path}; have {self.rounds()}"
             )
-        meta = self._read_json(directory / "round.json")
+        meta = self._read_meta_json(directory / "round.json")
         sha = meta["sha256"]
         batch = read_tensors(directory / "batch.safetensors", sha["batch.safetensors"], device)
         start = read_tensors(directory / "start.safetensors", sha["start.safetensors"], device)
@@ -450,11 +403,11 @@ class LLMRunLog:
         self._require_intact_run_json()
         following = self.round_dir(index + 1)
         if (following / "round.json").exists():
-            sha = self._read_json(following / "round.json")["sha256"]["start.safetensors"]
+            sha = self._read_meta_json(following / "round.json")["sha256"]["start.safetensors"]
             start = read_tensors(following / "start.safetensors", sha, device)
             return {k[len(_PARAM) :]: v for k, v in start.items() if k.startswith(_PARAM)}
         if (self.path / "final.json").exists():
-            sha = self._read_json(self.path / "final.json")["sha256"]
+            sha = self._read_meta_json(self.path / "final.json")["sha256"]
             return read_tensors(self.path / "final.safetensors", sha, device)
         raise RunLogError(f"no end state of round {index} in {self.path}")
 
@@ -471,7 +424,7 @@ class LLMRunLog:
         tensor_files: list[tuple[Path, Any]] = []
         for k in report.rounds:
             try:
-                meta = self._read_json(self.round_dir(k) / "round.json")
+                meta = self._read_meta_json(self.round_dir(k) / "round.json")
             except CorruptRunLogError as err:
                 report.problems.append(str(err))
                 continue
@@ -481,7 +434,10 @@ class LLMRunLog:
         if final_json.exists():
             try:
                 tensor_files.append(
-                    (self.path / "final.safetensors", self._read_json(final_json).get("sha256"))
+                    (
+                        self.path / "final.safetensors",
+                        self._read_meta_json(final_json).get("sha256"),
+                    )
                 )
             except CorruptRunLogError as err:
                 report.problems.append(str(err))

@@ -51,13 +51,13 @@ import torch
 from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError
 from rlattr.record.io import (
     JSON_CHECKSUM_KEY,
+    ProtectedRunDirectory,
     RunLockedError,
     WriterLock,
     acquire_writer_lock,
     atomic_create_json,
     atomic_write_json,
     atomic_write_tensors,
-    check_json_checksum,
     read_json,
     read_tensors,
     sha256_file,
@@ -289,7 +289,7 @@ def is_sparse_checkpoint(meta: dict[str, Any]) -> bool:
 _SPARSE_VALUE = "rebuilt by replaying the previous iteration"
 
 
-class RunLog:
+class RunLog(ProtectedRunDirectory):
     """Read and write one run directory. Open an existing one with ``RunLog(path)``.
 
     One process writes a run at a time: ``create``, ``open_for_writing`` and the first
@@ -373,36 +373,6 @@ class RunLog:
         """Why ``run.json`` cannot be used (it does not match its checksum), or None."""
         return self._run_json_problem
 
-    @property
-    def metadata_checksummed(self) -> bool:
-        """Whether this run's JSON files carry checksums (format 2.1 on; older runs' are
-        read unverified)."""
-        return self.format_minor >= 1
-
-    def _checked(self, path: Path, payload: dict[str, Any]) -> dict[str, Any]:
-        """``payload`` read from ``path``, checked against its checksum and without it."""
-        body, had_checksum = check_json_checksum(path, payload)
-        if not had_checksum and self.metadata_checksummed:
-            raise CorruptRunLogError(
-                f"{path} lacks its checksum ({JSON_CHECKSUM_KEY}), which every JSON file of "
-                "this run stores: the file was edited or replaced; restore it from a copy of "
-                "the run"
-            )
-        return body
-
-    def _read_meta_json(self, path: Path) -> dict[str, Any]:
-        """A JSON file of the run, checked against its checksum (``CorruptRunLogError``
-        naming the file when it does not match)."""
-        return self._checked(path, read_json(path))
-
-    def _json(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """``payload`` as written: with its checksum when the run stores them."""
-        return with_json_checksum(payload) if self.metadata_checksummed else payload
-
-    def _require_intact_run_json(self) -> None:
-        if self._run_json_problem is not None:
-            raise CorruptRunLogError(self._run_json_problem)
-
     # ----------------------------------------------------------------- the writer lock
     @classmethod
     def open_for_writing(
@@ -417,26 +387,6 @@ class RunLog:
         log = cls(path, cache_checkpoints, allow_modules)
         log.acquire_writer()
         return log
-
-    def acquire_writer(self) -> None:
-        """Take the run directory's writer lock, unless this log holds it already; held
-        until ``release_writer``, until the log is collected, or until the process ends.
-        ``RunLockedError`` (naming the holder's pid, host and command) when another
-        process holds it. Every write takes it first, so calling this is only needed to be
-        refused before doing any work."""
-        if self._writer_lock is None or not self._writer_lock.held:
-            self._writer_lock = acquire_writer_lock(self.path)
-
-    def release_writer(self) -> None:
-        """Give up the writer lock (another process may then write the run)."""
-        if self._writer_lock is not None:
-            self._writer_lock.release()
-            self._writer_lock = None
-
-    @property
-    def is_writer(self) -> bool:
-        """Whether this log holds the run directory's writer lock."""
-        return self._writer_lock is not None and self._writer_lock.held
 
     # ----------------------------------------------------------------- creation
     @classmethod
