@@ -40,7 +40,6 @@ import torch
 from rlattr.errors import CorruptRunLogError, FormatVersionError, RunLogError, UnsupportedError
 from rlattr.llm.batch import SequenceBatch
 from rlattr.record.io import (
-    JSON_CHECKSUM_KEY,
     ProtectedRunDirectory,
     WriterLock,
     acquire_writer_lock,
@@ -186,18 +185,7 @@ class LLMRunLog(ProtectedRunDirectory):
                 f"{run_json} has format version {stored.get('format_version')}; this "
                 f"rlattr reads version {FORMAT_VERSION}"
             )
-        minor = stored.get("format_minor", 0)
-        if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
-            raise CorruptRunLogError(f"{run_json} holds an invalid format_minor {minor!r}")
-        self.format_minor: int = minor
-        # A run.json that fails its checksum is read (so that ``verify`` reports it with the
-        # rest) but not used: ``meta`` and every read of a round refuse.
-        self._run_json_problem: str | None = None
-        try:
-            self._meta = self._checked(run_json, stored)
-        except CorruptRunLogError as err:
-            self._meta = {k: v for k, v in stored.items() if k != JSON_CHECKSUM_KEY}
-            self._run_json_problem = str(err)
+        self._meta = self._open_run_json(run_json, stored, stored.get("format_minor", 0))
 
     @property
     def meta(self) -> dict[str, Any]:

@@ -490,6 +490,20 @@ class ProtectedRunDirectory:
     _run_json_problem: str | None
     _writer_lock: WriterLock | None
 
+    def _open_run_json(self, run_json: Path, stored: dict[str, Any], minor: Any) -> dict[str, Any]:
+        """``run.json``'s content without its checksum, and the run's ``format_minor``. A
+        ``run.json`` that fails its checksum is still read (so that ``verify`` reports it
+        with the rest) but not used: ``_require_intact_run_json`` refuses it."""
+        if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+            raise CorruptRunLogError(f"{run_json} holds an invalid format_minor {minor!r}")
+        self.format_minor = minor
+        self._run_json_problem = None
+        try:
+            return self._checked(run_json, stored)
+        except CorruptRunLogError as err:
+            self._run_json_problem = str(err)
+            return {k: v for k, v in stored.items() if k != JSON_CHECKSUM_KEY}
+
     @property
     def metadata_checksummed(self) -> bool:
         """Whether this run's JSON files carry checksums (older runs' are read unverified)."""

@@ -342,17 +342,7 @@ class RunLog(ProtectedRunDirectory):
                 "edited; restore it from a copy of the run"
             ) from err
         minor = stored.get("format_minor", 0) if version >= 2 else 0
-        if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
-            raise CorruptRunLogError(f"{run_json} holds an invalid format_minor {minor!r}")
-        self.format_minor: int = minor
-        # A run.json that fails its checksum is read (so that ``verify`` and ``rlattr
-        # inspect`` report it with the rest) but not used: ``meta`` and every load refuse.
-        self._run_json_problem: str | None = None
-        try:
-            self._meta = self._checked(run_json, stored)
-        except CorruptRunLogError as err:
-            self._meta = {k: v for k, v in stored.items() if k != JSON_CHECKSUM_KEY}
-            self._run_json_problem = str(err)
+        self._meta = self._open_run_json(run_json, stored, minor)
 
     @property
     def meta(self) -> dict[str, Any]:
