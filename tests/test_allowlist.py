@@ -67,6 +67,14 @@ DIAGNOSE = (
     "import sys; from rlattr.analysis.diagnose import diagnose; "
     "diagnose(sys.argv[1], progress=print)"
 )
+# The Python API's other readers of a run: each builds the run's policy.
+PYTHON_API = (
+    "import sys; import rlattr; from rlattr import RunLog, ReturnTarget; "
+    "log = RunLog(sys.argv[1]); call = sys.argv[2]; "
+    "rlattr.replay_iteration(log, 0) if call == 'replay_iteration' else "
+    "rlattr.attribute(log, 0, ReturnTarget(), store=False) if call == 'attribute' else "
+    "rlattr.fidelity(log, 0, ReturnTarget(), n_subsets=2)"
+)
 
 
 # ---------------------------------------------------------------------- recorded runs
@@ -135,13 +143,25 @@ ENTRY_POINTS = {
     "attribute": (CLI, ["attribute", "{run}", "--iteration", "0"]),
     "diagnose": (CLI, ["diagnose", "{run}", "--no-progress"]),
     "inspect": (CLI, ["inspect", "{run}"]),
+    "fidelity": (CLI, ["fidelity", "{run}", "--iteration", "0", "--subsets", "2"]),
+    "stages": (CLI, ["stages", "{run}", "--stages", "1", "--no-progress"]),
+    "formation": (CLI, ["formation", "{run}", "--behavior", "action:pairs.npz"]),
+    "intervene": (CLI, ["intervene", "{run}", "--iteration", "0", "--compute-scores"]),
     "load_checkpoint": (LOAD_CHECKPOINT, ["{run}"]),
     "python-diagnose": (DIAGNOSE, ["{run}"]),
+    "python-replay_iteration": (PYTHON_API, ["{run}", "replay_iteration"]),
+    "python-attribute": (PYTHON_API, ["{run}", "attribute"]),
+    "python-fidelity": (PYTHON_API, ["{run}", "fidelity"]),
 }
 
 
 def _call(entry: str, run: Path, extra: tuple[str, ...] = ()) -> Any:
     script, args = ENTRY_POINTS[entry]
+    if entry == "formation":  # a behaviour file of CartPole's shapes, beside the run
+        import numpy as np
+
+        np.savez(run.parent / "pairs.npz", observations=np.zeros((2, 4), np.float32),
+                 actions=np.zeros(2, np.int64))  # fmt: skip
     argv = [a.format(run=run.name) for a in args]
     if script == CLI:
         argv += list(extra)
