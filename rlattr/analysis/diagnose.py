@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from rlattr.analysis.fidelity import fidelity
-from rlattr.analysis.plots import _pyplot
+from rlattr.analysis.plots import pyplot
 from rlattr.record.runlog import RunLog
 from rlattr.scoring.attribute import attribute
 from rlattr.scoring.diagnosis import advantage_diagnostics, reference_advantages
@@ -213,12 +213,12 @@ def _spread(items: list[int], count: int) -> list[int]:
 def _png(figure: Any) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _curve_figure(diagnosis: Diagnosis) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     shown = [s for s in STATISTICS if any(s in row for row in diagnosis.rows)]
     figure, axes = plt.subplots(1 + len(shown), 1, figsize=(8, 1.6 * (1 + len(shown))), sharex=True)
     axes = np.atleast_1d(axes)
@@ -239,7 +239,7 @@ def _curve_figure(diagnosis: Diagnosis) -> Any:
 
 
 def _rank_figure(log: RunLog, iteration: int, gamma: float, discrete: bool) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     records = log.load_records(iteration)
     scores, name = iteration_scores(log, iteration)
     reference = reference_advantages(records, gamma, discrete).best

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlattr.analysis.plots import _pyplot, save_figure
+from rlattr.analysis.plots import pyplot, save_figure
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.records import Records
 from rlattr.record.replay import build_policy
@@ -259,7 +259,7 @@ def formation(
 
 def formation_figures(result: Formation, title: str) -> tuple[Any, Any]:
     """(heatmap of the net score per iteration × group, behaviour and roughness curves)."""
-    plt = _pyplot()
+    plt = pyplot()
     iterations = [r.iteration for r in result.iterations]
     net = np.array(
         [[r.positive.get(g, 0.0) + r.negative.get(g, 0.0) for g in result.groups]

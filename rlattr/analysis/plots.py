@@ -8,7 +8,8 @@ from typing import Any
 from rlattr.errors import RlattrError
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (the optional extra ``plots``)."""
     try:
         import matplotlib
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -23,7 +24,7 @@ def stage_effects_figure(effects: list[Any], title: str) -> Any:
     """Bar chart of each stage's FO / SO estimate and ground truth (where computed)."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(effects) + 2), 3.6))
     x = np.arange(len(effects))
     series = [("FO", [e.fo for e in effects])]

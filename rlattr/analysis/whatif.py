@@ -424,9 +424,9 @@ def whatif_markdown(results: dict[str, list[WhatIfResult]], title: str) -> str:
 
 def whatif_figure(results: dict[str, list[WhatIfResult]], path: Path, title: str) -> None:
     """Box plot of Δreturn per iteration over runs: the rule beside the random control."""
-    from rlattr.analysis.plots import _pyplot, save_figure
+    from rlattr.analysis.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     iterations = sorted({r.iteration for items in results.values() for r in items})
     rule = next(r.rule for items in results.values() for r in items)
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(iterations) + 2), 3.8))

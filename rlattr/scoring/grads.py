@@ -92,7 +92,9 @@ def _outputs(raw: tuple) -> PolicyOutputs:
 
 
 @contextlib.contextmanager
-def _substituted(policy: ActorCriticPolicy, values: dict[str, torch.Tensor]) -> Iterator[None]:
+def substituted_parameters(
+    policy: ActorCriticPolicy, values: dict[str, torch.Tensor]
+) -> Iterator[None]:
     """Temporarily make the named parameters ``values`` (dual or batched tensors).
 
     The tensor is put on the module that owns the parameter, so every name the module
@@ -140,7 +142,7 @@ def _dots_jvp(policy, observations, actions, fn, vector) -> torch.Tensor:
     index = torch.arange(len(observations), device=observations.device)
 
     def f(*flat: torch.Tensor) -> torch.Tensor:
-        with _substituted(policy, dict(zip(names, flat, strict=True))):
+        with substituted_parameters(policy, dict(zip(names, flat, strict=True))):
             return fn(_outputs(tuple(policy.evaluate_actions(observations, actions))), index)
 
     with _no_distribution_validation():
@@ -155,7 +157,7 @@ def _dots_vmap(policy, observations, actions, fn, vector, chunk_size: int | None
     index = torch.arange(len(observations), device=observations.device)
 
     def single(p, obs, act, idx):
-        with _substituted(policy, p):
+        with substituted_parameters(policy, p):
             raw = tuple(policy.evaluate_actions(obs.unsqueeze(0), act.unsqueeze(0)))
         return fn(_outputs(raw), idx.unsqueeze(0)).sum()
 

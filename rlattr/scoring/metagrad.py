@@ -32,7 +32,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from rlattr.record.checkpoint import restore_checkpoint
 from rlattr.record.loss import weighted_minibatch_loss
 from rlattr.record.replay import IterationData, refuse_weighted
-from rlattr.scoring.grads import _substituted
+from rlattr.scoring.grads import substituted_parameters
 from rlattr.scoring.graph_memory import (
     DEFAULT_MEMORY_BUDGET,
     MemoryBudget,
@@ -201,7 +201,7 @@ def metagradient_scores(
             indices = steps[step]
             batch = records.minibatch(indices)
             step_weights = weights[indices] if graph else weights[indices].detach()
-            with _substituted(policy, unflatten(params[FLAT])):
+            with substituted_parameters(policy, unflatten(params[FLAT])):
                 terms = weighted_minibatch_loss(policy, batch, config, step_weights, normalization)
             grads = torch.autograd.grad(
                 terms.loss, list(params.values()), create_graph=graph, allow_unused=True
@@ -238,7 +238,7 @@ def metagradient_scores(
         segment_steps = choice.segment_steps
     if segment_steps is None:
         params = run(params, 0, len(steps), graph=True)
-        with _substituted(policy, unflatten(params[FLAT])):
+        with substituted_parameters(policy, unflatten(params[FLAT])):
             value = target.value(policy, context)
         (scores,) = torch.autograd.grad(value, weights)
     else:
@@ -253,7 +253,7 @@ def metagradient_scores(
             )
             params = run(params, first, last, graph=False)
         params = {n: v.detach().requires_grad_(True) for n, v in params.items()}
-        with _substituted(policy, unflatten(params[FLAT])):
+        with substituted_parameters(policy, unflatten(params[FLAT])):
             value = target.value(policy, context)
         grads = torch.autograd.grad(value, list(params.values()), allow_unused=True)
         adjoint = {
@@ -320,7 +320,7 @@ def _measure(
     step_bytes = max(two - one, 0)
     base_bytes = max(one - step_bytes, 0)
     transient_bytes = max(meter.peak - two, 0)
-    with SavedTensorMeter() as meter, _substituted(policy, unflatten(params[FLAT])):
+    with SavedTensorMeter() as meter, substituted_parameters(policy, unflatten(params[FLAT])):
         target_value()
     stored = tensor_bytes(params.values()) + tensor_bytes(optimizer.tensors().values())
     return ReplayMemory(len(steps), step_bytes, stored, meter.peak, base_bytes, transient_bytes)
