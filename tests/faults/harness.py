@@ -301,6 +301,14 @@ def train_argv(
 ROWS: list[dict[str, str]] = []
 
 
+def trained_run(folder: Path, iterations: int) -> Path:
+    """A run of ``iterations`` trained to the end in ``folder/run`` (every checkpoint full),
+    which a case copies and then damages."""
+    done = run_child(train_argv(preset(folder, 1), folder / "run", iterations), folder / "train")
+    assert done.status == 0, done.stderr
+    return folder / "run"
+
+
 def add_row(section: str, fault: str, where: str, outcome: str, lost: str) -> None:
     ROWS.append(
         {"section": section, "fault": fault, "where": where, "outcome": outcome, "lost": lost}

@@ -26,6 +26,7 @@ from tests.faults.harness import (
     said,
     snapshot,
     train_argv,
+    trained_run,
 )
 
 ITERATIONS = 3
@@ -93,10 +94,7 @@ def full_disk_in_train(point: Point, tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("disk-full")
-    done = run_child(train_argv(preset(folder, 1), folder / "run", ITERATIONS), folder / "train")
-    assert done.status == 0, done.stderr
-    return folder / "run"
+    return trained_run(tmp_path_factory.mktemp("disk-full"), ITERATIONS)
 
 
 def full_disk_in_attribute(point: Point, trained: Path, tmp_path: Path) -> dict:

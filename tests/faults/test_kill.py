@@ -33,6 +33,7 @@ from tests.faults.harness import (
     run_child,
     snapshot,
     train_argv,
+    trained_run,
 )
 
 ITERATIONS = 3  # the budget: 3 CartPole iterations of 256 steps
@@ -142,10 +143,7 @@ SCORE_POINTS = [
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("kill-scores")
-    done = run_child(train_argv(preset(folder, 1), folder / "run", ITERATIONS), folder / "train")
-    assert done.status == 0, done.stderr
-    return folder / "run"
+    return trained_run(tmp_path_factory.mktemp("kill-scores"), ITERATIONS)
 
 
 def kill_while_storing_scores(point: Point, trained: Path, tmp_path: Path) -> dict:
